@@ -1,0 +1,123 @@
+"""Prometheus metrics (SPEC §7), all prefixed `cowproxy_`.
+
+The data path must not pay prometheus-client's per-observation locking, so sessions
+bump plain Python ints and lists here (one dict lookup, one add) and a custom
+collector turns them into metric families only when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+STATEMENT_KINDS = ("passthrough", "read", "write", "ddl", "refused")
+
+
+class Histogram:
+    """Cumulative-at-scrape histogram: `observe` is a bisect and two adds."""
+
+    __slots__ = ("counts", "total", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, c in zip((*map(str, LATENCY_BUCKETS), "+Inf"), self.counts):
+            running += c
+            out.append((bound, running))
+        return out
+
+
+class Metrics:
+    """Every number the proxy reports. One instance per proxy process."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, int] = defaultdict(int)          # open, by branch
+        self.connections_total: dict[str, int] = defaultdict(int)    # accepted, by branch
+        self.statements: dict[tuple[str, str], int] = defaultdict(int)  # (branch, kind)
+        self.errors: dict[str, int] = defaultdict(int)               # by SQLSTATE
+        self.latency = {"proxy": Histogram(), "upstream": Histogram()}
+        self.rewrite_cache = {"hit": 0, "miss": 0}
+        self.overlay_rows: dict[str, int] = {}
+        self.overlay_bytes: dict[str, int] = {}
+        self.protocol_violations = 0
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(_MetricsCollector(self))
+        return registry
+
+
+class _MetricsCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator:
+        m = self.m
+        g = GaugeMetricFamily("cowproxy_client_connections", "Open client connections by branch", labels=["branch"])
+        for branch, n in list(m.connections.items()):
+            g.add_metric([branch], n)
+        yield g
+        c = CounterMetricFamily("cowproxy_client_connections", "Client connections accepted by branch", labels=["branch"])
+        for branch, n in list(m.connections_total.items()):
+            c.add_metric([branch], n)
+        yield c
+        c = CounterMetricFamily("cowproxy_statements", "Statements by branch and kind", labels=["branch", "kind"])
+        for (branch, kind), n in list(m.statements.items()):
+            c.add_metric([branch, kind], n)
+        yield c
+        c = CounterMetricFamily("cowproxy_errors", "Error responses sent to clients by SQLSTATE", labels=["sqlstate"])
+        for code, n in list(m.errors.items()):
+            c.add_metric([code], n)
+        yield c
+        h = HistogramMetricFamily(
+            "cowproxy_statement_latency_seconds",
+            "Time from a client's request to ReadyForQuery, split into time spent in the proxy and upstream",
+            labels=["part"],
+        )
+        for part, hist in m.latency.items():
+            h.add_metric([part], hist.buckets(), hist.total)
+        yield h
+        c = CounterMetricFamily("cowproxy_rewrite_cache", "Rewrite cache lookups", labels=["result"])
+        for result, n in m.rewrite_cache.items():
+            c.add_metric([result], n)
+        yield c
+        c = CounterMetricFamily("cowproxy_protocol_violations", "Connections closed for breaking the wire protocol")
+        c.add_metric([], m.protocol_violations)
+        yield c
+        for name, data, doc in (
+            ("cowproxy_overlay_rows", m.overlay_rows, "Rows held in each branch's overlay"),
+            ("cowproxy_overlay_bytes", m.overlay_bytes, "Bytes held by each branch's overlay"),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["branch"])
+            for branch, n in list(data.items()):
+                g.add_metric([branch], n)
+            yield g
+
+    def describe(self) -> Iterable:
+        return []
+
+
+def serve_metrics(metrics: Metrics, host: str, port: int):
+    """Serve /metrics on HOST:PORT from a daemon thread (prometheus-client's server)."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry())
+    return server, thread

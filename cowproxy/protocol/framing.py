@@ -1,0 +1,187 @@
+"""Splitting byte streams into PostgreSQL frames, sans-IO.
+
+Three readers, one per kind of stream the proxy sees
+(https://www.postgresql.org/docs/current/protocol-overview.html#PROTOCOL-MESSAGE-CONCEPTS):
+
+* `StartupReader`: the first packets of a connection, which have no type byte
+  (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest).
+* `FrontendFramer`: typed client messages, buffered until whole because the proxy may
+  have to look at (and later rewrite) any of them. Oversized or malformed frames are
+  refused as soon as their header arrives, before their body is buffered.
+* `BackendScanner`: typed server messages, which the proxy forwards as raw chunks the
+  moment they arrive. The scanner only walks the headers, skipping bodies it does not
+  care about even when they span chunks, and hands back the few message types the
+  caller asked for (ReadyForQuery, ErrorResponse, ...). This is pgbouncer's
+  "forward bytes, peek at headers" in Python: rows are never decoded or copied.
+
+Every reader raises `ProtocolViolation` on malformed input and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from cowproxy.protocol.errors import ProtocolViolation
+from cowproxy.protocol.messages import FRONTEND_TYPES, MAX_STARTUP_PACKET
+
+_U32 = struct.Struct("!I")
+_unpack_u32 = _U32.unpack_from
+
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+"""Default cap on one client message (PostgreSQL's own is 1 GB for a few types)."""
+
+Frame = tuple[int, int, int]
+"""(message type, body start, body end): offsets into the bytes the framer returned."""
+
+
+class StartupReader:
+    """Accumulates one startup-phase packet: Int32 length (counting itself), payload."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Add bytes; return the packet body once whole (without its length word)."""
+        self._buf += data
+        if len(self._buf) < 4:
+            return None
+        (length,) = _unpack_u32(self._buf, 0)
+        if length < 8 or length > MAX_STARTUP_PACKET:
+            raise ProtocolViolation("invalid length of startup packet")
+        if len(self._buf) < length:
+            return None
+        body = bytes(self._buf[4:length])
+        del self._buf[:length]
+        return body
+
+    def take_rest(self) -> bytes:
+        """Bytes received after the packet (a pipelining client may send them early)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+class FrontendFramer:
+    """Splits the client's byte stream into whole typed frames.
+
+    `feed(data)` returns `(buf, frames)`: `buf` holds every whole frame received so far
+    (contiguous, in order) and `frames` indexes them. The caller usually forwards `buf`
+    unchanged, which is why frames are offsets rather than copies.
+    """
+
+    __slots__ = ("_pending", "max_message_size", "allowed_types")
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 allowed_types: frozenset[int] = FRONTEND_TYPES) -> None:
+        self._pending = bytearray()
+        self.max_message_size = max_message_size
+        self.allowed_types = allowed_types
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
+        if self._pending:
+            self._pending += data
+            buf: bytes = bytes(self._pending)
+        else:
+            buf = data
+        frames: list[Frame] = []
+        pos = 0
+        n = len(buf)
+        allowed = self.allowed_types
+        limit = self.max_message_size
+        while n - pos >= 5:
+            msg_type = buf[pos]
+            if msg_type not in allowed:
+                raise ProtocolViolation(f"invalid frontend message type {msg_type}")
+            (length,) = _unpack_u32(buf, pos + 1)
+            if length < 4:
+                raise ProtocolViolation(f"invalid message length {length}")
+            if length > limit:
+                raise ProtocolViolation(
+                    f"message of {length} bytes exceeds the proxy's limit of {limit} bytes"
+                )
+            end = pos + 1 + length
+            if end > n:
+                break
+            frames.append((msg_type, pos + 5, end))
+            pos = end
+        if pos == n:
+            if self._pending:
+                self._pending = bytearray()
+            return buf, frames
+        self._pending = bytearray(buf[pos:])
+        return buf[:pos], frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
+
+
+class BackendScanner:
+    """Walks the headers of the server's byte stream as it is relayed.
+
+    `feed(chunk)` returns `[(type, body), ...]` for the message types in `interest`
+    that completed in this chunk; every other message is skipped without copying.
+    """
+
+    __slots__ = ("interest", "_skip", "_head", "_collect_type", "_collect", "_collect_left")
+
+    def __init__(self, interest: frozenset[int]) -> None:
+        self.interest = interest
+        self._skip = 0            # body bytes of an uninteresting message still to come
+        self._head = b""          # a header split across chunks (< 5 bytes)
+        self._collect_type = 0    # an interesting message split across chunks ...
+        self._collect = bytearray()
+        self._collect_left = 0    # ... and how many of its bytes are still to come
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        events: list[tuple[int, bytes]] = []
+        n = len(chunk)
+        pos = 0
+        if self._skip:
+            if self._skip >= n:
+                self._skip -= n
+                return events
+            pos = self._skip
+            self._skip = 0
+        elif self._collect_left:
+            take = min(self._collect_left, n)
+            self._collect += chunk[:take]
+            self._collect_left -= take
+            if self._collect_left:
+                return events
+            events.append((self._collect_type, bytes(self._collect)))
+            self._collect = bytearray()
+            pos = take
+        elif self._head:
+            chunk = self._head + chunk
+            n = len(chunk)
+            self._head = b""
+        interest = self.interest
+        while pos < n:
+            if n - pos < 5:
+                self._head = bytes(chunk[pos:])
+                break
+            msg_type = chunk[pos]
+            (length,) = _unpack_u32(chunk, pos + 1)
+            if length < 4:
+                raise ProtocolViolation(f"invalid message length {length} from server")
+            end = pos + 1 + length
+            if msg_type in interest:
+                if end <= n:
+                    events.append((msg_type, chunk[pos + 5:end]))
+                else:
+                    self._collect_type = msg_type
+                    self._collect = bytearray(chunk[pos + 5:])
+                    self._collect_left = end - n
+            elif end > n:
+                self._skip = end - n
+            pos = end
+        return events
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the bytes seen so far end exactly on a message boundary."""
+        return not (self._skip or self._head or self._collect_left)

@@ -1,0 +1,347 @@
+"""PostgreSQL v3 wire messages the proxy must understand, and their encoders.
+
+Reference: https://www.postgresql.org/docs/current/protocol-message-formats.html
+(cited per message below as "PMF"). Everything else is relayed as raw bytes and never
+decoded: the proxy peeks at a frame's type byte and length and moves on.
+
+Nothing in this module touches a socket. Decoders take the *body* of a frame (the bytes
+after the 4-byte length) and raise `ProtocolViolation` on anything malformed, never any
+other exception: the fuzz tests hold them to that.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Final, Union
+
+from cowproxy.protocol.errors import ProtocolViolation
+
+# -- startup-phase request codes (PMF: StartupMessage, SSLRequest, GSSENCRequest,
+#    CancelRequest). They travel in the position of the protocol version number.
+PROTOCOL_3_0: Final = 196608  # 3 << 16
+SSL_REQUEST_CODE: Final = 80877103
+GSSENC_REQUEST_CODE: Final = 80877104
+CANCEL_REQUEST_CODE: Final = 80877102
+
+MAX_STARTUP_PACKET: Final = 10_000
+"""PostgreSQL's own limit on a startup packet (MAX_STARTUP_PACKET_LENGTH)."""
+
+# -- frontend message types (PMF), as ints so that `buf[i] == QUERY` needs no slicing.
+BIND: Final = ord("B")
+CLOSE: Final = ord("C")
+COPY_DATA: Final = ord("d")
+COPY_DONE: Final = ord("c")
+COPY_FAIL: Final = ord("f")
+DESCRIBE: Final = ord("D")
+EXECUTE: Final = ord("E")
+FLUSH: Final = ord("H")
+FUNCTION_CALL: Final = ord("F")
+PARSE: Final = ord("P")
+PASSWORD: Final = ord("p")  # PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse
+QUERY: Final = ord("Q")
+SYNC: Final = ord("S")
+TERMINATE: Final = ord("X")
+
+FRONTEND_TYPES: Final = frozenset(
+    {BIND, CLOSE, COPY_DATA, COPY_DONE, COPY_FAIL, DESCRIBE, EXECUTE, FLUSH,
+     FUNCTION_CALL, PARSE, PASSWORD, QUERY, SYNC, TERMINATE}
+)
+
+# -- backend message types (PMF)
+AUTHENTICATION: Final = ord("R")
+BACKEND_KEY_DATA: Final = ord("K")
+PARAMETER_STATUS: Final = ord("S")
+READY_FOR_QUERY: Final = ord("Z")
+ERROR_RESPONSE: Final = ord("E")
+NOTICE_RESPONSE: Final = ord("N")
+NOTIFICATION_RESPONSE: Final = ord("A")
+COMMAND_COMPLETE: Final = ord("C")
+DATA_ROW: Final = ord("D")
+ROW_DESCRIPTION: Final = ord("T")
+NEGOTIATE_PROTOCOL_VERSION: Final = ord("v")
+
+# Authentication request codes (PMF: AuthenticationOk ... AuthenticationSASLFinal)
+AUTH_OK: Final = 0
+AUTH_CLEARTEXT: Final = 3
+AUTH_MD5: Final = 5
+AUTH_SASL: Final = 10
+AUTH_SASL_CONTINUE: Final = 11
+AUTH_SASL_FINAL: Final = 12
+
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_HDR = struct.Struct("!cI")  # type byte + length
+
+
+# ---------------------------------------------------------------------------------------
+# Startup-phase packets (no type byte: Int32 length, Int32 code, payload)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StartupMessage:
+    """PMF StartupMessage: protocol version and name/value parameters."""
+
+    protocol: int
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def user(self) -> str:
+        return self.parameters.get("user", "")
+
+    @property
+    def database(self) -> str:
+        return self.parameters.get("database") or self.user
+
+
+@dataclass(frozen=True, slots=True)
+class SSLRequest:
+    """PMF SSLRequest: the client asks to switch to TLS before startup."""
+
+
+@dataclass(frozen=True, slots=True)
+class GSSENCRequest:
+    """PMF GSSENCRequest: the client asks for GSSAPI encryption (cowproxy declines)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """PMF CancelRequest: sent on a new connection with the key from BackendKeyData."""
+
+    process_id: int
+    secret_key: int
+
+
+StartupPacket = Union[StartupMessage, SSLRequest, GSSENCRequest, CancelRequest]
+
+
+def decode_startup_packet(body: bytes) -> StartupPacket:
+    """Decode a startup-phase packet body (everything after its Int32 length)."""
+    if len(body) < 4:
+        raise ProtocolViolation("invalid length of startup packet")
+    (code,) = _I32.unpack_from(body, 0)
+    if code == SSL_REQUEST_CODE and len(body) == 4:
+        return SSLRequest()
+    if code == GSSENC_REQUEST_CODE and len(body) == 4:
+        return GSSENCRequest()
+    if code == CANCEL_REQUEST_CODE:
+        if len(body) != 12:
+            raise ProtocolViolation("invalid length of cancel request packet")
+        pid, key = struct.unpack_from("!ii", body, 4)
+        return CancelRequest(pid, key)
+    if code >> 16 != 3:
+        raise ProtocolViolation(
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+            "server supports 3.0 to 3.0"
+        )
+    raw = bytes(body[4:])
+    if not raw.endswith(b"\x00"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    pairs = raw[:-1]  # name\0value\0 ... (the final \0 closes the list)
+    if pairs and not pairs.endswith(b"\x00"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    parts = pairs[:-1].split(b"\x00") if pairs else []
+    if len(parts) % 2:
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    try:
+        params = {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid byte sequence in startup packet") from exc
+    if "" in params:
+        raise ProtocolViolation("invalid startup packet layout: empty parameter name")
+    if not params.get("user"):
+        raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+    return StartupMessage(code, params)
+
+
+def encode_startup_message(parameters: dict[str, str], protocol: int = PROTOCOL_3_0) -> bytes:
+    payload = b"".join(k.encode() + b"\x00" + v.encode() + b"\x00" for k, v in parameters.items())
+    payload = _I32.pack(protocol) + payload + b"\x00"
+    return _I32.pack(len(payload) + 4) + payload
+
+
+def encode_ssl_request() -> bytes:
+    return struct.pack("!ii", 8, SSL_REQUEST_CODE)
+
+
+def encode_cancel_request(process_id: int, secret_key: int) -> bytes:
+    return struct.pack("!iiii", 16, CANCEL_REQUEST_CODE, process_id, secret_key)
+
+
+# ---------------------------------------------------------------------------------------
+# Typed messages
+# ---------------------------------------------------------------------------------------
+
+def frame(msg_type: int, body: bytes) -> bytes:
+    """One typed message: type byte, Int32 length (counting itself), body."""
+    return bytes((msg_type,)) + _U32.pack(len(body) + 4) + body
+
+
+def _cstr(s: str) -> bytes:
+    return s.encode() + b"\x00"
+
+
+def encode_query(sql: str) -> bytes:
+    """PMF Query."""
+    return frame(QUERY, _cstr(sql))
+
+
+def encode_terminate() -> bytes:
+    return b"X\x00\x00\x00\x04"
+
+
+def encode_ready_for_query(status: bytes = b"I") -> bytes:
+    """PMF ReadyForQuery: status I (idle), T (in transaction) or E (failed transaction)."""
+    return b"Z\x00\x00\x00\x05" + status
+
+
+def encode_backend_key_data(process_id: int, secret_key: int) -> bytes:
+    """PMF BackendKeyData."""
+    return frame(BACKEND_KEY_DATA, struct.pack("!ii", process_id, secret_key))
+
+
+def encode_parameter_status(name: str, value: str) -> bytes:
+    return frame(PARAMETER_STATUS, _cstr(name) + _cstr(value))
+
+
+def encode_authentication(code: int, data: bytes = b"") -> bytes:
+    return frame(AUTHENTICATION, _I32.pack(code) + data)
+
+
+def encode_error_response(
+    severity: str,
+    sqlstate: str,
+    message: str,
+    *,
+    detail: str | None = None,
+    hint: str | None = None,
+    notice: bool = False,
+) -> bytes:
+    """PMF ErrorResponse / NoticeResponse with the fields clients display.
+
+    `S` and `V` both carry the severity (V is the untranslated one, PostgreSQL 9.6+).
+    """
+    fields = [b"S" + _cstr(severity), b"V" + _cstr(severity), b"C" + _cstr(sqlstate), b"M" + _cstr(message)]
+    if detail:
+        fields.append(b"D" + _cstr(detail))
+    if hint:
+        fields.append(b"H" + _cstr(hint))
+    return frame(NOTICE_RESPONSE if notice else ERROR_RESPONSE, b"".join(fields) + b"\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFields:
+    """The decoded fields of an ErrorResponse or NoticeResponse (PMF "Error and Notice
+    Message Fields"), keyed by their one-letter codes."""
+
+    fields: dict[str, str]
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "")
+
+    @property
+    def severity(self) -> str:
+        return self.fields.get("V") or self.fields.get("S", "")
+
+    @property
+    def message(self) -> str:
+        return self.fields.get("M", "")
+
+
+def decode_error_fields(body: bytes | memoryview) -> ErrorFields:
+    raw = bytes(body)
+    if not raw.endswith(b"\x00"):
+        raise ProtocolViolation("error response is not terminated")
+    out: dict[str, str] = {}
+    pos = 0
+    end = len(raw) - 1
+    while pos < end:
+        code = chr(raw[pos])
+        nul = raw.find(b"\x00", pos + 1)
+        if nul < 0 or nul > end:
+            raise ProtocolViolation("error response field is not terminated")
+        out[code] = raw[pos + 1 : nul].decode("utf-8", "replace")
+        pos = nul + 1
+    return ErrorFields(out)
+
+
+def decode_authentication(body: bytes | memoryview) -> tuple[int, bytes]:
+    """PMF Authentication*: (request code, remaining data)."""
+    if len(body) < 4:
+        raise ProtocolViolation("authentication request is too short")
+    return _I32.unpack_from(body, 0)[0], bytes(body[4:])
+
+
+def decode_sasl_mechanisms(data: bytes) -> list[str]:
+    """The mechanism list of AuthenticationSASL: C strings ending with an empty one."""
+    return [m.decode() for m in data.split(b"\x00") if m]
+
+
+def encode_sasl_mechanisms(mechanisms: list[str]) -> bytes:
+    return encode_authentication(AUTH_SASL, b"".join(_cstr(m) for m in mechanisms) + b"\x00")
+
+
+def decode_backend_key_data(body: bytes | memoryview) -> tuple[int, int]:
+    if len(body) != 8:
+        raise ProtocolViolation("invalid BackendKeyData message")
+    pid, key = struct.unpack_from("!ii", body, 0)
+    return pid, key
+
+
+def decode_query(body: bytes | memoryview) -> str:
+    """PMF Query: the SQL text (a single C string)."""
+    raw = bytes(body)
+    if not raw.endswith(b"\x00") or b"\x00" in raw[:-1]:
+        raise ProtocolViolation("invalid string in message")
+    try:
+        return raw[:-1].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid byte sequence for encoding \"UTF8\"") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    """PMF Parse: statement name, SQL text and parameter type OIDs."""
+
+    statement: str
+    sql: str
+    param_types: tuple[int, ...]
+
+
+def _read_cstr(raw: bytes, pos: int) -> tuple[str, int]:
+    nul = raw.find(b"\x00", pos)
+    if nul < 0:
+        raise ProtocolViolation("invalid string in message")
+    try:
+        return raw[pos:nul].decode(), nul + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid byte sequence for encoding \"UTF8\"") from exc
+
+
+def decode_parse(body: bytes | memoryview) -> Parse:
+    raw = bytes(body)
+    name, pos = _read_cstr(raw, 0)
+    sql, pos = _read_cstr(raw, pos)
+    if len(raw) < pos + 2:
+        raise ProtocolViolation("invalid message format")
+    (count,) = struct.unpack_from("!h", raw, pos)
+    pos += 2
+    if count < 0 or len(raw) != pos + 4 * count:
+        raise ProtocolViolation("invalid message format")
+    types = struct.unpack_from(f"!{count}I", raw, pos) if count else ()
+    return Parse(name, sql, tuple(types))
+
+
+def encode_parse(statement: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
+    body = _cstr(statement) + _cstr(sql) + struct.pack(f"!h{len(param_types)}I", len(param_types), *param_types)
+    return frame(PARSE, body)
+
+
+def decode_parameter_status(body: bytes | memoryview) -> tuple[str, str]:
+    raw = bytes(body)
+    name, pos = _read_cstr(raw, 0)
+    value, pos = _read_cstr(raw, pos)
+    if pos != len(raw):
+        raise ProtocolViolation("invalid ParameterStatus message")
+    return name, value

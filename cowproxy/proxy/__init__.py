@@ -1,0 +1,1 @@
+"""The asyncio data path: listener, sessions, upstream connections, cancel, TLS."""

@@ -1,0 +1,109 @@
+"""The listener: accepts clients, one `ClientSession` each, and drains on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+
+from cowproxy import logs
+from cowproxy.metrics import Metrics, serve_metrics
+from cowproxy.proxy.routing import ProductionOnlyRouter, Router
+from cowproxy.proxy.session import ClientSession, ProxyContext
+from cowproxy.proxy.upstream import UpstreamAddress
+
+
+@dataclass
+class ProxyConfig:
+    upstream: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6543
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_message_size: int = 64 * 1024 * 1024
+    drain_timeout: float = 30.0
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class ProxyServer:
+    def __init__(self, config: ProxyConfig, router: Router | None = None, metrics: Metrics | None = None) -> None:
+        self.config = config
+        upstream = UpstreamAddress.from_dsn(config.upstream)
+        self.ctx = ProxyContext(
+            upstream=upstream,
+            router=router or ProductionOnlyRouter(upstream.dbname),
+            metrics=metrics or Metrics(),
+            tls=tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None,
+            max_message_size=config.max_message_size,
+        )
+        self._server: asyncio.base_events.Server | None = None
+        self._metrics_server = None
+        self.port = config.listen_port
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientSession(self.ctx), self.config.listen_host, self.config.listen_port, backlog=1024,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.metrics_port is not None:
+            self._metrics_server, _ = serve_metrics(self.ctx.metrics, self.config.metrics_host or "127.0.0.1",
+                                                    self.config.metrics_port)
+        logs.event("listening", host=self.config.listen_host, port=self.port,
+                   upstream=self.ctx.upstream.display, tls=self.ctx.tls is not None,
+                   metrics=f"{self.config.metrics_host}:{self.config.metrics_port}" if self.config.metrics_port else None)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting, let running queries and open transactions finish, then close
+        idle sessions with 57P01; sessions still busy after `timeout` are cut."""
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        logs.event("draining", sessions=len(self.ctx.sessions), timeout=timeout)
+        while self.ctx.sessions and loop.time() < deadline:
+            for session in list(self.ctx.sessions):
+                session.terminate_if_idle()
+            if self.ctx.sessions:
+                await asyncio.sleep(0.05)
+        for session in list(self.ctx.sessions):
+            session._fatal("57P01", "terminating connection because cowproxy is shutting down")
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        logs.event("stopped")
+
+    async def serve_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain and return."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        await self.drain()
+
+
+def install_uvloop() -> None:
+    """Use uvloop for the event loop when it is installed (it is a dependency)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        logs.event("uvloop_missing", logging.WARNING)
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,533 @@
+"""One client connection, from its first byte to its last.
+
+A session is an `asyncio.Protocol` on the client's socket paired with an
+`UpstreamProtocol` on its own upstream connection. Protocols, not streams: relaying a
+chunk is a callback that writes to the other transport, with no task wake-up in between.
+
+States (each handles its own (state, input) pairs; see `State`):
+
+    STARTUP ──SSLRequest──▶ TLS_HANDSHAKE ──▶ STARTUP
+       │ GSSENCRequest: answer 'N', stay      CancelRequest: forward, close
+       ▼ StartupMessage
+    CONNECTING ──▶ AUTHENTICATING ──▶ SETUP (branch sessions) ──▶ READY ──▶ CLOSED
+
+In READY, client frames are framed whole (`FrontendFramer`) and forwarded as one write
+per chunk; server bytes are forwarded the moment they arrive while `BackendScanner`
+peeks at headers for ReadyForQuery and ErrorResponse only. Rows are never decoded.
+
+Backpressure both ways: when one side's transport buffers past its high-water mark,
+reading from the other side pauses until it drains (a slow client cannot make the
+proxy hold a result set in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cowproxy import logs
+from cowproxy.metrics import Metrics
+from cowproxy.protocol import ProtocolViolation
+from cowproxy.protocol.framing import BackendScanner, FrontendFramer, StartupReader
+from cowproxy.protocol.messages import (
+    AUTH_SASL,
+    AUTHENTICATION,
+    BACKEND_KEY_DATA,
+    ERROR_RESPONSE,
+    EXECUTE,
+    FUNCTION_CALL,
+    PASSWORD,
+    QUERY,
+    READY_FOR_QUERY,
+    SYNC,
+    TERMINATE,
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    decode_authentication,
+    decode_backend_key_data,
+    decode_error_fields,
+    decode_sasl_mechanisms,
+    decode_startup_packet,
+    encode_backend_key_data,
+    encode_error_response,
+    encode_query,
+    encode_sasl_mechanisms,
+    encode_startup_message,
+    encode_terminate,
+)
+from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
+from cowproxy.proxy.routing import Route, RouteRefused, Router
+from cowproxy.proxy.upstream import UpstreamAddress, open_upstream
+
+HIGH_WATER = 512 * 1024
+"""Bytes a transport may buffer before the other side stops being read."""
+
+_ANY_TYPE = frozenset(range(256))
+_AUTH_CLIENT_TYPES = frozenset({PASSWORD, TERMINATE})
+_SCAN_INTEREST = frozenset({READY_FOR_QUERY, ERROR_RESPONSE})
+_perf = time.perf_counter
+
+
+class State(enum.Enum):
+    STARTUP = "startup"
+    TLS_HANDSHAKE = "tls_handshake"
+    CONNECTING = "connecting"
+    AUTHENTICATING = "authenticating"
+    SETUP = "setup"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+@dataclass
+class ProxyContext:
+    """What every session of one proxy process shares."""
+
+    upstream: UpstreamAddress
+    router: Router
+    metrics: Metrics = field(default_factory=Metrics)
+    cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    tls: ssl.SSLContext | None = None
+    max_message_size: int = 64 * 1024 * 1024
+    sessions: set["ClientSession"] = field(default_factory=set)
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """The upstream side of a session: hands every event to the session."""
+
+    __slots__ = ("session", "transport")
+
+    def __init__(self, session: "ClientSession") -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session.client_pause_reading()
+
+    def resume_writing(self) -> None:
+        self.session.client_resume_reading()
+
+
+class ClientSession(asyncio.Protocol):
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.state = State.STARTUP
+        self.transport: asyncio.Transport | None = None
+        self.client_addr = "?"
+        self.tls = False
+        self.startup: StartupMessage | None = None
+        self.route: Route | None = None
+        self.branch = "-"
+        self._startup_reader = StartupReader()
+        self._early: list[bytes] = []          # client bytes that arrived before READY
+        self._upstream: asyncio.Transport | None = None
+        self._upstream_key: tuple[BackendPid, int] | None = None
+        self._frontend_pid = 0
+        self._framer = FrontendFramer(ctx.max_message_size)
+        self._auth_framer = FrontendFramer(ctx.max_message_size, _AUTH_CLIENT_TYPES)
+        self._backend_framer = FrontendFramer(2**31, _ANY_TYPE)
+        self._scanner = BackendScanner(_SCAN_INTEREST)
+        self._pending_ready = 0                # ReadyForQuery messages still owed by upstream
+        self._cycle_start = 0.0
+        self._proxy_time = 0.0
+        self._fatal_relayed = False
+        self._terminating = False
+        self._tx_status = b"I"
+        self._client_paused = False
+        self._finished = False
+        self._stats = ctx.metrics.statements
+        self._stat_key = ("production", "passthrough")
+
+    # ---------------------------------------------------------------- client events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        self.ctx.sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.READY:
+            t0 = _perf()
+            try:
+                buf, frames = self._framer.feed(data)
+            except ProtocolViolation as exc:
+                self._protocol_violation(exc)
+                return
+            if not frames:
+                return
+            owed = 0
+            statements = 0
+            for msg_type, _start, _end in frames:
+                if msg_type == QUERY:
+                    owed += 1
+                    statements += 1
+                elif msg_type == SYNC or msg_type == FUNCTION_CALL:
+                    owed += 1
+                elif msg_type == EXECUTE:
+                    statements += 1
+                elif msg_type == TERMINATE:
+                    self._terminating = True
+            if statements:
+                self._stats[self._stat_key] += statements
+            if owed:
+                if not self._pending_ready:
+                    self._cycle_start = t0
+                    self._proxy_time = 0.0
+                self._pending_ready += owed
+            self._upstream.write(buf)  # type: ignore[union-attr]
+            self._proxy_time += _perf() - t0
+            return
+        try:
+            self._slow_client_data(data)
+        except ProtocolViolation as exc:
+            self._protocol_violation(exc)
+
+    def _slow_client_data(self, data: bytes) -> None:
+        if self.state is State.STARTUP:
+            self._startup_data(data)
+        elif self.state is State.AUTHENTICATING:
+            buf, _frames = self._auth_framer.feed(data)
+            if buf:
+                self._upstream.write(buf)  # type: ignore[union-attr]
+        elif self.state in (State.TLS_HANDSHAKE,):
+            raise ProtocolViolation("received unencrypted data after SSL request")
+        elif self.state in (State.CONNECTING, State.SETUP):
+            self._early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        """Release everything the session holds, exactly once."""
+        if self._finished:
+            return
+        self._finished = True
+        was = self.state
+        self.state = State.CLOSED
+        self.ctx.sessions.discard(self)
+        if self._frontend_pid:
+            self.ctx.cancels.unregister(self._frontend_pid)  # type: ignore[arg-type]
+        if was is State.READY:
+            self.ctx.metrics.connections[self.branch] -= 1
+        upstream = self._upstream
+        if upstream is None or upstream.is_closing():
+            return
+        if self._pending_ready and self._upstream_key and not self._terminating:
+            # The client vanished mid-query: cancel upstream before hanging up, so the
+            # query does not run on for nobody.
+            logs.event("client_vanished_mid_query", logging.WARNING, branch=self.branch, client=self.client_addr)
+            asyncio.get_running_loop().create_task(self._cancel_then_close())
+        else:
+            if was is State.READY and not self._terminating:
+                upstream.write(encode_terminate())
+            upstream.close()
+        logs.event("client_disconnected", logging.DEBUG, branch=self.branch, client=self.client_addr)
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None:
+            self._upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.resume_reading()
+
+    def client_pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self._client_paused = True
+
+    def client_resume_reading(self) -> None:
+        if self.transport is not None and self._client_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._client_paused = False
+
+    # ---------------------------------------------------------------- startup phase
+
+    def _startup_data(self, data: bytes) -> None:
+        body = self._startup_reader.feed(data)
+        while body is not None and self.state is State.STARTUP:
+            packet = decode_startup_packet(body)
+            if isinstance(packet, SSLRequest):
+                if self.tls:
+                    raise ProtocolViolation("SSL negotiation requested on an encrypted connection")
+                if self._startup_reader.take_rest():
+                    raise ProtocolViolation("received unencrypted data after SSL request")
+                if self.ctx.tls is None:
+                    self.transport.write(b"N")  # type: ignore[union-attr]
+                else:
+                    self.transport.write(b"S")  # type: ignore[union-attr]
+                    self.state = State.TLS_HANDSHAKE
+                    asyncio.get_running_loop().create_task(self._start_tls())
+                    return
+            elif isinstance(packet, GSSENCRequest):
+                self.transport.write(b"N")  # type: ignore[union-attr]
+            elif isinstance(packet, CancelRequest):
+                self.ctx.cancels.cancel(packet.process_id, packet.secret_key)
+                self.transport.close()  # type: ignore[union-attr]
+                self.state = State.CLOSED
+                return
+            else:
+                assert isinstance(packet, StartupMessage)
+                self.startup = packet
+                rest = self._startup_reader.take_rest()
+                if rest:
+                    self._early.append(rest)
+                self.state = State.CONNECTING
+                asyncio.get_running_loop().create_task(self._connect())
+                return
+            body = self._startup_reader.feed(b"")
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls_transport = await loop.start_tls(self.transport, self, self.ctx.tls, server_side=True)  # type: ignore[arg-type]
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            logs.event("tls_handshake_failed", logging.WARNING, client=self.client_addr, error=str(exc))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if tls_transport is None or self.state is State.CLOSED:
+            return
+        self.transport = tls_transport  # type: ignore[assignment]
+        self.tls = True
+        self.state = State.STARTUP
+
+    async def _connect(self) -> None:
+        assert self.startup is not None
+        try:
+            route = await self.ctx.router.route(self.startup)
+        except RouteRefused as refused:
+            self._fatal(refused.sqlstate, refused.message, hint=refused.hint)
+            return
+        except Exception as exc:  # the catalog is unreachable, ...
+            logs.event("route_failed", logging.ERROR, client=self.client_addr, error=repr(exc))
+            self._fatal("08006", f"cowproxy could not route the connection: {exc}")
+            return
+        self.route = route
+        self.branch = route.label
+        self._stat_key = (self.branch, "passthrough")
+        try:
+            transport, _ = await open_upstream(self.ctx.upstream, lambda: UpstreamProtocol(self))
+        except (OSError, ConnectionError, ssl.SSLError) as exc:
+            self._fatal(
+                "08006",
+                f"cowproxy could not connect to the upstream server {self.ctx.upstream.display}: {exc}",
+                hint="The proxy keeps running; try again when the upstream is back.",
+            )
+            return
+        if self.state is State.CLOSED:
+            transport.close()
+            return
+        self._upstream = transport
+        protocol = self.startup.protocol
+        transport.write(encode_startup_message(route.startup_parameters, protocol))
+        self.state = State.AUTHENTICATING
+        early, self._early = b"".join(self._early), []
+        if early:
+            self._slow_client_data(early)
+
+    # ---------------------------------------------------------------- upstream events
+
+    def upstream_data(self, data: bytes) -> None:
+        if self.state is State.READY:
+            t0 = _perf()
+            try:
+                events = self._scanner.feed(data)
+            except ProtocolViolation as exc:
+                self._upstream_broken(exc)
+                return
+            self.transport.write(data)  # type: ignore[union-attr]
+            if events:
+                self._backend_events(events, t0)
+            else:
+                self._proxy_time += _perf() - t0
+            return
+        if self.state is State.CLOSED:
+            return
+        try:
+            if self.state is State.AUTHENTICATING:
+                self._auth_upstream_data(data)
+            elif self.state is State.SETUP:
+                self._setup_upstream_data(data)
+        except ProtocolViolation as exc:
+            self._upstream_broken(exc)
+
+    def _backend_events(self, events: list[tuple[int, bytes]], t0: float) -> None:
+        metrics = self.ctx.metrics
+        for msg_type, body in events:
+            if msg_type == READY_FOR_QUERY:
+                self._tx_status = body[:1]
+                if self._pending_ready:
+                    self._pending_ready -= 1
+                    if not self._pending_ready:
+                        now = _perf()
+                        proxy = self._proxy_time + (now - t0)
+                        metrics.latency["proxy"].observe(proxy)
+                        metrics.latency["upstream"].observe(max(0.0, now - self._cycle_start - proxy))
+            else:
+                fields = decode_error_fields(body)
+                metrics.errors[fields.sqlstate] += 1
+                if fields.severity in ("FATAL", "PANIC"):
+                    self._fatal_relayed = True
+
+    def _auth_upstream_data(self, data: bytes) -> None:
+        buf, frames = self._backend_framer.feed(data)
+        out: list[bytes] = []
+        for index, (msg_type, start, end) in enumerate(frames):
+            body = buf[start:end]
+            if msg_type == AUTHENTICATION:
+                code, rest = decode_authentication(body)
+                if code == AUTH_SASL:
+                    # Channel binding (SCRAM-SHA-256-PLUS) binds to the TLS certificate
+                    # of the connection the client sees, which is the proxy's: it cannot
+                    # pass through. Offer only what can.
+                    mechanisms = [m for m in decode_sasl_mechanisms(rest) if not m.endswith("-PLUS")]
+                    out.append(encode_sasl_mechanisms(mechanisms))
+                    continue
+            elif msg_type == BACKEND_KEY_DATA:
+                pid, secret = decode_backend_key_data(body)
+                self._upstream_key = (BackendPid(pid), secret)
+                self._frontend_pid, my_secret = self.ctx.cancels.register(self)
+                out.append(encode_backend_key_data(self._frontend_pid, my_secret))
+                continue
+            elif msg_type == ERROR_RESPONSE:
+                fields = decode_error_fields(body)
+                self.ctx.metrics.errors[fields.sqlstate] += 1
+                self._fatal_relayed = True
+                logs.event("upstream_refused_startup", logging.INFO, branch=self.branch,
+                           client=self.client_addr, sqlstate=fields.sqlstate, message=fields.message)
+            elif msg_type == READY_FOR_QUERY:
+                self.transport.write(b"".join(out))  # type: ignore[union-attr]
+                out.clear()
+                self._ready_after_auth(body)
+                tail = b"".join(buf[s - 5:e] for _, s, e in frames[index + 1:])
+                if tail:
+                    self.upstream_data(tail)
+                return
+            out.append(buf[start - 5:end])
+        if out:
+            self.transport.write(b"".join(out))  # type: ignore[union-attr]
+
+    def _ready_after_auth(self, rfq_body: bytes) -> None:
+        assert self.route is not None
+        if self.route.setup_sql:
+            self.state = State.SETUP
+            self._setup_status = rfq_body
+            self._upstream.write(encode_query(self.route.setup_sql))  # type: ignore[union-attr]
+            return
+        self._enter_ready(rfq_body)
+
+    def _setup_upstream_data(self, data: bytes) -> None:
+        """Swallow the answer to the route's setup SQL; fail the session if it errors."""
+        buf, frames = self._backend_framer.feed(data)
+        for msg_type, start, end in frames:
+            if msg_type == ERROR_RESPONSE:
+                fields = decode_error_fields(buf[start:end])
+                self._fatal(fields.sqlstate or "XX000", f"cowproxy could not set up the session: {fields.message}")
+                return
+            if msg_type == READY_FOR_QUERY:
+                self._enter_ready(self._setup_status)
+                return
+
+    def _enter_ready(self, rfq_body: bytes) -> None:
+        self.state = State.READY
+        self._tx_status = rfq_body[:1]
+        self.ctx.metrics.connections[self.branch] += 1
+        self.ctx.metrics.connections_total[self.branch] += 1
+        logs.event("client_connected", branch=self.branch, client=self.client_addr,
+                   user=self.startup.user if self.startup else "", tls=self.tls)
+        self.transport.write(b"Z\x00\x00\x00\x05" + rfq_body[:1])  # type: ignore[union-attr]
+        early, self._early = b"".join(self._early), []
+        if early:
+            self.data_received(early)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self._upstream = None
+        if self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
+            return
+        if not self._fatal_relayed and not self._terminating:
+            # The upstream went away without a word (crash, network): say so cleanly.
+            self._fatal(
+                "08006",
+                "cowproxy lost its connection to the upstream server",
+                detail=str(exc) if exc else None,
+                hint="The proxy is still running; reconnect to retry.",
+            )
+        else:
+            self.transport.close()
+            self._finish()
+
+    def _upstream_broken(self, exc: ProtocolViolation) -> None:
+        logs.event("upstream_protocol_violation", logging.ERROR, branch=self.branch, client=self.client_addr, error=str(exc))
+        if self._upstream is not None:
+            self._upstream.close()
+        self._fatal("08006", f"cowproxy received an invalid message from the upstream server: {exc}")
+
+    # ---------------------------------------------------------------- helpers
+
+    def cancel_upstream(self) -> None:
+        """Called by the cancel registry when the client sends a valid CancelRequest."""
+        if self._upstream_key is not None:
+            asyncio.get_running_loop().create_task(self._send_cancel())
+
+    async def _send_cancel(self) -> None:
+        assert self._upstream_key is not None
+        address = self.ctx.upstream
+
+        async def connect() -> Any:
+            if address.is_unix:
+                return await asyncio.open_unix_connection(f"{address.host.rstrip('/')}/.s.PGSQL.{address.port}")
+            return await asyncio.open_connection(address.host, address.port)
+
+        try:
+            await send_cancel(connect, *self._upstream_key)
+        except OSError as exc:
+            logs.event("cancel_failed", logging.WARNING, branch=self.branch, client=self.client_addr, error=str(exc))
+
+    async def _cancel_then_close(self) -> None:
+        upstream = self._upstream
+        await self._send_cancel()
+        if upstream is not None and not upstream.is_closing():
+            upstream.write(encode_terminate())
+            upstream.close()
+
+    def _protocol_violation(self, exc: ProtocolViolation) -> None:
+        self.ctx.metrics.protocol_violations += 1
+        logs.event("protocol_violation", logging.WARNING, branch=self.branch, client=self.client_addr, error=str(exc))
+        self._fatal(exc.sqlstate, str(exc))
+
+    def _fatal(self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
+        """Send one FATAL ErrorResponse and close this client (and only this client)."""
+        self.ctx.metrics.errors[sqlstate] += 1
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_error_response("FATAL", sqlstate, message, detail=detail, hint=hint))
+            self.transport.close()
+        self._finish()
+
+    def terminate_if_idle(self) -> bool:
+        """For draining: close the session with 57P01 if it is between transactions."""
+        if self.state is State.READY and not self._pending_ready and self._tx_status == b"I":
+            self._fatal("57P01", "terminating connection because cowproxy is shutting down")
+            return True
+        if self.state in (State.STARTUP, State.TLS_HANDSHAKE) and self.transport is not None:
+            self.transport.close()
+            return True
+        return False
