@@ -1,0 +1,1 @@
+"""SQL understanding for branches: analyze statements (pglast), rewrite names, cache."""

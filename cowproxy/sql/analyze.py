@@ -1,0 +1,296 @@
+"""What a SQL string does: its kind, the relations it reads and writes, and what the
+proxy must refuse. Pure functions over libpg_query's JSON parse tree (pglast), no I/O.
+
+Why JSON and not pglast's Python AST: `parse_sql_json` plus `json.loads` costs a few
+tens of microseconds, the Python AST several times that (DESIGN.md). Analysis runs only
+on a rewrite-cache miss; a repeated statement costs one dict lookup (`cache.py`).
+
+Locations in the tree are UTF-8 byte offsets into the SQL text; `rewrite.py` splices
+replacements by those offsets, so the statement the upstream runs is the client's own
+text with a few names changed (no deparse: comments and formatting survive).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import parser as pg_parser
+
+INTERNAL_SCHEMA_PREFIX = "cowproxy"
+"""`cowproxy` (the catalog) and `cowproxy_b_*` (overlays) are not addressable by clients."""
+
+SEQUENCE_FUNCTIONS = frozenset({"nextval", "currval", "setval"})
+
+LARGE_OBJECT_FUNCTIONS = frozenset({
+    "lo_import", "lo_export", "lo_create", "lo_creat", "lo_unlink", "lo_from_bytea", "lo_put",
+    "lo_open", "lowrite", "lo_truncate", "lo_truncate64", "lo_close", "loread", "lo_get",
+})
+
+REFUSED_SETTINGS = frozenset({"role", "session_authorization"})
+READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})
+CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+
+
+class Kind(enum.Enum):
+    """Metrics label and routing class of one statement (SPEC §7 kinds)."""
+
+    READ = "read"
+    WRITE = "write"
+    DDL = "ddl"
+    TRANSACTION = "transaction"   # BEGIN / COMMIT / SAVEPOINT ...
+    SESSION = "session"           # SET / SHOW / RESET / DISCARD / PREPARE / LISTEN ...
+    UTILITY = "utility"           # EXPLAIN without ANALYZE, VACUUM, ... (forwarded)
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A relation named in SQL: `schema` is None when unqualified."""
+
+    schema: str | None
+    name: str
+    location: int = field(default=-1, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    sqlstate: str
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """The analysis of one statement of a (possibly multi-statement) SQL string."""
+
+    kind: Kind
+    node: str                              # parse-node name, e.g. "InsertStmt"
+    reads: tuple[Relation, ...] = ()
+    writes: tuple[Relation, ...] = ()
+    sequences: tuple[Relation, ...] = ()   # nextval/currval/setval('name') literals
+    refusal: Refusal | None = None
+    read_only_escape: bool = False         # tries to make a transaction read-write
+    locking: bool = False                  # SELECT ... FOR UPDATE/SHARE
+    creates: tuple[Relation, ...] = ()     # relations a DDL statement creates
+    creates_temp: tuple[str, ...] = ()     # names of temporary tables it creates
+
+
+class SqlSyntaxError(Exception):
+    """The SQL does not parse; the upstream will answer 42601 itself."""
+
+
+_WRITE_NODES = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+_TRANSACTION_NODES = {"TransactionStmt"}
+_SESSION_NODES = {
+    "VariableSetStmt", "VariableShowStmt", "DiscardStmt", "PrepareStmt", "ExecuteStmt",
+    "DeallocateStmt", "ListenStmt", "UnlistenStmt", "NotifyStmt", "DeclareCursorStmt",
+    "FetchStmt", "ClosePortalStmt", "CheckPointStmt", "LoadStmt", "ConstraintsSetStmt",
+}
+_UTILITY_NODES = {"ExplainStmt", "VacuumStmt", "AnalyzeStmt"}
+_READ_NODES = {"SelectStmt", "CallStmt"}
+
+
+def parse(sql: str) -> list[dict[str, Any]]:
+    """The raw statements of `sql` as JSON dicts (each `{"stmt": {...}, ...}`)."""
+    try:
+        tree = json.loads(pg_parser.parse_sql_json(sql))
+    except pg_parser.ParseError as exc:
+        raise SqlSyntaxError(str(exc)) from exc
+    return tree.get("stmts", [])
+
+
+def analyze(sql: str) -> list[Statement]:
+    """Analyze every statement in `sql`, in order."""
+    return [analyze_node(raw.get("stmt", {})) for raw in parse(sql)]
+
+
+def analyze_node(stmt: dict[str, Any]) -> Statement:
+    if not stmt:
+        return Statement(Kind.SESSION, "Empty")
+    (node, body), = stmt.items()
+    walker = _Walker()
+    walker.walk({node: body})
+    refusal = walker.refusal or _refuse_statement(node, body)
+    writes = tuple(walker.writes)
+    reads = tuple(r for r in walker.relations if r not in writes)
+    kind = _kind_of(node, body, bool(writes))
+    creates: tuple[Relation, ...] = ()
+    creates_temp: tuple[str, ...] = ()
+    if node in ("CreateStmt", "CreateTableAsStmt", "ViewStmt", "CreateSeqStmt"):
+        target = body.get("relation") or body.get("view") or body.get("sequence") or (body.get("into") or {}).get("rel")
+        if target:
+            creates = (_relation(target),)
+            if target.get("relpersistence") == "t":
+                creates_temp = (target.get("relname", ""),)
+    escape = walker.read_only_escape or _makes_read_write(node, body)
+    return Statement(
+        kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
+        refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
+        creates_temp=creates_temp,
+    )
+
+
+def _kind_of(node: str, body: dict[str, Any], writes: bool) -> Kind:
+    if node in _TRANSACTION_NODES:
+        return Kind.TRANSACTION
+    if node in _SESSION_NODES:
+        return Kind.SESSION
+    if node == "ExplainStmt":
+        options = {opt.get("DefElem", {}).get("defname") for opt in body.get("options", [])}
+        return Kind.WRITE if "analyze" in options and writes else Kind.UTILITY
+    if node in _UTILITY_NODES:
+        return Kind.UTILITY
+    if node in _WRITE_NODES or node in ("TruncateStmt", "CopyStmt") and writes or writes:
+        return Kind.WRITE
+    if node in _READ_NODES or node == "CopyStmt":
+        return Kind.READ
+    return Kind.DDL
+
+
+def _relation(range_var: dict[str, Any]) -> Relation:
+    return Relation(range_var.get("schemaname"), range_var.get("relname", ""), range_var.get("location", -1))
+
+
+def _refuse_statement(node: str, body: dict[str, Any]) -> Refusal | None:
+    if node == "DoStmt":
+        return Refusal("0A000", "DO blocks are not supported through cowproxy",
+                       "Create a function on the branch and call it instead.")
+    if node == "AlterSystemStmt":
+        return Refusal("42501", "ALTER SYSTEM is not allowed through cowproxy")
+    if node == "VariableSetStmt" and body.get("name") in REFUSED_SETTINGS:
+        what = "SET SESSION AUTHORIZATION" if body.get("name") == "session_authorization" else (
+            "RESET ROLE" if body.get("kind") == "VAR_RESET" else "SET ROLE")
+        return Refusal("42501", f"{what} is not allowed through cowproxy",
+                       "Sessions run as their branch's role; connect as another user instead.")
+    if node == "VariableSetStmt" and body.get("kind") == "VAR_RESET_ALL":
+        return None
+    if node == "CopyStmt" and (body.get("filename") is not None or body.get("is_program")):
+        return Refusal("42501", "COPY to or from a server file or program is not allowed through cowproxy",
+                       "Use COPY ... FROM STDIN / TO STDOUT (psql: \\copy).")
+    if node == "LockStmt":
+        return Refusal("0A000", "LOCK TABLE is not supported on a branch",
+                       "Branch sessions cannot take table locks on production tables.")
+    if node in ("CreateSubscriptionStmt", "AlterSubscriptionStmt", "CreatePublicationStmt",
+                "CreateEventTrigStmt", "AlterEventTrigStmt", "LoadStmt", "CreateExtensionStmt",
+                "CreateForeignServerStmt", "CreateFdwStmt", "ImportForeignSchemaStmt", "CreatedbStmt",
+                "DropdbStmt", "CreateRoleStmt", "AlterRoleStmt", "DropRoleStmt", "GrantRoleStmt",
+                "CreateTableSpaceStmt", "AlterDatabaseStmt", "AlterDatabaseSetStmt", "ReassignOwnedStmt"):
+        label = node.removesuffix("Stmt")
+        return Refusal("0A000", f"{label} is not supported through cowproxy",
+                       "Cluster-level and replication commands must be run against the server directly.")
+    return None
+
+
+def _makes_read_write(node: str, body: dict[str, Any]) -> bool:
+    """BEGIN READ WRITE, SET [SESSION CHARACTERISTICS ...] transaction_read_only = off ..."""
+    if node == "TransactionStmt" or node == "VariableSetStmt" and body.get("name") == "SESSION CHARACTERISTICS":
+        return any(_defelem_false(o, "transaction_read_only") for o in body.get("options", body.get("args", [])))
+    if node == "VariableSetStmt" and body.get("name") in READ_ONLY_SETTINGS:
+        if body.get("kind") in ("VAR_RESET", "VAR_SET_DEFAULT"):
+            return True
+        return any(_const_is_false(a) for a in body.get("args", []))
+    if node == "VariableSetStmt" and body.get("name") == "TRANSACTION":
+        return any(_defelem_false(o, "transaction_read_only") for o in body.get("args", []))
+    return False
+
+
+def _defelem_false(option: dict[str, Any], name: str) -> bool:
+    elem = option.get("DefElem", {})
+    return elem.get("defname") == name and _const_is_false(elem.get("arg", {}))
+
+
+def _const_is_false(node: dict[str, Any]) -> bool:
+    const = node.get("A_Const", {})
+    if "ival" in const:
+        return not const["ival"].get("ival", 0)
+    if "sval" in const:
+        return const["sval"].get("sval", "").lower() in ("off", "false", "0", "no", "f", "n")
+    if "boolval" in const:
+        return not const["boolval"].get("boolval", False)
+    return False
+
+
+class _Walker:
+    """One pass over a statement's tree collecting relations, writes and refusals."""
+
+    def __init__(self) -> None:
+        self.relations: list[Relation] = []
+        self.writes: list[Relation] = []
+        self.sequences: list[Relation] = []
+        self.refusal: Refusal | None = None
+        self.read_only_escape = False
+        self.locking = False
+
+    def walk(self, node: Any) -> None:
+        stack = [node]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                if "relname" in item:  # a RangeVar, wrapped or bare (statement targets are bare)
+                    self._range_var(item)
+                for key, value in item.items():
+                    if key in _WRITE_NODES:
+                        target = value.get("relation")
+                        if target:
+                            self.writes.append(_relation(target))
+                    elif key == "TruncateStmt":
+                        self.writes.extend(_relation(r["RangeVar"]) for r in value.get("relations", []))
+                    elif key == "CopyStmt" and value.get("is_from") and value.get("relation"):
+                        self.writes.append(_relation(value["relation"]))
+                    elif key == "FuncCall":
+                        self._func_call(value)
+                    elif key == "lockingClause":
+                        self.locking = True
+                    if isinstance(value, (dict, list)):
+                        stack.append(value)
+            elif isinstance(item, list):
+                stack.extend(item)
+
+    def _range_var(self, rv: dict[str, Any]) -> None:
+        rel = _relation(rv)
+        self.relations.append(rel)
+        self._check_schema(rv.get("schemaname"))
+
+    def _check_schema(self, schema: str | None) -> None:
+        if schema and schema.startswith(INTERNAL_SCHEMA_PREFIX) and self.refusal is None:
+            self.refusal = Refusal("42501", f'schema "{schema}" is internal to cowproxy',
+                                   "Name tables without cowproxy's internal schemas.")
+
+    def _func_call(self, call: dict[str, Any]) -> None:
+        names = [n.get("String", {}).get("sval", "") for n in call.get("funcname", [])]
+        if not names:
+            return
+        name = names[-1].lower()
+        schema = names[0].lower() if len(names) > 1 else None
+        if schema and schema.startswith(INTERNAL_SCHEMA_PREFIX):
+            self._check_schema(schema)
+        if name in SEQUENCE_FUNCTIONS:
+            args = call.get("args", [])
+            literal = args[0].get("A_Const", {}).get("sval") if args else None
+            if literal is not None:
+                seq_schema, _, seq_name = literal.get("sval", "").rpartition(".")
+                self.sequences.append(Relation(seq_schema or None, seq_name, args[0]["A_Const"].get("location", -1)))
+                self._check_schema(seq_schema or None)
+        elif name in LARGE_OBJECT_FUNCTIONS and self.refusal is None:
+            self.refusal = Refusal("0A000", f"large object function {name}() is not supported through cowproxy")
+        elif name in _REFUSED_FUNCTIONS and self.refusal is None:
+            self.refusal = Refusal("0A000", f"function {name}() is not supported through cowproxy")
+        elif name == "set_config":
+            args = call.get("args", [])
+            setting = args[0].get("A_Const", {}).get("sval", {}).get("sval", "").lower() if args else ""
+            if setting in REFUSED_SETTINGS and self.refusal is None:
+                self.refusal = Refusal("42501", f"set_config('{setting}', ...) is not allowed through cowproxy")
+            elif setting in READ_ONLY_SETTINGS or not setting:
+                # A computed setting name could be anything: treat it as an escape.
+                self.read_only_escape = True
+
+
+_REFUSED_FUNCTIONS = frozenset({
+    "dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblink_send_query",
+    "pg_reload_conf", "pg_rotate_logfile",
+    "pg_promote", "pg_create_restore_point", "pg_switch_wal", "pg_start_backup", "pg_backup_start",
+    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot", "pg_drop_replication_slot",
+    "pg_replication_origin_create", "pg_file_write",
+})

@@ -1,0 +1,222 @@
+"""Deciding what to do with one client SQL string, per branch, cached.
+
+A `Decision` says: forward the client's bytes untouched, forward rewritten text, refuse
+with an error, or first materialize overlays for tables the statement writes (the
+session asks the control plane, then decides again). Decisions depend only on the
+SQL text and the branch's layout (which tables have shadows where), so they are cached
+per (text) within a layout version; a new layout version starts a new cache. A repeated
+statement costs one dict lookup (DESIGN.md: the hot path).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from cowproxy.metrics import Metrics
+from cowproxy.sql.analyze import Kind, Refusal, Relation, SqlSyntaxError, Statement, analyze
+from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
+
+CACHE_SIZE = 4096
+
+
+class Action(enum.Enum):
+    FORWARD = "forward"
+    REWRITE = "rewrite"
+    REFUSE = "refuse"
+    MATERIALIZE = "materialize"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    kind: str                                   # metrics label (SPEC §7 kinds)
+    sql: str | None = None                      # the rewritten text, for REWRITE
+    refusal: Refusal | None = None
+    materialize: tuple[Relation, ...] = ()      # tables that need an overlay first
+    creates_temp: tuple[str, ...] = ()          # temp tables this statement creates
+
+
+FORWARD_PASSTHROUGH = Decision(Action.FORWARD, "passthrough")
+
+
+@dataclass(frozen=True)
+class BranchLayout:
+    """What the rewriter must know about a branch, loaded from the catalog.
+
+    `overlays` maps a production table `(schema, name)` to the overlay schema holding
+    its shadow (the branch's own, or an ancestor's for a stacked branch); `local_names`
+    are tables the branch created itself (they live in its schema and shadow nothing).
+    """
+
+    branch: str
+    schema: str
+    search_schemas: tuple[str, ...]
+    overlays: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    overlay_names: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    local_names: frozenset[str] = frozenset()
+    production_schemas: tuple[str, ...] = ("public",)
+    version: int = 1
+
+    def shadow_for_unqualified(self, name: str) -> bool:
+        return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
+
+
+class _Lru(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: Decision) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+class ProductionPolicy:
+    """Sessions on the production database's own name: reads only (SPEC §3).
+
+    PostgreSQL itself refuses writes (the session runs with
+    default_transaction_read_only and a role that cannot write); this policy refuses,
+    with clear errors, every way of making the session read-write and SPEC §6's escapes.
+    """
+
+    label = "production"
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._cache = _Lru(CACHE_SIZE)
+
+    def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision:
+        hit = self._cache.get(sql)
+        if hit is not None:
+            self.metrics.rewrite_cache["hit"] += 1
+            return hit
+        self.metrics.rewrite_cache["miss"] += 1
+        decision = self._decide(sql)
+        self._cache.put(sql, decision)
+        return decision
+
+    def _decide(self, sql: str) -> Decision:
+        try:
+            statements = analyze(sql)
+        except SqlSyntaxError:
+            return FORWARD_PASSTHROUGH  # the upstream answers 42601 exactly as it would directly
+        for st in statements:
+            if st.refusal:
+                return Decision(Action.REFUSE, "refused", refusal=st.refusal)
+            if st.read_only_escape:
+                return Decision(Action.REFUSE, "refused", refusal=Refusal(
+                    "25006", "production is read-only through cowproxy",
+                    "Create a branch (cowproxy branch create NAME) and connect to it to write."))
+        kinds = {st.kind for st in statements}
+        if Kind.WRITE in kinds or Kind.DDL in kinds:
+            # Forwarded: PostgreSQL refuses it with 25006 in the read-only transaction.
+            return Decision(Action.FORWARD, "refused")
+        return FORWARD_PASSTHROUGH
+
+
+class BranchPolicy:
+    """Sessions on a branch: route writes into the overlay, rewrite qualified names of
+    changed tables to their shadows, refuse SPEC §6's escapes."""
+
+    def __init__(self, layout: BranchLayout, metrics: Metrics) -> None:
+        self.layout = layout
+        self.metrics = metrics
+        self._cache = _Lru(CACHE_SIZE)
+        self.label = layout.branch
+
+    def set_layout(self, layout: BranchLayout) -> None:
+        if layout.version != self.layout.version:
+            self._cache = _Lru(CACHE_SIZE)
+        self.layout = layout
+
+    def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision:
+        hit = self._cache.get(sql)
+        if hit is not None:
+            self.metrics.rewrite_cache["hit"] += 1
+            if hit.action is not Action.MATERIALIZE:
+                return hit
+        else:
+            self.metrics.rewrite_cache["miss"] += 1
+        decision = self._decide(sql, temp_tables)
+        if decision.action is not Action.MATERIALIZE and not temp_tables:
+            self._cache.put(sql, decision)
+        return decision
+
+    def _decide(self, sql: str, temp_tables: frozenset[str]) -> Decision:
+        try:
+            statements = analyze(sql)
+        except SqlSyntaxError:
+            return FORWARD_PASSTHROUGH
+        layout = self.layout
+        missing: list[Relation] = []
+        for st in statements:
+            if st.refusal:
+                return Decision(Action.REFUSE, "refused", refusal=st.refusal)
+            for rel in st.writes:
+                if self._needs_overlay(rel, temp_tables):
+                    missing.append(rel)
+        if missing:
+            return Decision(Action.MATERIALIZE, "write", materialize=tuple(dict.fromkeys(missing)))
+        splices = self._splices(sql, statements)
+        kind = _kind_label(statements, touches_overlay=bool(splices) or self._touches_overlay(statements))
+        temps = tuple(name for st in statements for name in st.creates_temp)
+        if splices:
+            return Decision(Action.REWRITE, kind, sql=apply(sql, splices), creates_temp=temps)
+        return Decision(Action.FORWARD, kind, creates_temp=temps)
+
+    def _needs_overlay(self, rel: Relation, temp_tables: frozenset[str]) -> bool:
+        layout = self.layout
+        if rel.schema is None:
+            return not (layout.shadow_for_unqualified(rel.name) or rel.name in temp_tables)
+        if rel.schema in layout.search_schemas or rel.schema.startswith("pg_temp"):
+            return False
+        return (rel.schema, rel.name) not in layout.overlays
+
+    def _touches_overlay(self, statements: list[Statement]) -> bool:
+        layout = self.layout
+        for st in statements:
+            for rel in (*st.reads, *st.writes):
+                if rel.schema is None and layout.shadow_for_unqualified(rel.name):
+                    return True
+        return False
+
+    def _splices(self, sql: str, statements: list[Statement]) -> list[Splice]:
+        layout = self.layout
+        spans: NameSpans | None = None
+        splices: list[Splice] = []
+        seen: set[int] = set()
+        for st in statements:
+            for rel in (*st.reads, *st.writes):
+                if rel.schema is None or rel.location < 0 or rel.location in seen:
+                    continue
+                target = layout.overlays.get((rel.schema, rel.name))
+                if target is None:
+                    continue
+                spans = spans or NameSpans(sql)
+                start, end = spans.qualified_name(rel.location)
+                name = layout.overlay_names.get((rel.schema, rel.name), rel.name)
+                splices.append(Splice(start, end, f"{quote_ident(target)}.{quote_ident(name)}"))
+                seen.add(rel.location)
+            for seq in st.sequences:
+                if seq.schema is None or seq.schema in layout.search_schemas or seq.location < 0:
+                    continue
+                spans = spans or NameSpans(sql)
+                start, end = spans.token(seq.location)
+                local = seq.name if seq.schema == "public" else f"{seq.schema}.{seq.name}"
+                splices.append(Splice(start, end, quote_literal(f"{quote_ident(layout.schema)}.{quote_ident(local)}")))
+        return splices
+
+
+def _kind_label(statements: list[Statement], touches_overlay: bool) -> str:
+    kinds = {st.kind for st in statements}
+    if Kind.DDL in kinds:
+        return "ddl"
+    if Kind.WRITE in kinds:
+        return "write"
+    if Kind.READ in kinds and touches_overlay:
+        return "read"
+    return "passthrough"

@@ -1,0 +1,82 @@
+"""Rewriting a statement for a branch by splicing names into the client's own text.
+
+The parse tree gives where each relation name starts (a UTF-8 byte offset); the
+scanner's tokens give where it ends (`schema . name`, quoted or not, any spacing). A
+rewrite replaces those byte spans and nothing else, so comments, formatting and
+parameter placeholders reach the upstream untouched, and no deparser runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pglast import parser as pg_parser
+
+_DOT = "ASCII_46"
+
+
+def quote_ident(name: str) -> str:
+    """PostgreSQL's quote_ident: always quoted, inner quotes doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class Splice:
+    start: int   # byte offset, inclusive
+    end: int     # byte offset, exclusive
+    text: str
+
+
+class NameSpans:
+    """Finds the byte span of a (possibly qualified) name starting at a location."""
+
+    def __init__(self, sql: str) -> None:
+        # The scanner counts characters, the parse tree bytes: keep byte offsets here.
+        tokens = pg_parser.scan(sql)
+        if sql.isascii():
+            self._spans = [(t.start, t.end + 1, t.name) for t in tokens]
+        else:
+            to_byte = [0]
+            for ch in sql:
+                to_byte.append(to_byte[-1] + len(ch.encode()))
+            self._spans = [(to_byte[t.start], to_byte[t.end + 1], t.name) for t in tokens]
+        self._by_start = {span[0]: i for i, span in enumerate(self._spans)}
+
+    def qualified_name(self, location: int) -> tuple[int, int]:
+        """[start, end) of `a.b.c`, `a.b` or `a` beginning at `location`."""
+        i = self._by_start.get(location)
+        if i is None:
+            raise ValueError(f"no token starts at byte {location}")
+        end = self._spans[i][1]
+        while i + 2 < len(self._spans) and self._spans[i + 1][2] == _DOT:
+            i += 2
+            end = self._spans[i][1]
+        return location, end
+
+    def token(self, location: int) -> tuple[int, int]:
+        """[start, end) of the single token at `location` (a string literal, ...)."""
+        i = self._by_start.get(location)
+        if i is None:
+            raise ValueError(f"no token starts at byte {location}")
+        return location, self._spans[i][1]
+
+
+def apply(sql: str, splices: list[Splice]) -> str:
+    """Apply non-overlapping byte-offset splices to `sql`."""
+    if not splices:
+        return sql
+    raw = sql.encode()
+    out: list[bytes] = []
+    pos = 0
+    for splice in sorted(splices, key=lambda s: s.start):
+        if splice.start < pos:
+            raise ValueError("overlapping rewrites")
+        out.append(raw[pos:splice.start])
+        out.append(splice.text.encode())
+        pos = splice.end
+    out.append(raw[pos:])
+    return b"".join(out).decode()
