@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -49,8 +50,11 @@ def main(log_level: str) -> None:
               help="Largest client message accepted, in bytes; larger ones get 08P01 and the connection closes.")
 @click.option("--drain-timeout", default=30.0, show_default=True,
               help="Seconds SIGTERM waits for open transactions before cutting them.")
+@click.option("--passthrough", is_flag=True,
+              help="No branches: relay the production database as the client's own user, writes included. "
+                   "For benchmarking the proxy core; production is NOT protected in this mode.")
 def serve(upstream: str, listen: str, metrics: str | None, tls_cert: str | None, tls_key: str | None,
-          max_message_size: int, drain_timeout: float) -> None:
+          max_message_size: int, drain_timeout: float, passthrough: bool) -> None:
     """Run the proxy in the foreground until SIGTERM or SIGINT, then drain and exit.
 
     \b
@@ -67,9 +71,36 @@ def serve(upstream: str, listen: str, metrics: str | None, tls_cert: str | None,
     mhost, mport = _hostport(metrics) if metrics else (None, None)
     config = ProxyConfig(upstream=upstream, listen_host=host, listen_port=port, metrics_host=mhost,
                          metrics_port=mport, tls_cert=tls_cert, tls_key=tls_key,
-                         max_message_size=max_message_size, drain_timeout=drain_timeout)
+                         max_message_size=max_message_size, drain_timeout=drain_timeout,
+                         passthrough=passthrough)
     install_uvloop()
     asyncio.run(ProxyServer(config).serve_until_signalled())
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:6543", show_default=True, help="HOST:PORT for the proxy.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="PostgreSQL data directory, kept and reused next time. Default: a temporary one, removed on exit.")
+@click.option("--metrics", "metrics", default=None, help="HOST:PORT to serve Prometheus /metrics on.")
+@click.pass_context
+def demo(ctx: click.Context, listen: str, data_dir: Path | None, metrics: str | None) -> None:
+    """Embedded PostgreSQL + a sample shop database + the proxy, until Ctrl-C.
+
+    Prints ready-to-paste psql commands; Ctrl-C stops everything it started.
+    """
+    from cowproxy.demo import DemoOptions, run_demo
+
+    if ctx.parent is not None and ctx.parent.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
+        logs.configure("warning")  # JSON event lines would bury the demo's own output
+    host, port = _hostport(listen)
+    mhost, mport = _hostport(metrics) if metrics else (None, None)
+    ctx.exit(run_demo(DemoOptions(listen_host=host, listen_port=port, data_dir=data_dir,
+                                  metrics_host=mhost, metrics_port=mport)))
+
+
+from cowproxy.branch.cli import branch as _branch  # noqa: E402  (cowproxy branch ...)
+
+main.add_command(_branch)
 
 
 def run() -> None:  # pragma: no cover

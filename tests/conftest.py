@@ -44,8 +44,17 @@ def pg():
 
 @pytest.fixture(scope="session")
 def proxy(pg):
-    """`cowproxy serve` in front of `pg`, production database `postgres`."""
+    """`cowproxy serve --passthrough` in front of `pg`, production database `postgres`:
+    the plain relay, for the protocol and client tests."""
     with ProxyProcess(pg.dsn("postgres")) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def branch_proxy(pg):
+    """`cowproxy serve` (the product) in front of `pg`: database `postgres` is read-only
+    production, any other database name is a branch."""
+    with ProxyProcess(pg.dsn("postgres"), branches=True) as p:
         yield p
 
 

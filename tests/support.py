@@ -53,11 +53,13 @@ def psql(dsn: str, sql: str, *args: str, check: bool = True) -> subprocess.Compl
 class ProxyProcess:
     """`cowproxy serve` in a child process on a free loopback port."""
 
-    def __init__(self, upstream: str, *extra: str, metrics: bool = True) -> None:
+    def __init__(self, upstream: str, *extra: str, metrics: bool = True, branches: bool = False) -> None:
+        """`branches=False` runs `serve --passthrough` (the plain relay the protocol tests
+        exercise); `branches=True` runs the product: branch routing, read-only production."""
         self.upstream = upstream
         self.port = free_port()
         self.metrics_port = free_port() if metrics else None
-        self.extra = list(extra)
+        self.extra = list(extra) if branches else ["--passthrough", *extra]
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
@@ -105,7 +107,7 @@ class ProxyProcess:
         from urllib.parse import quote, urlencode
 
         auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-        query = ("?" + urlencode(params)) if params else ""
+        query = ("?" + urlencode(params, quote_via=quote)) if params else ""  # libpq reads '+' literally
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{quote(dbname, safe='')}{query}"
 
     def scrape_metrics(self) -> str:

@@ -36,7 +36,17 @@ Frame = tuple[int, int, int]
 
 
 class StartupReader:
-    """Accumulates one startup-phase packet: Int32 length (counting itself), payload."""
+    """Accumulates one startup-phase packet: Int32 length (counting itself), payload.
+
+    The length is checked as soon as its four bytes arrive, with PostgreSQL's own rule
+    (ProcessStartupPacket): the payload after the length word must hold at least the
+    Int32 request code and at most `MAX_STARTUP_PACKET` bytes. A client therefore cannot
+    make the proxy buffer more than about 10 kB before it has authenticated.
+
+    Packets come out one per call: after a packet, `feed(b"")` yields the next one if it
+    is already buffered, and `take_rest()` hands over whatever follows (for example a
+    Query pipelined right behind the StartupMessage).
+    """
 
     __slots__ = ("_buf",)
 
@@ -49,7 +59,7 @@ class StartupReader:
         if len(self._buf) < 4:
             return None
         (length,) = _unpack_u32(self._buf, 0)
-        if length < 8 or length > MAX_STARTUP_PACKET:
+        if length < 8 or length - 4 > MAX_STARTUP_PACKET:
             raise ProtocolViolation("invalid length of startup packet")
         if len(self._buf) < length:
             return None
@@ -70,6 +80,12 @@ class FrontendFramer:
     `feed(data)` returns `(buf, frames)`: `buf` holds every whole frame received so far
     (contiguous, in order) and `frames` indexes them. The caller usually forwards `buf`
     unchanged, which is why frames are offsets rather than copies.
+
+    Each header is judged as soon as its bytes arrive, before any of the body is
+    buffered: a type byte outside `allowed_types` is refused on its own (as PostgreSQL
+    refuses it, having read only that byte), a length below 4 or above
+    `max_message_size` once the 5-byte header is complete. So a hostile client can make
+    the proxy hold at most one `max_message_size` frame.
     """
 
     __slots__ = ("_pending", "max_message_size", "allowed_types")
@@ -81,6 +97,11 @@ class FrontendFramer:
         self.allowed_types = allowed_types
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
+        """Add bytes; return the whole frames completed so far and their offsets.
+
+        The frames' bytes are `buf`; a trailing partial frame is kept for the next call.
+        Raises `ProtocolViolation` on a refused header (see the class docstring).
+        """
         if self._pending:
             self._pending += data
             buf: bytes = bytes(self._pending)
@@ -91,10 +112,12 @@ class FrontendFramer:
         n = len(buf)
         allowed = self.allowed_types
         limit = self.max_message_size
-        while n - pos >= 5:
+        while pos < n:
             msg_type = buf[pos]
             if msg_type not in allowed:
                 raise ProtocolViolation(f"invalid frontend message type {msg_type}")
+            if n - pos < 5:
+                break
             (length,) = _unpack_u32(buf, pos + 1)
             if length < 4:
                 raise ProtocolViolation(f"invalid message length {length}")
@@ -116,6 +139,7 @@ class FrontendFramer:
 
     @property
     def buffered(self) -> int:
+        """Bytes of an incomplete frame held back for the next `feed`."""
         return len(self._pending)
 
 
@@ -124,6 +148,11 @@ class BackendScanner:
 
     `feed(chunk)` returns `[(type, body), ...]` for the message types in `interest`
     that completed in this chunk; every other message is skipped without copying.
+
+    Between calls the scanner is in one of four states: on a boundary, inside the body
+    of a skipped message (`_skip` bytes to go), inside a header (`_head` holds its first
+    bytes), or inside an interesting message (`_collect` holds it so far). Chunks may cut
+    the stream anywhere; the events are the same as if it came in one piece.
     """
 
     __slots__ = ("interest", "_skip", "_head", "_collect_type", "_collect", "_collect_left")
@@ -137,6 +166,10 @@ class BackendScanner:
         self._collect_left = 0    # ... and how many of its bytes are still to come
 
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        """Walk `chunk`; return the interesting messages it completes, in order.
+
+        Raises `ProtocolViolation` on a length below 4 (the length counts itself).
+        """
         events: list[tuple[int, bytes]] = []
         n = len(chunk)
         pos = 0

@@ -25,7 +25,8 @@ GSSENC_REQUEST_CODE: Final = 80877104
 CANCEL_REQUEST_CODE: Final = 80877102
 
 MAX_STARTUP_PACKET: Final = 10_000
-"""PostgreSQL's own limit on a startup packet (MAX_STARTUP_PACKET_LENGTH)."""
+"""PostgreSQL's own limit on a startup packet (MAX_STARTUP_PACKET_LENGTH): the bytes
+after the Int32 length word, so the length word itself may say up to 10004."""
 
 # -- frontend message types (PMF), as ints so that `buf[i] == QUERY` needs no slicing.
 BIND: Final = ord("B")
@@ -71,7 +72,6 @@ AUTH_SASL_FINAL: Final = 12
 
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
-_HDR = struct.Struct("!cI")  # type byte + length
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,14 +116,22 @@ StartupPacket = Union[StartupMessage, SSLRequest, GSSENCRequest, CancelRequest]
 
 
 def decode_startup_packet(body: bytes) -> StartupPacket:
-    """Decode a startup-phase packet body (everything after its Int32 length)."""
+    """Decode a startup-phase packet body (everything after its Int32 length).
+
+    The checks and messages follow PostgreSQL's ProcessStartupPacket, so a client sees
+    the same FATAL 08P01 it would get from the server: any 3.x protocol is accepted
+    (the upstream negotiates the minor version), the parameters are name/value C-string
+    pairs closed by one more zero byte, names are non-empty, and `user` must be given.
+    Parameter bytes must be UTF-8 (PostgreSQL checks them later, against the server
+    encoding; the proxy needs them as text to route the connection).
+    """
     if len(body) < 4:
         raise ProtocolViolation("invalid length of startup packet")
-    (code,) = _I32.unpack_from(body, 0)
-    if code == SSL_REQUEST_CODE and len(body) == 4:
-        return SSLRequest()
-    if code == GSSENC_REQUEST_CODE and len(body) == 4:
-        return GSSENCRequest()
+    (code,) = _U32.unpack_from(body, 0)
+    if code == SSL_REQUEST_CODE or code == GSSENC_REQUEST_CODE:
+        if len(body) != 4:
+            raise ProtocolViolation("invalid length of encryption request packet")
+        return SSLRequest() if code == SSL_REQUEST_CODE else GSSENCRequest()
     if code == CANCEL_REQUEST_CODE:
         if len(body) != 12:
             raise ProtocolViolation("invalid length of cancel request packet")
@@ -150,21 +158,30 @@ def decode_startup_packet(body: bytes) -> StartupPacket:
     if "" in params:
         raise ProtocolViolation("invalid startup packet layout: empty parameter name")
     if not params.get("user"):
-        raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+        # PostgreSQL's code for this one is invalid_authorization_specification.
+        raise ProtocolViolation("no PostgreSQL user name specified in startup packet", sqlstate="28000")
     return StartupMessage(code, params)
 
 
 def encode_startup_message(parameters: dict[str, str], protocol: int = PROTOCOL_3_0) -> bytes:
+    """PMF StartupMessage, length word included (what the proxy sends upstream)."""
     payload = b"".join(k.encode() + b"\x00" + v.encode() + b"\x00" for k, v in parameters.items())
-    payload = _I32.pack(protocol) + payload + b"\x00"
+    payload = _U32.pack(protocol) + payload + b"\x00"
     return _I32.pack(len(payload) + 4) + payload
 
 
 def encode_ssl_request() -> bytes:
+    """PMF SSLRequest (the proxy sends it upstream before a TLS handshake)."""
     return struct.pack("!ii", 8, SSL_REQUEST_CODE)
 
 
+def encode_gssenc_request() -> bytes:
+    """PMF GSSENCRequest (clients send it; the proxy only decodes it, and declines)."""
+    return struct.pack("!ii", 8, GSSENC_REQUEST_CODE)
+
+
 def encode_cancel_request(process_id: int, secret_key: int) -> bytes:
+    """PMF CancelRequest with a protocol 3.0 key (two Int32)."""
     return struct.pack("!iiii", 16, CANCEL_REQUEST_CODE, process_id, secret_key)
 
 
@@ -181,12 +198,24 @@ def _cstr(s: str) -> bytes:
     return s.encode() + b"\x00"
 
 
+def _read_cstr(raw: bytes, pos: int) -> tuple[str, int]:
+    """The UTF-8 C string at `pos` and the offset just after its zero byte."""
+    nul = raw.find(b"\x00", pos)
+    if nul < 0:
+        raise ProtocolViolation("invalid string in message")
+    try:
+        return raw[pos:nul].decode(), nul + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid byte sequence for encoding \"UTF8\"") from exc
+
+
 def encode_query(sql: str) -> bytes:
     """PMF Query."""
     return frame(QUERY, _cstr(sql))
 
 
 def encode_terminate() -> bytes:
+    """PMF Terminate."""
     return b"X\x00\x00\x00\x04"
 
 
@@ -201,10 +230,12 @@ def encode_backend_key_data(process_id: int, secret_key: int) -> bytes:
 
 
 def encode_parameter_status(name: str, value: str) -> bytes:
+    """PMF ParameterStatus."""
     return frame(PARAMETER_STATUS, _cstr(name) + _cstr(value))
 
 
 def encode_authentication(code: int, data: bytes = b"") -> bytes:
+    """PMF Authentication*: request code (AUTH_OK, AUTH_MD5, ...) and its data."""
     return frame(AUTHENTICATION, _I32.pack(code) + data)
 
 
@@ -250,18 +281,23 @@ class ErrorFields:
 
 
 def decode_error_fields(body: bytes | memoryview) -> ErrorFields:
+    """PMF ErrorResponse / NoticeResponse body: (code byte, C string) fields closed by
+    a zero byte. Field text is decoded leniently (undecodable bytes become U+FFFD): the
+    server may send messages in its own encoding, and the proxy only reads them."""
     raw = bytes(body)
     if not raw.endswith(b"\x00"):
         raise ProtocolViolation("error response is not terminated")
     out: dict[str, str] = {}
     pos = 0
-    end = len(raw) - 1
+    end = len(raw) - 1  # the closing zero byte
     while pos < end:
-        code = chr(raw[pos])
+        code = raw[pos]
         nul = raw.find(b"\x00", pos + 1)
-        if nul < 0 or nul > end:
-            raise ProtocolViolation("error response field is not terminated")
-        out[code] = raw[pos + 1 : nul].decode("utf-8", "replace")
+        if code == 0 or nul >= end:
+            # A zero code before the end means bytes after the terminator; a field
+            # ending at the last byte means the terminator itself is missing.
+            raise ProtocolViolation("invalid error response field layout")
+        out[chr(code)] = raw[pos + 1 : nul].decode("utf-8", "replace")
         pos = nul + 1
     return ErrorFields(out)
 
@@ -273,16 +309,28 @@ def decode_authentication(body: bytes | memoryview) -> tuple[int, bytes]:
     return _I32.unpack_from(body, 0)[0], bytes(body[4:])
 
 
-def decode_sasl_mechanisms(data: bytes) -> list[str]:
+def decode_sasl_mechanisms(data: bytes | memoryview) -> list[str]:
     """The mechanism list of AuthenticationSASL: C strings ending with an empty one."""
-    return [m.decode() for m in data.split(b"\x00") if m]
+    raw = bytes(data)
+    mechanisms: list[str] = []
+    pos = 0
+    while True:
+        name, pos = _read_cstr(raw, pos)
+        if not name:
+            break
+        mechanisms.append(name)
+    if pos != len(raw):
+        raise ProtocolViolation("invalid SASL mechanism list")
+    return mechanisms
 
 
 def encode_sasl_mechanisms(mechanisms: list[str]) -> bytes:
+    """PMF AuthenticationSASL offering `mechanisms`."""
     return encode_authentication(AUTH_SASL, b"".join(_cstr(m) for m in mechanisms) + b"\x00")
 
 
 def decode_backend_key_data(body: bytes | memoryview) -> tuple[int, int]:
+    """PMF BackendKeyData: (process id, secret key), protocol 3.0 layout (two Int32)."""
     if len(body) != 8:
         raise ProtocolViolation("invalid BackendKeyData message")
     pid, key = struct.unpack_from("!ii", body, 0)
@@ -292,12 +340,10 @@ def decode_backend_key_data(body: bytes | memoryview) -> tuple[int, int]:
 def decode_query(body: bytes | memoryview) -> str:
     """PMF Query: the SQL text (a single C string)."""
     raw = bytes(body)
-    if not raw.endswith(b"\x00") or b"\x00" in raw[:-1]:
-        raise ProtocolViolation("invalid string in message")
-    try:
-        return raw[:-1].decode()
-    except UnicodeDecodeError as exc:
-        raise ProtocolViolation("invalid byte sequence for encoding \"UTF8\"") from exc
+    sql, pos = _read_cstr(raw, 0)
+    if pos != len(raw):
+        raise ProtocolViolation("invalid message format")
+    return sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,17 +355,8 @@ class Parse:
     param_types: tuple[int, ...]
 
 
-def _read_cstr(raw: bytes, pos: int) -> tuple[str, int]:
-    nul = raw.find(b"\x00", pos)
-    if nul < 0:
-        raise ProtocolViolation("invalid string in message")
-    try:
-        return raw[pos:nul].decode(), nul + 1
-    except UnicodeDecodeError as exc:
-        raise ProtocolViolation("invalid byte sequence for encoding \"UTF8\"") from exc
-
-
 def decode_parse(body: bytes | memoryview) -> Parse:
+    """PMF Parse: two C strings, Int16 count, that many Int32 type OIDs, nothing more."""
     raw = bytes(body)
     name, pos = _read_cstr(raw, 0)
     sql, pos = _read_cstr(raw, pos)
@@ -334,11 +371,13 @@ def decode_parse(body: bytes | memoryview) -> Parse:
 
 
 def encode_parse(statement: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
+    """PMF Parse."""
     body = _cstr(statement) + _cstr(sql) + struct.pack(f"!h{len(param_types)}I", len(param_types), *param_types)
     return frame(PARSE, body)
 
 
 def decode_parameter_status(body: bytes | memoryview) -> tuple[str, str]:
+    """PMF ParameterStatus: (name, value)."""
     raw = bytes(body)
     name, pos = _read_cstr(raw, 0)
     value, pos = _read_cstr(raw, pos)

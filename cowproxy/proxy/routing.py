@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from cowproxy.protocol.messages import StartupMessage
 
@@ -26,8 +26,12 @@ class Route:
     """The StartupMessage parameters to send upstream."""
     setup_sql: str | None = None
     """Run upstream after authentication, before the client's first ReadyForQuery."""
-    session: object = field(default=None, compare=False)
-    """Per-route state a statement handler needs (the branch's overlay, ...)."""
+    login_as: tuple[str, str | None] | None = None
+    """(role, password): after the upstream accepts the client's own credentials, the
+    session logs in upstream as this role instead (docs/branches.md, Sessions)."""
+    gate: Callable[[dict], Any] | None = field(default=None, compare=False)
+    """Makes the session's StatementGate from the metrics' statement counters; None
+    relays statements untouched."""
 
     @property
     def label(self) -> str:
@@ -93,9 +97,11 @@ def requested_branch(startup: StartupMessage) -> tuple[str, dict[str, str]]:
     return name, params
 
 
-class ProductionOnlyRouter:
-    """The proxy core's router: the production database's name is passed through; any
-    other name is an unknown branch. The branch layer replaces this router."""
+class PassthroughRouter:
+    """`cowproxy serve --passthrough`: the production database's name is relayed as the
+    client's own user, writes included, with no statement analysis; any other name is
+    an unknown branch. A plain proxy for measuring the data path; production is NOT
+    protected in this mode (the branch router is the product)."""
 
     def __init__(self, production_db: str) -> None:
         self.production_db = production_db

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cowproxy import logs
 from cowproxy.metrics import Metrics, serve_metrics
-from cowproxy.proxy.routing import ProductionOnlyRouter, Router
+from cowproxy.proxy.routing import PassthroughRouter, Router
 from cowproxy.proxy.session import ClientSession, ProxyContext
 from cowproxy.proxy.upstream import UpstreamAddress
 
@@ -26,6 +26,8 @@ class ProxyConfig:
     tls_key: str | None = None
     max_message_size: int = 64 * 1024 * 1024
     drain_timeout: float = 30.0
+    passthrough: bool = False
+    """Relay as the client's own user with no branches and no protection (benchmarks)."""
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -38,10 +40,12 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 class ProxyServer:
     def __init__(self, config: ProxyConfig, router: Router | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
+        self._registry = None
+        metrics = metrics or Metrics()
         upstream = UpstreamAddress.from_dsn(config.upstream)
         self.ctx = ProxyContext(
             upstream=upstream,
-            router=router or ProductionOnlyRouter(upstream.dbname),
+            router=router or self._default_router(config, upstream, metrics),
             metrics=metrics or Metrics(),
             tls=tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None,
             max_message_size=config.max_message_size,
@@ -49,6 +53,17 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._metrics_server = None
         self.port = config.listen_port
+
+    def _default_router(self, config: ProxyConfig, upstream: UpstreamAddress, metrics: Metrics) -> Router:
+        if config.passthrough:
+            logs.event("passthrough_mode", logging.WARNING,
+                       note="no branches; clients act on the upstream as themselves, writes included")
+            return PassthroughRouter(upstream.dbname)
+        from cowproxy.branch.registry import BranchRegistry
+        from cowproxy.branch.router import BranchRouter
+
+        self._registry = BranchRegistry(config.upstream, metrics)
+        return BranchRouter(self._registry, upstream.dbname, metrics)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -80,8 +95,14 @@ class ProxyServer:
                 await asyncio.sleep(0.05)
         for session in list(self.ctx.sessions):
             session._fatal("57P01", "terminating connection because cowproxy is shutting down")
+        if self.ctx.background:
+            # Cut sessions cancel their running queries upstream: let those cancels go
+            # out before the loop stops, or the queries would run on for nobody.
+            await asyncio.wait(set(self.ctx.background), timeout=5)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        if self._registry is not None:
+            await self._registry.close()
         logs.event("stopped")
 
     async def serve_until_signalled(self) -> None:

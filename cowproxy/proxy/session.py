@@ -34,8 +34,17 @@ from cowproxy import logs
 from cowproxy.metrics import Metrics
 from cowproxy.protocol import ProtocolViolation
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer, StartupReader
+from cowproxy.protocol.auth import AuthenticationFailed, UpstreamLogin
 from cowproxy.protocol.messages import (
+    AUTH_OK,
     AUTH_SASL,
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    NOTICE_RESPONSE,
+    NOTIFICATION_RESPONSE,
+    PARAMETER_STATUS,
+    PARSE,
     AUTHENTICATION,
     BACKEND_KEY_DATA,
     ERROR_RESPONSE,
@@ -53,15 +62,18 @@ from cowproxy.protocol.messages import (
     decode_authentication,
     decode_backend_key_data,
     decode_error_fields,
+    decode_parameter_status,
     decode_sasl_mechanisms,
     decode_startup_packet,
     encode_backend_key_data,
     encode_error_response,
+    encode_parameter_status,
     encode_query,
     encode_sasl_mechanisms,
     encode_startup_message,
     encode_terminate,
 )
+from cowproxy.proxy.gate import StatementGate
 from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
 from cowproxy.proxy.routing import Route, RouteRefused, Router
 from cowproxy.proxy.upstream import UpstreamAddress, open_upstream
@@ -72,7 +84,13 @@ HIGH_WATER = 512 * 1024
 _ANY_TYPE = frozenset(range(256))
 _AUTH_CLIENT_TYPES = frozenset({PASSWORD, TERMINATE})
 _SCAN_INTEREST = frozenset({READY_FOR_QUERY, ERROR_RESPONSE})
+_EXTENDED_TYPES = frozenset({PARSE, BIND, DESCRIBE, CLOSE})
+_PLANNED_TYPES = frozenset({QUERY, PARSE, BIND})  # where a stale cached plan could be used
+_ASYNC_BACKEND_TYPES = frozenset({PARAMETER_STATUS, NOTICE_RESPONSE, NOTIFICATION_RESPONSE})
 _perf = time.perf_counter
+CANCEL_ATTEMPTS = 6
+CANCEL_RETRY_SECONDS = 0.5
+"""A vanished client's query is cancelled up to this many times, this far apart."""
 
 
 class State(enum.Enum):
@@ -80,6 +98,7 @@ class State(enum.Enum):
     TLS_HANDSHAKE = "tls_handshake"
     CONNECTING = "connecting"
     AUTHENTICATING = "authenticating"
+    LOGGING_IN = "logging_in"
     SETUP = "setup"
     READY = "ready"
     CLOSED = "closed"
@@ -96,26 +115,38 @@ class ProxyContext:
     tls: ssl.SSLContext | None = None
     max_message_size: int = 64 * 1024 * 1024
     sessions: set["ClientSession"] = field(default_factory=set)
+    background: set[asyncio.Task] = field(default_factory=set)
+    """Session tasks (connect, TLS, cancel) kept alive until done: the loop holds only
+    weak references, and draining waits for the cancels of cut sessions."""
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
 
 class UpstreamProtocol(asyncio.Protocol):
     """The upstream side of a session: hands every event to the session."""
 
-    __slots__ = ("session", "transport")
+    __slots__ = ("session", "transport", "detached")
 
     def __init__(self, session: "ClientSession") -> None:
         self.session = session
         self.transport: asyncio.Transport | None = None
+        self.detached = False  # a connection the session no longer uses (credential check)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self.session.upstream_data(data)
+        if not self.detached:
+            self.session.upstream_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.session.upstream_lost(exc)
+        if not self.detached:
+            self.session.upstream_lost(exc)
 
     def pause_writing(self) -> None:
         self.session.client_pause_reading()
@@ -151,8 +182,19 @@ class ClientSession(asyncio.Protocol):
         self._tx_status = b"I"
         self._client_paused = False
         self._finished = False
+        self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statements
         self._stat_key = ("production", "passthrough")
+        self._upstream_proto: UpstreamProtocol | None = None
+        self._checking_credentials = False     # AUTHENTICATING only verifies the client
+        self._login: UpstreamLogin | None = None
+        self._gate: StatementGate | None = None
+        self._gate_busy = False                # the slow path owns the client stream
+        self._queued: list[bytes] = []         # client bytes that arrived meanwhile
+        self._mid_extended = False             # extended-protocol messages sent since Sync
+        self._swallow_ready = 0                # injected queries whose answer is ours
+        self._swallow_buf = b""
+        self._idle_waiter: asyncio.Future | None = None
 
     # ---------------------------------------------------------------- client events
 
@@ -165,6 +207,9 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.READY:
+            if self._gate_busy:
+                self._queued.append(data)
+                return
             t0 = _perf()
             try:
                 buf, frames = self._framer.feed(data)
@@ -173,25 +218,18 @@ class ClientSession(asyncio.Protocol):
                 return
             if not frames:
                 return
-            owed = 0
-            statements = 0
-            for msg_type, _start, _end in frames:
-                if msg_type == QUERY:
-                    owed += 1
-                    statements += 1
-                elif msg_type == SYNC or msg_type == FUNCTION_CALL:
-                    owed += 1
-                elif msg_type == EXECUTE:
-                    statements += 1
-                elif msg_type == TERMINATE:
-                    self._terminating = True
-            if statements:
-                self._stats[self._stat_key] += statements
-            if owed:
-                if not self._pending_ready:
-                    self._cycle_start = t0
-                    self._proxy_time = 0.0
-                self._pending_ready += owed
+            if self._gate is not None:
+                cut = self._gate.scan(buf, frames)
+                if cut < len(frames):
+                    if cut:
+                        self._account(frames[:cut], t0, counted=True)
+                        self._upstream.write(buf[:frames[cut][1] - 5])  # type: ignore[union-attr]
+                    self._gate_busy = True
+                    self.ctx.spawn(self._slow_path(buf, frames[cut:]))
+                    return
+                self._account(frames, t0, counted=True)
+            else:
+                self._account(frames, t0)
             self._upstream.write(buf)  # type: ignore[union-attr]
             self._proxy_time += _perf() - t0
             return
@@ -199,6 +237,105 @@ class ClientSession(asyncio.Protocol):
             self._slow_client_data(data)
         except ProtocolViolation as exc:
             self._protocol_violation(exc)
+
+    def _account(self, frames: list[tuple[int, int, int]], t0: float, counted: bool = False) -> None:
+        """Bookkeeping for client frames going upstream: ReadyForQuery owed, statement
+        counts (unless the gate counted them), where the extended protocol stands."""
+        owed = 0
+        statements = 0
+        for msg_type, _start, _end in frames:
+            if msg_type == QUERY:
+                owed += 1
+                statements += 1
+                self._mid_extended = False
+            elif msg_type == SYNC:
+                owed += 1
+                self._mid_extended = False
+            elif msg_type == FUNCTION_CALL:
+                owed += 1
+            elif msg_type == EXECUTE:
+                statements += 1
+                self._mid_extended = True
+            elif msg_type == TERMINATE:
+                self._terminating = True
+            elif msg_type in _EXTENDED_TYPES:
+                self._mid_extended = True
+        if statements and not counted:
+            self._stats[self._stat_key] += statements
+        if owed:
+            if not self._pending_ready:
+                self._cycle_start = t0
+                self._proxy_time = 0.0
+            self._pending_ready += owed
+
+    async def _slow_path(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        """Frames that need more than a forward, in order; client reading is paused
+        and anything that still arrives waits in `_queued`."""
+        assert self._gate is not None
+        self.client_pause_reading()
+        try:
+            while True:
+                for frame in frames:
+                    msg_type, start, end = frame
+                    if msg_type in _PLANNED_TYPES and self._gate.plans_stale:
+                        await self._sync_plans()
+                    out = await self._gate.translate(msg_type, buf, start, end)
+                    if self.state is not State.READY or self._upstream is None:
+                        return
+                    self._account([frame], _perf(), counted=True)
+                    self._upstream.write(out)
+                if not self._queued:
+                    return
+                data, self._queued = b"".join(self._queued), []
+                buf, frames = self._framer.feed(data)
+        except ProtocolViolation as exc:
+            self._protocol_violation(exc)
+        except Exception as exc:  # the control plane failed: this session cannot go on safely
+            logs.event("statement_gate_failed", logging.ERROR, branch=self.branch, client=self.client_addr,
+                       error=repr(exc))
+            self._fatal("XX000", f"cowproxy could not process the statement: {exc}")
+        finally:
+            self._gate_busy = False
+            self.client_resume_reading()
+
+    async def _sync_plans(self) -> None:
+        """The branch's layout changed (a table got a shadow): make this session's
+        prepared statements re-resolve their names with DISCARD PLANS, injected
+        between messages and its answer swallowed."""
+        assert self._gate is not None
+        if self._mid_extended or self._upstream is None:
+            return  # not between messages now; the next statement retries
+        while self._pending_ready:
+            self._idle_waiter = asyncio.get_running_loop().create_future()
+            await self._idle_waiter
+        self._gate.synced_version = self._gate.current_version
+        self._swallow_ready += 1
+        self._upstream.write(encode_query("DISCARD PLANS"))
+
+    def _swallow(self, data: bytes) -> bytes:
+        """Drop the answer to an injected query; return the bytes that follow it."""
+        buf = self._swallow_buf + data if self._swallow_buf else data
+        pos, n, keep = 0, len(buf), []
+        while self._swallow_ready and n - pos >= 5:
+            msg_type = buf[pos]
+            end = pos + 1 + int.from_bytes(buf[pos + 1:pos + 5], "big")
+            if end > n:
+                break
+            if msg_type == READY_FOR_QUERY:
+                self._swallow_ready -= 1
+            elif msg_type in _ASYNC_BACKEND_TYPES:
+                keep.append(buf[pos:end])
+            elif msg_type == ERROR_RESPONSE:
+                logs.event("injected_query_failed", logging.WARNING, branch=self.branch,
+                           error=decode_error_fields(buf[pos + 5:end]).message)
+            pos = end
+        if keep:
+            self.transport.write(b"".join(keep))  # type: ignore[union-attr]
+        if self._swallow_ready:
+            self._swallow_buf = buf[pos:]
+            return b""
+        self._swallow_buf = b""
+        return buf[pos:]
 
     def _slow_client_data(self, data: bytes) -> None:
         if self.state is State.STARTUP:
@@ -209,7 +346,7 @@ class ClientSession(asyncio.Protocol):
                 self._upstream.write(buf)  # type: ignore[union-attr]
         elif self.state in (State.TLS_HANDSHAKE,):
             raise ProtocolViolation("received unencrypted data after SSL request")
-        elif self.state in (State.CONNECTING, State.SETUP):
+        elif self.state in (State.CONNECTING, State.LOGGING_IN, State.SETUP):
             self._early.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -234,7 +371,7 @@ class ClientSession(asyncio.Protocol):
             # The client vanished mid-query: cancel upstream before hanging up, so the
             # query does not run on for nobody.
             logs.event("client_vanished_mid_query", logging.WARNING, branch=self.branch, client=self.client_addr)
-            asyncio.get_running_loop().create_task(self._cancel_then_close())
+            self._cancel_then_close()
         else:
             if was is State.READY and not self._terminating:
                 upstream.write(encode_terminate())
@@ -275,7 +412,7 @@ class ClientSession(asyncio.Protocol):
                 else:
                     self.transport.write(b"S")  # type: ignore[union-attr]
                     self.state = State.TLS_HANDSHAKE
-                    asyncio.get_running_loop().create_task(self._start_tls())
+                    self.ctx.spawn(self._start_tls())
                     return
             elif isinstance(packet, GSSENCRequest):
                 self.transport.write(b"N")  # type: ignore[union-attr]
@@ -291,7 +428,7 @@ class ClientSession(asyncio.Protocol):
                 if rest:
                     self._early.append(rest)
                 self.state = State.CONNECTING
-                asyncio.get_running_loop().create_task(self._connect())
+                self.ctx.spawn(self._connect())
                 return
             body = self._startup_reader.feed(b"")
 
@@ -324,30 +461,66 @@ class ClientSession(asyncio.Protocol):
         self.route = route
         self.branch = route.label
         self._stat_key = (self.branch, "passthrough")
+        transport = await self._open_upstream()
+        if transport is None:
+            return
+        protocol = self.startup.protocol
+        self._checking_credentials = route.login_as is not None
+        params = dict(route.startup_parameters)
+        if self._checking_credentials:
+            params.pop("options", None)  # only the credentials matter on this connection
+        transport.write(encode_startup_message(params, protocol))
+        self.state = State.AUTHENTICATING
+        early, self._early = b"".join(self._early), []
+        if early:
+            self._slow_client_data(early)
+
+    async def _open_upstream(self) -> asyncio.Transport | None:
+        """Open an upstream connection for this session (None: the client got a FATAL)."""
         try:
-            transport, _ = await open_upstream(self.ctx.upstream, lambda: UpstreamProtocol(self))
+            transport, protocol = await open_upstream(self.ctx.upstream, lambda: UpstreamProtocol(self))
         except (OSError, ConnectionError, ssl.SSLError) as exc:
             self._fatal(
                 "08006",
                 f"cowproxy could not connect to the upstream server {self.ctx.upstream.display}: {exc}",
                 hint="The proxy keeps running; try again when the upstream is back.",
             )
-            return
+            return None
         if self.state is State.CLOSED:
             transport.close()
-            return
+            return None
         self._upstream = transport
-        protocol = self.startup.protocol
-        transport.write(encode_startup_message(route.startup_parameters, protocol))
-        self.state = State.AUTHENTICATING
-        early, self._early = b"".join(self._early), []
-        if early:
-            self._slow_client_data(early)
+        self._upstream_proto = protocol  # type: ignore[assignment]
+        return transport
+
+    async def _log_in_as_route_role(self) -> None:
+        """The upstream accepted the client's credentials; now open the session's real
+        connection as the route's role (branch role or cowproxy_readonly)."""
+        assert self.route is not None and self.route.login_as is not None and self.startup is not None
+        if self._upstream_proto is not None:
+            self._upstream_proto.detached = True
+        if self._upstream is not None:
+            self._upstream.write(encode_terminate())
+            self._upstream.close()
+        self._upstream = None
+        self._backend_framer = FrontendFramer(2**31, _ANY_TYPE)
+        role, password = self.route.login_as
+        self._login = UpstreamLogin(role, password)
+        self.state = State.LOGGING_IN
+        transport = await self._open_upstream()
+        if transport is None:
+            return
+        params = dict(self.route.startup_parameters, user=role)
+        transport.write(encode_startup_message(params, self.startup.protocol))
 
     # ---------------------------------------------------------------- upstream events
 
     def upstream_data(self, data: bytes) -> None:
         if self.state is State.READY:
+            if self._swallow_ready:
+                data = self._swallow(data)
+                if not data:
+                    return
             t0 = _perf()
             try:
                 events = self._scanner.feed(data)
@@ -356,14 +529,19 @@ class ClientSession(asyncio.Protocol):
                 return
             self.transport.write(data)  # type: ignore[union-attr]
             if events:
-                self._backend_events(events, t0)
+                try:
+                    self._backend_events(events, t0)  # decodes ErrorResponse fields
+                except ProtocolViolation as exc:
+                    self._upstream_broken(exc)
             else:
                 self._proxy_time += _perf() - t0
             return
         if self.state is State.CLOSED:
+            if self._upstream_settled is not None:
+                self._discard_cancelled_answer(data)
             return
         try:
-            if self.state is State.AUTHENTICATING:
+            if self.state is State.AUTHENTICATING or self.state is State.LOGGING_IN:
                 self._auth_upstream_data(data)
             elif self.state is State.SETUP:
                 self._setup_upstream_data(data)
@@ -378,6 +556,8 @@ class ClientSession(asyncio.Protocol):
                 if self._pending_ready:
                     self._pending_ready -= 1
                     if not self._pending_ready:
+                        if self._idle_waiter is not None and not self._idle_waiter.done():
+                            self._idle_waiter.set_result(None)
                         now = _perf()
                         proxy = self._proxy_time + (now - t0)
                         metrics.latency["proxy"].observe(proxy)
@@ -395,12 +575,35 @@ class ClientSession(asyncio.Protocol):
             body = buf[start:end]
             if msg_type == AUTHENTICATION:
                 code, rest = decode_authentication(body)
+                if self._login is not None:
+                    # The proxy's own login as the route's role: answered here, never shown.
+                    try:
+                        reply = self._login.respond(code, rest)
+                    except AuthenticationFailed as exc:
+                        self._fatal("08006", f"cowproxy could not log in upstream as {self._login.user}: {exc}")
+                        return
+                    if reply:
+                        self._upstream.write(reply)  # type: ignore[union-attr]
+                    continue
+                if code == AUTH_OK and self._checking_credentials:
+                    # The upstream accepted the client: tell the client, then switch.
+                    self._checking_credentials = False
+                    out.append(buf[start - 5:end])
+                    self.transport.write(b"".join(out))  # type: ignore[union-attr]
+                    self.ctx.spawn(self._log_in_as_route_role())
+                    return
                 if code == AUTH_SASL:
                     # Channel binding (SCRAM-SHA-256-PLUS) binds to the TLS certificate
                     # of the connection the client sees, which is the proxy's: it cannot
                     # pass through. Offer only what can.
                     mechanisms = [m for m in decode_sasl_mechanisms(rest) if not m.endswith("-PLUS")]
                     out.append(encode_sasl_mechanisms(mechanisms))
+                    continue
+            elif msg_type == PARAMETER_STATUS and self._login is not None:
+                name, value = decode_parameter_status(body)
+                if name == "session_authorization" and self.startup is not None:
+                    # The session runs as the branch role; the client sees its own name.
+                    out.append(encode_parameter_status(name, self.startup.user))
                     continue
             elif msg_type == BACKEND_KEY_DATA:
                 pid, secret = decode_backend_key_data(body)
@@ -449,6 +652,8 @@ class ClientSession(asyncio.Protocol):
 
     def _enter_ready(self, rfq_body: bytes) -> None:
         self.state = State.READY
+        if self.route is not None and self.route.gate is not None:
+            self._gate = self.route.gate(self._stats)
         self._tx_status = rfq_body[:1]
         self.ctx.metrics.connections[self.branch] += 1
         self.ctx.metrics.connections_total[self.branch] += 1
@@ -461,6 +666,8 @@ class ClientSession(asyncio.Protocol):
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self._upstream = None
+        if self._upstream_settled is not None:
+            self._upstream_settled.set()
         if self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
             return
         if not self._fatal_relayed and not self._terminating:
@@ -486,7 +693,7 @@ class ClientSession(asyncio.Protocol):
     def cancel_upstream(self) -> None:
         """Called by the cancel registry when the client sends a valid CancelRequest."""
         if self._upstream_key is not None:
-            asyncio.get_running_loop().create_task(self._send_cancel())
+            self.ctx.spawn(self._send_cancel())
 
     async def _send_cancel(self) -> None:
         assert self._upstream_key is not None
@@ -502,12 +709,44 @@ class ClientSession(asyncio.Protocol):
         except OSError as exc:
             logs.event("cancel_failed", logging.WARNING, branch=self.branch, client=self.client_addr, error=str(exc))
 
-    async def _cancel_then_close(self) -> None:
+    def _cancel_then_close(self) -> None:
+        """Cancel the query a vanished client left running, then hang up upstream.
+
+        Closing the socket alone would let the query run on: a busy backend does not
+        notice. And a cancel that reaches the backend before it has read the query is
+        dropped (PostgreSQL ignores cancels while it waits for a command), so the cancel
+        is repeated until the upstream has answered ReadyForQuery for everything the
+        client sent, or until `CANCEL_ATTEMPTS` are spent. The answer is discarded.
+        """
         upstream = self._upstream
-        await self._send_cancel()
-        if upstream is not None and not upstream.is_closing():
+        assert upstream is not None
+        self._upstream_settled = asyncio.Event()
+        upstream.resume_reading()  # whatever backpressure paused it: nobody waits for it now
+        self.ctx.spawn(self._cancel_until_settled(upstream, self._upstream_settled))
+
+    async def _cancel_until_settled(self, upstream: asyncio.Transport, settled: asyncio.Event) -> None:
+        for _ in range(CANCEL_ATTEMPTS):
+            await self._send_cancel()
+            try:
+                await asyncio.wait_for(settled.wait(), CANCEL_RETRY_SECONDS)
+                break
+            except asyncio.TimeoutError:
+                continue
+        if not upstream.is_closing():
             upstream.write(encode_terminate())
             upstream.close()
+
+    def _discard_cancelled_answer(self, data: bytes) -> None:
+        """Upstream bytes after the client vanished: count ReadyForQuery, drop the rest."""
+        try:
+            events = self._scanner.feed(data)
+        except ProtocolViolation:
+            events, self._pending_ready = [], 0
+        for msg_type, _body in events:
+            if msg_type == READY_FOR_QUERY and self._pending_ready:
+                self._pending_ready -= 1
+        if not self._pending_ready:
+            self._upstream_settled.set()  # type: ignore[union-attr]
 
     def _protocol_violation(self, exc: ProtocolViolation) -> None:
         self.ctx.metrics.protocol_violations += 1

@@ -75,6 +75,8 @@ class Statement:
     locking: bool = False                  # SELECT ... FOR UPDATE/SHARE
     creates: tuple[Relation, ...] = ()     # relations a DDL statement creates
     creates_temp: tuple[str, ...] = ()     # names of temporary tables it creates
+    advances_sequences: bool = False       # calls nextval() or setval()
+    search_path_at: int = -1               # SET search_path: byte offset of its first schema
 
 
 class SqlSyntaxError(Exception):
@@ -125,11 +127,20 @@ def analyze_node(stmt: dict[str, Any]) -> Statement:
             if target.get("relpersistence") == "t":
                 creates_temp = (target.get("relname", ""),)
     escape = walker.read_only_escape or _makes_read_write(node, body)
+    search_path_at = -1
+    if node == "VariableSetStmt" and body.get("name") == "search_path" and body.get("kind") == "VAR_SET_VALUE":
+        search_path_at = min((_location(arg) for arg in body.get("args", [])), default=-1)
     return Statement(
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
-        creates_temp=creates_temp,
+        creates_temp=creates_temp, advances_sequences=walker.advances_sequences,
+        search_path_at=search_path_at,
     )
+
+
+def _location(node: dict[str, Any]) -> int:
+    (inner,) = node.values()
+    return inner.get("location", -1) if isinstance(inner, dict) else -1
 
 
 def _kind_of(node: str, body: dict[str, Any], writes: bool) -> Kind:
@@ -222,6 +233,7 @@ class _Walker:
         self.refusal: Refusal | None = None
         self.read_only_escape = False
         self.locking = False
+        self.advances_sequences = False
 
     def walk(self, node: Any) -> None:
         stack = [node]
@@ -267,6 +279,7 @@ class _Walker:
         if schema and schema.startswith(INTERNAL_SCHEMA_PREFIX):
             self._check_schema(schema)
         if name in SEQUENCE_FUNCTIONS:
+            self.advances_sequences |= name != "currval"
             args = call.get("args", [])
             literal = args[0].get("A_Const", {}).get("sval") if args else None
             if literal is not None:

@@ -20,6 +20,7 @@ from cowproxy.sql.analyze import Kind, Refusal, Relation, SqlSyntaxError, Statem
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
 
 CACHE_SIZE = 4096
+_WRITE_ON_A_BRANCH = "Create a branch (cowproxy branch create NAME) and connect to it to write."
 
 
 class Action(enum.Enum):
@@ -109,8 +110,13 @@ class ProductionPolicy:
                 return Decision(Action.REFUSE, "refused", refusal=st.refusal)
             if st.read_only_escape:
                 return Decision(Action.REFUSE, "refused", refusal=Refusal(
-                    "25006", "production is read-only through cowproxy",
-                    "Create a branch (cowproxy branch create NAME) and connect to it to write."))
+                    "25006", "production is read-only through cowproxy", _WRITE_ON_A_BRANCH))
+            if st.advances_sequences:
+                # PostgreSQL would check the sequence's privilege first (42501); what
+                # the client tried is a write, and writes to production are 25006.
+                return Decision(Action.REFUSE, "refused", refusal=Refusal(
+                    "25006", "cannot advance a production sequence: production is read-only through cowproxy",
+                    _WRITE_ON_A_BRANCH))
         kinds = {st.kind for st in statements}
         if Kind.WRITE in kinds or Kind.DDL in kinds:
             # Forwarded: PostgreSQL refuses it with 25006 in the read-only transaction.
@@ -201,6 +207,10 @@ class BranchPolicy:
                 name = layout.overlay_names.get((rel.schema, rel.name), rel.name)
                 splices.append(Splice(start, end, f"{quote_ident(target)}.{quote_ident(name)}"))
                 seen.add(rel.location)
+            if st.search_path_at >= 0:
+                # The branch's schemas stay first, or names would bypass its shadows.
+                schemas = ", ".join(quote_ident(schema) for schema in layout.search_schemas)
+                splices.append(Splice(st.search_path_at, st.search_path_at, schemas + ", "))
             for seq in st.sequences:
                 if seq.schema is None or seq.schema in layout.search_schemas or seq.location < 0:
                     continue

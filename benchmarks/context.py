@@ -1,0 +1,34 @@
+"""What every benchmark section is given by `run.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from benchmarks.machine import Machine
+from cowproxy.embedded import EmbeddedPostgres
+
+
+@dataclass
+class BenchContext:
+    pg: EmbeddedPostgres
+    """The embedded PostgreSQL, loaded with `pgbench -i -s scale` in database `postgres`."""
+    pgbench: Path
+    console: Console
+    machine: Machine
+    seconds: int
+    scale: int
+    targets: list[str]
+    """Targets asked for (`--targets`), in table order."""
+    only: list[str] = field(default_factory=list)
+    """Cell-id patterns (`--only`); empty means all cells."""
+    install: bool = True
+    """May set-up install missing tools (pgbouncer) with apt-get?"""
+    pgbouncer: Path | None = None
+    """The pgbouncer binary to use (`--pgbouncer`); None means find or install it."""
+    warmup_seconds: int = 0
+
+    def say(self, message: str) -> None:
+        self.console.print(f"[dim]·[/dim] {message}", highlight=False)

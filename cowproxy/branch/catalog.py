@@ -1,0 +1,566 @@
+"""The branch catalog and the branch lifecycle: create, list, delete, reset (SPEC §4).
+
+Everything lives in the production database (docs/branches.md): the catalog schema
+`cowproxy`, one overlay schema and one login role per branch. The functions here take
+an asyncpg connection whose user is the admin role (the `--upstream` DSN's user);
+`Catalog` wraps a DSN for callers that just want the lifecycle.
+
+Every change runs in one transaction under one transaction-level advisory lock, so two
+control planes (two CLIs, a CLI and a proxy replica) never interleave, and is
+announced with `NOTIFY cowproxy_catalog, '<branch>'` when it commits.
+
+Creating a branch copies no data: a role, a schema, one copy of each production
+sequence and one function. Its cost grows with the number of sequences, never with
+the number of rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+
+import asyncpg
+
+from cowproxy.branch.names import (
+    INTERNAL_SCHEMA_SQL,
+    NOTIFY_CHANNEL,
+    READONLY_ROLE,
+    SYSTEM_SCHEMA_SQL,
+    BranchError,
+    overlay_name,
+    qualified,
+    quote_ident,
+    quote_literal,
+    role_for,
+    schema_for,
+    validate_branch_name,
+)
+
+CATALOG_VERSION = "1"
+
+CATALOG_LOCK = int.from_bytes(b"cowproxy", "big")
+"""Key of the transaction-level advisory lock every catalog change holds."""
+
+SEQUENCE_LOCK_CLASS = int.from_bytes(b"cowp", "big")
+"""First key of the session advisory locks `cowproxy_nextval` takes (second: the sequence oid)."""
+
+LOCK_TIMEOUT = "10s"
+"""How long delete/reset wait for a session that holds a lock on the overlay."""
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One row of `cowproxy.branches`: what the proxy needs to open a branch session."""
+
+    name: str
+    parent: str | None
+    created_at: datetime
+    schema_name: str
+    role_name: str
+    role_password: str
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class BranchSummary:
+    """One line of `cowproxy branch list` (SPEC §4)."""
+
+    name: str
+    parent: str | None
+    created_at: datetime
+    tables_changed: int
+    rows_changed: int
+    overlay_bytes: int
+
+
+@dataclass(frozen=True)
+class CreatedBranch:
+    branch: Branch
+    sequences: int
+    """How many production sequences were copied into the overlay schema."""
+    elapsed_ms: float
+    """Wall time of the creating transaction, as the client saw it."""
+
+
+# -- bootstrap --------------------------------------------------------------------------
+
+_CATALOG_DDL = f"""
+CREATE SCHEMA cowproxy;
+REVOKE ALL ON SCHEMA cowproxy FROM PUBLIC;
+CREATE TABLE cowproxy.branches (
+    name           text PRIMARY KEY,
+    parent         text REFERENCES cowproxy.branches(name),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    schema_name    text NOT NULL UNIQUE,
+    role_name      text NOT NULL UNIQUE,
+    role_password  text NOT NULL,
+    schema_version bigint NOT NULL DEFAULT 1
+);
+CREATE TABLE cowproxy.overlay_tables (
+    branch        text NOT NULL REFERENCES cowproxy.branches(name) ON DELETE CASCADE,
+    source_schema text NOT NULL,
+    source_table  text NOT NULL,
+    key_columns   text[],
+    mode          text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (branch, source_schema, source_table)
+);
+CREATE TABLE cowproxy.settings (
+    name  text PRIMARY KEY,
+    value text NOT NULL
+);
+INSERT INTO cowproxy.settings VALUES ('catalog_version', {quote_literal(CATALOG_VERSION)});
+
+-- Branch roles and cowproxy_readonly are members of pg_read_all_data, which reads every
+-- table whatever its grants. Row-level security is the one thing it does not bypass:
+-- for anyone but the owner (the admin role) reading a catalog row is an error.
+CREATE FUNCTION cowproxy.refuse_read(what text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $cowproxy$
+BEGIN
+    RAISE EXCEPTION 'permission denied: % is private', what
+        USING ERRCODE = '42501';
+END
+$cowproxy$;
+"""
+
+_PRIVATE_TABLES = ("branches", "overlay_tables", "settings")
+
+
+def private_table_sql(table: str, what: str) -> str:
+    """SQL that makes `table` (already quoted/qualified) unreadable to everyone but its
+    owner, even to members of pg_read_all_data: reading a row raises 42501 naming `what`.
+
+    The overlay engine uses it too: a branch role must not read another branch's rows.
+    """
+    return (
+        f"REVOKE ALL ON TABLE {table} FROM PUBLIC;"
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;"
+        f"CREATE POLICY cowproxy_private ON {table} USING (cowproxy.refuse_read({quote_literal(what)}));"
+    )
+
+
+async def ensure_catalog(conn: asyncpg.Connection) -> None:
+    """Create the catalog schema, its tables and the read-only role if missing.
+
+    Idempotent and safe to run from several processes at once: the whole bootstrap
+    holds the catalog's advisory lock.
+    """
+    async with conn.transaction():
+        await _lock_catalog(conn)
+        if await conn.fetchval("SELECT to_regnamespace('cowproxy') IS NULL"):
+            await conn.execute(_CATALOG_DDL + "".join(
+                private_table_sql(f"cowproxy.{t}", "the cowproxy catalog") for t in _PRIVATE_TABLES))
+        await _ensure_readonly_role(conn)
+
+
+async def _ensure_readonly_role(conn: asyncpg.Connection) -> None:
+    """`cowproxy_readonly`: sessions on the production database name log in as it."""
+    role = quote_ident(READONLY_ROLE)
+    stored = await conn.fetchval("SELECT value FROM cowproxy.settings WHERE name = 'readonly_password'")
+    exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", READONLY_ROLE)
+    if not exists or stored is None:
+        # The role is cluster-wide: if another database's catalog made it, its password
+        # is unknown here and is replaced.
+        password = secrets.token_urlsafe(24)
+        verb = "ALTER" if exists else "CREATE"
+        await conn.execute(f"{verb} ROLE {role} LOGIN PASSWORD {quote_literal(scram_verifier(password))}")
+        await conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        await conn.execute(
+            "INSERT INTO cowproxy.settings VALUES ('readonly_password', $1) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value", password)
+    if not await conn.fetchval("SELECT pg_has_role($1, 'pg_read_all_data', 'MEMBER')", READONLY_ROLE):
+        await conn.execute(f"GRANT pg_read_all_data TO {role}")
+
+
+async def readonly_login(conn: asyncpg.Connection) -> tuple[str, str]:
+    """(role, password) the proxy logs in with for production sessions."""
+    password = await conn.fetchval("SELECT value FROM cowproxy.settings WHERE name = 'readonly_password'")
+    return READONLY_ROLE, password
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5803 format).
+
+    Handing the server a verifier rather than the password keeps the password out of
+    the server's statement log.
+    """
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+# -- reading ----------------------------------------------------------------------------
+
+_BRANCH_COLUMNS = "name, parent, created_at, schema_name, role_name, role_password, schema_version"
+
+
+async def get_branch(conn: asyncpg.Connection, name: str) -> Branch | None:
+    """The catalog row of `name` (with its role's password), or None."""
+    row = await conn.fetchrow(f"SELECT {_BRANCH_COLUMNS} FROM cowproxy.branches WHERE name = $1", name)
+    return Branch(**dict(row)) if row else None
+
+
+async def _require_branch(conn: asyncpg.Connection, name: str) -> Branch:
+    branch = await get_branch(conn, name)
+    if branch is None:
+        raise BranchError(f'branch "{name}" does not exist', "see the branches with: cowproxy branch list")
+    return branch
+
+
+async def _ancestry(conn: asyncpg.Connection, name: str) -> list[Branch]:
+    """`name`, its parent, its grandparent ... (the child's search_path order)."""
+    chain = [await _require_branch(conn, name)]
+    while chain[-1].parent is not None:
+        chain.append(await _require_branch(conn, chain[-1].parent))
+    return chain
+
+
+async def _children(conn: asyncpg.Connection, name: str) -> list[str]:
+    return [r["name"] for r in await conn.fetch(
+        "SELECT name FROM cowproxy.branches WHERE parent = $1 ORDER BY name", name)]
+
+
+async def list_branches(conn: asyncpg.Connection) -> list[BranchSummary]:
+    """Every branch, oldest first, with the size of its overlay."""
+    rows = await conn.fetch("""
+        SELECT b.name, b.parent, b.created_at, b.schema_name,
+               (SELECT count(*) FROM cowproxy.overlay_tables o WHERE o.branch = b.name) AS tables_changed,
+               (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+                 WHERE c.relnamespace = to_regnamespace(b.schema_name)::oid
+                   AND c.relkind IN ('r', 'p', 'm')) AS overlay_bytes
+          FROM cowproxy.branches b ORDER BY b.created_at, b.name""")
+    rows_changed = await _rows_changed(conn)
+    return [
+        BranchSummary(name=r["name"], parent=r["parent"], created_at=r["created_at"],
+                      tables_changed=r["tables_changed"], rows_changed=rows_changed.get(r["name"], 0),
+                      overlay_bytes=int(r["overlay_bytes"]))
+        for r in rows
+    ]
+
+
+async def _rows_changed(conn: asyncpg.Connection) -> dict[str, int]:
+    """Per branch: rows in its `$rows` and `$tomb` tables plus rows of its copied tables."""
+    overlay = await conn.fetch("""
+        SELECT o.branch, b.schema_name, o.source_schema, o.source_table, o.mode
+          FROM cowproxy.overlay_tables o JOIN cowproxy.branches b ON b.name = o.branch""")
+    from cowproxy.branch.overlay import overlay_objects  # the overlay engine names them (pglast: lazily)
+
+    tables: list[tuple[str, str]] = []
+    for r in overlay:
+        objects = overlay_objects(r["source_schema"], r["source_table"])
+        names = [objects.view] if r["mode"] == "copy" else [objects.rows, objects.tomb]
+        tables += [(r["branch"], qualified(r["schema_name"], n)) for n in names]
+    existing = set(await conn.fetchval(
+        "SELECT coalesce(array_agg(t), '{}') FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL",
+        [t for _, t in tables]))
+    counted = [(branch, t) for branch, t in tables if t in existing]
+    if not counted:
+        return {}
+    counts = await conn.fetchrow("SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for _, t in counted))
+    totals: dict[str, int] = {}
+    for (branch, _), count in zip(counted, counts.values()):
+        totals[branch] = totals.get(branch, 0) + count
+    return totals
+
+
+# -- changing ---------------------------------------------------------------------------
+
+async def create_branch(conn: asyncpg.Connection, name: str, parent: str | None = None) -> CreatedBranch:
+    """Create branch `name` (stacked on `parent` if given) in one transaction."""
+    started = time.perf_counter()
+    async with conn.transaction():
+        await _lock_catalog(conn)
+        validate_branch_name(name, await conn.fetchval("SELECT current_database()"))
+        if await get_branch(conn, name) is not None:
+            raise BranchError(f'branch "{name}" already exists',
+                              f"pick another name, or empty it with: cowproxy branch reset {name}")
+        try:
+            ancestors = await _ancestry(conn, parent) if parent is not None else []
+        except BranchError:
+            raise BranchError(f'parent branch "{parent}" does not exist',
+                              "see the branches with: cowproxy branch list") from None
+        role, schema = role_for(name), schema_for(name)
+        await _refuse_leftovers(conn, name, role, schema)
+        password = secrets.token_urlsafe(24)
+        search_path = ", ".join([quote_ident(schema), *(quote_ident(a.schema_name) for a in ancestors),
+                                 '"$user"', "public"])
+        q_role = quote_ident(role)
+        await conn.execute(
+            f"CREATE ROLE {q_role} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+            f" NOBYPASSRLS PASSWORD {quote_literal(scram_verifier(password))};"
+            f"GRANT pg_read_all_data TO {q_role};"
+            f"ALTER ROLE {q_role} SET search_path = {search_path};"
+            f"CREATE SCHEMA {quote_ident(schema)} AUTHORIZATION {q_role};")
+        sequences = await _fill_overlay_schema(conn, schema, role, ancestors[0].schema_name if ancestors else None)
+        await conn.execute(
+            "INSERT INTO cowproxy.branches (name, parent, schema_name, role_name, role_password)"
+            " VALUES ($1, $2, $3, $4, $5)", name, parent, schema, role, password)
+        await _notify(conn, name)
+        branch = await _require_branch(conn, name)
+    return CreatedBranch(branch=branch, sequences=sequences, elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+async def delete_branch(conn: asyncpg.Connection, name: str) -> None:
+    """Drop branch `name`: its sessions, overlay schema, role and catalog row."""
+    branch = await _require_branch(conn, name)
+    await _refuse_if_stacked_on(conn, name, "delete")
+    role_oid = await conn.fetchval("SELECT oid FROM pg_roles WHERE rolname = $1", branch.role_name)
+    await _terminate_sessions(conn, role_oid)
+    async with conn.transaction():
+        await _lock_catalog(conn)
+        branch = await _require_branch(conn, name)
+        await _refuse_if_stacked_on(conn, name, "delete")
+        q_role = quote_ident(branch.role_name)
+        await _while_locked(conn, name,
+                            f"DROP SCHEMA IF EXISTS {quote_ident(branch.schema_name)} CASCADE;"
+                            f"DROP OWNED BY {q_role};"
+                            f"DROP ROLE {q_role};")
+        await conn.execute("DELETE FROM cowproxy.branches WHERE name = $1", name)
+        await _notify(conn, name)
+    # A session that logged in between the two steps outlived its role: end it too.
+    await _terminate_sessions(conn, role_oid)
+
+
+async def reset_branch(conn: asyncpg.Connection, name: str) -> Branch:
+    """Empty the overlay of `name`: it equals production (or its parent) again."""
+    async with conn.transaction():
+        await _lock_catalog(conn)
+        branch = await _require_branch(conn, name)
+        await _refuse_if_stacked_on(conn, name, "reset")
+        schema = quote_ident(branch.schema_name)
+        await _while_locked(conn, name, f"DROP SCHEMA {schema} CASCADE;"
+                                        f"CREATE SCHEMA {schema} AUTHORIZATION {quote_ident(branch.role_name)};")
+        parent_schema = schema_for(branch.parent) if branch.parent else None
+        await _fill_overlay_schema(conn, branch.schema_name, branch.role_name, parent_schema)
+        await conn.execute("DELETE FROM cowproxy.overlay_tables WHERE branch = $1", name)
+        await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1 WHERE name = $1", name)
+        await _notify(conn, name)
+        return await _require_branch(conn, name)
+
+
+async def _lock_catalog(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+
+
+async def _notify(conn: asyncpg.Connection, branch: str) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, branch)
+
+
+async def _refuse_if_stacked_on(conn: asyncpg.Connection, name: str, verb: str) -> None:
+    children = await _children(conn, name)
+    if children:
+        listed = ", ".join(children)
+        raise BranchError(f'cannot {verb} branch "{name}": branches are stacked on it ({listed})',
+                          f"delete those first, e.g. cowproxy branch delete {children[0]}")
+
+
+async def _refuse_leftovers(conn: asyncpg.Connection, name: str, role: str, schema: str) -> None:
+    """Roles are shared by every database of the server: the name may be taken there."""
+    if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):
+        raise BranchError(f'role "{role}" already exists but is not a branch of this database',
+                          "another database on this server may have a branch of that name: pick "
+                          f"another name, or drop the leftover role (DROP OWNED BY {role}; DROP ROLE {role})")
+    if await conn.fetchval("SELECT to_regnamespace($1) IS NOT NULL", quote_ident(schema)):
+        raise BranchError(f'schema "{schema}" already exists but is not a branch\'s overlay',
+                          f"pick another name, or drop the leftover schema {schema}")
+
+
+async def _terminate_sessions(conn: asyncpg.Connection, role_oid: int | None) -> None:
+    """End every session of a role (waiting up to 5 s for each to go). By oid, because
+    pg_stat_activity has no name for a role that was dropped under its sessions."""
+    if role_oid is not None:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE usesysid = $1 AND pid <> pg_backend_pid()", role_oid)
+
+
+async def _while_locked(conn: asyncpg.Connection, name: str, sql: str) -> None:
+    """Run DDL on a branch's objects, giving up clearly if a session keeps them locked."""
+    await conn.execute(f"SET LOCAL lock_timeout = {quote_literal(LOCK_TIMEOUT)}")
+    try:
+        await conn.execute(sql)
+    except asyncpg.LockNotAvailableError:
+        raise BranchError(f'branch "{name}" is busy: a session holds a lock on its overlay',
+                          "finish or close the open transactions on the branch, then retry") from None
+
+
+# -- the overlay schema's fixed contents -------------------------------------------------
+
+_PRODUCTION_SEQUENCES = f"""
+    SELECT schemaname, sequencename, data_type::text AS data_type, start_value, min_value,
+           max_value, increment_by, cycle, cache_size, last_value
+      FROM pg_sequences
+     WHERE NOT {SYSTEM_SCHEMA_SQL.format(col="schemaname")}
+       AND NOT {INTERNAL_SCHEMA_SQL.format(col="schemaname")}
+     ORDER BY schemaname, sequencename"""
+
+_BRANCH_SEQUENCES = """
+    SELECT sequencename, data_type::text AS data_type, start_value, min_value, max_value,
+           increment_by, cycle, cache_size, last_value
+      FROM pg_sequences WHERE schemaname = $1"""
+
+
+async def _fill_overlay_schema(conn: asyncpg.Connection, schema: str, role: str,
+                               parent_schema: str | None) -> int:
+    """Put a copy of every production sequence and `cowproxy_nextval` into a fresh
+    overlay schema, owned by the branch role. Returns the number of sequences.
+
+    A stacked branch copies its parent's copies (their values are what a copy of the
+    parent would have); sequences the parent lacks come from production.
+    """
+    parents = ({r["sequencename"]: r for r in await conn.fetch(_BRANCH_SEQUENCES, parent_schema)}
+               if parent_schema else {})
+    statements = [f"SET LOCAL ROLE {quote_ident(role)}"]
+    production = await conn.fetch(_PRODUCTION_SEQUENCES)
+    for prod in production:
+        name = overlay_name(prod["schemaname"], prod["sequencename"])
+        seq = parents.get(name, prod)
+        target = qualified(schema, name)
+        statements.append(
+            f"CREATE SEQUENCE {target} AS {seq['data_type']} INCREMENT BY {seq['increment_by']}"
+            f" MINVALUE {seq['min_value']} MAXVALUE {seq['max_value']} START WITH {seq['start_value']}"
+            f" CACHE {seq['cache_size']} {'CYCLE' if seq['cycle'] else 'NO CYCLE'}")
+        if seq["last_value"] is not None:
+            statements.append(f"SELECT pg_catalog.setval({quote_literal(target)}, {seq['last_value']}, true)")
+    statements += [_nextval_function_sql(schema),
+                   f"REVOKE ALL ON FUNCTION {quote_ident(schema)}.cowproxy_nextval(regclass, regclass) FROM PUBLIC",
+                   "RESET ROLE"]
+    await conn.execute(";\n".join(statements))
+    return len(production)
+
+
+def _nextval_function_sql(schema: str) -> str:
+    """`<schema>.cowproxy_nextval(branch_seq, source_seq)`: the next value of the branch's
+    sequence, first moved past every value the source sequence has handed out, so a new
+    branch id never collides with a production row the branch sees.
+
+    Moving a sequence forward is a setval, which could move it back under a concurrent
+    nextval: fetching values holds a shared advisory lock on the branch sequence and the
+    catch-up an exclusive one. Session-level locks (released on error too) so that a
+    long transaction does not hold them.
+    """
+    lock = f"{SEQUENCE_LOCK_CLASS}, lock_id"
+    return f"""
+CREATE FUNCTION {quote_ident(schema)}.cowproxy_nextval(branch_seq regclass, source_seq regclass)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $cowproxy$
+DECLARE
+    source_value bigint := pg_catalog.pg_sequence_last_value(source_seq);
+    lock_id integer := (branch_seq::oid::bigint - 2147483648)::integer;
+    ascending boolean;
+    value bigint;
+BEGIN
+    IF source_value IS NULL THEN  -- the source has not handed out any value
+        RETURN pg_catalog.nextval(branch_seq);
+    END IF;
+    SELECT seqincrement > 0 INTO ascending FROM pg_catalog.pg_sequence WHERE seqrelid = branch_seq;
+    PERFORM pg_catalog.pg_advisory_lock_shared({lock});
+    BEGIN
+        value := pg_catalog.nextval(branch_seq);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_catalog.pg_advisory_unlock_shared({lock});
+        RAISE;
+    END;
+    PERFORM pg_catalog.pg_advisory_unlock_shared({lock});
+    IF (ascending AND value > source_value) OR (NOT ascending AND value < source_value) THEN
+        RETURN value;
+    END IF;
+    PERFORM pg_catalog.pg_advisory_lock({lock});
+    BEGIN
+        value := pg_catalog.nextval(branch_seq);
+        IF (ascending AND value <= source_value) OR (NOT ascending AND value >= source_value) THEN
+            PERFORM pg_catalog.setval(branch_seq, source_value, true);
+            value := pg_catalog.nextval(branch_seq);
+        END IF;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_catalog.pg_advisory_unlock({lock});
+        RAISE;
+    END;
+    PERFORM pg_catalog.pg_advisory_unlock({lock});
+    RETURN value;
+END
+$cowproxy$"""
+
+
+# -- safety report ----------------------------------------------------------------------
+
+_PUBLIC_WRITE_GRANTS = f"""
+    SELECT format('PUBLIC may %s in schema %I', a.privilege_type, n.nspname)
+      FROM pg_namespace n, aclexplode(n.nspacl) a
+     WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'
+       AND NOT {SYSTEM_SCHEMA_SQL.format(col="n.nspname")} AND NOT {INTERNAL_SCHEMA_SQL.format(col="n.nspname")}
+    UNION ALL
+    SELECT format('PUBLIC may %s on %I.%I', a.privilege_type, n.nspname, c.relname)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+     WHERE a.grantee = 0
+       AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'USAGE')
+       AND NOT {SYSTEM_SCHEMA_SQL.format(col="n.nspname")} AND NOT {INTERNAL_SCHEMA_SQL.format(col="n.nspname")}
+    ORDER BY 1"""
+
+
+async def public_write_grants(conn: asyncpg.Connection) -> list[str]:
+    """Write privileges production grants to PUBLIC, hence to every branch role too.
+
+    Branch roles hold no write privilege of their own (SPEC §6), but PostgreSQL cannot
+    take from one role what PUBLIC is given: each line here is a hole to REVOKE.
+    """
+    return [r[0] for r in await conn.fetch(_PUBLIC_WRITE_GRANTS)]
+
+
+# -- a DSN-level handle -----------------------------------------------------------------
+
+class Catalog:
+    """The control plane of one upstream, for callers that hold a DSN rather than a
+    connection: `async with Catalog(dsn) as catalog: await catalog.create("alice")`.
+    Entering connects as the admin role and bootstraps the catalog."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> "Catalog":
+        self.conn = await asyncpg.connect(self.dsn)
+        try:
+            await ensure_catalog(self.conn)
+        except BaseException:
+            await self.conn.close()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+
+    @property
+    def _conn(self) -> asyncpg.Connection:
+        if self.conn is None:
+            raise RuntimeError("use `async with Catalog(dsn) as catalog`")
+        return self.conn
+
+    async def create(self, name: str, parent: str | None = None) -> CreatedBranch:
+        return await create_branch(self._conn, name, parent)
+
+    async def list(self) -> list[BranchSummary]:
+        return await list_branches(self._conn)
+
+    async def get(self, name: str) -> Branch | None:
+        return await get_branch(self._conn, name)
+
+    async def delete(self, name: str) -> None:
+        await delete_branch(self._conn, name)
+
+    async def reset(self, name: str) -> Branch:
+        return await reset_branch(self._conn, name)
+
+    async def public_write_grants(self) -> list[str]:
+        return await public_write_grants(self._conn)

@@ -1,0 +1,298 @@
+"""What the overlay engine must know about one production table, read from pg_catalog.
+
+`describe_table` answers, in one `TableInfo`, everything `overlay.py` needs to build a
+shadow that behaves like the table (docs/branches.md): the columns with their types,
+defaults, identity and generation expressions; the key that rows and tombstones are
+keyed by; every uniqueness rule, CHECK and foreign key (both directions); and the
+sequences behind the defaults, which branches replace by branch-local copies.
+
+Expressions are rendered with `search_path = pg_catalog`, so every name in them is
+schema-qualified and means the same object whatever the search_path of the session
+that later runs the generated DDL (a branch session puts its overlay schema first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+"""pg_constraint.confupdtype / confdeltype codes, spelled as in SQL."""
+
+FK_MATCH = {"s": "SIMPLE", "f": "FULL", "p": "PARTIAL"}
+
+
+class TableNotFound(LookupError):
+    """The named relation is not an ordinary or partitioned table."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: str                     # format_type(atttypid, atttypmod), schema-qualified
+    not_null: bool
+    default: str | None               # pg_get_expr of the default; None for generated columns
+    identity: str | None              # 'ALWAYS', 'BY DEFAULT' or None
+    generated: str | None             # expression of a STORED generated column
+    sequence: "SequenceRef | None" = None   # sequence behind the default or identity
+
+
+@dataclass(frozen=True)
+class SequenceRef:
+    schema: str
+    name: str
+    regclass_text: str                # how pg_get_expr spells it inside nextval('...')
+
+
+@dataclass(frozen=True)
+class UniqueRule:
+    """A PRIMARY KEY, UNIQUE constraint or unique index on plain columns."""
+
+    name: str                         # constraint (or index) name: the one errors report
+    columns: tuple[str, ...]
+    primary: bool = False
+    nulls_not_distinct: bool = False
+    deferrable: bool = False
+
+
+@dataclass(frozen=True)
+class CheckRule:
+    name: str
+    definition: str                   # pg_get_constraintdef: 'CHECK ((price > (0)::numeric))'
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """One FOREIGN KEY constraint: `columns` of `schema.table` reference the parent's."""
+
+    name: str
+    schema: str                       # the referencing (child) table
+    table: str
+    columns: tuple[str, ...]
+    ref_schema: str                   # the referenced (parent) table
+    ref_table: str
+    ref_columns: tuple[str, ...]
+    on_delete: str                    # NO ACTION | RESTRICT | CASCADE | SET NULL | SET DEFAULT
+    on_update: str
+    match: str = "SIMPLE"             # SIMPLE | FULL | PARTIAL
+    deferrable: bool = False
+    initially_deferred: bool = False
+    on_delete_set_columns: tuple[str, ...] | None = None   # ON DELETE SET NULL (cols), PG 15+
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    table: str
+    kind: str                                           # pg_class.relkind: 'r' or 'p'
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] | None                         # PK, else first all-NOT-NULL unique
+    unique: tuple[UniqueRule, ...] = ()
+    checks: tuple[CheckRule, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()           # outgoing: this table is the child
+    referenced_by: tuple[ForeignKey, ...] = ()          # incoming: this table is the parent
+    sequences: tuple[SequenceRef, ...] = ()
+    unsupported_unique: tuple[str, ...] = field(default=())
+    """Unique indexes on expressions or with a WHERE clause: a shadow does not check them."""
+
+    @property
+    def mode(self) -> str:
+        """'shadow' (rows + tombstones + view) when the table has a key, else 'copy'."""
+        return "shadow" if self.key else "copy"
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+_RELATION_SQL = """
+SELECT c.oid, c.relkind::text AS relkind FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relname = $2
+"""
+
+# Columns, with the sequence behind each one: for a default, the sequence the default
+# expression depends on (serial or any nextval default); for an identity column, the
+# sequence pg_depend marks as internal to it.
+_COLUMNS_SQL = """
+SELECT a.attname,
+       pg_catalog.format_type(a.atttypid, a.atttypmod) AS sql_type,
+       a.attnotnull,
+       pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS expr,
+       a.attidentity::text AS attidentity, a.attgenerated::text AS attgenerated,
+       seq.nspname AS seq_schema, seq.relname AS seq_name, seq.regtext AS seq_regtext
+  FROM pg_catalog.pg_attribute a
+  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+  LEFT JOIN LATERAL (
+       SELECT sn.nspname, s.relname, s.oid::regclass::text AS regtext
+         FROM pg_catalog.pg_depend dep
+         JOIN pg_catalog.pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S'
+         JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+        WHERE dep.classid = 'pg_catalog.pg_attrdef'::regclass AND dep.objid = d.oid
+          AND dep.refclassid = 'pg_catalog.pg_class'::regclass
+       UNION ALL
+       SELECT sn.nspname, s.relname, s.oid::regclass::text
+         FROM pg_catalog.pg_depend dep
+         JOIN pg_catalog.pg_class s ON s.oid = dep.objid AND s.relkind = 'S'
+         JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+        WHERE a.attidentity <> ''::"char" AND dep.classid = 'pg_catalog.pg_class'::regclass
+          AND dep.refclassid = 'pg_catalog.pg_class'::regclass
+          AND dep.refobjid = a.attrelid AND dep.refobjsubid = a.attnum AND dep.deptype = 'i'
+       LIMIT 1) seq ON true
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+# Column names of an attnum array, in the array's order.
+_NAMES = """(SELECT array_agg(a.attname ORDER BY k.ord)
+              FROM unnest({arr}) WITH ORDINALITY k(num, ord)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = {rel} AND a.attnum = k.num)"""
+
+_UNIQUE_SQL = """
+SELECT coalesce(con.conname, ic.relname) AS name,
+       i.indisprimary,
+       con.oid IS NOT NULL AS is_constraint,
+       {nulls_not_distinct} AS nulls_not_distinct,
+       coalesce(con.condeferrable, false) AS deferrable,
+       i.indexprs IS NOT NULL OR i.indpred IS NOT NULL AS on_expressions,
+       {names} AS columns,
+       (SELECT bool_and(a.attnotnull) FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])) AS all_not_null
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+  LEFT JOIN pg_catalog.pg_constraint con ON con.conindid = i.indexrelid
+       AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u')
+ WHERE i.indrelid = $1 AND i.indisunique
+ ORDER BY NOT i.indisprimary, cardinality(i.indkey::int2[]), coalesce(con.conname, ic.relname)
+"""
+
+_CHECKS_SQL = """
+SELECT conname, pg_catalog.pg_get_constraintdef(oid) AS definition
+  FROM pg_catalog.pg_constraint
+ WHERE conrelid = $1 AND contype = 'c'
+ ORDER BY conname
+"""
+
+_FKS_SQL = """
+SELECT con.conname,
+       cn.nspname AS schema, cc.relname AS table, {child_cols} AS columns,
+       pn.nspname AS ref_schema, pc.relname AS ref_table, {parent_cols} AS ref_columns,
+       con.confdeltype::text AS confdeltype, con.confupdtype::text AS confupdtype,
+       con.confmatchtype::text AS confmatchtype,
+       con.condeferrable, con.condeferred,
+       {set_cols} AS set_columns
+  FROM pg_catalog.pg_constraint con
+  JOIN pg_catalog.pg_class cc ON cc.oid = con.conrelid
+  JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+  JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+ WHERE con.contype = 'f' AND con.{side} = $1 AND con.conparentid = 0
+ ORDER BY (SELECT min(t.tgname) FROM pg_catalog.pg_trigger t
+            WHERE t.tgconstraint = con.oid AND t.tgrelid = $1), con.conname
+"""
+# Ordered as PostgreSQL fires their triggers (by trigger name: creation order), so that
+# a row breaking two foreign keys reports the same one on a branch as on a table.
+
+
+async def describe_table(conn: asyncpg.Connection, schema: str, table: str) -> TableInfo:
+    """Everything about production table `schema.table` that a branch overlay needs.
+
+    Runs read-only catalog queries on `conn`; its search_path is set to pg_catalog for
+    the duration (so expressions come back fully qualified) and then put back.
+    """
+    old_path = await conn.fetchval("SELECT pg_catalog.current_setting('search_path')")
+    await conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+    try:
+        return await _describe(conn, schema, table)
+    finally:
+        try:
+            await conn.execute("SELECT pg_catalog.set_config('search_path', $1, false)", old_path)
+        except asyncpg.InFailedSQLTransactionError:
+            pass  # the caller's transaction failed: its rollback undoes our SET as well
+
+
+async def _describe(conn: asyncpg.Connection, schema: str, table: str) -> TableInfo:
+    rel = await conn.fetchrow(_RELATION_SQL, schema, table)
+    if rel is None or rel["relkind"] not in ("r", "p"):
+        raise TableNotFound(f"{schema}.{table} is not a table")
+    oid = rel["oid"]
+    server_version = conn.get_server_version().major
+    columns = tuple(_column(r) for r in await conn.fetch(_COLUMNS_SQL, oid))
+    not_null = {c.name for c in columns if c.not_null}
+
+    unique_sql = _UNIQUE_SQL.format(
+        nulls_not_distinct="i.indnullsnotdistinct" if server_version >= 15 else "false",
+        names=_NAMES.format(arr="i.indkey::int2[]", rel="i.indrelid"),
+    )
+    unique: list[UniqueRule] = []
+    unsupported: list[str] = []
+    for r in await conn.fetch(unique_sql, oid):
+        if r["on_expressions"]:
+            unsupported.append(r["name"])
+            continue
+        unique.append(UniqueRule(
+            name=r["name"], columns=tuple(r["columns"]), primary=r["indisprimary"],
+            nulls_not_distinct=r["nulls_not_distinct"], deferrable=r["deferrable"],
+        ))
+    key = _choose_key(unique, not_null)
+
+    checks = tuple(CheckRule(r["conname"], r["definition"]) for r in await conn.fetch(_CHECKS_SQL, oid))
+    outgoing = await _foreign_keys(conn, oid, "conrelid", server_version)
+    incoming = await _foreign_keys(conn, oid, "confrelid", server_version)
+    sequences = tuple(dict.fromkeys(c.sequence for c in columns if c.sequence))
+    return TableInfo(
+        schema=schema, table=table, kind=rel["relkind"], columns=columns, key=key,
+        unique=tuple(unique), checks=checks, foreign_keys=outgoing, referenced_by=incoming,
+        sequences=sequences, unsupported_unique=tuple(unsupported),
+    )
+
+
+def _column(r: asyncpg.Record) -> Column:
+    generated = r["expr"] if r["attgenerated"] == "s" else None
+    sequence = None
+    if r["seq_name"] is not None:
+        sequence = SequenceRef(r["seq_schema"], r["seq_name"], r["seq_regtext"])
+    return Column(
+        name=r["attname"], sql_type=r["sql_type"], not_null=r["attnotnull"],
+        default=None if generated else r["expr"],
+        identity={"a": "ALWAYS", "d": "BY DEFAULT"}.get(r["attidentity"]),
+        generated=generated, sequence=sequence,
+    )
+
+
+def _choose_key(unique: list[UniqueRule], not_null: set[str]) -> tuple[str, ...] | None:
+    """The primary key, else the narrowest non-deferrable unique rule on NOT NULL columns.
+
+    `unique` comes ordered primary first, then by column count, then by name, so the
+    choice is the same on every proxy replica and after a dump and restore.
+    """
+    for rule in unique:
+        if rule.primary:
+            return rule.columns
+    for rule in unique:
+        if not rule.deferrable and all(c in not_null for c in rule.columns):
+            return rule.columns
+    return None
+
+
+async def _foreign_keys(conn: asyncpg.Connection, oid: int, side: str, server_version: int) -> tuple[ForeignKey, ...]:
+    sql = _FKS_SQL.format(
+        side=side,
+        child_cols=_NAMES.format(arr="con.conkey", rel="con.conrelid"),
+        parent_cols=_NAMES.format(arr="con.confkey", rel="con.confrelid"),
+        set_cols=_NAMES.format(arr="con.confdelsetcols", rel="con.conrelid") if server_version >= 15 else "NULL::name[]",
+    )
+    return tuple(
+        ForeignKey(
+            name=r["conname"], schema=r["schema"], table=r["table"], columns=tuple(r["columns"]),
+            ref_schema=r["ref_schema"], ref_table=r["ref_table"], ref_columns=tuple(r["ref_columns"]),
+            on_delete=FK_ACTIONS[r["confdeltype"]], on_update=FK_ACTIONS[r["confupdtype"]],
+            match=FK_MATCH[r["confmatchtype"]], deferrable=r["condeferrable"],
+            initially_deferred=r["condeferred"],
+            on_delete_set_columns=tuple(r["set_columns"]) if r["set_columns"] else None,
+        )
+        for r in await conn.fetch(sql, oid)
+    )

@@ -1,0 +1,70 @@
+"""Creating overlays on first write: which production tables, from which source.
+
+Runs in the control plane (an admin connection) under the catalog lock, in one
+transaction: the overlay objects, their catalog rows and the branch's new
+schema_version commit together, so a concurrent session sees all of it or none.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import asyncpg
+
+from cowproxy.branch import catalog
+from cowproxy.branch.introspect import describe_table
+from cowproxy.branch.names import overlay_name, qualified
+from cowproxy.branch.overlay import create_overlay, tables_needing_overlay_with
+from cowproxy.sql.analyze import Relation
+
+
+async def resolve_production_table(conn: asyncpg.Connection, rel: Relation,
+                                   production_schemas: tuple[str, ...]) -> tuple[str, str] | None:
+    """The production table a written name means, or None (not a production table:
+    a branch's own table, a view, a typo — the upstream will say so)."""
+    schemas = [rel.schema] if rel.schema else list(production_schemas)
+    row = await conn.fetchrow(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relname = $1 AND n.nspname = ANY($2::text[]) AND c.relkind IN ('r', 'p')"
+        " ORDER BY array_position($2::text[], n.nspname::text) LIMIT 1", rel.name, schemas)
+    return (row["nspname"], row["relname"]) if row else None
+
+
+async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branch],
+                             relations: Iterable[Relation], production_schemas: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Give branch `chain[0]` an overlay of every production table in `relations` (and
+    of the tables its foreign-key actions write through); return those created."""
+    branch = chain[0]
+    created: list[tuple[str, str]] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", catalog.CATALOG_LOCK)
+        rows = await conn.fetch(
+            "SELECT branch, source_schema, source_table FROM cowproxy.overlay_tables WHERE branch = ANY($1::text[])",
+            [b.name for b in chain])
+        done = {(r["source_schema"], r["source_table"]) for r in rows if r["branch"] == branch.name}
+        ancestors = {(r["source_schema"], r["source_table"]): r["branch"] for r in rows if r["branch"] != branch.name}
+        todo: list[tuple[str, str]] = []
+        for rel in relations:
+            key = await resolve_production_table(conn, rel, production_schemas)
+            if key is not None:
+                todo.append(key)
+        while todo:
+            key = todo.pop()
+            if key in done:
+                continue
+            info = await describe_table(conn, *key)
+            todo.extend(tables_needing_overlay_with(info))
+            parent = next((b for b in chain[1:] if ancestors.get(key) == b.name), None)
+            source = qualified(parent.schema_name, overlay_name(*key)) if parent else qualified(*key)
+            await create_overlay(conn, info, branch.schema_name, branch.role_name, source)
+            await conn.execute(
+                "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                branch.name, key[0], key[1], list(info.key) if info.key else None, info.mode)
+            done.add(key)
+            created.append(key)
+        if created:
+            await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1 WHERE name = $1",
+                               branch.name)
+            await conn.execute("SELECT pg_notify($1, $2)", "cowproxy_catalog", branch.name)
+    return created

@@ -1,0 +1,784 @@
+"""The overlay of one production table inside a branch schema, as SQL (docs/branches.md).
+
+A table with a key gets mode `shadow`: `T$rows` (new versions of changed and inserted
+rows), `T$tomb` (keys of production rows the branch deleted) and a view named like the
+table that merges them with the source. INSTEAD OF triggers on the view make INSERT,
+UPDATE, DELETE, RETURNING, COPY FROM and row counts behave as on the table, and enforce
+what a view cannot: uniqueness, foreign keys (both directions, with their actions),
+identity and generated columns. NOT NULL and CHECK are the constraints copied onto
+`T$rows`. A table without a key gets mode `copy`: a plain copy of the table, with its
+constraints, and triggers only for foreign keys.
+
+Generated code names every relation it reads with its schema: production relations as
+they are, tables the branch changed through their overlay (`neighbors`). PL/pgSQL caches
+plans by the relations they resolved to, so resolving names through search_path would
+keep reading production after a neighbor gets an overlay in a long-lived session;
+instead `create_overlay` rewrites the trigger functions of overlaid neighbors, and a
+replaced function is recompiled by every session on its next call.
+
+Nothing here runs outside `create_overlay` / `refresh_neighbor_triggers`: `overlay_ddl`
+is pure, so the statements can be read, logged and tested as text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
+
+from cowproxy.branch.introspect import Column, ForeignKey, TableInfo, UniqueRule, describe_table
+from cowproxy.branch.names import overlay_name, qualified, quote_ident, quote_literal
+
+MAX_IDENTIFIER_BYTES = 63
+"""PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated."""
+
+OVERRIDING_SYSTEM_VALUE_SETTING = "cowproxy.overriding_system_value"
+"""When this setting is 'on' the insert trigger accepts explicit values for GENERATED
+ALWAYS identity columns: the rewriter sets it (set_config, local) around an
+`INSERT ... OVERRIDING SYSTEM VALUE`, a clause a trigger cannot see."""
+
+NEXTVAL_FUNCTION = "cowproxy_nextval"
+"""`B.cowproxy_nextval(branch_sequence, production_sequence) returns bigint`, created in
+every branch schema by the catalog: moves the branch sequence past production's and
+returns its nextval."""
+
+CASCADING_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
+
+_NEXTVAL_RE = re.compile(r"nextval\('((?:[^']|'')*)'::regclass\)")
+_QUOTE_KEYWORDS = RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS
+_SAFE_IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+# -- names ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OverlayObjects:
+    """Unquoted names, inside the branch schema, of one table's overlay objects."""
+
+    view: str          # the shadow view (mode shadow) or the copied table (mode copy)
+    rows: str
+    tomb: str
+    pending: str       # foreign key work queued by the row triggers for the statement's end
+    insert_fn: str
+    update_fn: str
+    delete_fn: str
+    statement_fn: str  # runs the queued foreign key work
+    deferred_fn: str   # checks of INITIALLY DEFERRED foreign keys, at commit
+    before_fn: str     # mode copy: identity columns
+    after_fn: str      # mode copy: foreign keys
+
+
+def overlay_objects(schema: str, table: str) -> OverlayObjects:
+    """The names of `schema.table`'s overlay objects (see names.overlay_name)."""
+    base = overlay_name(schema, table)
+    if len(base.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"overlay name {base!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
+    return OverlayObjects(
+        view=base,
+        **{field: _suffixed(base, suffix) for field, suffix in (
+            ("rows", "$rows"), ("tomb", "$tomb"), ("pending", "$pending"),
+            ("insert_fn", "$insert"), ("update_fn", "$update"), ("delete_fn", "$delete"),
+            ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
+            ("before_fn", "$before"), ("after_fn", "$after"),
+        )},
+    )
+
+
+def _suffixed(base: str, suffix: str) -> str:
+    """`base + suffix`, shortened with a hash of `base` when that would not fit in 63
+    bytes, so that two long table names never share internal objects."""
+    name = base + suffix
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha1(base.encode()).hexdigest()[:8]
+    room = MAX_IDENTIFIER_BYTES - len(suffix.encode()) - len(digest) - 1
+    prefix = base.encode()[:room].decode(errors="ignore")
+    return f"{prefix}~{digest}{suffix}"
+
+
+def pg_quote_identifier(name: str) -> str:
+    """`name` as PostgreSQL's own messages print it: quoted only when it must be."""
+    if _SAFE_IDENT_RE.match(name) and name not in _QUOTE_KEYWORDS:
+        return name
+    return quote_ident(name)
+
+
+# -- which tables an overlay depends on ------------------------------------------------
+
+
+def tables_needing_overlay_with(info: TableInfo) -> list[tuple[str, str]]:
+    """Child tables whose foreign key to `info` has a CASCADE / SET NULL / SET DEFAULT
+    action: deleting or re-keying a row of the shadow writes to them, through their own
+    shadows, so those must exist before the first write (create them first, or in the
+    same transaction: PL/pgSQL resolves tables when it first runs a statement)."""
+    found: dict[tuple[str, str], None] = {}
+    for fk in info.referenced_by:
+        child = (fk.schema, fk.table)
+        if child != (info.schema, info.table) and (
+            fk.on_delete in CASCADING_ACTIONS or fk.on_update in CASCADING_ACTIONS
+        ):
+            found[child] = None
+    return list(found)
+
+
+def neighbors_of(info: TableInfo) -> list[tuple[str, str]]:
+    """Tables the triggers of `info`'s overlay read or write: FK parents and children."""
+    found: dict[tuple[str, str], None] = {}
+    for fk in info.foreign_keys:
+        found[(fk.ref_schema, fk.ref_table)] = None
+    for fk in info.referenced_by:
+        found[(fk.schema, fk.table)] = None
+    found.pop((info.schema, info.table), None)
+    return list(found)
+
+
+# -- DDL -------------------------------------------------------------------------------
+
+
+def overlay_ddl(
+    info: TableInfo,
+    branch_schema: str,
+    source: str,
+    neighbors: Mapping[tuple[str, str], str] | None = None,
+) -> list[str]:
+    """The statements that create `info`'s overlay in `branch_schema`.
+
+    `source` is the relation the overlay reads unchanged rows from: the production
+    table, or for a stacked branch the parent branch's shadow. `neighbors` maps each FK
+    parent/child table to the relation to read it through (its overlay, when the branch
+    has one); tables missing from it are read from production.
+    """
+    gen = _Generator(info, branch_schema, source, neighbors or {})
+    return gen.copy_ddl() if info.mode == "copy" else gen.shadow_ddl()
+
+
+def trigger_function_ddl(
+    info: TableInfo,
+    branch_schema: str,
+    source: str,
+    neighbors: Mapping[tuple[str, str], str] | None = None,
+) -> list[str]:
+    """CREATE OR REPLACE of the trigger functions only: what a neighbor's new overlay
+    requires of an existing one (it must now read that neighbor through the overlay)."""
+    gen = _Generator(info, branch_schema, source, neighbors or {})
+    return gen.copy_functions() if info.mode == "copy" else gen.shadow_functions()
+
+
+def ownership_ddl(info: TableInfo, branch_schema: str, branch_role: str) -> list[str]:
+    """ALTER ... OWNER TO the branch role for every object `overlay_ddl` creates."""
+    objects = overlay_objects(info.schema, info.table)
+    role = quote_ident(branch_role)
+    q = lambda name: qualified(branch_schema, name)  # noqa: E731
+    if info.mode == "copy":
+        statements = [f"ALTER TABLE {q(objects.view)} OWNER TO {role}"]
+        functions = [objects.after_fn] + ([objects.before_fn] if _identity_always(info) else [])
+    else:
+        statements = [
+            f"ALTER TABLE {q(objects.rows)} OWNER TO {role}",
+            f"ALTER TABLE {q(objects.tomb)} OWNER TO {role}",
+            f"ALTER VIEW {q(objects.view)} OWNER TO {role}",
+        ]
+        functions = [objects.insert_fn, objects.update_fn, objects.delete_fn]
+        if _has_foreign_keys(info):
+            statements.append(f"ALTER TABLE {q(objects.pending)} OWNER TO {role}")
+            functions.append(objects.statement_fn)
+        if _deferred_names(info):
+            functions.append(objects.deferred_fn)
+    statements += [f"ALTER FUNCTION {q(fn)}() OWNER TO {role}" for fn in functions]
+    return statements
+
+
+def _identity_always(info: TableInfo) -> list[Column]:
+    return [c for c in info.columns if c.identity == "ALWAYS"]
+
+
+def _has_foreign_keys(info: TableInfo) -> bool:
+    return bool(info.foreign_keys or info.referenced_by)
+
+
+def _deferred_outgoing(info: TableInfo) -> list[ForeignKey]:
+    return [fk for fk in info.foreign_keys if fk.initially_deferred]
+
+
+def _deferred_incoming(info: TableInfo) -> list[ForeignKey]:
+    """Only NO ACTION is ever deferred: other actions run at once (PostgreSQL docs,
+    CREATE TABLE: "referential actions other than the NO ACTION check cannot be deferred")."""
+    return [fk for fk in info.referenced_by if fk.initially_deferred
+            and "NO ACTION" in (fk.on_delete, fk.on_update)]
+
+
+def _deferred_names(info: TableInfo) -> list[str]:
+    return list(dict.fromkeys(fk.name for fk in _deferred_outgoing(info) + _deferred_incoming(info)))
+
+
+@dataclass
+class _Generator:
+    """Builds the SQL of one table's overlay; one method per object or PL/pgSQL block."""
+
+    info: TableInfo
+    branch: str
+    source: str
+    neighbors: Mapping[tuple[str, str], str]
+
+    def __post_init__(self) -> None:
+        self.objects = overlay_objects(self.info.schema, self.info.table)
+        self.key = self.info.key or ()
+        self.stored_cols = [c.name for c in self.info.columns if not c.generated]
+        self.all_cols = [c.name for c in self.info.columns]
+
+    # relations ------------------------------------------------------------------------
+
+    def q(self, name: str) -> str:
+        return qualified(self.branch, name)
+
+    def read_rel(self, schema: str, table: str) -> str:
+        """Where the triggers read table `schema.table` (this table: its own shadow)."""
+        if (schema, table) == (self.info.schema, self.info.table):
+            return self.q(self.objects.view)
+        return self.neighbors.get((schema, table), qualified(schema, table))
+
+    def write_rel(self, schema: str, table: str) -> str:
+        """Where FK actions write: always the branch's own overlay of that table."""
+        return self.q(overlay_name(schema, table))
+
+    # pieces ---------------------------------------------------------------------------
+
+    def default_sql(self, column: Column, for_view: bool) -> str | None:
+        """The column's default with production sequences replaced by branch-local ones.
+
+        A GENERATED ALWAYS identity column has no default on the view: the insert
+        trigger fills it in when it is NULL, and refuses an explicit value."""
+        if column.generated:
+            return None
+        if column.identity:
+            if column.identity == "ALWAYS" and for_view:
+                return None
+            return self.nextval_sql(column)
+        if column.default is None:
+            return None
+        return _NEXTVAL_RE.sub(lambda m: self._replace_nextval(m), column.default)
+
+    def _replace_nextval(self, match: re.Match[str]) -> str:
+        regclass_text = match.group(1).replace("''", "'")
+        for seq in self.info.sequences:
+            if seq.regclass_text == regclass_text:
+                return self._nextval_call(seq.schema, seq.name)
+        return match.group(0)  # not a sequence we know: fails loudly (no privilege) if used
+
+    def nextval_sql(self, column: Column) -> str:
+        assert column.sequence is not None, f"identity column {column.name} without a sequence"
+        return self._nextval_call(column.sequence.schema, column.sequence.name)
+
+    def _nextval_call(self, seq_schema: str, seq_name: str) -> str:
+        branch_seq = qualified(self.branch, overlay_name(seq_schema, seq_name))
+        return (f"{self.q(NEXTVAL_FUNCTION)}({quote_literal(branch_seq)}, "
+                f"{quote_literal(qualified(seq_schema, seq_name))})")
+
+    def set_defaults(self, relation: str, for_view: bool) -> list[str]:
+        kind = "VIEW" if for_view else "TABLE"
+        out = []
+        for column in self.info.columns:
+            default = self.default_sql(column, for_view)
+            if default is not None:
+                out.append(f"ALTER {kind} {relation} ALTER COLUMN {quote_ident(column.name)} SET DEFAULT {default}")
+        return out
+
+    # mode shadow ----------------------------------------------------------------------
+
+    def shadow_ddl(self) -> list[str]:
+        o, info = self.objects, self.info
+        rows, tomb, view = self.q(o.rows), self.q(o.tomb), self.q(o.view)
+        key = _cols(self.key)
+        ddl = [
+            f"CREATE TABLE {rows} (LIKE {qualified(info.schema, info.table)} "
+            f"INCLUDING CONSTRAINTS INCLUDING GENERATED, PRIMARY KEY ({key}))",
+            *self.set_defaults(rows, for_view=False),
+            f"CREATE TABLE {tomb} AS SELECT {key} FROM {rows} WITH NO DATA",
+            f"ALTER TABLE {tomb} ADD PRIMARY KEY ({key})",
+        ]
+        # Unique checks and FK lookups on the merged view reach $rows by these columns.
+        for rule in info.unique:
+            if tuple(rule.columns) != tuple(self.key):
+                ddl.append(f"CREATE INDEX ON {rows} ({_cols(rule.columns)})")
+        ddl.append(
+            f"CREATE VIEW {view} AS\n"
+            f"SELECT {_values('s', self.all_cols)} FROM {self.source} s\n"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {rows} r WHERE {_match('r', self.key, 's', self.key)})\n"
+            f"   AND NOT EXISTS (SELECT 1 FROM {tomb} t WHERE {_match('t', self.key, 's', self.key)})\n"
+            f"UNION ALL\n"
+            f"SELECT {_values('r', self.all_cols)} FROM {rows} r"
+        )
+        ddl += self.set_defaults(view, for_view=True)
+        if _has_foreign_keys(info):
+            # Rows are typed as the view's rows; UNLOGGED: nothing in it outlives a statement.
+            ddl.append(f"CREATE UNLOGGED TABLE {self.q(o.pending)} "
+                       f"(op \"char\" NOT NULL, old {view}, new {view})")
+        ddl += self.shadow_functions()
+        for event, fn in (("INSERT", o.insert_fn), ("UPDATE", o.update_fn), ("DELETE", o.delete_fn)):
+            ddl.append(f"CREATE TRIGGER {quote_ident('cowproxy_' + event.lower())} INSTEAD OF {event} "
+                       f"ON {view} FOR EACH ROW EXECUTE FUNCTION {self.q(fn)}()")
+        if _has_foreign_keys(info):
+            ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {view} "
+                       f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(o.statement_fn)}()")
+        # Named like the foreign key, so SET CONSTRAINTS <name> IMMEDIATE finds it first
+        # on the branch's search_path.
+        for name in _deferred_names(info):
+            ddl.append(f"CREATE CONSTRAINT TRIGGER {quote_ident(name)} AFTER INSERT ON {self.q(o.pending)} "
+                       f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                       f"EXECUTE FUNCTION {self.q(o.deferred_fn)}({quote_literal(name)})")
+        return ddl
+
+    def shadow_functions(self) -> list[str]:
+        o = self.objects
+        stored = f"stored {self.q(o.view)};"
+        functions = [
+            _plpgsql(self.q(o.insert_fn), self.insert_body(), declare=stored),
+            _plpgsql(self.q(o.update_fn), self.update_body(), declare=stored),
+            _plpgsql(self.q(o.delete_fn), self.delete_body(), declare="was_row boolean;"),
+        ]
+        if _has_foreign_keys(self.info):
+            functions.append(_plpgsql(self.q(o.statement_fn), self.statement_body(),
+                                      declare=f"p {self.q(o.pending)};"))
+        if _deferred_names(self.info):
+            functions.append(_plpgsql(self.q(o.deferred_fn), self.deferred_body(),
+                                      declare=f"p {self.q(o.pending)} := NEW;"))
+        return functions
+
+    def deferred_body(self) -> str:
+        """One queued row, at commit (or SET CONSTRAINTS ... IMMEDIATE), for the foreign
+        key named by the trigger's argument. A child row the transaction has changed or
+        deleted since is not checked, as PostgreSQL skips rows no longer live."""
+        blocks = []
+        for fk in _deferred_outgoing(self.info):
+            same_row = (f"EXISTS (SELECT 1 FROM {self.q(self.objects.view)} t WHERE "
+                        f"{_match('t', self.key, '(p.new)', self.key)} AND NOT ({_distinct('t', '(p.new)', fk.columns)}))")
+            blocks.append(f"IF TG_ARGV[0] = {quote_literal(fk.name)} AND p.op <> 'd' AND {same_row} THEN\n"
+                          + _indent(self.fk_check(fk, "(p.new)", old="(p.old)", deferred=True), 2) + "\nEND IF;")
+        for fk in _deferred_incoming(self.info):
+            blocks.append(
+                f"IF TG_ARGV[0] = {quote_literal(fk.name)} AND p.op = 'd' THEN\n"
+                + _indent(self.incoming(fk, "DELETE", old="(p.old)", new=None, deferred=True), 2)
+                + f"\nELSIF TG_ARGV[0] = {quote_literal(fk.name)} AND p.op = 'u' THEN\n"
+                + _indent(self.incoming(fk, "UPDATE", old="(p.old)", new="(p.new)", deferred=True), 2) + "\nEND IF;")
+        return "\n".join(blocks) + "\nRETURN NULL;"
+
+    def enqueue(self, op: str, old: str, new: str) -> str:
+        return f"INSERT INTO {self.q(self.objects.pending)} VALUES ('{op}', {old}, {new});"
+
+    def statement_body(self) -> str:
+        """Foreign keys at the end of the statement, as PostgreSQL checks them: a
+        statement may insert a child before its parent, or delete a whole
+        self-referencing tree, and row counts are those of the statement's own rows."""
+        checks = _lines(self.fk_check(fk, "(p.new)", old="(p.old)") for fk in self.info.foreign_keys)
+        on_update = _lines(self.incoming(fk, "UPDATE", old="(p.old)", new="(p.new)") for fk in self.info.referenced_by)
+        on_delete = _lines(self.incoming(fk, "DELETE", old="(p.old)", new=None) for fk in self.info.referenced_by)
+        blocks = []
+        if checks:
+            blocks.append(f"IF p.op <> 'd' THEN\n{_indent(checks, 2)}\nEND IF;")
+        if on_update:
+            blocks.append(f"IF p.op = 'u' THEN\n{_indent(on_update, 2)}\nEND IF;")
+        if on_delete:
+            blocks.append(f"IF p.op = 'd' THEN\n{_indent(on_delete, 2)}\nEND IF;")
+        # DELETE ... RETURNING runs to completion before the loop's first row: what the
+        # loop's own cascades queue is left for their statements' triggers.
+        return (f"FOR p IN DELETE FROM {self.q(self.objects.pending)} RETURNING * LOOP\n"
+                + _indent("\n".join(blocks) or "NULL;", 2) + "\nEND LOOP;\nRETURN NULL;")
+
+    def key_rule(self) -> UniqueRule:
+        for rule in self.info.unique:
+            if tuple(rule.columns) == tuple(self.key):
+                return rule
+        raise AssertionError("the key is one of the table's unique rules")
+
+    def store_new(self, on_conflict: str) -> str:
+        """INSERT NEW into $rows; NOT NULL and CHECK fire here, as on the table, before
+        any uniqueness check."""
+        cols = _cols(self.stored_cols)
+        values = ", ".join(f"NEW.{quote_ident(c)}" for c in self.stored_cols)
+        return (f"INSERT INTO {self.q(self.objects.rows)} ({cols}) VALUES ({values})\n"
+                f"    ON CONFLICT ({_cols(self.key)}) {on_conflict} RETURNING * INTO stored;")
+
+    def claim_key(self, record: str) -> str:
+        """After `record` went into $rows under a key that was not there: the key is a
+        duplicate if a production row has it, unless the branch deleted that row."""
+        rule = self.key_rule()
+        return (
+            f"IF NOT FOUND THEN\n{_indent(self.raise_duplicate(rule, 'NEW'), 2)}\nEND IF;\n"
+            f"IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, record, self.key)}) THEN\n"
+            f"  DELETE FROM {self.q(self.objects.tomb)} t WHERE {_match('t', self.key, record, self.key)};\n"
+            f"  IF NOT FOUND THEN\n{_indent(self.raise_duplicate(rule, record), 4)}\n  END IF;\n"
+            f"END IF;"
+        )
+
+    def insert_body(self) -> str:
+        parts = [self.identity_on_insert(), self.generated_on_insert(),
+                 self.store_new("DO NOTHING"), self.claim_key("stored")]
+        parts += [self.unique_check(rule, "stored", old=None) for rule in self.other_unique()]
+        if self.info.foreign_keys:
+            parts.append(self.enqueue("i", "NULL", "stored"))
+        parts.append("RETURN stored;")
+        return "\n".join(p for p in parts if p)
+
+    def update_body(self) -> str:
+        key_changed = _distinct("NEW", "OLD", self.key)
+        tomb = self.q(self.objects.tomb)
+        upsert_set = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in self.stored_cols)
+        rekey = (
+            f"IF {key_changed} THEN\n"
+            f"  DELETE FROM {self.q(self.objects.rows)} r WHERE {_match('r', self.key, 'OLD', self.key)};\n"
+            f"{_indent(self.store_new('DO NOTHING'), 2)}\n"
+            f"{_indent(self.claim_key('stored'), 2)}\n"
+            f"  IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, 'OLD', self.key)}) THEN\n"
+            f"    INSERT INTO {tomb} ({_cols(self.key)}) VALUES ({_values('OLD', self.key)}) ON CONFLICT DO NOTHING;\n"
+            f"  END IF;\n"
+            f"ELSE\n"
+            f"{_indent(self.store_new(f'DO UPDATE SET {upsert_set}'), 2)}\n"
+            f"END IF;"
+        )
+        parts = [self.identity_on_update(), self.generated_on_update(), rekey]
+        parts += [self.unique_check(rule, "stored", old="OLD") for rule in self.other_unique()]
+        watched = [fk.columns for fk in self.info.foreign_keys] + [fk.ref_columns for fk in self.info.referenced_by]
+        if watched:
+            changed = " OR ".join(dict.fromkeys(_distinct("stored", "OLD", cols) for cols in watched))
+            parts.append(f"IF {changed} THEN\n  {self.enqueue('u', 'OLD', 'stored')}\nEND IF;")
+        parts.append("RETURN stored;")
+        return "\n".join(p for p in parts if p)
+
+    def delete_body(self) -> str:
+        rows, tomb = self.q(self.objects.rows), self.q(self.objects.tomb)
+        parts = [
+            f"DELETE FROM {rows} r WHERE {_match('r', self.key, 'OLD', self.key)};",
+            "was_row := FOUND;",
+            # A row already deleted by this statement (a cascade, or a join that yields
+            # it twice) is not counted again, as on a table.
+            f"IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, 'OLD', self.key)}) THEN\n"
+            f"  INSERT INTO {tomb} ({_cols(self.key)}) VALUES ({_values('OLD', self.key)}) ON CONFLICT DO NOTHING;\n"
+            f"  IF NOT FOUND AND NOT was_row THEN RETURN NULL; END IF;\n"
+            f"ELSIF NOT was_row THEN\n  RETURN NULL;\nEND IF;",
+        ]
+        if self.info.referenced_by:
+            parts.append(self.enqueue("d", "OLD", "NULL"))
+        parts.append("RETURN OLD;")
+        return "\n".join(p for p in parts if p)
+
+    def other_unique(self) -> list[UniqueRule]:
+        return [r for r in self.info.unique if tuple(r.columns) != tuple(self.key)]
+
+    # mode copy ------------------------------------------------------------------------
+
+    def copy_ddl(self) -> list[str]:
+        info, o = self.info, self.objects
+        table = self.q(o.view)
+        cols = _cols(self.stored_cols)
+        ddl = [
+            f"CREATE TABLE {table} (LIKE {qualified(info.schema, info.table)} "
+            f"INCLUDING CONSTRAINTS INCLUDING GENERATED)",
+            *self.set_defaults(table, for_view=False),
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {self.source}",
+        ]
+        for rule in info.unique:
+            nulls = " NULLS NOT DISTINCT" if rule.nulls_not_distinct else ""
+            ddl.append(f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(rule.name)} "
+                       f"UNIQUE{nulls} ({_cols(rule.columns)})")
+        ddl += self.copy_functions()
+        if _identity_always(info):
+            ddl.append(f"CREATE TRIGGER cowproxy_identity BEFORE INSERT OR UPDATE ON {table} "
+                       f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.before_fn)}()")
+        # AFTER ROW triggers run at the end of the statement, like PostgreSQL's own
+        # foreign key triggers.
+        ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                   f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.after_fn)}()")
+        return ddl
+
+    def copy_functions(self) -> list[str]:
+        o = self.objects
+        out = []
+        if _identity_always(self.info):
+            body = (f"IF TG_OP = 'INSERT' THEN\n{_indent(self.identity_on_insert(), 2)}\n"
+                    f"ELSE\n{_indent(self.identity_on_update(), 2)}\nEND IF;\nRETURN NEW;")
+            out.append(_plpgsql(self.q(o.before_fn), body))
+        checks = "\n".join(self.fk_check(fk, "NEW", old=None) for fk in self.info.foreign_keys)
+        recheck = "\n".join(self.fk_check(fk, "NEW", old="OLD") for fk in self.info.foreign_keys)
+        on_update = "\n".join(self.incoming(fk, "UPDATE", old="OLD", new="NEW") for fk in self.info.referenced_by)
+        on_delete = "\n".join(self.incoming(fk, "DELETE", old="OLD", new=None) for fk in self.info.referenced_by)
+        body = (f"IF TG_OP = 'INSERT' THEN\n{_indent(checks or 'NULL;', 2)}\n"
+                f"ELSIF TG_OP = 'UPDATE' THEN\n{_indent(recheck or 'NULL;', 2)}\n{_indent(on_update, 2)}\n"
+                f"ELSE\n{_indent(on_delete or 'NULL;', 2)}\nEND IF;\nRETURN NULL;")
+        out.append(_plpgsql(self.q(o.after_fn), body))
+        return out
+
+    # identity and generated columns ---------------------------------------------------
+
+    def identity_on_insert(self) -> str:
+        out = []
+        for c in _identity_always(self.info):
+            col = quote_ident(c.name)
+            out.append(
+                f"IF NEW.{col} IS NULL THEN\n  NEW.{col} := {self.nextval_sql(c)};\n"
+                f"ELSIF coalesce(current_setting({quote_literal(OVERRIDING_SYSTEM_VALUE_SETTING)}, true), '') <> 'on' THEN\n"
+                + _indent(_raise("428C9", f'cannot insert a non-DEFAULT value into column "{c.name}"',
+                                 detail=quote_literal(f'Column "{c.name}" is an identity column defined as GENERATED ALWAYS.'),
+                                 hint="Use OVERRIDING SYSTEM VALUE to override.",
+                                 schema=self.info.schema, table=self.info.table, column=c.name), 2)
+                + "\nEND IF;"
+            )
+        return "\n".join(out)
+
+    def identity_on_update(self) -> str:
+        out = []
+        for c in _identity_always(self.info):
+            col = quote_ident(c.name)
+            out.append(
+                f"IF NEW.{col} IS NULL THEN\n  NEW.{col} := {self.nextval_sql(c)};\n"
+                f"ELSIF NEW.{col} IS DISTINCT FROM OLD.{col} THEN\n"
+                + _indent(_raise("428C9", f'column "{c.name}" can only be updated to DEFAULT',
+                                 detail=quote_literal(f'Column "{c.name}" is an identity column defined as GENERATED ALWAYS.'),
+                                 schema=self.info.schema, table=self.info.table, column=c.name), 2)
+                + "\nEND IF;"
+            )
+        return "\n".join(out)
+
+    def generated_on_insert(self) -> str:
+        return "\n".join(
+            f"IF NEW.{quote_ident(c.name)} IS NOT NULL THEN\n"
+            + _indent(_raise("428C9", f'cannot insert a non-DEFAULT value into column "{c.name}"',
+                             detail=quote_literal(f'Column "{c.name}" is a generated column.'),
+                             schema=self.info.schema, table=self.info.table, column=c.name), 2)
+            + "\nEND IF;"
+            for c in self.info.columns if c.generated
+        )
+
+    def generated_on_update(self) -> str:
+        return "\n".join(
+            f"IF NEW.{quote_ident(c.name)} IS NOT NULL AND NEW.{quote_ident(c.name)} IS DISTINCT FROM OLD.{quote_ident(c.name)} THEN\n"
+            + _indent(_raise("428C9", f'column "{c.name}" can only be updated to DEFAULT',
+                             detail=quote_literal(f'Column "{c.name}" is a generated column.'),
+                             schema=self.info.schema, table=self.info.table, column=c.name), 2)
+            + "\nEND IF;"
+            for c in self.info.columns if c.generated
+        )
+
+    # uniqueness -----------------------------------------------------------------------
+
+    def raise_duplicate(self, rule: UniqueRule, record: str) -> str:
+        return _raise(
+            "23505", f'duplicate key value violates unique constraint "{rule.name}"',
+            detail=_key_detail(rule.columns, record, "already exists."),
+            schema=self.info.schema, table=self.info.table, constraint=rule.name,
+        )
+
+    def unique_check(self, rule: UniqueRule, record: str, old: str | None) -> str:
+        """`record` (already in $rows) against every other row of the merged view."""
+        eq = " IS NOT DISTINCT FROM " if rule.nulls_not_distinct else " = "
+        match = " AND ".join(f"v.{quote_ident(c)}{eq}{record}.{quote_ident(c)}" for c in rule.columns)
+        other = f"NOT ({_match('v', self.key, record, self.key)})"
+        condition = f"EXISTS (SELECT 1 FROM {self.q(self.objects.view)} v WHERE {match} AND {other})"
+        if old:
+            condition = f"{_distinct(record, old, rule.columns)} AND {condition}"
+        return f"IF {condition} THEN\n{_indent(self.raise_duplicate(rule, record), 2)}\nEND IF;"
+
+    # foreign keys ---------------------------------------------------------------------
+
+    def fk_check(self, fk: ForeignKey, record: str, old: str | None, deferred: bool = False) -> str:
+        """Outgoing: `record`'s key must exist in the (merged) parent. An INITIALLY
+        DEFERRED key is checked by `deferred_body` (mode shadow) instead."""
+        if fk.initially_deferred and not deferred and self.info.mode == "shadow":
+            return ""
+        parent = self.read_rel(fk.ref_schema, fk.ref_table)
+        message = f'insert or update on table "{fk.table}" violates foreign key constraint "{fk.name}"'
+        not_null = " AND ".join(f"{record}.{quote_ident(c)} IS NOT NULL" for c in fk.columns)
+        missing = (f"NOT EXISTS (SELECT 1 FROM {parent} p WHERE "
+                   f"{_match('p', fk.ref_columns, record, fk.columns)})")
+        detail = _key_detail(fk.columns, record, f'is not present in table "{fk.ref_table}".')
+        block = (f"IF {not_null} AND {missing} THEN\n"
+                 + _indent(_raise("23503", message, detail=detail, schema=fk.schema, table=fk.table,
+                                  constraint=fk.name), 2) + "\nEND IF;")
+        if fk.match == "FULL" and len(fk.columns) > 1:
+            some_null = " OR ".join(f"{record}.{quote_ident(c)} IS NULL" for c in fk.columns)
+            mixed = (f"IF ({some_null}) AND NOT ({' AND '.join(f'{record}.{quote_ident(c)} IS NULL' for c in fk.columns)}) THEN\n"
+                     + _indent(_raise("23503", message,
+                                      detail=quote_literal("MATCH FULL does not allow mixing of null and nonnull key values."),
+                                      schema=fk.schema, table=fk.table, constraint=fk.name), 2) + "\nEND IF;")
+            block = mixed + "\n" + block
+        if old:
+            block = f"IF {_distinct(record, old, fk.columns)} THEN\n{_indent(block, 2)}\nEND IF;"
+        return block
+
+    def incoming(self, fk: ForeignKey, event: str, old: str, new: str | None, deferred: bool = False) -> str:
+        """Incoming: rows of the child that referenced `old` (now gone or re-keyed)."""
+        action = fk.on_delete if event == "DELETE" else fk.on_update
+        if action == "NO ACTION" and fk.initially_deferred and self.info.mode == "shadow" and not deferred:
+            return ""
+        if deferred and action != "NO ACTION":
+            return "NULL;"
+        match = _match("c", fk.columns, old, fk.ref_columns)
+        if action in ("NO ACTION", "RESTRICT"):
+            child = self.read_rel(fk.schema, fk.table)
+            message = (f'update or delete on table "{fk.ref_table}" violates foreign key constraint '
+                       f'"{fk.name}" on table "{fk.table}"')
+            detail = _key_detail(fk.ref_columns, old, f'is still referenced from table "{fk.table}".')
+            still_referenced = f"EXISTS (SELECT 1 FROM {child} c WHERE {match})"
+            if action == "NO ACTION":
+                # Unless the statement gave the key back (another row now has it).
+                again = _match("t", fk.ref_columns, old, fk.ref_columns)
+                still_referenced += f" AND NOT EXISTS (SELECT 1 FROM {self.read_rel(fk.ref_schema, fk.ref_table)} t WHERE {again})"
+            block = (f"IF {still_referenced} THEN\n"
+                     + _indent(_raise("23503", message, detail=detail, schema=fk.schema, table=fk.table,
+                                      constraint=fk.name), 2) + "\nEND IF;")
+        else:
+            child = self.write_rel(fk.schema, fk.table)
+            if action == "CASCADE" and event == "DELETE":
+                block = f"DELETE FROM {child} c WHERE {match};"
+            else:
+                if action == "CASCADE":
+                    assert new is not None
+                    targets = zip(fk.columns, (f"{new}.{quote_ident(r)}" for r in fk.ref_columns))
+                else:
+                    columns = fk.on_delete_set_columns if event == "DELETE" and fk.on_delete_set_columns else fk.columns
+                    value = "NULL" if action == "SET NULL" else "DEFAULT"
+                    targets = ((c, value) for c in columns)
+                assignments = ", ".join(f"{quote_ident(c)} = {v}" for c, v in targets)
+                block = f"UPDATE {child} c SET {assignments} WHERE {match};"
+        if event == "UPDATE":
+            assert new is not None
+            block = f"IF {_distinct(new, old, fk.ref_columns)} THEN\n{_indent(block, 2)}\nEND IF;"
+        return block
+
+
+# -- SQL text helpers ------------------------------------------------------------------
+
+
+def _lines(blocks: Iterable[str]) -> str:
+    return "\n".join(b for b in blocks if b)
+
+
+def _cols(names: Iterable[str]) -> str:
+    return ", ".join(quote_ident(n) for n in names)
+
+
+def _values(record: str, names: Iterable[str]) -> str:
+    return ", ".join(f"{record}.{quote_ident(n)}" for n in names)
+
+
+def _match(left: str, left_cols: Sequence[str], right: str, right_cols: Sequence[str]) -> str:
+    return " AND ".join(f"{left}.{quote_ident(a)} = {right}.{quote_ident(b)}" for a, b in zip(left_cols, right_cols))
+
+
+def _distinct(a: str, b: str, cols: Sequence[str]) -> str:
+    if len(cols) == 1:
+        return f"{a}.{quote_ident(cols[0])} IS DISTINCT FROM {b}.{quote_ident(cols[0])}"
+    return f"ROW({_values(a, cols)}) IS DISTINCT FROM ROW({_values(b, cols)})"
+
+
+def _key_detail(columns: Sequence[str], record: str, tail: str) -> str:
+    """PostgreSQL's `Key (a, b)=(1, 2) <tail>` as a PL/pgSQL expression."""
+    names = ", ".join(pg_quote_identifier(c) for c in columns)
+    values = ", ".join(f"coalesce({record}.{quote_ident(c)}::text, 'null')" for c in columns)
+    return f"{quote_literal(f'Key ({names})=(')} || concat_ws(', ', {values}) || {quote_literal(') ' + tail)}"
+
+
+def _raise(errcode: str, message: str, *, detail: str | None = None, hint: str | None = None,
+           schema: str | None = None, table: str | None = None, column: str | None = None,
+           constraint: str | None = None) -> str:
+    """RAISE with PostgreSQL's own fields; `detail` is an expression, the rest text."""
+    options = [f"ERRCODE = {quote_literal(errcode)}", f"MESSAGE = {quote_literal(message)}"]
+    if detail:
+        options.append(f"DETAIL = {detail}")
+    for name, value in (("HINT", hint), ("SCHEMA", schema), ("TABLE", table),
+                        ("COLUMN", column), ("CONSTRAINT", constraint)):
+        if value is not None:
+            options.append(f"{name} = {quote_literal(value)}")
+    return "RAISE EXCEPTION USING " + ",\n      ".join(options) + ";"
+
+
+def _indent(text: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "\n".join(pad + line if line else line for line in text.splitlines())
+
+
+def _plpgsql(name: str, body: str, declare: str = "") -> str:
+    """A trigger function. `use_column`: a table column named like one of our variables
+    (stored, was_row) must not change what the generated SQL means."""
+    declare_block = f"DECLARE\n  {declare}\n" if declare else ""
+    return (f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $cowproxy$\n"
+            f"#variable_conflict use_column\n{declare_block}BEGIN\n{_indent(body, 2)}\nEND\n$cowproxy$")
+
+
+# -- running it ------------------------------------------------------------------------
+
+
+async def resolve_relations(
+    conn: asyncpg.Connection,
+    tables: Iterable[tuple[str, str]],
+    schemas: Sequence[str],
+) -> dict[tuple[str, str], str]:
+    """For each production table, the first of `schemas` (a branch, then its ancestors)
+    that holds an overlay of it, as a qualified relation; production's table otherwise."""
+    tables = list(dict.fromkeys(tables))
+    candidates = [qualified(s, overlay_name(*t)) for t in tables for s in schemas]
+    present: set[str] = set()
+    if candidates:
+        rows = await conn.fetch(
+            "SELECT n FROM unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL", candidates)
+        present = {r["n"] for r in rows}
+    resolved = {}
+    for t in tables:
+        resolved[t] = next((c for c in (qualified(s, overlay_name(*t)) for s in schemas) if c in present),
+                           qualified(*t))
+    return resolved
+
+
+async def create_overlay(
+    conn: asyncpg.Connection,
+    info: TableInfo,
+    branch_schema: str,
+    branch_role: str,
+    source: str,
+    *,
+    ancestor_schemas: Sequence[str] = (),
+) -> None:
+    """Create `info`'s overlay in `branch_schema`, in the caller's transaction, owned by
+    `branch_role`; then make the triggers of overlaid neighbors read it.
+
+    `ancestor_schemas` are the overlay schemas of a stacked branch's parents, nearest
+    first: FK lookups read a neighbor through the nearest overlay of it. Children that
+    `tables_needing_overlay_with(info)` names must get overlays in the same transaction.
+    """
+    schemas = [branch_schema, *ancestor_schemas]
+    neighbors = await resolve_relations(conn, neighbors_of(info), schemas)
+    for statement in overlay_ddl(info, branch_schema, source, neighbors):
+        await conn.execute(statement)
+    for statement in ownership_ddl(info, branch_schema, branch_role):
+        await conn.execute(statement)
+    await refresh_neighbor_triggers(conn, info, branch_schema, ancestor_schemas)
+
+
+async def refresh_neighbor_triggers(
+    conn: asyncpg.Connection,
+    info: TableInfo,
+    branch_schema: str,
+    ancestor_schemas: Sequence[str] = (),
+) -> list[tuple[str, str]]:
+    """Rewrite the trigger functions of the tables overlaid in `branch_schema` that
+    read or write `info`'s table, so they use its (new) overlay. Returns them.
+
+    Also what a branch stacked on this one needs when this one gets a new overlay
+    (call it with the child's schema and its ancestors)."""
+    schemas = [branch_schema, *ancestor_schemas]
+    own = await resolve_relations(conn, neighbors_of(info), [branch_schema])
+    refreshed = []
+    for table, relation in own.items():
+        if relation == qualified(*table):
+            continue  # no overlay of that neighbor in this branch
+        neighbor = await describe_table(conn, *table)
+        source = (await resolve_relations(conn, [table], list(ancestor_schemas)))[table]
+        relations = await resolve_relations(conn, neighbors_of(neighbor), schemas)
+        for statement in trigger_function_ddl(neighbor, branch_schema, source, relations):
+            await conn.execute(statement)
+        refreshed.append(table)
+    return refreshed

@@ -1,0 +1,157 @@
+"""The proxy's live view of branches: layouts, policies, and overlays made on demand.
+
+One `BranchRegistry` per proxy process. It loads a branch's layout from the catalog
+the first time a client connects to it, keeps one `BranchPolicy` per branch (so every
+session on a branch shares one rewrite cache), creates a table's overlay the first
+time any session of the branch writes that table, and follows catalog changes made
+elsewhere (the CLI, other proxy replicas) through LISTEN cowproxy_catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from cowproxy import logs
+from cowproxy.branch import catalog
+from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, schema_for
+from cowproxy.metrics import Metrics
+from cowproxy.sql.policy import BranchLayout, BranchPolicy, Decision
+
+PRODUCTION_SCHEMAS = ("public",)
+"""Where unqualified names resolve in production (its default search_path)."""
+
+
+@dataclass
+class BranchState:
+    branch: catalog.Branch
+    chain: list[catalog.Branch]          # the branch, its parent, ... (search order)
+    policy: BranchPolicy
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def version(self) -> int:
+        return self.policy.layout.version
+
+
+class BranchRegistry:
+    def __init__(self, dsn: str, metrics: Metrics) -> None:
+        self.dsn = dsn
+        self.metrics = metrics
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._states: dict[str, BranchState] = {}
+        self._readonly: tuple[str, str] | None = None
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._pool is not None:
+                return
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+            async with self._pool.acquire() as conn:
+                await catalog.ensure_catalog(conn)
+                self._readonly = await catalog.readonly_login(conn)
+            self._listener = await asyncpg.connect(self.dsn)
+            await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def readonly_login(self) -> tuple[str, str]:
+        assert self._readonly is not None
+        return self._readonly
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        # Any change may affect stacked children too: refresh every loaded branch.
+        for name in list(self._states):
+            asyncio.get_running_loop().create_task(self._refresh_quietly(name))
+
+    async def _refresh_quietly(self, name: str) -> None:
+        try:
+            await self.refresh(name)
+        except Exception as exc:  # the next connection retries the load
+            logs.event("branch_refresh_failed", logging.WARNING, branch=name, error=repr(exc))
+            self._states.pop(name, None)
+
+    async def get(self, name: str) -> BranchState | None:
+        state = self._states.get(name)
+        if state is not None:
+            return state
+        return await self.refresh(name)
+
+    async def refresh(self, name: str) -> BranchState | None:
+        await self.start()
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            branch = await catalog.get_branch(conn, name)
+            if branch is None:
+                self._states.pop(name, None)
+                return None
+            chain = [branch]
+            while chain[-1].parent is not None:
+                parent = await catalog.get_branch(conn, chain[-1].parent)
+                if parent is None:
+                    break
+                chain.append(parent)
+            layout = await _load_layout(conn, chain)
+        state = self._states.get(name)
+        if state is None or state.branch.role_password != branch.role_password:
+            state = BranchState(branch, chain, BranchPolicy(layout, self.metrics))
+            self._states[name] = state
+        else:
+            state.branch, state.chain = branch, chain
+            state.policy.set_layout(layout)
+        return state
+
+    async def materialize(self, state: BranchState, decision: Decision) -> None:
+        """Create overlays for the production tables `decision` writes, then reload."""
+        from cowproxy.branch.materialize import materialize_tables
+
+        async with state.lock:  # one session of this proxy at a time per branch
+            await self.start()
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                created = await materialize_tables(conn, state.chain, decision.materialize, PRODUCTION_SCHEMAS)
+            if created:
+                logs.event("overlay_created", branch=state.branch.name,
+                           tables=[f"{s}.{t}" for s, t in created])
+            await self.refresh(state.branch.name)
+
+
+async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) -> BranchLayout:
+    names = [b.name for b in chain]
+    rows = await conn.fetch(
+        "SELECT branch, source_schema, source_table FROM cowproxy.overlay_tables WHERE branch = ANY($1::text[])",
+        names)
+    order = {name: i for i, name in enumerate(names)}
+    overlays: dict[tuple[str, str], str] = {}
+    nearest: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r["source_schema"], r["source_table"])
+        rank = order[r["branch"]]
+        if key not in nearest or rank < nearest[key]:
+            nearest[key] = rank
+            overlays[key] = schema_for(r["branch"])
+    schemas = [schema_for(n) for n in names]
+    local = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'v', 'm', 'p', 'f')"
+        " AND c.relname NOT LIKE '%$rows' AND c.relname NOT LIKE '%$tomb'", schemas)
+    return BranchLayout(
+        branch=chain[0].name,
+        schema=chain[0].schema_name,
+        search_schemas=tuple(schemas),
+        overlays=overlays,
+        overlay_names={key: overlay_name(*key) for key in overlays},
+        local_names=frozenset(r["relname"] for r in local),
+        production_schemas=PRODUCTION_SCHEMAS,
+        version=sum(b.schema_version for b in chain),
+    )

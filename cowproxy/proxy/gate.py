@@ -1,0 +1,138 @@
+"""The statement gate: a session's policy applied to client frames on the way upstream.
+
+Fast path (`scan`): every Query and Parse in a chunk is looked up in the policy's
+cache; while all of them are plain forwards the chunk goes upstream as the client sent
+it, in one write. The first frame that needs more (a rewrite, a refusal, a table that
+needs an overlay first, or a branch whose layout changed) hands the rest of the chunk
+to the slow path (`process`), a coroutine that may wait for the control plane.
+
+Refusals are executed upstream, not answered by the proxy: the statement is replaced
+by a `DO` block that raises the refusal's SQLSTATE and message. So the error arrives in
+its place in a pipeline, and the upstream transaction fails exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Awaitable, Callable, Protocol
+
+from cowproxy import logs
+from cowproxy.protocol.messages import PARSE, QUERY, encode_parse, encode_query
+from cowproxy.sql.analyze import Refusal
+from cowproxy.sql.policy import Action, Decision
+from cowproxy.sql.rewrite import quote_literal
+
+_PARSE_HEAD = struct.Struct("!h")
+
+
+class StatementPolicy(Protocol):
+    label: str
+
+    def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision: ...
+
+
+def raise_sql(refusal: Refusal) -> str:
+    """A statement that fails upstream with exactly this refusal."""
+    using = [f"ERRCODE = {quote_literal(refusal.sqlstate)}", f"MESSAGE = {quote_literal(refusal.message)}"]
+    if refusal.hint:
+        using.append(f"HINT = {quote_literal(refusal.hint)}")
+    return f"DO $cowproxy$ BEGIN RAISE EXCEPTION USING {', '.join(using)}; END $cowproxy$"
+
+
+def frame_sql(msg_type: int, buf: bytes, start: int, end: int) -> str | None:
+    """The SQL text of a Query or Parse frame, or None if it is not UTF-8."""
+    try:
+        if msg_type == QUERY:
+            return bytes(buf[start:end - 1]).decode()
+        name_end = buf.index(b"\x00", start, end)
+        sql_end = buf.index(b"\x00", name_end + 1, end)
+        return bytes(buf[name_end + 1:sql_end]).decode()
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _replace_parse(buf: bytes, start: int, end: int, sql: str, refused: bool) -> bytes:
+    name_end = buf.index(b"\x00", start, end)
+    sql_end = buf.index(b"\x00", name_end + 1, end)
+    name = bytes(buf[start:name_end]).decode()
+    (count,) = _PARSE_HEAD.unpack_from(buf, sql_end + 1)
+    types = struct.unpack_from(f"!{count}I", buf, sql_end + 3) if count > 0 else ()
+    if refused and types:
+        # Keep the parameter count so the client's Bind still fits; text accepts any value.
+        types = tuple(t or 25 for t in types)
+    return encode_parse(name, sql, tuple(types))
+
+
+class StatementGate:
+    """One session's view of its policy: temp tables it created, plan-cache sync."""
+
+    def __init__(self, policy: StatementPolicy, statements: dict[tuple[str, str], int],
+                 version: Callable[[], int] = lambda: 0,
+                 materialize: Callable[[Decision], Awaitable[None]] | None = None) -> None:
+        self.policy = policy
+        self.temp_tables: frozenset[str] = frozenset()
+        self._statements = statements
+        self._version = version
+        self._materialize = materialize
+        self.synced_version = version()
+
+    @property
+    def current_version(self) -> int:
+        return self._version()
+
+    @property
+    def plans_stale(self) -> bool:
+        """The branch layout changed since this session last discarded its plans."""
+        return self._version() != self.synced_version
+
+    def scan(self, buf: bytes, frames: list[tuple[int, int, int]]) -> int:
+        """Decide frames while they are plain forwards; return the index of the first
+        frame that needs the slow path, or len(frames)."""
+        if self.plans_stale:
+            return 0  # the slow path discards cached plans first
+        policy, temps, stats, label = self.policy, self.temp_tables, self._statements, self.policy.label
+        for index, (msg_type, start, end) in enumerate(frames):
+            if msg_type != QUERY and msg_type != PARSE:
+                continue
+            sql = frame_sql(msg_type, buf, start, end)
+            if sql is None:
+                continue
+            decision = policy.decide(sql, temps)
+            if decision.action is not Action.FORWARD or decision.creates_temp:
+                return index
+            stats[(label, decision.kind)] += 1
+        return len(frames)
+
+    async def translate(self, msg_type: int, buf: bytes, start: int, end: int) -> bytes:
+        """The bytes to send upstream for one frame (slow path; may wait for the
+        control plane to create overlays)."""
+        raw = bytes(buf[start - 5:end])
+        if msg_type != QUERY and msg_type != PARSE:
+            return raw
+        sql = frame_sql(msg_type, buf, start, end)
+        if sql is None:
+            return raw
+        decision = self.policy.decide(sql, self.temp_tables)
+        if decision.action is Action.MATERIALIZE and self._materialize is not None:
+            try:
+                await self._materialize(decision)
+            except Exception as exc:  # this statement fails loudly; the session lives on
+                logs.event("overlay_failed", logging.ERROR, branch=self.policy.label, error=repr(exc))
+                decision = Decision(Action.REFUSE, "refused", refusal=Refusal(
+                    "XX000", f"cowproxy could not create the branch overlay for this statement: {exc}"))
+            else:
+                decision = self.policy.decide(sql, self.temp_tables)
+                if decision.action is Action.MATERIALIZE:  # not a production table after all
+                    decision = Decision(Action.FORWARD, decision.kind)
+        self._statements[(self.policy.label, decision.kind)] += 1
+        if decision.creates_temp:
+            self.temp_tables = self.temp_tables | frozenset(decision.creates_temp)
+        if decision.action is Action.REWRITE:
+            assert decision.sql is not None
+            return encode_query(decision.sql) if msg_type == QUERY else _replace_parse(buf, start, end, decision.sql, False)
+        if decision.action is Action.REFUSE:
+            assert decision.refusal is not None
+            text = raise_sql(decision.refusal)
+            return encode_query(text) if msg_type == QUERY else _replace_parse(buf, start, end, text, True)
+        return raw

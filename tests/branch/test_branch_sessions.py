@@ -1,0 +1,230 @@
+"""Branches through the real proxy (SPEC §3, §5, §6): routing, copy-on-write overlays
+made on first write, isolation, and production never written."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+
+import asyncpg
+import pytest
+
+from cowproxy.branch import catalog
+from support import psql
+
+pytestmark = pytest.mark.pg15
+
+SCHEMA = """
+DROP TABLE IF EXISTS bs_items, bs_orders, bs_notes CASCADE;
+CREATE TABLE bs_orders (id serial PRIMARY KEY, customer text NOT NULL, total numeric CHECK (total >= 0));
+CREATE TABLE bs_items (order_id int REFERENCES bs_orders(id) ON DELETE CASCADE, line int,
+                       sku text NOT NULL, PRIMARY KEY (order_id, line));
+CREATE TABLE bs_notes (body text);
+INSERT INTO bs_orders (customer, total) SELECT 'c' || g, g FROM generate_series(1, 50) g;
+INSERT INTO bs_items SELECT o, l, 'sku' || o || '-' || l FROM generate_series(1, 50) o, generate_series(1, 2) l;
+INSERT INTO bs_notes VALUES ('first'), ('second');
+"""
+
+
+def production_checksum(pg) -> str:
+    """Rows, sequences and schema of the production tables this module owns."""
+    out = psql(pg.dsn(), """
+        SELECT string_agg(x, '|' ORDER BY x) FROM (
+          SELECT 'o:' || o::text AS x FROM bs_orders o UNION ALL
+          SELECT 'i:' || i::text FROM bs_items i UNION ALL
+          SELECT 'n:' || n::text FROM bs_notes n UNION ALL
+          SELECT 's:' || last_value::text || is_called::text FROM bs_orders_id_seq UNION ALL
+          SELECT 'c:' || table_name || column_name || data_type FROM information_schema.columns
+           WHERE table_schema = 'public' AND table_name LIKE 'bs\\_%') q""").stdout
+    return hashlib.sha256(out.encode()).hexdigest()
+
+
+async def admin(pg) -> asyncpg.Connection:
+    conn = await asyncpg.connect(pg.dsn())
+    await catalog.ensure_catalog(conn)
+    return conn
+
+
+@pytest.fixture(scope="module")
+def production(pg):
+    psql(pg.dsn(), SCHEMA)
+    yield
+    psql(pg.dsn(), "DROP TABLE IF EXISTS bs_items, bs_orders, bs_notes CASCADE")
+
+
+@pytest.fixture
+async def branch(pg, production, request):
+    """A fresh branch for one test, deleted afterwards."""
+    name = "bs_" + request.node.name.removeprefix("test_")[:30].lower()
+    conn = await admin(pg)
+    if await catalog.get_branch(conn, name):
+        await catalog.delete_branch(conn, name)
+    await catalog.create_branch(conn, name)
+    yield name
+    for child in await conn.fetch("SELECT name FROM cowproxy.branches WHERE parent = $1", name):
+        await catalog.delete_branch(conn, child["name"])
+    await catalog.delete_branch(conn, name)
+    await conn.close()
+
+
+async def connect(proxy, dbname: str, **kw) -> asyncpg.Connection:
+    return await asyncpg.connect(proxy.dsn(dbname), **kw)
+
+
+async def test_a_new_branch_reads_production_rows(branch_proxy, branch):
+    conn = await connect(branch_proxy, branch)
+    assert await conn.fetchval("SELECT count(*) FROM bs_orders") == 50
+    assert await conn.fetchval("SELECT sum(total) FROM bs_orders JOIN bs_items ON order_id = id") == 2550
+    await conn.close()
+
+
+async def test_writes_land_in_the_branch_and_never_in_production(pg, branch_proxy, branch):
+    before = production_checksum(pg)
+    conn = await connect(branch_proxy, branch)
+    assert await conn.execute("UPDATE bs_orders SET total = total + 1000 WHERE id <= 3") == "UPDATE 3"
+    assert await conn.execute("DELETE FROM bs_orders WHERE id = 50") == "DELETE 1"
+    new_id = await conn.fetchval("INSERT INTO bs_orders (customer, total) VALUES ('new', 1) RETURNING id")
+    assert new_id > 50
+    rows = await conn.fetch("SELECT id, total FROM bs_orders WHERE id <= 3 OR id >= 50 ORDER BY id")
+    assert [(r["id"], int(r["total"])) for r in rows] == [(1, 1001), (2, 1002), (3, 1003), (new_id, 1)]
+    assert await conn.fetchval("SELECT count(*) FROM bs_orders") == 50
+    await conn.close()
+    assert production_checksum(pg) == before
+
+
+async def test_schema_qualified_writes_are_redirected_into_the_branch(pg, branch_proxy, branch):
+    before = production_checksum(pg)
+    conn = await connect(branch_proxy, branch)
+    assert await conn.execute("UPDATE public.bs_orders SET customer = 'q' WHERE id = 7") == "UPDATE 1"
+    assert await conn.fetchval("SELECT customer FROM public.bs_orders WHERE id = 7") == "q"
+    assert await conn.fetchval("SELECT customer FROM bs_orders WHERE id = 7") == "q"
+    await conn.close()
+    assert production_checksum(pg) == before
+
+
+async def test_rows_the_branch_never_changed_follow_production_live(pg, branch_proxy, branch):
+    conn = await connect(branch_proxy, branch)
+    await conn.execute("UPDATE bs_orders SET customer = 'mine' WHERE id = 1")
+    psql(pg.dsn(), "UPDATE bs_orders SET customer = 'prod-live' WHERE id IN (1, 2)")
+    try:
+        assert await conn.fetchval("SELECT customer FROM bs_orders WHERE id = 1") == "mine"
+        assert await conn.fetchval("SELECT customer FROM bs_orders WHERE id = 2") == "prod-live"
+    finally:
+        psql(pg.dsn(), "UPDATE bs_orders SET customer = 'c' || id WHERE id IN (1, 2)")
+        await conn.close()
+
+
+async def test_branches_are_isolated_from_each_other(pg, branch_proxy, branch):
+    conn = await admin(pg)
+    other = branch + "_x"
+    if await catalog.get_branch(conn, other):
+        await catalog.delete_branch(conn, other)
+    await catalog.create_branch(conn, other)
+    try:
+        a = await connect(branch_proxy, branch)
+        b = await connect(branch_proxy, other)
+        await a.execute("UPDATE bs_orders SET customer = 'only-a' WHERE id = 5")
+        assert await b.fetchval("SELECT customer FROM bs_orders WHERE id = 5") == "c5"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await b.fetch(f"SELECT * FROM cowproxy_b_{branch}.bs_orders")
+        await a.close()
+        await b.close()
+    finally:
+        await catalog.delete_branch(conn, other)
+        await conn.close()
+
+
+async def test_a_prepared_statement_sees_a_table_another_session_changed(branch_proxy, branch):
+    """The first write creates the shadow; sessions with cached plans re-resolve."""
+    reader = await connect(branch_proxy, branch)
+    stmt = await reader.prepare("SELECT customer FROM bs_orders WHERE id = $1")
+    assert await stmt.fetchval(9) == "c9"
+    writer = await connect(branch_proxy, branch)
+    await writer.execute("UPDATE bs_orders SET customer = 'changed' WHERE id = 9")
+    assert await stmt.fetchval(9) == "changed"
+    await reader.close()
+    await writer.close()
+
+
+async def test_tables_created_on_a_branch_work_and_stay_there(pg, branch_proxy, branch):
+    conn = await connect(branch_proxy, branch)
+    await conn.execute("CREATE TABLE bs_new (id serial PRIMARY KEY, v text); CREATE INDEX ON bs_new (v)")
+    await conn.execute("INSERT INTO bs_new (v) VALUES ('x'), ('y')")
+    assert await conn.fetchval("SELECT count(*) FROM bs_new") == 2
+    await conn.close()
+    assert psql(pg.dsn(), "SELECT to_regclass('public.bs_new') IS NULL").stdout.strip() == "t"
+
+
+async def test_sequences_are_branch_local(pg, branch_proxy, branch):
+    before = psql(pg.dsn(), "SELECT last_value FROM bs_orders_id_seq").stdout
+    conn = await connect(branch_proxy, branch)
+    first = await conn.fetchval("SELECT nextval('bs_orders_id_seq')")
+    qualified = await conn.fetchval("SELECT nextval('public.bs_orders_id_seq')")
+    assert qualified == first + 1 and first > 50
+    await conn.close()
+    assert psql(pg.dsn(), "SELECT last_value FROM bs_orders_id_seq").stdout == before
+
+
+@pytest.mark.parametrize("sql, sqlstate", [
+    ("SET ROLE postgres", "42501"),
+    ("RESET ROLE", "42501"),
+    ("SET SESSION AUTHORIZATION postgres", "42501"),
+    ("SELECT set_config('role', 'postgres', false)", "42501"),
+    ("DO $$ BEGIN DELETE FROM bs_orders; END $$", "0A000"),
+    ("ALTER SYSTEM SET work_mem = '1GB'", "42501"),
+    ("SELECT lo_import('/etc/passwd')", "0A000"),
+    ("COPY bs_orders TO '/tmp/x'", "42501"),
+    ("LOCK bs_orders", "0A000"),
+    ("SELECT * FROM cowproxy.branches", "42501"),
+])
+async def test_escape_attempts_are_refused_and_production_is_unchanged(pg, branch_proxy, branch, sql, sqlstate):
+    before = production_checksum(pg)
+    conn = await connect(branch_proxy, branch)
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.execute(sql)
+    assert err.value.sqlstate == sqlstate
+    assert await conn.fetchval("SELECT current_user") == f"cowproxy_b_{branch}"
+    await conn.close()
+    assert production_checksum(pg) == before
+
+
+async def test_the_production_database_name_is_read_only(pg, branch_proxy, production):
+    before = production_checksum(pg)
+    conn = await connect(branch_proxy, "postgres")
+    assert await conn.fetchval("SELECT count(*) FROM bs_orders") == 50
+    for sql in ("INSERT INTO bs_notes VALUES ('x')", "BEGIN READ WRITE",
+                "SET default_transaction_read_only = off", "SELECT nextval('bs_orders_id_seq')"):
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await conn.execute(sql)
+        assert err.value.sqlstate == "25006", sql
+    await conn.close()
+    assert production_checksum(pg) == before
+
+
+async def test_an_unknown_branch_is_refused_with_3d000_and_a_hint(branch_proxy):
+    with pytest.raises(asyncpg.InvalidCatalogNameError) as err:
+        await connect(branch_proxy, "no_such_branch")
+    assert 'branch "no_such_branch" does not exist' in str(err.value)
+    assert "cowproxy branch create no_such_branch" in (err.value.hint or "")
+
+
+async def test_cowproxy_branch_option_selects_the_branch(branch_proxy, branch):
+    out = subprocess.run(
+        ["psql", branch_proxy.dsn("anything", options=f"-c cowproxy.branch={branch}"), "-Atc", "SELECT current_user"],
+        capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == f"cowproxy_b_{branch}", out.stderr
+
+
+async def test_concurrent_first_writes_to_one_table_create_one_overlay(pg, branch_proxy, branch):
+    conns = [await connect(branch_proxy, branch) for _ in range(6)]
+    await asyncio.gather(*(c.execute(f"UPDATE bs_orders SET total = {i} WHERE id = {10 + i}") for i, c in enumerate(conns)))
+    rows = await conns[0].fetch("SELECT id, total FROM bs_orders WHERE id BETWEEN 10 AND 15 ORDER BY id")
+    assert [int(r["total"]) for r in rows] == list(range(6))
+    for c in conns:
+        await c.close()
+    conn = await admin(pg)
+    tables = await conn.fetch("SELECT source_table FROM cowproxy.overlay_tables WHERE branch = $1", branch)
+    # bs_items has ON DELETE CASCADE into bs_orders, so it gets an overlay with it.
+    assert sorted(r["source_table"] for r in tables) == ["bs_items", "bs_orders"]
+    await conn.close()

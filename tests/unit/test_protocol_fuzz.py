@@ -1,0 +1,113 @@
+"""Fuzzing the protocol core: garbage is either read or refused with `ProtocolViolation`,
+never any other exception, and however a stream is cut into chunks it reads the same.
+
+SPEC §8: "A malformed or oversized protocol message gets ErrorResponse 08P01 and that
+connection is closed; every other connection is unaffected." Any other exception would
+escape the session's handler and leave the connection hanging, so the readers and
+decoders are held to that one exception for arbitrary input.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cowproxy.protocol import ProtocolViolation, messages
+from cowproxy.protocol.framing import FrontendFramer
+
+from .strategies import BOUNDED, backend_messages, cut_points, frontend_messages, garbage
+from .streams import boundaries, bytewise, cut, run_backend, run_frontend, run_startup, stream
+
+DECODERS = sorted((fn for name, fn in vars(messages).items() if name.startswith("decode_")), key=lambda fn: fn.__name__)
+"""Every decoder in `messages`, so a new one is fuzzed the day it is written."""
+
+request_codes = st.sampled_from([messages.PROTOCOL_3_0, (3 << 16) | 1, 2 << 16, messages.SSL_REQUEST_CODE,
+                                 messages.GSSENC_REQUEST_CODE, messages.CANCEL_REQUEST_CODE])
+startup_bodies = st.one_of(garbage, st.builds(lambda code, rest: struct.pack("!I", code) + rest, request_codes, garbage))
+"""Startup packet bodies: noise, and a real request code followed by noise."""
+
+startup_streams = st.lists(
+    st.one_of(
+        startup_bodies.map(lambda body: struct.pack("!I", len(body) + 4) + body),
+        st.binary(max_size=12),
+    ),
+    max_size=4,
+).map(b"".join)
+"""Streams of startup packets with correct length words around noisy bodies, mixed
+with raw noise, so both the reader and the decoder are reached."""
+
+frontend_streams = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda msgs, noise: stream(msgs) + noise, frontend_messages, st.binary(max_size=20)),
+)
+
+
+@BOUNDED
+@given(body=st.one_of(garbage, startup_bodies))
+def test_every_decoder_reads_or_refuses_any_body(body):
+    assert len(DECODERS) >= 8
+    for decode in DECODERS:
+        try:
+            decode(body)
+        except ProtocolViolation:
+            pass
+
+
+@BOUNDED
+@given(data=startup_streams, offsets=st.data())
+def test_startup_reader_reads_any_bytes_the_same_way_in_any_chunks(data, offsets):
+    whole = run_startup([data])
+    for chunks in (bytewise(data), cut(data, offsets.draw(cut_points(data)))):
+        split = run_startup(chunks)
+        assert (split.packets, split.refusal) == (whole.packets, whole.refusal)
+        if whole.refusal is None:
+            assert split.rest == whole.rest
+
+
+@BOUNDED
+@given(data=frontend_streams, limit=st.one_of(st.just(64 * 1024 * 1024), st.integers(4, 64)), offsets=st.data())
+def test_frontend_framer_reads_any_bytes_the_same_way_in_any_chunks(data, limit, offsets):
+    whole = run_frontend([data], FrontendFramer(limit))
+    for chunks in (bytewise(data), cut(data, offsets.draw(cut_points(data)))):
+        split = run_frontend(chunks, FrontendFramer(limit))
+        assert split.refusal == whole.refusal
+        if whole.refusal is None:
+            assert (split.messages, split.forwarded) == (whole.messages, whole.forwarded)
+
+
+@BOUNDED
+@given(data=st.one_of(st.binary(max_size=300), backend_messages.map(stream)), offsets=st.data(),
+       interest=st.frozensets(st.integers(0, 255)))
+def test_backend_scanner_reads_any_bytes_the_same_way_in_any_chunks(data, offsets, interest):
+    whole = run_backend([data], interest)
+    for chunks in (bytewise(data), cut(data, offsets.draw(cut_points(data)))):
+        split = run_backend(chunks, interest)
+        assert split.refusal == whole.refusal
+        if whole.refusal is None:
+            assert split.events == whole.events
+            assert split.at_boundary[-1:] == whole.at_boundary[-1:]
+
+
+@BOUNDED
+@given(messages=frontend_messages, offsets=st.data())
+def test_valid_client_frames_cut_anywhere_come_out_exactly(messages, offsets):
+    data = stream(messages)
+    run = run_frontend(cut(data, offsets.draw(cut_points(data))))
+    assert run.refusal is None
+    assert run.messages == messages
+    assert run.forwarded == data
+
+
+@BOUNDED
+@given(messages=backend_messages, offsets=st.data(), interest=st.frozensets(st.integers(0, 255)))
+def test_valid_server_frames_cut_anywhere_report_exactly_the_interesting_ones(messages, offsets, interest):
+    data = stream(messages)
+    chunks = cut(data, offsets.draw(cut_points(data)))
+    run = run_backend(chunks, interest)
+    assert run.refusal is None
+    assert run.events == [(t, body) for t, body in messages if t in interest]
+    ends = boundaries(messages)
+    chunk_ends = [sum(map(len, chunks[:i + 1])) for i in range(len(chunks))]
+    assert run.at_boundary == [end in ends for end in chunk_ends]
