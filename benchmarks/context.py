@@ -29,6 +29,10 @@ class BenchContext:
     pgbouncer: Path | None = None
     """The pgbouncer binary to use (`--pgbouncer`); None means find or install it."""
     warmup_seconds: int = 0
+    branch_sizes: list[int] = field(default_factory=lambda: [1, 7, 70])
+    """pgbench scales of the production databases `branch create` is timed on (`--sizes`)."""
+    repeat: int = 3
+    """How many times each timed set-up step is repeated; tables show the median (`--repeat`)."""
 
     def say(self, message: str) -> None:
         self.console.print(f"[dim]·[/dim] {message}", highlight=False)

@@ -84,7 +84,7 @@ def serve(upstream: str, listen: str, metrics: str | None, tls_cert: str | None,
 @click.option("--metrics", "metrics", default=None, help="HOST:PORT to serve Prometheus /metrics on.")
 @click.pass_context
 def demo(ctx: click.Context, listen: str, data_dir: Path | None, metrics: str | None) -> None:
-    """Embedded PostgreSQL + a sample shop database + the proxy, until Ctrl-C.
+    """Embedded PostgreSQL + a sample shop database + the proxy + branch "demo", until Ctrl-C.
 
     Prints ready-to-paste psql commands; Ctrl-C stops everything it started.
     """

@@ -34,22 +34,25 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from cowproxy.branch.catalog import Catalog
+from cowproxy.branch.names import BranchError
 from cowproxy.embedded import EmbeddedPostgres
 from cowproxy.proxy.server import ProxyConfig, ProxyServer, install_uvloop
 from cowproxy.sample_data import SAMPLE_DATABASE, load_sample, sample_row_counts
 
 DEMO_BRANCH = "demo"
-"""The branch `cowproxy demo` will create once branches exist (SPEC §2)."""
+"""The branch `cowproxy demo` creates (SPEC §2)."""
 
 READY_LINE = "ready: press Ctrl-C to stop the proxy and PostgreSQL"
 """Printed last when everything is up; scripts (and the tests) wait for it."""
 
 EXAMPLE_QUERIES = (
-    "SELECT * FROM customer_totals ORDER BY total_spent DESC LIMIT 5;",
-    "SELECT status, count(*) FROM orders GROUP BY status ORDER BY 2 DESC;",
-    "SELECT id, placed_at, order_total(id) FROM orders WHERE customer_id = 7;",
-    "\\d order_items",
+    "SELECT id, status, order_total(id) FROM orders WHERE customer_id = 7;",
+    "UPDATE order_items SET quantity = quantity + 1 WHERE order_id IN",
+    "    (SELECT id FROM orders WHERE customer_id = 7);",
 )
+"""Shown under "try": a read and a write on the branch; the read again shows the
+change there and not on production."""
 
 DRAIN_TIMEOUT = 5.0
 """Seconds Ctrl-C waits for open transactions: a demo should stop promptly."""
@@ -85,7 +88,6 @@ class DemoState:
     pg: EmbeddedPostgres
     rows: dict[str, int] = field(default_factory=dict)
     endpoints: list[Endpoint] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 # -- entry point --------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     stop = _StopRequest()
     previous_handlers = _on_stop_signals(stop)
     try:
-        _start_postgres(console, state.pg)
+        _start_postgres(console, state.pg, stop)
         started = True
         if not stop.requested:
             with _stop_signals_blocked():  # until the event loop can take them
@@ -141,6 +143,7 @@ async def _prepare_and_serve(console: Console, state: DemoState, stop: "_StopReq
     if stop.requested:
         return
     await _prepare_sample(console, state)
+    await _prepare_branch(console, state.pg.dsn(SAMPLE_DATABASE), DEMO_BRANCH)
     options = state.options
     config = ProxyConfig(
         upstream=state.pg.dsn(SAMPLE_DATABASE),
@@ -179,11 +182,13 @@ class _DemoProxyServer(ProxyServer):
 # -- steps --------------------------------------------------------------------------------
 
 
-def _start_postgres(console: Console, pg: EmbeddedPostgres) -> None:
+def _start_postgres(console: Console, pg: EmbeddedPostgres, stop: "_StopRequest") -> None:
     with _step(console, "starting PostgreSQL") as step:
         try:
             pg.start()
         except subprocess.CalledProcessError as error:
+            if stop.requested:  # Ctrl-C in a terminal reaches initdb/pg_ctl too: not a failure
+                raise KeyboardInterrupt from error
             raise DemoError(f"PostgreSQL did not start: {_last_line(error.output)} "
                             f"(log: {pg.datadir}/server.log)") from error
         step.outcome = f"PostgreSQL {pg.version} on {pg.host}:{pg.port}"
@@ -218,6 +223,19 @@ async def _prepare_sample(console: Console, state: DemoState) -> None:
         step.outcome = f"{sum(state.rows.values()):,} rows in {len(state.rows)} tables"
 
 
+async def _prepare_branch(console: Console, upstream: str, name: str) -> None:
+    """Create the demo's branch, unless a kept data dir has it: O(1), nothing is copied."""
+    with _step(console, f"creating branch {name}") as step:
+        try:
+            async with Catalog(upstream) as catalog:
+                if await catalog.get(name) is not None:
+                    step.outcome = "already there"
+                else:
+                    await catalog.create(name)
+        except BranchError as error:
+            raise DemoError(f"could not create branch {name}: {error.message}") from error
+
+
 async def _create_database(admin_dsn: str, name: str) -> bool:
     """CREATE DATABASE `name` if it does not exist; whether it was created."""
     conn = await asyncpg.connect(admin_dsn)
@@ -238,25 +256,18 @@ def production_endpoints(state: DemoState, proxy_port: int) -> list[Endpoint]:
     proxy_host = _connect_host(state.options.listen_host)
     return [
         Endpoint("production, direct (bypasses the proxy)", state.pg.dsn(SAMPLE_DATABASE)),
-        Endpoint("production, through the proxy", _dsn(proxy_host, proxy_port, SAMPLE_DATABASE)),
+        Endpoint("production through the proxy (read-only)", _dsn(proxy_host, proxy_port, SAMPLE_DATABASE)),
     ]
 
 
 def branch_endpoint(state: DemoState, proxy_port: int, branch: str = DEMO_BRANCH) -> Endpoint:
     """A branch through the proxy: the database name in the DSN names the branch (SPEC §3)."""
-    return Endpoint(f'branch "{branch}", your private writable copy', _dsn(_connect_host(state.options.listen_host),
-                                                                          proxy_port, branch))
-
-
-BRANCH_PENDING_NOTE = (
-    f'branch "{DEMO_BRANCH}" comes with `cowproxy branch create`; until then the proxy '
-    f"routes only the production database name ({SAMPLE_DATABASE})."
-)
+    proxy_host = _connect_host(state.options.listen_host)
+    return Endpoint(f'branch "{branch}", your private writable copy', _dsn(proxy_host, proxy_port, branch))
 
 
 def _print_ready(console: Console, state: DemoState, port: int) -> None:
-    state.endpoints = production_endpoints(state, port)
-    state.notes = [BRANCH_PENDING_NOTE]
+    state.endpoints = [*production_endpoints(state, port), branch_endpoint(state, port)]
     console.print(ready_panel(state, port), soft_wrap=False)
     console.print(READY_LINE)
 
@@ -267,8 +278,8 @@ def ready_panel(state: DemoState, proxy_port: int) -> Panel:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    where = f"data in {pg.datadir} (kept)" if options.data_dir else "temporary data, removed on exit"
-    facts.add_row(Text(f"PostgreSQL {pg.version}"), Text(f"{pg.host}:{pg.port}   {where}"))
+    kept = "kept" if options.data_dir else "temporary, removed on exit"
+    facts.add_row(Text(f"PostgreSQL {pg.version}"), Text(f"{pg.host}:{pg.port}\ndata: {pg.datadir} ({kept})"))
     per_table = ", ".join(f"{table} {rows:,}" for table, rows in state.rows.items())
     facts.add_row(Text(f'database "{SAMPLE_DATABASE}"'), Text(f"{sum(state.rows.values()):,} rows: {per_table}"))
     proxy = _address(options.listen_host, proxy_port)
@@ -281,11 +292,14 @@ def ready_panel(state: DemoState, proxy_port: int) -> Panel:
     for endpoint in state.endpoints:
         parts.append(Text(endpoint.title + ":", style="bold"))
         parts.append(Text(f"  psql {endpoint.dsn}", style="cyan", no_wrap=True, overflow="ignore"))
-    for note in state.notes:
-        parts.append(Text(note, style="dim"))
     parts.append(Text())
-    parts.append(Text("try:", style="bold"))
+    parts.append(Text(f'try on branch "{DEMO_BRANCH}", then the SELECT again there and on production:',
+                      style="bold"))
     parts.extend(Text(f"  {query}", no_wrap=True, overflow="ignore") for query in EXAMPLE_QUERIES)
+    parts.append(Text())
+    parts.append(Text("branches: cowproxy branch list | create NAME | reset NAME | delete NAME", style="bold"))
+    parts.append(Text(f"  export COWPROXY_UPSTREAM={pg.dsn(SAMPLE_DATABASE)}", no_wrap=True, overflow="ignore"))
+    parts.append(Text("  cowproxy branch list"))
     # Horizontal rules only: no side borders to get in the way of copy and paste.
     return Panel(Group(*parts), title="cowproxy demo", box=box.HORIZONTALS, expand=False)
 

@@ -29,6 +29,9 @@ from urllib.parse import quote
 SERVER_USER = "cowproxy-pg"
 """OS user that owns the data directory when we are started as root."""
 
+INITDB_DONE = ".cowproxy-initdb-done"
+"""Written into the data directory once initdb has completed."""
+
 DEFAULT_HBA = [
     "local all all trust",
     "host all all 127.0.0.1/32 trust",
@@ -90,6 +93,7 @@ class EmbeddedPostgres:
     host: str = "127.0.0.1"
     _tempdir: str | None = field(default=None, init=False, repr=False)
     _run_as: pwd.struct_passwd | None = field(default=None, init=False, repr=False)
+    _started: bool = field(default=False, init=False, repr=False)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -108,19 +112,32 @@ class EmbeddedPostgres:
         self.datadir.parent.mkdir(parents=True, exist_ok=True)
         if self._run_as:
             _make_traversable(self.datadir.parent)
-        if not (self.datadir / "PG_VERSION").exists():
+        if (self.datadir / "postmaster.pid").exists() and self._postmaster_alive():
+            raise RuntimeError(f"a PostgreSQL server is already running in {self.datadir}")
+        if not (self.datadir / INITDB_DONE).exists():
             self._initdb()
         self._write_config()
-        self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.datadir / "server.log"),
-                     "-o", f"-p {self.port} -h {self.host} -k {self.datadir}")
+        for attempt in range(3):
+            try:
+                self.start_server_only()
+                break
+            except subprocess.CalledProcessError as exc:
+                # free_port() only says the port was free a moment ago: another process
+                # may have bound it since. Pick another one and try again.
+                if attempt == 2 or "already in use" not in (exc.output or ""):
+                    raise
+                self.port = free_port(self.host)
+        self._started = True
         return self
 
     def stop(self) -> None:
-        if self.datadir is not None and (self.datadir / "postmaster.pid").exists():
+        """Stop the server this object started (never one it merely found running)."""
+        if self._started and self.datadir is not None and (self.datadir / "postmaster.pid").exists():
             try:
                 self._pg_ctl("stop", "-w", "-t", "60", "-m", "fast")
             except subprocess.CalledProcessError:
                 pass
+        self._started = False
         if self._tempdir:
             shutil.rmtree(self._tempdir, ignore_errors=True)
             self._tempdir = None
@@ -166,13 +183,34 @@ class EmbeddedPostgres:
     # -- internals --------------------------------------------------------------------
 
     def _initdb(self) -> None:
-        self.datadir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        """initdb into an empty directory; marked done only once it completed, so an
+        interrupted initdb is redone rather than mistaken for a cluster."""
+        assert self.datadir is not None
+        if self.datadir.exists() and any(self.datadir.iterdir()):
+            if (self.datadir / "PG_VERSION").exists() and (self.datadir / "global" / "pg_control").exists() \
+                    and (self.datadir / "postgresql.conf").exists():
+                (self.datadir / INITDB_DONE).touch()  # a complete cluster made elsewhere
+                return
+            if (self.datadir / "PG_VERSION").exists():
+                shutil.rmtree(self.datadir)  # an initdb that was interrupted
+            else:
+                raise RuntimeError(f"{self.datadir} is not empty and is not a PostgreSQL data directory")
+        self.datadir.mkdir(parents=True, exist_ok=True)
         if self._run_as:
-            os.chown(self.datadir, self._run_as.pw_uid, self._run_as.pw_gid)  # type: ignore[arg-type]
+            os.chown(self.datadir, self._run_as.pw_uid, self._run_as.pw_gid)
         self._run(
             self.binary("initdb"), "-D", str(self.datadir), "-U", self.superuser,
             "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
         )
+        (self.datadir / INITDB_DONE).touch()
+
+    def _postmaster_alive(self) -> bool:
+        try:
+            pid = int((self.datadir / "postmaster.pid").read_text().split()[0])  # type: ignore[operator]
+            os.kill(pid, 0)
+            return True
+        except (OSError, ValueError, IndexError):
+            return False
 
     def _write_config(self) -> None:
         conf = {

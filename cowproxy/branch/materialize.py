@@ -56,7 +56,8 @@ async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branc
             todo.extend(tables_needing_overlay_with(info))
             parent = next((b for b in chain[1:] if ancestors.get(key) == b.name), None)
             source = qualified(parent.schema_name, overlay_name(*key)) if parent else qualified(*key)
-            await create_overlay(conn, info, branch.schema_name, branch.role_name, source)
+            await create_overlay(conn, info, branch.schema_name, branch.role_name, source,
+                                 ancestor_schemas=[b.schema_name for b in chain[1:]])
             await conn.execute(
                 "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
                 " VALUES ($1, $2, $3, $4, $5)",

@@ -6,8 +6,11 @@ table that merges them with the source. INSTEAD OF triggers on the view make INS
 UPDATE, DELETE, RETURNING, COPY FROM and row counts behave as on the table, and enforce
 what a view cannot: uniqueness, foreign keys (both directions, with their actions),
 identity and generated columns. NOT NULL and CHECK are the constraints copied onto
-`T$rows`. A table without a key gets mode `copy`: a plain copy of the table, with its
-constraints, and triggers only for foreign keys.
+`T$rows`. Foreign key work is queued by the row triggers in `T$pending` and done by a
+statement trigger at the end of the statement, as PostgreSQL's own RI triggers do (a
+statement may insert children before parents); INITIALLY DEFERRED keys are checked by
+constraint triggers at commit. A table without a key gets mode `copy`: a copy of the
+table with its constraints, and AFTER ROW triggers for its foreign keys.
 
 Generated code names every relation it reads with its schema: production relations as
 they are, tables the branch changed through their overlay (`neighbors`). PL/pgSQL caches
@@ -47,6 +50,13 @@ every branch schema by the catalog: moves the branch sequence past production's 
 returns its nextval."""
 
 CASCADING_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
+
+# PL/pgSQL variables of the generated functions (prefixed: a column of the same name
+# would otherwise change what a statement in them means).
+STORED = "cowproxy_stored"          # the row as written to $rows (generated columns filled in)
+QUEUED = "cowproxy_queued"          # a $pending row: (op, old, new)
+QUEUED_OLD = f"({QUEUED}.old)"
+QUEUED_NEW = f"({QUEUED}.new)"
 
 _NEXTVAL_RE = re.compile(r"nextval\('((?:[^']|'')*)'::regclass\)")
 _QUOTE_KEYWORDS = RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS
@@ -248,15 +258,16 @@ class _Generator:
 
     # pieces ---------------------------------------------------------------------------
 
-    def default_sql(self, column: Column, for_view: bool) -> str | None:
+    def default_sql(self, column: Column, trigger_fills_identity: bool) -> str | None:
         """The column's default with production sequences replaced by branch-local ones.
 
-        A GENERATED ALWAYS identity column has no default on the view: the insert
-        trigger fills it in when it is NULL, and refuses an explicit value."""
+        Where a trigger stands for GENERATED ALWAYS (the view, a copied table), such a
+        column has no default: the trigger fills it in when it is NULL and refuses an
+        explicit value, which it could not tell from a default."""
         if column.generated:
             return None
         if column.identity:
-            if column.identity == "ALWAYS" and for_view:
+            if column.identity == "ALWAYS" and trigger_fills_identity:
                 return None
             return self.nextval_sql(column)
         if column.default is None:
@@ -281,9 +292,10 @@ class _Generator:
 
     def set_defaults(self, relation: str, for_view: bool) -> list[str]:
         kind = "VIEW" if for_view else "TABLE"
+        fills_identity = for_view or self.info.mode == "copy"
         out = []
         for column in self.info.columns:
-            default = self.default_sql(column, for_view)
+            default = self.default_sql(column, fills_identity)
             if default is not None:
                 out.append(f"ALTER {kind} {relation} ALTER COLUMN {quote_ident(column.name)} SET DEFAULT {default}")
         return out
@@ -301,10 +313,13 @@ class _Generator:
             f"CREATE TABLE {tomb} AS SELECT {key} FROM {rows} WITH NO DATA",
             f"ALTER TABLE {tomb} ADD PRIMARY KEY ({key})",
         ]
-        # Unique checks and FK lookups on the merged view reach $rows by these columns.
-        for rule in info.unique:
-            if tuple(rule.columns) != tuple(self.key):
-                ddl.append(f"CREATE INDEX ON {rows} ({_cols(rule.columns)})")
+        # Unique checks, and the lookups of a parent's triggers for referencing rows,
+        # reach $rows by these columns (the key has its primary key index already).
+        indexed = {tuple(self.key)}
+        for columns in [r.columns for r in info.unique] + [fk.columns for fk in info.foreign_keys]:
+            if tuple(columns) not in indexed:
+                indexed.add(tuple(columns))
+                ddl.append(f"CREATE INDEX ON {rows} ({_cols(columns)})")
         ddl.append(
             f"CREATE VIEW {view} AS\n"
             f"SELECT {_values('s', self.all_cols)} FROM {self.source} s\n"
@@ -335,18 +350,18 @@ class _Generator:
 
     def shadow_functions(self) -> list[str]:
         o = self.objects
-        stored = f"stored {self.q(o.view)};"
+        stored = f"{STORED} {self.q(o.view)};"
         functions = [
             _plpgsql(self.q(o.insert_fn), self.insert_body(), declare=stored),
             _plpgsql(self.q(o.update_fn), self.update_body(), declare=stored),
-            _plpgsql(self.q(o.delete_fn), self.delete_body(), declare="was_row boolean;"),
+            _plpgsql(self.q(o.delete_fn), self.delete_body(), declare="cowproxy_was_row boolean;"),
         ]
         if _has_foreign_keys(self.info):
             functions.append(_plpgsql(self.q(o.statement_fn), self.statement_body(),
-                                      declare=f"p {self.q(o.pending)};"))
+                                      declare=f"{QUEUED} {self.q(o.pending)};"))
         if _deferred_names(self.info):
             functions.append(_plpgsql(self.q(o.deferred_fn), self.deferred_body(),
-                                      declare=f"p {self.q(o.pending)} := NEW;"))
+                                      declare=f"{QUEUED} {self.q(o.pending)} := NEW;"))
         return functions
 
     def deferred_body(self) -> str:
@@ -356,15 +371,15 @@ class _Generator:
         blocks = []
         for fk in _deferred_outgoing(self.info):
             same_row = (f"EXISTS (SELECT 1 FROM {self.q(self.objects.view)} t WHERE "
-                        f"{_match('t', self.key, '(p.new)', self.key)} AND NOT ({_distinct('t', '(p.new)', fk.columns)}))")
-            blocks.append(f"IF TG_ARGV[0] = {quote_literal(fk.name)} AND p.op <> 'd' AND {same_row} THEN\n"
-                          + _indent(self.fk_check(fk, "(p.new)", old="(p.old)", deferred=True), 2) + "\nEND IF;")
+                        f"{_match('t', self.key, QUEUED_NEW, self.key)} AND NOT ({_distinct('t', QUEUED_NEW, fk.columns)}))")
+            blocks.append(f"IF TG_ARGV[0] = {quote_literal(fk.name)} AND {QUEUED}.op <> 'd' AND {same_row} THEN\n"
+                          + _indent(self.fk_check(fk, QUEUED_NEW, old=QUEUED_OLD, deferred=True), 2) + "\nEND IF;")
         for fk in _deferred_incoming(self.info):
             blocks.append(
-                f"IF TG_ARGV[0] = {quote_literal(fk.name)} AND p.op = 'd' THEN\n"
-                + _indent(self.incoming(fk, "DELETE", old="(p.old)", new=None, deferred=True), 2)
-                + f"\nELSIF TG_ARGV[0] = {quote_literal(fk.name)} AND p.op = 'u' THEN\n"
-                + _indent(self.incoming(fk, "UPDATE", old="(p.old)", new="(p.new)", deferred=True), 2) + "\nEND IF;")
+                f"IF TG_ARGV[0] = {quote_literal(fk.name)} AND {QUEUED}.op = 'd' THEN\n"
+                + _indent(self.incoming(fk, "DELETE", old=QUEUED_OLD, new=None, deferred=True), 2)
+                + f"\nELSIF TG_ARGV[0] = {quote_literal(fk.name)} AND {QUEUED}.op = 'u' THEN\n"
+                + _indent(self.incoming(fk, "UPDATE", old=QUEUED_OLD, new=QUEUED_NEW, deferred=True), 2) + "\nEND IF;")
         return "\n".join(blocks) + "\nRETURN NULL;"
 
     def enqueue(self, op: str, old: str, new: str) -> str:
@@ -374,19 +389,19 @@ class _Generator:
         """Foreign keys at the end of the statement, as PostgreSQL checks them: a
         statement may insert a child before its parent, or delete a whole
         self-referencing tree, and row counts are those of the statement's own rows."""
-        checks = _lines(self.fk_check(fk, "(p.new)", old="(p.old)") for fk in self.info.foreign_keys)
-        on_update = _lines(self.incoming(fk, "UPDATE", old="(p.old)", new="(p.new)") for fk in self.info.referenced_by)
-        on_delete = _lines(self.incoming(fk, "DELETE", old="(p.old)", new=None) for fk in self.info.referenced_by)
+        checks = _lines(self.fk_check(fk, QUEUED_NEW, old=QUEUED_OLD) for fk in self.info.foreign_keys)
+        on_update = _lines(self.incoming(fk, "UPDATE", old=QUEUED_OLD, new=QUEUED_NEW) for fk in self.info.referenced_by)
+        on_delete = _lines(self.incoming(fk, "DELETE", old=QUEUED_OLD, new=None) for fk in self.info.referenced_by)
         blocks = []
         if checks:
-            blocks.append(f"IF p.op <> 'd' THEN\n{_indent(checks, 2)}\nEND IF;")
+            blocks.append(f"IF {QUEUED}.op <> 'd' THEN\n{_indent(checks, 2)}\nEND IF;")
         if on_update:
-            blocks.append(f"IF p.op = 'u' THEN\n{_indent(on_update, 2)}\nEND IF;")
+            blocks.append(f"IF {QUEUED}.op = 'u' THEN\n{_indent(on_update, 2)}\nEND IF;")
         if on_delete:
-            blocks.append(f"IF p.op = 'd' THEN\n{_indent(on_delete, 2)}\nEND IF;")
+            blocks.append(f"IF {QUEUED}.op = 'd' THEN\n{_indent(on_delete, 2)}\nEND IF;")
         # DELETE ... RETURNING runs to completion before the loop's first row: what the
         # loop's own cascades queue is left for their statements' triggers.
-        return (f"FOR p IN DELETE FROM {self.q(self.objects.pending)} RETURNING * LOOP\n"
+        return (f"FOR {QUEUED} IN DELETE FROM {self.q(self.objects.pending)} RETURNING * LOOP\n"
                 + _indent("\n".join(blocks) or "NULL;", 2) + "\nEND LOOP;\nRETURN NULL;")
 
     def key_rule(self) -> UniqueRule:
@@ -401,7 +416,7 @@ class _Generator:
         cols = _cols(self.stored_cols)
         values = ", ".join(f"NEW.{quote_ident(c)}" for c in self.stored_cols)
         return (f"INSERT INTO {self.q(self.objects.rows)} ({cols}) VALUES ({values})\n"
-                f"    ON CONFLICT ({_cols(self.key)}) {on_conflict} RETURNING * INTO stored;")
+                f"    ON CONFLICT ({_cols(self.key)}) {on_conflict} RETURNING * INTO {STORED};")
 
     def claim_key(self, record: str) -> str:
         """After `record` went into $rows under a key that was not there: the key is a
@@ -417,11 +432,11 @@ class _Generator:
 
     def insert_body(self) -> str:
         parts = [self.identity_on_insert(), self.generated_on_insert(),
-                 self.store_new("DO NOTHING"), self.claim_key("stored")]
-        parts += [self.unique_check(rule, "stored", old=None) for rule in self.other_unique()]
+                 self.store_new("DO NOTHING"), self.claim_key(STORED)]
+        parts += [self.unique_check(rule, STORED, old=None) for rule in self.other_unique()]
         if self.info.foreign_keys:
-            parts.append(self.enqueue("i", "NULL", "stored"))
-        parts.append("RETURN stored;")
+            parts.append(self.enqueue("i", "NULL", STORED))
+        parts.append(f"RETURN {STORED};")
         return "\n".join(p for p in parts if p)
 
     def update_body(self) -> str:
@@ -432,7 +447,7 @@ class _Generator:
             f"IF {key_changed} THEN\n"
             f"  DELETE FROM {self.q(self.objects.rows)} r WHERE {_match('r', self.key, 'OLD', self.key)};\n"
             f"{_indent(self.store_new('DO NOTHING'), 2)}\n"
-            f"{_indent(self.claim_key('stored'), 2)}\n"
+            f"{_indent(self.claim_key(STORED), 2)}\n"
             f"  IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, 'OLD', self.key)}) THEN\n"
             f"    INSERT INTO {tomb} ({_cols(self.key)}) VALUES ({_values('OLD', self.key)}) ON CONFLICT DO NOTHING;\n"
             f"  END IF;\n"
@@ -441,25 +456,25 @@ class _Generator:
             f"END IF;"
         )
         parts = [self.identity_on_update(), self.generated_on_update(), rekey]
-        parts += [self.unique_check(rule, "stored", old="OLD") for rule in self.other_unique()]
+        parts += [self.unique_check(rule, STORED, old="OLD") for rule in self.other_unique()]
         watched = [fk.columns for fk in self.info.foreign_keys] + [fk.ref_columns for fk in self.info.referenced_by]
         if watched:
-            changed = " OR ".join(dict.fromkeys(_distinct("stored", "OLD", cols) for cols in watched))
-            parts.append(f"IF {changed} THEN\n  {self.enqueue('u', 'OLD', 'stored')}\nEND IF;")
-        parts.append("RETURN stored;")
+            changed = " OR ".join(dict.fromkeys(_distinct(STORED, "OLD", cols) for cols in watched))
+            parts.append(f"IF {changed} THEN\n  {self.enqueue('u', 'OLD', STORED)}\nEND IF;")
+        parts.append(f"RETURN {STORED};")
         return "\n".join(p for p in parts if p)
 
     def delete_body(self) -> str:
         rows, tomb = self.q(self.objects.rows), self.q(self.objects.tomb)
         parts = [
             f"DELETE FROM {rows} r WHERE {_match('r', self.key, 'OLD', self.key)};",
-            "was_row := FOUND;",
+            "cowproxy_was_row := FOUND;",
             # A row already deleted by this statement (a cascade, or a join that yields
             # it twice) is not counted again, as on a table.
             f"IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, 'OLD', self.key)}) THEN\n"
             f"  INSERT INTO {tomb} ({_cols(self.key)}) VALUES ({_values('OLD', self.key)}) ON CONFLICT DO NOTHING;\n"
-            f"  IF NOT FOUND AND NOT was_row THEN RETURN NULL; END IF;\n"
-            f"ELSIF NOT was_row THEN\n  RETURN NULL;\nEND IF;",
+            f"  IF NOT FOUND AND NOT cowproxy_was_row THEN RETURN NULL; END IF;\n"
+            f"ELSIF NOT cowproxy_was_row THEN\n  RETURN NULL;\nEND IF;",
         ]
         if self.info.referenced_by:
             parts.append(self.enqueue("d", "OLD", "NULL"))
@@ -568,7 +583,7 @@ class _Generator:
     def raise_duplicate(self, rule: UniqueRule, record: str) -> str:
         return _raise(
             "23505", f'duplicate key value violates unique constraint "{rule.name}"',
-            detail=_key_detail(rule.columns, record, "already exists."),
+            detail=_key_detail(rule.columns, record, "already exists.", quote_names=True),
             schema=self.info.schema, table=self.info.table, constraint=rule.name,
         )
 
@@ -675,9 +690,10 @@ def _distinct(a: str, b: str, cols: Sequence[str]) -> str:
     return f"ROW({_values(a, cols)}) IS DISTINCT FROM ROW({_values(b, cols)})"
 
 
-def _key_detail(columns: Sequence[str], record: str, tail: str) -> str:
-    """PostgreSQL's `Key (a, b)=(1, 2) <tail>` as a PL/pgSQL expression."""
-    names = ", ".join(pg_quote_identifier(c) for c in columns)
+def _key_detail(columns: Sequence[str], record: str, tail: str, quote_names: bool = False) -> str:
+    """PostgreSQL's `Key (a, b)=(1, 2) <tail>` as a PL/pgSQL expression. Unique
+    violations quote column names as SQL would, foreign key violations print them raw."""
+    names = ", ".join(pg_quote_identifier(c) if quote_names else c for c in columns)
     values = ", ".join(f"coalesce({record}.{quote_ident(c)}::text, 'null')" for c in columns)
     return f"{quote_literal(f'Key ({names})=(')} || concat_ws(', ', {values}) || {quote_literal(') ' + tail)}"
 
@@ -703,7 +719,7 @@ def _indent(text: str, spaces: int) -> str:
 
 def _plpgsql(name: str, body: str, declare: str = "") -> str:
     """A trigger function. `use_column`: a table column named like one of our variables
-    (stored, was_row) must not change what the generated SQL means."""
+    (cowproxy_stored, ...) must not change what the generated SQL means."""
     declare_block = f"DECLARE\n  {declare}\n" if declare else ""
     return (f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $cowproxy$\n"
             f"#variable_conflict use_column\n{declare_block}BEGIN\n{_indent(body, 2)}\nEND\n$cowproxy$")

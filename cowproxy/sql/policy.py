@@ -15,6 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from pglast import parser as pg_parser
+
 from cowproxy.metrics import Metrics
 from cowproxy.sql.analyze import Kind, Refusal, Relation, SqlSyntaxError, Statement, analyze
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
@@ -70,10 +72,82 @@ class _Lru(OrderedDict):
         super().__init__()
         self.size = size
 
+    def hit(self, key: str) -> Decision | None:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
     def put(self, key: str, value: Decision) -> None:
         self[key] = value
         if len(self) > self.size:
             self.popitem(last=False)
+
+
+_NUMBER_TOKENS = frozenset({"ICONST", "FCONST"})
+_LITERAL_SENSITIVE_NODES = frozenset({"VariableSetStmt", "TransactionStmt", "CopyStmt", "Empty"})
+
+
+def literal_shape(sql: str) -> str | None:
+    """`sql` with its numeric literals blanked, or None if it has none.
+
+    The simple protocol inlines values (`... WHERE aid = 4711`), so every execution of
+    one statement is a new text. Decisions that cannot depend on a number (see
+    `_shape_safe`) are shared through this key: one scan instead of a full analysis.
+    """
+    try:
+        tokens = pg_parser.scan(sql)
+    except pg_parser.ParseError:
+        return None
+    spans = [(t.start, t.end + 1) for t in tokens if t.name in _NUMBER_TOKENS]
+    if not spans:
+        return None
+    out, pos = [], 0
+    for start, end in spans:
+        out.append(sql[pos:start])
+        out.append("0")
+        pos = end
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def _shape_safe(decision: Decision, statements: list[Statement]) -> bool:
+    """Forwards whose statements read no number's value: not SET (`SET x = 0` may mean
+    off), not sequence calls or casts of strings, no temp tables."""
+    return (decision.action is Action.FORWARD and not decision.creates_temp
+            and all(st.node not in _LITERAL_SENSITIVE_NODES and not st.sequences and not st.read_only_escape
+                    for st in statements))
+
+
+class DecisionCache:
+    """Exact-text LRU, then the literal-shape LRU; counts hits and misses."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.exact = _Lru(CACHE_SIZE)
+        self.shapes = _Lru(CACHE_SIZE)
+
+    def lookup(self, sql: str) -> tuple[Decision | None, str | None]:
+        """(cached decision or None, the literal shape computed on the way)."""
+        hit = self.exact.hit(sql)
+        if hit is not None:
+            self.metrics.rewrite_cache["hit"] += 1
+            return hit, None
+        shape = literal_shape(sql)
+        if shape is not None:
+            hit = self.shapes.hit(shape)
+            if hit is not None:
+                self.metrics.rewrite_cache["hit"] += 1
+                return hit, shape
+        self.metrics.rewrite_cache["miss"] += 1
+        return None, shape
+
+    def store(self, sql: str, shape: str | None, decision: Decision, statements: list[Statement]) -> None:
+        if decision.action is Action.MATERIALIZE:
+            return
+        self.exact.put(sql, decision)
+        if shape is not None and _shape_safe(decision, statements):
+            self.shapes.put(shape, decision)
 
 
 class ProductionPolicy:
@@ -88,23 +162,21 @@ class ProductionPolicy:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._cache = _Lru(CACHE_SIZE)
+        self._cache = DecisionCache(metrics)
 
     def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision:
-        hit = self._cache.get(sql)
+        hit, shape = self._cache.lookup(sql)
         if hit is not None:
-            self.metrics.rewrite_cache["hit"] += 1
             return hit
-        self.metrics.rewrite_cache["miss"] += 1
-        decision = self._decide(sql)
-        self._cache.put(sql, decision)
-        return decision
-
-    def _decide(self, sql: str) -> Decision:
         try:
             statements = analyze(sql)
         except SqlSyntaxError:
             return FORWARD_PASSTHROUGH  # the upstream answers 42601 exactly as it would directly
+        decision = self._decide(statements)
+        self._cache.store(sql, shape, decision, statements)
+        return decision
+
+    def _decide(self, statements: list[Statement]) -> Decision:
         for st in statements:
             if st.refusal:
                 return Decision(Action.REFUSE, "refused", refusal=st.refusal)
@@ -131,32 +203,31 @@ class BranchPolicy:
     def __init__(self, layout: BranchLayout, metrics: Metrics) -> None:
         self.layout = layout
         self.metrics = metrics
-        self._cache = _Lru(CACHE_SIZE)
+        self._cache = DecisionCache(metrics)
         self.label = layout.branch
 
     def set_layout(self, layout: BranchLayout) -> None:
         if layout.version != self.layout.version:
-            self._cache = _Lru(CACHE_SIZE)
+            self._cache = DecisionCache(self.metrics)
         self.layout = layout
 
     def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision:
-        hit = self._cache.get(sql)
-        if hit is not None:
-            self.metrics.rewrite_cache["hit"] += 1
-            if hit.action is not Action.MATERIALIZE:
+        if not temp_tables:
+            hit, shape = self._cache.lookup(sql)
+            if hit is not None:
                 return hit
         else:
-            self.metrics.rewrite_cache["miss"] += 1
-        decision = self._decide(sql, temp_tables)
-        if decision.action is not Action.MATERIALIZE and not temp_tables:
-            self._cache.put(sql, decision)
-        return decision
-
-    def _decide(self, sql: str, temp_tables: frozenset[str]) -> Decision:
+            shape = None  # a session's temp tables shadow names: decide afresh, cache nothing
         try:
             statements = analyze(sql)
         except SqlSyntaxError:
             return FORWARD_PASSTHROUGH
+        decision = self._decide(sql, statements, temp_tables)
+        if not temp_tables:
+            self._cache.store(sql, shape, decision, statements)
+        return decision
+
+    def _decide(self, sql: str, statements: list[Statement], temp_tables: frozenset[str]) -> Decision:
         layout = self.layout
         missing: list[Relation] = []
         for st in statements:

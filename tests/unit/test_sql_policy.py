@@ -1,0 +1,109 @@
+"""The statement policies (SPEC §3, §6): what is forwarded, rewritten, refused or
+needs an overlay first, and that the caches never change an answer."""
+
+import pytest
+
+from cowproxy.metrics import Metrics
+from cowproxy.sql.analyze import Kind, analyze
+from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy, ProductionPolicy, literal_shape
+
+LAYOUT = BranchLayout(
+    branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
+    overlays={("public", "accounts"): "cowproxy_b_alice"}, local_names=frozenset({"mine"}),
+)
+
+
+@pytest.fixture
+def branch() -> BranchPolicy:
+    return BranchPolicy(LAYOUT, Metrics())
+
+
+@pytest.fixture
+def production() -> ProductionPolicy:
+    return ProductionPolicy(Metrics())
+
+
+@pytest.mark.parametrize("sql, action", [
+    ("SELECT * FROM accounts", Action.FORWARD),
+    ("UPDATE accounts SET x = 1", Action.FORWARD),
+    ("INSERT INTO mine VALUES (1)", Action.FORWARD),
+    ("UPDATE tellers SET x = 1", Action.MATERIALIZE),
+    ("INSERT INTO public.tellers VALUES (1)", Action.MATERIALIZE),
+    ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", Action.MATERIALIZE),
+    ("COPY orders FROM STDIN", Action.MATERIALIZE),
+    ("TRUNCATE orders", Action.MATERIALIZE),
+    ("SELECT * FROM public.accounts", Action.REWRITE),
+    ("SELECT nextval('public.s')", Action.REWRITE),
+    ("SET search_path = public", Action.REWRITE),
+    ("SET ROLE postgres", Action.REFUSE),
+    ("RESET ROLE", Action.REFUSE),
+    ("SET SESSION AUTHORIZATION postgres", Action.REFUSE),
+    ("SELECT set_config('role', 'x', false)", Action.REFUSE),
+    ("DO $$ BEGIN END $$", Action.REFUSE),
+    ("ALTER SYSTEM SET work_mem = '1GB'", Action.REFUSE),
+    ("SELECT lo_import('/etc/passwd')", Action.REFUSE),
+    ("SELECT * FROM cowproxy_b_bob.accounts", Action.REFUSE),
+    ("SELECT * FROM cowproxy.branches", Action.REFUSE),
+    ("COPY accounts TO '/tmp/out'", Action.REFUSE),
+    ("SELECT dblink_exec('x', 'y')", Action.REFUSE),
+    ("selec 1", Action.FORWARD),  # the upstream answers 42601 itself
+])
+def test_branch_decisions(branch, sql, action):
+    assert branch.decide(sql).action is action
+
+
+def test_qualified_names_of_changed_tables_are_spliced_keeping_the_rest_of_the_text(branch):
+    sql = "SELECT a.* /* é */ FROM  public . accounts a JOIN public.other o USING (id) WHERE a.id = $1"
+    assert branch.decide(sql).sql == (
+        'SELECT a.* /* é */ FROM  "cowproxy_b_alice"."accounts" a JOIN public.other o USING (id) WHERE a.id = $1')
+
+
+def test_set_search_path_keeps_the_branch_schemas_first(branch):
+    assert branch.decide("SET search_path TO public, x").sql == 'SET search_path TO "cowproxy_b_alice", public, x'
+
+
+def test_temp_tables_shadow_production_names_and_are_not_cached(branch):
+    assert branch.decide("INSERT INTO orders VALUES (1)", frozenset({"orders"})).action is Action.FORWARD
+    assert branch.decide("INSERT INTO orders VALUES (1)").action is Action.MATERIALIZE
+
+
+@pytest.mark.parametrize("sql, sqlstate", [
+    ("BEGIN READ WRITE", "25006"),
+    ("SET default_transaction_read_only = off", "25006"),
+    ("SET transaction_read_only = 0", "25006"),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "25006"),
+    ("SELECT nextval('s')", "25006"),
+    ("SELECT setval('s', 1)", "25006"),
+    ("SET ROLE x", "42501"),
+])
+def test_production_refusals(production, sql, sqlstate):
+    decision = production.decide(sql)
+    assert decision.action is Action.REFUSE and decision.refusal.sqlstate == sqlstate
+
+
+def test_production_writes_are_forwarded_for_postgres_to_refuse_in_its_read_only_transaction(production):
+    decision = production.decide("INSERT INTO t VALUES (1)")
+    assert decision.action is Action.FORWARD and decision.kind == "refused"
+
+
+def test_the_literal_shape_cache_shares_number_only_variants_and_nothing_else(production):
+    metrics = production.metrics
+    production.decide("SELECT abalance FROM a WHERE aid = 1")
+    production.decide("SELECT abalance FROM a WHERE aid = 2")
+    assert metrics.rewrite_cache == {"hit": 1, "miss": 1}
+    assert production.decide("SET transaction_read_only = 0").action is Action.REFUSE
+    assert production.decide("SET transaction_read_only = 1").action is Action.FORWARD
+
+
+def test_literal_shape_blanks_numbers_only():
+    assert literal_shape("select 'a1', 1.5e3, x1 from t where y = -4") == "select 'a1', 0, x1 from t where y = -0"
+    assert literal_shape("select x from t") is None
+
+
+def test_analysis_finds_writes_inside_ctes_and_copy():
+    (st,) = analyze("WITH d AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM d")
+    assert {r.name for r in st.writes} == {"t", "u"} and st.kind is Kind.WRITE
+    (copy_in,) = analyze("COPY t FROM STDIN")
+    assert [r.name for r in copy_in.writes] == ["t"]
+    (copy_out,) = analyze("COPY t TO STDOUT")
+    assert copy_out.writes == () and copy_out.kind is Kind.READ
