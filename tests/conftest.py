@@ -54,7 +54,7 @@ def proxy(pg):
 def branch_proxy(pg):
     """`cowproxy serve` (the product) in front of `pg`: database `postgres` is read-only
     production, any other database name is a branch."""
-    with ProxyProcess(pg.dsn("postgres"), branches=True) as p:
+    with ProxyProcess(pg.dsn("postgres"), "--overlay-stats-interval", "0.5", branches=True) as p:
         yield p
 
 

@@ -38,9 +38,11 @@ class BranchState:
 
 
 class BranchRegistry:
-    def __init__(self, dsn: str, metrics: Metrics) -> None:
+    def __init__(self, dsn: str, metrics: Metrics, stats_interval: float = 30.0) -> None:
         self.dsn = dsn
         self.metrics = metrics
+        self.stats_interval = stats_interval
+        self._stats_task: asyncio.Task | None = None
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._states: dict[str, BranchState] = {}
@@ -51,14 +53,39 @@ class BranchRegistry:
         async with self._start_lock:
             if self._pool is not None:
                 return
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
-            async with self._pool.acquire() as conn:
-                await catalog.ensure_catalog(conn)
-                self._readonly = await catalog.readonly_login(conn)
-            self._listener = await asyncpg.connect(self.dsn)
-            await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+            try:
+                async with pool.acquire() as conn:
+                    await catalog.ensure_catalog(conn)
+                    self._readonly = await catalog.readonly_login(conn)
+                self._listener = await asyncpg.connect(self.dsn)
+                await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            except BaseException:
+                await pool.close()  # all or nothing: the next connection retries
+                raise
+            self._pool = pool
+            if self.stats_interval > 0:
+                self._stats_task = asyncio.get_running_loop().create_task(self._overlay_stats())
+
+    async def _overlay_stats(self) -> None:
+        """Keep cowproxy_overlay_rows / _bytes (SPEC §7) fresh, off the data path."""
+        while True:
+            try:
+                assert self._pool is not None
+                async with self._pool.acquire() as conn:
+                    summaries = await catalog.list_branches(conn)
+                self.metrics.overlay_rows.clear()
+                self.metrics.overlay_bytes.clear()
+                for summary in summaries:
+                    self.metrics.overlay_rows[summary.name] = summary.rows_changed
+                    self.metrics.overlay_bytes[summary.name] = summary.overlay_bytes
+            except Exception as exc:  # the upstream may be restarting: try again later
+                logs.event("overlay_stats_failed", logging.WARNING, error=repr(exc))
+            await asyncio.sleep(self.stats_interval)
 
     async def close(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         if self._listener is not None:
             await self._listener.close()
         if self._pool is not None:

@@ -28,6 +28,8 @@ class ProxyConfig:
     drain_timeout: float = 30.0
     passthrough: bool = False
     """Relay as the client's own user with no branches and no protection (benchmarks)."""
+    overlay_stats_interval: float = 30.0
+    """Seconds between refreshes of the overlay rows/bytes gauges."""
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -62,11 +64,17 @@ class ProxyServer:
         from cowproxy.branch.registry import BranchRegistry
         from cowproxy.branch.router import BranchRouter
 
-        self._registry = BranchRegistry(config.upstream, metrics)
+        self._registry = BranchRegistry(config.upstream, metrics, config.overlay_stats_interval)
         return BranchRouter(self._registry, upstream.dbname, metrics)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._registry is not None:
+            try:
+                await self._registry.start()  # the catalog exists before the first client
+            except (OSError, asyncpg_errors()) as exc:
+                logs.event("catalog_unavailable", logging.WARNING, error=repr(exc),
+                           note="will retry when a client connects")
         self._server = await loop.create_server(
             lambda: ClientSession(self.ctx), self.config.listen_host, self.config.listen_port, backlog=1024,
             reuse_address=True,
@@ -118,6 +126,12 @@ class ProxyServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         await self.drain()
+
+
+def asyncpg_errors() -> type[Exception]:
+    import asyncpg
+
+    return asyncpg.PostgresError
 
 
 def install_uvloop() -> None:

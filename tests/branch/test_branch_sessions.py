@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from cowproxy.branch import catalog
-from support import psql
+from support import metric_value, psql, wait_until
 
 pytestmark = pytest.mark.pg15
 
@@ -228,3 +228,19 @@ async def test_concurrent_first_writes_to_one_table_create_one_overlay(pg, branc
     # bs_items has ON DELETE CASCADE into bs_orders, so it gets an overlay with it.
     assert sorted(r["source_table"] for r in tables) == ["bs_items", "bs_orders"]
     await conn.close()
+
+
+async def test_metrics_count_branch_statements_and_overlay_size(branch_proxy, branch):
+    """SPEC §7: statements by branch and kind, refusals, overlay rows and bytes by branch."""
+    conn = await connect(branch_proxy, branch)
+    await conn.execute("UPDATE bs_orders SET total = 1 WHERE id <= 4")
+    await conn.fetch("SELECT * FROM bs_orders WHERE id = 1")
+    with pytest.raises(asyncpg.PostgresError):
+        await conn.execute("SET ROLE postgres")
+    await conn.close()
+    text = branch_proxy.scrape_metrics()
+    assert metric_value(text, "cowproxy_statements_total", branch=branch, kind="write") >= 1
+    assert metric_value(text, "cowproxy_statements_total", branch=branch, kind="read") >= 1
+    assert metric_value(text, "cowproxy_statements_total", branch=branch, kind="refused") >= 1
+    assert wait_until(lambda: metric_value(branch_proxy.scrape_metrics(), "cowproxy_overlay_rows", branch=branch) >= 4)
+    assert metric_value(branch_proxy.scrape_metrics(), "cowproxy_overlay_bytes", branch=branch) > 0
