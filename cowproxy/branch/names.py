@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from cowproxy.sql.rewrite import quote_ident, quote_literal  # noqa: F401  (re-exported)
+
 CATALOG_SCHEMA = "cowproxy"
 """Where the branch catalog lives (only the admin role can read it)."""
 
@@ -88,19 +90,7 @@ def overlay_name(schema: str, name: str) -> str:
     return name if schema == "public" else f"{schema}.{name}"
 
 
-def quote_ident(name: str) -> str:
-    """An SQL identifier, always double-quoted."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def qualified(schema: str, name: str) -> str:
     """`"schema"."name"`."""
     return quote_ident(schema) + "." + quote_ident(name)
 
-
-def quote_literal(value: str) -> str:
-    """An SQL string literal, correct whatever standard_conforming_strings says."""
-    body = value.replace("'", "''")
-    if "\\" in body:
-        return "E'" + body.replace("\\", "\\\\") + "'"
-    return "'" + body + "'"

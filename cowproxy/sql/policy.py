@@ -17,6 +17,7 @@ from typing import Mapping
 
 from pglast import parser as pg_parser
 
+from cowproxy.branch.names import overlay_name
 from cowproxy.metrics import Metrics
 from cowproxy.sql.analyze import Kind, Refusal, Relation, SqlSyntaxError, Statement, analyze
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
@@ -287,7 +288,7 @@ class BranchPolicy:
                     continue
                 spans = spans or NameSpans(sql)
                 start, end = spans.token(seq.location)
-                local = seq.name if seq.schema == "public" else f"{seq.schema}.{seq.name}"
+                local = overlay_name(seq.schema, seq.name)
                 splices.append(Splice(start, end, quote_literal(f"{quote_ident(layout.schema)}.{quote_ident(local)}")))
         return splices
 

@@ -16,12 +16,16 @@ _DOT = "ASCII_46"
 
 
 def quote_ident(name: str) -> str:
-    """PostgreSQL's quote_ident: always quoted, inner quotes doubled."""
+    """An SQL identifier, always double-quoted, inner quotes doubled."""
     return '"' + name.replace('"', '""') + '"'
 
 
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def quote_literal(value: str) -> str:
+    """An SQL string literal, correct whatever standard_conforming_strings says."""
+    body = value.replace("'", "''")
+    if "\\" in body:
+        return "E'" + body.replace("\\", "\\\\") + "'"
+    return "'" + body + "'"
 
 
 @dataclass(frozen=True, slots=True)
