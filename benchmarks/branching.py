@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.context import BenchContext
 from benchmarks.pgbench import PGBENCH_ENV, PgbenchError, initialize, parse_summary
-from benchmarks.targets import CowProxy, Target
+from benchmarks.targets import CLOCK_TICKS, CowProxy, Target
 from cowproxy.branch.catalog import Catalog, CreatedBranch
 
 ADMIN_DB = "postgres"
@@ -162,6 +162,72 @@ class BranchProxy(CowProxy):
         return replace(target, name="branch", dbname=self.branch, read_only=False, mode=f"branch {self.branch}")
 
 
+# ------------------------------------------------------------------- PostgreSQL's CPU
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 on (the command name may hold spaces)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
+def _children(parent: int) -> list[int]:
+    """Child pids of single-threaded `parent` (the postmaster): from the kernel's
+    children list when it has one (CONFIG_PROC_CHILDREN), else by scanning /proc."""
+    try:
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except FileNotFoundError:
+        pass
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat_fields(int(entry))[1]) == parent:
+                    found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    return found
+
+
+def postmaster_pid(ctx: BenchContext) -> int:
+    return int((ctx.pg.datadir / "postmaster.pid").read_text().split()[0])  # type: ignore[operator]
+
+
+def cluster_cpu_seconds(postmaster: int) -> tuple[float, set[int]]:
+    """(CPU seconds, live children) of the whole PostgreSQL cluster so far.
+
+    The postmaster's own utime + stime, plus cutime + cstime (every backend that has
+    exited and been reaped: a pgbench connection's backend ends up there), plus the
+    utime + stime of every live child (background processes, backends still open).
+    A backend reaped while we read would be counted twice or not at all, so the reading
+    is repeated until the children before and after it are the same. Other clusters
+    on the machine are not counted.
+    """
+    for _ in range(20):
+        children = set(_children(postmaster))
+        ticks = 0
+        try:
+            for child in children:
+                child_fields = _stat_fields(child)
+                ticks += int(child_fields[11]) + int(child_fields[12])
+        except OSError:
+            continue  # a child went away meanwhile: read again
+        fields = _stat_fields(postmaster)
+        ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # fields 14-17: utime stime cutime cstime
+        if set(_children(postmaster)) == children:
+            return ticks / CLOCK_TICKS, children
+    raise RuntimeError("the PostgreSQL cluster's processes kept changing while its CPU time was read")
+
+
+def settle(postmaster: int, before: set[int], timeout: float = 2.0) -> None:
+    """Wait (briefly) until the backends a finished pgbench opened have exited: their
+    CPU is then in the postmaster's cutime, whatever the order of reading."""
+    deadline = time.monotonic() + timeout
+    while set(_children(postmaster)) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 # ---------------------------------------------------------------------------- pgbench
 
 
@@ -179,6 +245,8 @@ class Run:
     retries: int = 0
     cpu_seconds: float | None = None
     """utime + stime of the target's proxy process during the run."""
+    postgres_cpu_seconds: float | None = None
+    """CPU of the whole PostgreSQL cluster during the run (`cluster_cpu_seconds`)."""
     latencies_us: list[int] = field(default_factory=list, repr=False)
     """Per-transaction latencies (pgbench -l), when asked for."""
     error: str | None = None
@@ -188,6 +256,13 @@ class Run:
         if self.cpu_seconds is None or not self.transactions:
             return None
         return self.cpu_seconds / self.transactions * 10_000
+
+    @property
+    def postgres_cpu_us(self) -> float | None:
+        """PostgreSQL's CPU per transaction, µs: what the server spent, whoever asked."""
+        if self.postgres_cpu_seconds is None or not self.transactions:
+            return None
+        return self.postgres_cpu_seconds / self.transactions * 1e6
 
     def percentile_us(self, q: float) -> float | None:
         if not self.latencies_us:
@@ -220,6 +295,8 @@ def run_pgbench(ctx: BenchContext, target: Target, args: list[str], seconds: int
         argv[1:1] = ["-l", f"--log-prefix={log_dir / 'tx'}"]
     if not target.alive():
         return Run(error=f"{target.name} process {target.pid} is no longer running")
+    postmaster = postmaster_pid(ctx)
+    pg_before, children = cluster_cpu_seconds(postmaster)
     cpu_before = target.cpu_seconds()
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120,
@@ -227,6 +304,8 @@ def run_pgbench(ctx: BenchContext, target: Target, args: list[str], seconds: int
     except subprocess.TimeoutExpired:
         return Run(error=f"pgbench ran longer than {seconds + 120} s")
     cpu_after = target.cpu_seconds()
+    settle(postmaster, children)
+    pg_after, _ = cluster_cpu_seconds(postmaster)
     output = proc.stdout + proc.stderr
     try:
         summary = parse_summary(output)
@@ -240,6 +319,7 @@ def run_pgbench(ctx: BenchContext, target: Target, args: list[str], seconds: int
             setattr(result, attribute, int(found.group(1)))
     if cpu_before is not None and cpu_after is not None:
         result.cpu_seconds = cpu_after - cpu_before
+    result.postgres_cpu_seconds = pg_after - pg_before
     if proc.returncode != 0 or result.failed:
         # Exit status 2: a client was aborted by an error it cannot retry.
         tail = [line for line in output.splitlines() if "error" in line.lower() or "abort" in line.lower()]
@@ -248,6 +328,27 @@ def run_pgbench(ctx: BenchContext, target: Target, args: list[str], seconds: int
     if log_dir is not None:
         result.latencies_us = read_transaction_log(log_dir)
     return result
+
+
+def merge_runs(runs: list[Run]) -> Run:
+    """Several short runs of one thing as one: transactions and CPU add up, tps is
+    transactions over the summed durations, latencies are pooled; the first error stays."""
+    ok = [r for r in runs if r.tps]
+    errors = [r.error for r in runs if r.error]
+    if not ok:
+        return Run(error=errors[0] if errors else "no run")
+    transactions = sum(r.transactions or 0 for r in ok)
+    seconds = sum((r.transactions or 0) / r.tps for r in ok if r.tps)
+    cpu = [r.cpu_seconds for r in ok]
+    pg_cpu = [r.postgres_cpu_seconds for r in ok]
+    return Run(tps=transactions / seconds if seconds else None,
+               latency_ms=sum(r.latency_ms * (r.transactions or 0) for r in ok if r.latency_ms) / transactions
+               if transactions else None,
+               transactions=transactions, failed=sum(r.failed for r in runs), retried=sum(r.retried for r in ok),
+               retries=sum(r.retries for r in ok),
+               cpu_seconds=None if None in cpu else sum(cpu),  # type: ignore[arg-type]
+               postgres_cpu_seconds=None if None in pg_cpu else sum(pg_cpu),  # type: ignore[arg-type]
+               latencies_us=[us for r in ok for us in r.latencies_us], error=errors[0] if errors else None)
 
 
 def pgbench_transactions(ctx: BenchContext, target: Target, args: list[str], transactions: int) -> None:

@@ -37,6 +37,7 @@ from cowproxy.branch.names import (
     qualified,
     quote_ident,
     quote_literal,
+    readers_role_for,
     role_for,
     schema_for,
     validate_branch_name,
@@ -233,7 +234,8 @@ async def list_branches(conn: asyncpg.Connection) -> list[BranchSummary]:
     """Every branch, oldest first, with the size of its overlay."""
     rows = await conn.fetch("""
         SELECT b.name, b.parent, b.created_at, b.schema_name,
-               (SELECT count(*) FROM cowproxy.overlay_tables o WHERE o.branch = b.name) AS tables_changed,
+               (SELECT count(*) FROM cowproxy.overlay_tables o
+                 WHERE o.branch = b.name AND o.mode <> 'view') AS tables_changed,
                (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
                  WHERE c.relnamespace = to_regnamespace(b.schema_name)::oid
                    AND c.relkind IN ('r', 'p', 'm')) AS overlay_bytes
@@ -248,16 +250,18 @@ async def list_branches(conn: asyncpg.Connection) -> list[BranchSummary]:
 
 
 async def _rows_changed(conn: asyncpg.Connection) -> dict[str, int]:
-    """Per branch: rows in its `$rows` and `$tomb` tables plus rows of its copied tables."""
+    """Per branch: rows in its `$rows` tables (changed, inserted, and deletion markers)
+    plus rows of its copied tables."""
     overlay = await conn.fetch("""
         SELECT o.branch, b.schema_name, o.source_schema, o.source_table, o.mode
-          FROM cowproxy.overlay_tables o JOIN cowproxy.branches b ON b.name = o.branch""")
+          FROM cowproxy.overlay_tables o JOIN cowproxy.branches b ON b.name = o.branch
+         WHERE o.mode <> 'view'""")
     from cowproxy.branch.overlay import overlay_objects  # the overlay engine names them (pglast: lazily)
 
     tables: list[tuple[str, str]] = []
     for r in overlay:
         objects = overlay_objects(r["source_schema"], r["source_table"])
-        names = [objects.view] if r["mode"] == "copy" else [objects.rows, objects.tomb]
+        names = [objects.view] if r["mode"] == "copy" else [objects.rows]
         tables += [(r["branch"], qualified(r["schema_name"], n)) for n in names]
     existing = set(await conn.fetchval(
         "SELECT coalesce(array_agg(t), '{}') FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL",
@@ -294,11 +298,15 @@ async def create_branch(conn: asyncpg.Connection, name: str, parent: str | None 
         search_path = ", ".join([quote_ident(schema), *(quote_ident(a.schema_name) for a in ancestors),
                                  '"$user"', "public"])
         q_role = quote_ident(role)
+        # The readers role may read this branch's overlay rows (row-level security hides
+        # them from every other role); a stacked branch holds its ancestors' (SPEC §6).
         await conn.execute(
             f"CREATE ROLE {q_role} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
             f" NOBYPASSRLS PASSWORD {quote_literal(scram_verifier(password))};"
             f"GRANT pg_read_all_data TO {q_role};"
-            f"ALTER ROLE {q_role} SET search_path = {search_path};"
+            f"CREATE ROLE {quote_ident(readers_role_for(name))} NOLOGIN NOINHERIT;"
+            + "".join(_grant_readers_sql(conn, a.name, role) for a in ancestors)
+            + f"ALTER ROLE {q_role} SET search_path = {search_path};"
             f"CREATE SCHEMA {quote_ident(schema)} AUTHORIZATION {q_role};")
         sequences = await _fill_overlay_schema(conn, schema, role, ancestors[0].schema_name if ancestors else None)
         await conn.execute(
@@ -323,7 +331,8 @@ async def delete_branch(conn: asyncpg.Connection, name: str) -> None:
         await _while_locked(conn, name,
                             f"DROP SCHEMA IF EXISTS {quote_ident(branch.schema_name)} CASCADE;"
                             f"DROP OWNED BY {q_role};"
-                            f"DROP ROLE {q_role};")
+                            f"DROP ROLE {q_role};"
+                            f"DROP ROLE IF EXISTS {quote_ident(readers_role_for(name))};")
         await conn.execute("DELETE FROM cowproxy.branches WHERE name = $1", name)
         await _notify(conn, name)
     # A session that logged in between the two steps outlived its role: end it too.
@@ -363,12 +372,35 @@ async def _refuse_if_stacked_on(conn: asyncpg.Connection, name: str, verb: str) 
                           f"delete those first, e.g. cowproxy branch delete {children[0]}")
 
 
+def _grant_readers_sql(conn: asyncpg.Connection, branch: str, role: str) -> str:
+    """GRANT `branch`'s readers role to `role`: inherited (its policies apply), but not
+    a role `role` may SET ROLE to (PostgreSQL 16+ can say so)."""
+    options = " WITH INHERIT TRUE, SET FALSE" if conn.get_server_version().major >= 16 else ""
+    return f"GRANT {quote_ident(readers_role_for(branch))} TO {quote_ident(role)}{options};"
+
+
+async def ensure_readers(conn: asyncpg.Connection, chain: list[Branch]) -> str:
+    """Make sure `chain[0]` (a branch, then its ancestors) may read its ancestors'
+    overlays: every readers role exists and the branch role holds its ancestors'.
+    Branches made before readers roles existed get them here. Returns chain[0]'s."""
+    for branch in chain:
+        readers = readers_role_for(branch.name)
+        if not await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", readers):
+            await conn.execute(f"CREATE ROLE {quote_ident(readers)} NOLOGIN NOINHERIT")
+    for ancestor in chain[1:]:
+        readers = readers_role_for(ancestor.name)
+        if not await conn.fetchval("SELECT pg_has_role($1, $2, 'USAGE')", chain[0].role_name, readers):
+            await conn.execute(_grant_readers_sql(conn, ancestor.name, chain[0].role_name))
+    return readers_role_for(chain[0].name)
+
+
 async def _refuse_leftovers(conn: asyncpg.Connection, name: str, role: str, schema: str) -> None:
     """Roles are shared by every database of the server: the name may be taken there."""
-    if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):
-        raise BranchError(f'role "{role}" already exists but is not a branch of this database',
-                          "another database on this server may have a branch of that name: pick "
-                          f"another name, or drop the leftover role (DROP OWNED BY {role}; DROP ROLE {role})")
+    for taken in (role, readers_role_for(name)):
+        if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", taken):
+            raise BranchError(f'role "{taken}" already exists but is not a branch of this database',
+                              "another database on this server may have a branch of that name: pick "
+                              f"another name, or drop the leftover role (DROP OWNED BY {taken}; DROP ROLE {taken})")
     if await conn.fetchval("SELECT to_regnamespace($1) IS NOT NULL", quote_ident(schema)):
         raise BranchError(f'schema "{schema}" already exists but is not a branch\'s overlay',
                           f"pick another name, or drop the leftover schema {schema}")

@@ -13,9 +13,13 @@ that later runs the generated DDL (a branch session puts its overlay schema firs
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
+
+from cowproxy.branch.names import INTERNAL_SCHEMA_SQL, SYSTEM_SCHEMA_SQL
 
 FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 """pg_constraint.confupdtype / confdeltype codes, spelled as in SQL."""
@@ -36,6 +40,8 @@ class Column:
     identity: str | None              # 'ALWAYS', 'BY DEFAULT' or None
     generated: str | None             # expression of a STORED generated column
     sequence: "SequenceRef | None" = None   # sequence behind the default or identity
+    owns_sequence: bool = False       # that sequence is OWNED BY this column (serial, identity):
+                                      # TRUNCATE ... RESTART IDENTITY restarts it
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class UniqueRule:
     primary: bool = False
     nulls_not_distinct: bool = False
     deferrable: bool = False
+    is_constraint: bool = True        # False: a bare unique index (ON CONFLICT ON CONSTRAINT cannot name it)
 
 
 @dataclass(frozen=True)
@@ -123,18 +130,22 @@ SELECT a.attname,
        a.attnotnull,
        pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS expr,
        a.attidentity::text AS attidentity, a.attgenerated::text AS attgenerated,
-       seq.nspname AS seq_schema, seq.relname AS seq_name, seq.regtext AS seq_regtext
+       seq.nspname AS seq_schema, seq.relname AS seq_name, seq.regtext AS seq_regtext,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_depend own
+                WHERE own.classid = 'pg_catalog.pg_class'::regclass AND own.objid = seq.oid
+                  AND own.refclassid = 'pg_catalog.pg_class'::regclass AND own.refobjid = a.attrelid
+                  AND own.refobjsubid = a.attnum AND own.deptype IN ('a', 'i')) AS seq_owned
   FROM pg_catalog.pg_attribute a
   LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
   LEFT JOIN LATERAL (
-       SELECT sn.nspname, s.relname, s.oid::regclass::text AS regtext
+       SELECT s.oid, sn.nspname, s.relname, s.oid::regclass::text AS regtext
          FROM pg_catalog.pg_depend dep
          JOIN pg_catalog.pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S'
          JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
         WHERE dep.classid = 'pg_catalog.pg_attrdef'::regclass AND dep.objid = d.oid
           AND dep.refclassid = 'pg_catalog.pg_class'::regclass
        UNION ALL
-       SELECT sn.nspname, s.relname, s.oid::regclass::text
+       SELECT s.oid, sn.nspname, s.relname, s.oid::regclass::text
          FROM pg_catalog.pg_depend dep
          JOIN pg_catalog.pg_class s ON s.oid = dep.objid AND s.relkind = 'S'
          JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
@@ -203,10 +214,18 @@ async def describe_table(conn: asyncpg.Connection, schema: str, table: str) -> T
     Runs read-only catalog queries on `conn`; its search_path is set to pg_catalog for
     the duration (so expressions come back fully qualified) and then put back.
     """
+    async with _qualified_names(conn):
+        return await _describe(conn, schema, table)
+
+
+@contextlib.asynccontextmanager
+async def _qualified_names(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """search_path = pg_catalog for the duration: pg_get_expr / pg_get_viewdef then
+    schema-qualify every name they print."""
     old_path = await conn.fetchval("SELECT pg_catalog.current_setting('search_path')")
     await conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
     try:
-        return await _describe(conn, schema, table)
+        yield
     finally:
         try:
             await conn.execute("SELECT pg_catalog.set_config('search_path', $1, false)", old_path)
@@ -236,6 +255,7 @@ async def _describe(conn: asyncpg.Connection, schema: str, table: str) -> TableI
         unique.append(UniqueRule(
             name=r["name"], columns=tuple(r["columns"]), primary=r["indisprimary"],
             nulls_not_distinct=r["nulls_not_distinct"], deferrable=r["deferrable"],
+            is_constraint=r["is_constraint"],
         ))
     key = _choose_key(unique, not_null)
 
@@ -259,7 +279,7 @@ def _column(r: asyncpg.Record) -> Column:
         name=r["attname"], sql_type=r["sql_type"], not_null=r["attnotnull"],
         default=None if generated else r["expr"],
         identity={"a": "ALWAYS", "d": "BY DEFAULT"}.get(r["attidentity"]),
-        generated=generated, sequence=sequence,
+        generated=generated, sequence=sequence, owns_sequence=bool(sequence and r["seq_owned"]),
     )
 
 
@@ -296,3 +316,92 @@ async def _foreign_keys(conn: asyncpg.Connection, oid: int, side: str, server_ve
         )
         for r in await conn.fetch(sql, oid)
     )
+
+
+# -- the neighborhood of tables: foreign keys and views over them ---------------------
+
+# Children in the order of their oids: the order PostgreSQL looks for them in when it
+# refuses a TRUNCATE (heap_truncate_check_FKs), so the same child is named.
+_PRODUCTION_FOREIGN_KEYS_SQL = f"""
+SELECT pn.nspname AS ref_schema, pc.relname AS ref_table, cn.nspname AS schema, cc.relname AS table
+  FROM pg_catalog.pg_constraint con
+  JOIN pg_catalog.pg_class cc ON cc.oid = con.conrelid
+  JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+  JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+ WHERE con.contype = 'f' AND con.conparentid = 0
+   AND NOT {INTERNAL_SCHEMA_SQL.format(col="cn.nspname")} AND NOT {SYSTEM_SCHEMA_SQL.format(col="cn.nspname")}
+ GROUP BY pn.nspname, pc.relname, pc.oid, cn.nspname, cc.relname, cc.oid
+ ORDER BY pc.oid, cc.oid
+"""
+
+
+async def referencing_tables(conn: asyncpg.Connection) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    """Every production table that a foreign key references → the tables whose foreign
+    keys reference it (itself included when it references itself). What TRUNCATE needs:
+    a referenced table cannot be truncated without its children (SPEC §5.2)."""
+    children: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for r in await conn.fetch(_PRODUCTION_FOREIGN_KEYS_SQL):
+        children.setdefault((r["ref_schema"], r["ref_table"]), []).append((r["schema"], r["table"]))
+    return {parent: tuple(kids) for parent, kids in children.items()}
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """A production view, with the text that recreates its query."""
+
+    schema: str
+    name: str
+    definition: str                   # pg_get_viewdef: a SELECT naming every relation with its schema
+    options: tuple[str, ...] = ()     # pg_class.reloptions: security_barrier=true, check_option=local ...
+
+
+# Views whose rewrite rule depends on the tables, then views over those views, in an
+# order that creates every view after the views it reads (longest dependency path).
+# Only production's views: the branches' own shadows depend on production tables too.
+_DEPENDENT_VIEWS_SQL = f"""
+WITH RECURSIVE production_views AS (
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'v'
+       AND NOT {INTERNAL_SCHEMA_SQL.format(col="n.nspname")} AND NOT {SYSTEM_SCHEMA_SQL.format(col="n.nspname")}
+), dependents(oid, depth) AS (
+    SELECT r.ev_class, 1
+      FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+     WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.refobjid = ANY ($1::pg_catalog.oid[]) AND r.ev_class IN (SELECT oid FROM production_views)
+    UNION
+    SELECT r.ev_class, dependents.depth + 1
+      FROM dependents
+      JOIN pg_catalog.pg_depend d ON d.refobjid = dependents.oid
+       AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+     WHERE r.ev_class <> dependents.oid AND r.ev_class IN (SELECT oid FROM production_views)
+       AND dependents.depth < 100
+)
+SELECT n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid) AS definition,
+       coalesce(c.reloptions, '{{}}') AS options, max(d.depth) AS depth
+  FROM dependents d JOIN pg_catalog.pg_class c ON c.oid = d.oid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ GROUP BY n.nspname, c.relname, c.oid
+ ORDER BY max(d.depth), n.nspname, c.relname
+"""
+
+
+async def dependent_views(conn: asyncpg.Connection, tables: Iterable[tuple[str, str]]) -> list[ViewInfo]:
+    """Production views that read any of `tables`, directly or through other views,
+    each after the views it reads. Materialized views are not included (their rows are
+    stored: a branch cannot merge into them)."""
+    tables = list(tables)
+    if not tables:
+        return []
+    async with _qualified_names(conn):
+        oids = await conn.fetchval(
+            "SELECT coalesce(array_agg(c.oid), '{}') FROM unnest($1::text[], $2::text[]) t(s, n)"
+            " JOIN pg_catalog.pg_namespace ns ON ns.nspname = t.s"
+            " JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = t.n",
+            [s for s, _ in tables], [t for _, t in tables])
+        rows = await conn.fetch(_DEPENDENT_VIEWS_SQL, oids)
+    return [ViewInfo(r["nspname"], r["relname"], r["definition"].strip().rstrip(";"), tuple(r["options"]))
+            for r in rows]

@@ -1,8 +1,9 @@
 """Creating overlays on first write: which production tables, from which source.
 
 Runs in the control plane (an admin connection) under the catalog lock, in one
-transaction: the overlay objects, their catalog rows and the branch's new
-schema_version commit together, so a concurrent session sees all of it or none.
+transaction: the overlay objects, the branch's copies of the production views over the
+new overlays (`dependents.py`), their catalog rows and the branch's new schema_version
+commit together, so a concurrent session sees all of it or none.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Iterable
 import asyncpg
 
 from cowproxy.branch import catalog
+from cowproxy.branch.dependents import copy_dependent_views
 from cowproxy.branch.introspect import describe_table
-from cowproxy.branch.names import overlay_name, qualified
-from cowproxy.branch.overlay import create_overlay, tables_needing_overlay_with
+from cowproxy.branch.overlay import create_overlay, resolve_relations, tables_needing_overlay_with
 from cowproxy.sql.analyze import Relation
 
 
@@ -23,6 +24,8 @@ async def resolve_production_table(conn: asyncpg.Connection, rel: Relation,
     """The production table a written name means, or None (not a production table:
     a branch's own table, a view, a typo — the upstream will say so)."""
     schemas = [rel.schema] if rel.schema else list(production_schemas)
+    if any(s in ("pg_catalog", "information_schema", "pg_toast") or s.startswith("cowproxy") for s in schemas):
+        return None  # never an overlay of a system or internal relation
     row = await conn.fetchrow(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relname = $1 AND n.nspname = ANY($2::text[]) AND c.relkind IN ('r', 'p')"
@@ -38,11 +41,12 @@ async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branc
     created: list[tuple[str, str]] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", catalog.CATALOG_LOCK)
+        readers = await catalog.ensure_readers(conn, chain)
         rows = await conn.fetch(
             "SELECT branch, source_schema, source_table FROM cowproxy.overlay_tables WHERE branch = ANY($1::text[])",
             [b.name for b in chain])
         done = {(r["source_schema"], r["source_table"]) for r in rows if r["branch"] == branch.name}
-        ancestors = {(r["source_schema"], r["source_table"]): r["branch"] for r in rows if r["branch"] != branch.name}
+        ancestor_schemas = [b.schema_name for b in chain[1:]]
         todo: list[tuple[str, str]] = []
         for rel in relations:
             key = await resolve_production_table(conn, rel, production_schemas)
@@ -54,10 +58,10 @@ async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branc
                 continue
             info = await describe_table(conn, *key)
             todo.extend(tables_needing_overlay_with(info))
-            parent = next((b for b in chain[1:] if ancestors.get(key) == b.name), None)
-            source = qualified(parent.schema_name, overlay_name(*key)) if parent else qualified(*key)
+            # The nearest ancestor's shadow, else production's table.
+            source = (await resolve_relations(conn, [key], ancestor_schemas))[key]
             await create_overlay(conn, info, branch.schema_name, branch.role_name, source,
-                                 ancestor_schemas=[b.schema_name for b in chain[1:]])
+                                 ancestor_schemas=ancestor_schemas, readers_role=readers)
             await conn.execute(
                 "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -65,6 +69,11 @@ async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branc
             done.add(key)
             created.append(key)
         if created:
+            views = await copy_dependent_views(conn, created, branch.schema_name, branch.role_name, ancestor_schemas)
+            await conn.executemany(
+                "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
+                " VALUES ($1, $2, $3, NULL, 'view') ON CONFLICT DO NOTHING",
+                [(branch.name, schema, name) for schema, name in views])
             await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1 WHERE name = $1",
                                branch.name)
             await conn.execute("SELECT pg_notify($1, $2)", "cowproxy_catalog", branch.name)

@@ -69,6 +69,15 @@ def role_for(branch: str) -> str:
     return BRANCH_PREFIX + branch
 
 
+READERS_PREFIX = "cowproxy_r_"
+
+
+def readers_role_for(branch: str) -> str:
+    """The NOLOGIN role allowed to read `branch`'s overlay rows (row-level security
+    hides them from every other role): granted to the branches stacked on it."""
+    return READERS_PREFIX + branch
+
+
 def is_internal_schema(schema: str) -> bool:
     """True for schemas cowproxy owns (the catalog and every overlay): never production."""
     return schema == CATALOG_SCHEMA or schema.startswith("cowproxy_")

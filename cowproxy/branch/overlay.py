@@ -1,8 +1,8 @@
 """The overlay of one production table inside a branch schema, as SQL (docs/branches.md).
 
 A table with a key gets mode `shadow`: `T$rows` (new versions of changed and inserted
-rows), `T$tomb` (keys of production rows the branch deleted) and a view named like the
-table that merges them with the source. INSTEAD OF triggers on the view make INSERT,
+rows, and deletion markers: the last version of each deleted row, flagged
+`cowproxy_deleted`) and a view named like the table that merges it with the source. INSTEAD OF triggers on the view make INSERT,
 UPDATE, DELETE, RETURNING, COPY FROM and row counts behave as on the table, and enforce
 what a view cannot: uniqueness, foreign keys (both directions, with their actions),
 identity and generated columns. NOT NULL and CHECK are the constraints copied onto
@@ -11,6 +11,25 @@ statement trigger at the end of the statement, as PostgreSQL's own RI triggers d
 statement may insert children before parents); INITIALLY DEFERRED keys are checked by
 constraint triggers at commit. A table without a key gets mode `copy`: a copy of the
 table with its constraints, and AFTER ROW triggers for its foreign keys.
+
+Concurrent writers of one row serialize on its key in `T$rows`: UPDATE and DELETE
+are upserts there (a row still production's is claimed by inserting it, a row in
+`T$rows` is replaced only if it is still the OLD the statement read, after waiting for
+its lock), and a row changed by another transaction after the statement's snapshot
+fails the statement with 40001 instead of losing that transaction's update. Deletions
+stay in `T$rows` as markers for the same reason: the key stays locked and claimed.
+
+Every overlay also has `T$live`: one row while the source's rows show through the
+shadow. TRUNCATE (rewritten by the proxy to `TRUNCATE B."T$live"`) empties it, and its
+trigger empties the overlay; the branch's copies of the sequences the table owns are
+OWNED BY columns of `T$live`, so RESTART IDENTITY restarts them (never production's).
+`T$skip...` views take `INSERT ... ON CONFLICT DO NOTHING` (the proxy redirects the
+insert there): their trigger skips rows that conflict on the arbiter rules.
+
+Isolation (SPEC §6): overlay tables have row-level security enabled (the owning branch
+role bypasses it) with a SELECT policy only for the branch's readers role, which the
+branches stacked on it hold; views are security_invoker (PostgreSQL 15+), so reading
+another branch's shadow through its view shows production's rows only.
 
 Generated code names every relation it reads with its schema: production relations as
 they are, tables the branch changed through their overlay (`neighbors`). PL/pgSQL caches
@@ -55,6 +74,8 @@ CASCADING_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
 # would otherwise change what a statement in them means).
 STORED = "cowproxy_stored"          # the row as written to $rows (generated columns filled in)
 QUEUED = "cowproxy_queued"          # a $pending row: (op, old, new)
+OLD_ROW = "cowproxy_old"            # OLD as a whole row (a bare OLD would mean a column named "old")
+DELETED = "cowproxy_deleted"        # the column of $rows that makes a row a deletion marker
 QUEUED_OLD = f"({QUEUED}.old)"
 QUEUED_NEW = f"({QUEUED}.new)"
 
@@ -72,31 +93,53 @@ class OverlayObjects:
 
     view: str          # the shadow view (mode shadow) or the copied table (mode copy)
     rows: str
-    tomb: str
     pending: str       # foreign key work queued by the row triggers for the statement's end
+    live: str          # one row while the source's rows show through; TRUNCATE empties it
     insert_fn: str
     update_fn: str
     delete_fn: str
+    skip_fn: str       # INSERT ... ON CONFLICT DO NOTHING, through the T$skip views
     statement_fn: str  # runs the queued foreign key work
     deferred_fn: str   # checks of INITIALLY DEFERRED foreign keys, at commit
+    truncate_fn: str   # after TRUNCATE of T$live: empties the overlay
     before_fn: str     # mode copy: identity columns
     after_fn: str      # mode copy: foreign keys
 
 
 def overlay_objects(schema: str, table: str) -> OverlayObjects:
     """The names of `schema.table`'s overlay objects (see names.overlay_name)."""
-    base = overlay_name(schema, table)
-    if len(base.encode()) > MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"overlay name {base!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
+    base = _base_name(schema, table)
     return OverlayObjects(
         view=base,
         **{field: _suffixed(base, suffix) for field, suffix in (
-            ("rows", "$rows"), ("tomb", "$tomb"), ("pending", "$pending"),
+            ("rows", "$rows"), ("pending", "$pending"), ("live", "$live"),
             ("insert_fn", "$insert"), ("update_fn", "$update"), ("delete_fn", "$delete"),
-            ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
-            ("before_fn", "$before"), ("after_fn", "$after"),
+            ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
+            ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),
         )},
     )
+
+
+def skip_view_name(schema: str, table: str, columns: Iterable[str] | None = None,
+                   constraint: str | None = None) -> str:
+    """The view that takes `INSERT INTO schema.table ... ON CONFLICT <target> DO NOTHING`:
+    `T$skip` without a target, `T$skip(a,b)` for `ON CONFLICT (b, a)` (PostgreSQL infers
+    the arbiter from the set of columns), `T$skip[name]` for `ON CONFLICT ON CONSTRAINT
+    name`. The proxy derives the name from the statement; a target no unique rule
+    matches names a view that does not exist."""
+    base = _base_name(schema, table)
+    if constraint is not None:
+        return _suffixed(base, f"$skip[{constraint}]")
+    if columns is not None:
+        return _suffixed(base, "$skip(" + ",".join(sorted(set(columns))) + ")")
+    return _suffixed(base, "$skip")
+
+
+def _base_name(schema: str, table: str) -> str:
+    base = overlay_name(schema, table)
+    if len(base.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"overlay name {base!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
+    return base
 
 
 def _suffixed(base: str, suffix: str) -> str:
@@ -105,6 +148,9 @@ def _suffixed(base: str, suffix: str) -> str:
     name = base + suffix
     if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
         return name
+    if len(suffix.encode()) > MAX_IDENTIFIER_BYTES // 2:  # a long ON CONFLICT target
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        return name.encode()[:MAX_IDENTIFIER_BYTES - len(digest) - 1].decode(errors="ignore") + "~" + digest
     digest = hashlib.sha1(base.encode()).hexdigest()[:8]
     room = MAX_IDENTIFIER_BYTES - len(suffix.encode()) - len(digest) - 1
     prefix = base.encode()[:room].decode(errors="ignore")
@@ -155,15 +201,21 @@ def overlay_ddl(
     branch_schema: str,
     source: str,
     neighbors: Mapping[tuple[str, str], str] | None = None,
+    *,
+    readers_role: str | None = None,
+    security_invoker: bool = True,
 ) -> list[str]:
-    """The statements that create `info`'s overlay in `branch_schema`.
+    """The statements that create `info`'s overlay in `branch_schema`, to be run as the
+    branch role (which then owns every object).
 
     `source` is the relation the overlay reads unchanged rows from: the production
     table, or for a stacked branch the parent branch's shadow. `neighbors` maps each FK
     parent/child table to the relation to read it through (its overlay, when the branch
-    has one); tables missing from it are read from production.
+    has one); tables missing from it are read from production. `readers_role` may read
+    the overlay's tables (the branches stacked on this one hold it); `security_invoker`
+    needs PostgreSQL 15.
     """
-    gen = _Generator(info, branch_schema, source, neighbors or {})
+    gen = _Generator(info, branch_schema, source, neighbors or {}, readers_role, security_invoker)
     return gen.copy_ddl() if info.mode == "copy" else gen.shadow_ddl()
 
 
@@ -179,28 +231,24 @@ def trigger_function_ddl(
     return gen.copy_functions() if info.mode == "copy" else gen.shadow_functions()
 
 
-def ownership_ddl(info: TableInfo, branch_schema: str, branch_role: str) -> list[str]:
-    """ALTER ... OWNER TO the branch role for every object `overlay_ddl` creates."""
-    objects = overlay_objects(info.schema, info.table)
-    role = quote_ident(branch_role)
-    q = lambda name: qualified(branch_schema, name)  # noqa: E731
-    if info.mode == "copy":
-        statements = [f"ALTER TABLE {q(objects.view)} OWNER TO {role}"]
-        functions = [objects.after_fn] + ([objects.before_fn] if _identity_always(info) else [])
-    else:
-        statements = [
-            f"ALTER TABLE {q(objects.rows)} OWNER TO {role}",
-            f"ALTER TABLE {q(objects.tomb)} OWNER TO {role}",
-            f"ALTER VIEW {q(objects.view)} OWNER TO {role}",
-        ]
-        functions = [objects.insert_fn, objects.update_fn, objects.delete_fn]
-        if _has_foreign_keys(info):
-            statements.append(f"ALTER TABLE {q(objects.pending)} OWNER TO {role}")
-            functions.append(objects.statement_fn)
-        if _deferred_names(info):
-            functions.append(objects.deferred_fn)
-    statements += [f"ALTER FUNCTION {q(fn)}() OWNER TO {role}" for fn in functions]
-    return statements
+def owned_sequence_columns(info: TableInfo) -> list[Column]:
+    """Columns whose sequence production's TRUNCATE ... RESTART IDENTITY restarts."""
+    return [c for c in info.columns if c.owns_sequence and c.sequence is not None]
+
+
+def sequence_ownership_ddl(info: TableInfo, branch_schema: str, present: Iterable[str] = ()) -> list[str]:
+    """`ALTER SEQUENCE <branch copy> OWNED BY T$live.<column>` for each sequence the
+    table owns whose branch copy is in `present` (qualified names): TRUNCATE of T$live
+    with RESTART IDENTITY then restarts the branch's copies, never production's."""
+    live = qualified(branch_schema, overlay_objects(info.schema, info.table).live)
+    present = set(present)
+    out = []
+    for column in owned_sequence_columns(info):
+        assert column.sequence is not None
+        copy = qualified(branch_schema, overlay_name(column.sequence.schema, column.sequence.name))
+        if copy in present:
+            out.append(f"ALTER SEQUENCE {copy} OWNED BY {live}.{quote_ident(column.name)}")
+    return out
 
 
 def _identity_always(info: TableInfo) -> list[Column]:
@@ -226,6 +274,35 @@ def _deferred_names(info: TableInfo) -> list[str]:
     return list(dict.fromkeys(fk.name for fk in _deferred_outgoing(info) + _deferred_incoming(info)))
 
 
+def skip_views(info: TableInfo) -> dict[str, tuple[int, ...]]:
+    """Each `T$skip...` view of a shadow → the indexes (in `info.unique`) of the unique
+    rules it skips conflicting rows on. Deferrable rules cannot be arbiters."""
+    rules = [(i, r) for i, r in enumerate(info.unique) if not r.deferrable]
+    views = {skip_view_name(info.schema, info.table): tuple(i for i, _ in rules)}
+    for i, rule in rules:
+        by_columns = skip_view_name(info.schema, info.table, columns=rule.columns)
+        views[by_columns] = tuple(j for j, r in rules if set(r.columns) == set(rule.columns))
+        if rule.is_constraint:
+            views[skip_view_name(info.schema, info.table, constraint=rule.name)] = (i,)
+    return views
+
+
+# Where PostgreSQL reports a concurrent update, it says this (SQLSTATE 40001).
+_SERIALIZATION_FAILURE = "could not serialize access due to concurrent update"
+_CURRENT_XID = "pg_catalog.pg_current_xact_id()::text::bigint"
+
+
+def _xmin_status(xmin_sql: str) -> str:
+    """pg_xact_status of a row's 32-bit xmin, widened to xid8 by its signed distance
+    from the current transaction's id (transactions that write one row while this one
+    runs are far less than 2^31 ids apart). 'in progress' means this transaction (or
+    one of its subtransactions) wrote it: another transaction's write is committed by
+    the time the row lock is granted."""
+    distance = (f"((({xmin_sql})::text::bigint - ({_CURRENT_XID} % 4294967296) + 6442450944)"
+                f" % 4294967296 - 2147483648)")
+    return f"pg_catalog.pg_xact_status(({_CURRENT_XID} + {distance})::text::pg_catalog.xid8)"
+
+
 @dataclass
 class _Generator:
     """Builds the SQL of one table's overlay; one method per object or PL/pgSQL block."""
@@ -234,6 +311,8 @@ class _Generator:
     branch: str
     source: str
     neighbors: Mapping[tuple[str, str], str]
+    readers_role: str | None = None
+    security_invoker: bool = True
 
     def __post_init__(self) -> None:
         self.objects = overlay_objects(self.info.schema, self.info.table)
@@ -256,90 +335,163 @@ class _Generator:
         """Where FK actions write: always the branch's own overlay of that table."""
         return self.q(overlay_name(schema, table))
 
+    def private(self, table: str, readable: bool = True) -> list[str]:
+        """Row-level security on one of the overlay's tables: the branch role owns it
+        and bypasses RLS; other roles, members of pg_read_all_data included, see no
+        rows, except the readers role (branches stacked on this one) when `readable`."""
+        out = [f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"]
+        if readable and self.readers_role:
+            out.append(f"CREATE POLICY cowproxy_readers ON {table} FOR SELECT TO "
+                       f"{quote_ident(self.readers_role)} USING (true)")
+        return out
+
+    def view_options(self) -> str:
+        return " WITH (security_invoker = true)" if self.security_invoker else ""
+
     # pieces ---------------------------------------------------------------------------
 
-    def default_sql(self, column: Column, trigger_fills_identity: bool) -> str | None:
+    def default_sql(self, column: Column, trigger_fills_identity: bool, cut: bool = False) -> str | None:
         """The column's default with production sequences replaced by branch-local ones.
 
         Where a trigger stands for GENERATED ALWAYS (the view, a copied table), such a
         column has no default: the trigger fills it in when it is NULL and refuses an
-        explicit value, which it could not tell from a default."""
+        explicit value, which it could not tell from a default. After a TRUNCATE (`cut`)
+        no source row is visible any more: the branch sequence need not keep ahead of
+        production's, and counts on from its own value, as a copy's would."""
         if column.generated:
             return None
         if column.identity:
             if column.identity == "ALWAYS" and trigger_fills_identity:
                 return None
-            return self.nextval_sql(column)
+            assert column.sequence is not None, f"identity column {column.name} without a sequence"
+            return self._nextval_call(column.sequence.schema, column.sequence.name, cut)
         if column.default is None:
             return None
-        return _NEXTVAL_RE.sub(lambda m: self._replace_nextval(m), column.default)
+        return _NEXTVAL_RE.sub(lambda m: self._replace_nextval(m, cut), column.default)
 
-    def _replace_nextval(self, match: re.Match[str]) -> str:
+    def _replace_nextval(self, match: re.Match[str], cut: bool) -> str:
         regclass_text = match.group(1).replace("''", "'")
         for seq in self.info.sequences:
             if seq.regclass_text == regclass_text:
-                return self._nextval_call(seq.schema, seq.name)
+                return self._nextval_call(seq.schema, seq.name, cut)
         return match.group(0)  # not a sequence we know: fails loudly (no privilege) if used
 
     def nextval_sql(self, column: Column) -> str:
+        """A trigger's next identity value: keeps ahead of production's sequence only
+        while production's rows show through."""
         assert column.sequence is not None, f"identity column {column.name} without a sequence"
-        return self._nextval_call(column.sequence.schema, column.sequence.name)
+        seq = column.sequence
+        return (f"CASE WHEN {self.live()} THEN {self._nextval_call(seq.schema, seq.name, False)}"
+                f" ELSE {self._nextval_call(seq.schema, seq.name, True)} END")
 
-    def _nextval_call(self, seq_schema: str, seq_name: str) -> str:
+    def _nextval_call(self, seq_schema: str, seq_name: str, cut: bool) -> str:
         branch_seq = qualified(self.branch, overlay_name(seq_schema, seq_name))
+        if cut:
+            return f"pg_catalog.nextval({quote_literal(branch_seq)}::pg_catalog.regclass)"
         return (f"{self.q(NEXTVAL_FUNCTION)}({quote_literal(branch_seq)}, "
                 f"{quote_literal(qualified(seq_schema, seq_name))})")
 
-    def set_defaults(self, relation: str, for_view: bool) -> list[str]:
+    def set_defaults(self, relation: str, for_view: bool, cut: bool = False) -> list[str]:
         kind = "VIEW" if for_view else "TABLE"
         fills_identity = for_view or self.info.mode == "copy"
         out = []
         for column in self.info.columns:
-            default = self.default_sql(column, fills_identity)
-            if default is not None:
+            default = self.default_sql(column, fills_identity, cut)
+            if default is not None and (not cut or column.sequence is not None):
                 out.append(f"ALTER {kind} {relation} ALTER COLUMN {quote_ident(column.name)} SET DEFAULT {default}")
         return out
+
+    def live(self) -> str:
+        """SQL: the source's rows still show through (no TRUNCATE yet)."""
+        return f"EXISTS (SELECT 1 FROM {self.q(self.objects.live)})"
+
+    def in_source(self, record: str) -> str:
+        """SQL: the source shows a row with `record`'s key to this branch."""
+        return (f"(EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, record, self.key)})"
+                f" AND {self.live()})")
+
+    def live_ddl(self) -> list[str]:
+        """T$live: one row while the source shows through. Its other columns exist only to
+        own the branch's sequence copies (RESTART IDENTITY restarts what they own)."""
+        owned = "".join(f", {quote_ident(c.name)} integer" for c in owned_sequence_columns(self.info))
+        live = self.q(self.objects.live)
+        return [
+            f"CREATE TABLE {live} (cowproxy_live boolean PRIMARY KEY DEFAULT true CHECK (cowproxy_live){owned})",
+            f"INSERT INTO {live} (cowproxy_live) VALUES (true)",
+            *self.private(live),
+        ]
+
+    def truncate_trigger(self) -> str:
+        return (f"CREATE TRIGGER cowproxy_truncate AFTER TRUNCATE ON {self.q(self.objects.live)} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.truncate_fn)}()")
+
+    def truncate_body(self) -> str:
+        """After TRUNCATE of T$live (the proxy's rewrite of `TRUNCATE T`): the overlay is
+        emptied, deletion markers included (no source row shows through any more), and
+        the defaults stop keeping ahead of production's sequences."""
+        o = self.objects
+        if self.info.mode == "copy":
+            statements = [f"TRUNCATE {self.q(o.view)};", *(s + ";" for s in self.set_defaults(self.q(o.view), False, cut=True))]
+        else:
+            statements = [f"TRUNCATE {self.q(o.rows)};"]
+            for view in [o.view, *skip_views(self.info)]:
+                statements += [s + ";" for s in self.set_defaults(self.q(view), True, cut=True)]
+        return "\n".join(statements) + "\nRETURN NULL;"
 
     # mode shadow ----------------------------------------------------------------------
 
     def shadow_ddl(self) -> list[str]:
         o, info = self.objects, self.info
-        rows, tomb, view = self.q(o.rows), self.q(o.tomb), self.q(o.view)
+        rows, view = self.q(o.rows), self.q(o.view)
         key = _cols(self.key)
         ddl = [
             f"CREATE TABLE {rows} (LIKE {qualified(info.schema, info.table)} "
-            f"INCLUDING CONSTRAINTS INCLUDING GENERATED, PRIMARY KEY ({key}))",
+            f"INCLUDING CONSTRAINTS INCLUDING GENERATED, {DELETED} boolean NOT NULL DEFAULT false, "
+            f"PRIMARY KEY ({key}))",
             *self.set_defaults(rows, for_view=False),
-            f"CREATE TABLE {tomb} AS SELECT {key} FROM {rows} WITH NO DATA",
-            f"ALTER TABLE {tomb} ADD PRIMARY KEY ({key})",
+            *self.private(rows),
         ]
-        # Unique checks, and the lookups of a parent's triggers for referencing rows,
-        # reach $rows by these columns (the key has its primary key index already).
+        # Every other unique rule is a unique index over the live rows of $rows: two
+        # sessions writing one value serialize on it as on the table (the triggers check
+        # the source's rows). The lookups of a parent's triggers for referencing rows
+        # reach $rows by the foreign keys' columns.
         indexed = {tuple(self.key)}
+        for rule in self.other_unique():
+            if not rule.deferrable:
+                indexed.add(tuple(rule.columns))
+                nulls = " NULLS NOT DISTINCT" if rule.nulls_not_distinct else ""
+                ddl.append(f"CREATE UNIQUE INDEX {quote_ident(self.unique_index_name(rule))} ON {rows} "
+                           f"({_cols(rule.columns)}){nulls} WHERE NOT {DELETED}")
         for columns in [r.columns for r in info.unique] + [fk.columns for fk in info.foreign_keys]:
             if tuple(columns) not in indexed:
                 indexed.add(tuple(columns))
                 ddl.append(f"CREATE INDEX ON {rows} ({_cols(columns)})")
+        ddl += self.live_ddl()
+        # The source's arm: a one-time filter on T$live, then an anti-join on the key
+        # that the planner turns into an index probe when the query names a key.
         ddl.append(
-            f"CREATE VIEW {view} AS\n"
+            f"CREATE VIEW {view}{self.view_options()} AS\n"
             f"SELECT {_values('s', self.all_cols)} FROM {self.source} s\n"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {rows} r WHERE {_match('r', self.key, 's', self.key)})\n"
-            f"   AND NOT EXISTS (SELECT 1 FROM {tomb} t WHERE {_match('t', self.key, 's', self.key)})\n"
+            f" WHERE {self.live()}\n"
+            f"   AND NOT EXISTS (SELECT 1 FROM {rows} r WHERE {_match('r', self.key, 's', self.key)})\n"
             f"UNION ALL\n"
-            f"SELECT {_values('r', self.all_cols)} FROM {rows} r"
+            f"SELECT {_values('r', self.all_cols)} FROM {rows} r WHERE NOT r.{DELETED}"
         )
         ddl += self.set_defaults(view, for_view=True)
         if _has_foreign_keys(info):
             # Rows are typed as the view's rows; UNLOGGED: nothing in it outlives a statement.
             ddl.append(f"CREATE UNLOGGED TABLE {self.q(o.pending)} "
                        f"(op \"char\" NOT NULL, old {view}, new {view})")
+            ddl += self.private(self.q(o.pending), readable=False)
         ddl += self.shadow_functions()
+        ddl.append(self.truncate_trigger())
         for event, fn in (("INSERT", o.insert_fn), ("UPDATE", o.update_fn), ("DELETE", o.delete_fn)):
             ddl.append(f"CREATE TRIGGER {quote_ident('cowproxy_' + event.lower())} INSTEAD OF {event} "
                        f"ON {view} FOR EACH ROW EXECUTE FUNCTION {self.q(fn)}()")
         if _has_foreign_keys(info):
             ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {view} "
                        f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(o.statement_fn)}()")
+        ddl += self.skip_ddl()
         # Named like the foreign key, so SET CONSTRAINTS <name> IMMEDIATE finds it first
         # on the branch's search_path.
         for name in _deferred_names(info):
@@ -348,13 +500,32 @@ class _Generator:
                        f"EXECUTE FUNCTION {self.q(o.deferred_fn)}({quote_literal(name)})")
         return ddl
 
+    def skip_ddl(self) -> list[str]:
+        """The `T$skip...` views: the shadow again, with defaults, whose insert trigger
+        skips rows that conflict on the view's arbiter rules (trigger arguments)."""
+        ddl = []
+        for name, arbiters in skip_views(self.info).items():
+            skip = self.q(name)
+            ddl.append(f"CREATE VIEW {skip}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}")
+            ddl += self.set_defaults(skip, for_view=True)
+            args = ", ".join(quote_literal(str(i)) for i in arbiters)
+            ddl.append(f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {skip} "
+                       f"FOR EACH ROW EXECUTE FUNCTION {self.q(self.objects.skip_fn)}({args})")
+            if _has_foreign_keys(self.info):
+                ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT ON {skip} "
+                           f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.statement_fn)}()")
+        return ddl
+
     def shadow_functions(self) -> list[str]:
         o = self.objects
         stored = f"{STORED} {self.q(o.view)};"
+        old_row = f"{OLD_ROW} ALIAS FOR OLD;"
         functions = [
             _plpgsql(self.q(o.insert_fn), self.insert_body(), declare=stored),
-            _plpgsql(self.q(o.update_fn), self.update_body(), declare=stored),
-            _plpgsql(self.q(o.delete_fn), self.delete_body(), declare="cowproxy_was_row boolean;"),
+            _plpgsql(self.q(o.skip_fn), self.skip_body(), declare=stored),
+            _plpgsql(self.q(o.update_fn), self.update_body(), declare=f"{stored}\n  {old_row}"),
+            _plpgsql(self.q(o.delete_fn), self.delete_body(), declare=old_row),
+            _plpgsql(self.q(o.truncate_fn), self.truncate_body()),
         ]
         if _has_foreign_keys(self.info):
             functions.append(_plpgsql(self.q(o.statement_fn), self.statement_body(),
@@ -410,52 +581,145 @@ class _Generator:
                 return rule
         raise AssertionError("the key is one of the table's unique rules")
 
-    def store_new(self, on_conflict: str) -> str:
-        """INSERT NEW into $rows; NOT NULL and CHECK fire here, as on the table, before
-        any uniqueness check."""
-        cols = _cols(self.stored_cols)
-        values = ", ".join(f"NEW.{quote_ident(c)}" for c in self.stored_cols)
-        return (f"INSERT INTO {self.q(self.objects.rows)} ({cols}) VALUES ({values})\n"
-                f"    ON CONFLICT ({_cols(self.key)}) {on_conflict} RETURNING * INTO {STORED};")
+    def key_rule_index(self) -> int:
+        return self.info.unique.index(self.key_rule())
 
-    def claim_key(self, record: str) -> str:
-        """After `record` went into $rows under a key that was not there: the key is a
-        duplicate if a production row has it, unless the branch deleted that row."""
+    # writing $rows: every writer of a key goes through its row there -----------------
+
+    def insert_row(self, record: str, deleted: bool = False, on_conflict: str = "DO NOTHING",
+                   returning: bool = True, target: bool = True) -> str:
+        """INSERT `record` into $rows (as a deletion marker if `deleted`); NOT NULL and
+        CHECK fire here, as on the table, before any uniqueness check. `on_conflict` is
+        the action on a conflict on the key (`target`) or on any unique index, "" for
+        none (a conflict raises 23505)."""
+        cols = _cols([*self.stored_cols, DELETED])
+        values = ", ".join([*(f"{record}.{quote_ident(c)}" for c in self.stored_cols), "true" if deleted else "false"])
+        into = f"\n    RETURNING {_values('r', self.all_cols)} INTO {STORED}" if returning else ""
+        conflict = ""
+        if on_conflict:
+            conflict = f"\n    ON CONFLICT {'(' + _cols(self.key) + ') ' if target else ''}{on_conflict}"
+        return f"INSERT INTO {self.q(self.objects.rows)} AS r ({cols}) VALUES ({values}){conflict}{into};"
+
+    def unchanged_since_snapshot(self) -> str:
+        """SQL: $rows' row `r` is still OLD, live (compared image by image: values of
+        any type, json included). ON CONFLICT DO UPDATE locks the row first (waiting for
+        a concurrent writer) and evaluates this on the version it locked."""
+        return f"NOT r.{DELETED} AND ROW({_values('r', self.all_cols)}) OPERATOR(pg_catalog.*=) {OLD_ROW}"
+
+    def moved_on(self) -> str:
+        """OLD's row in $rows is no longer OLD: written after this statement's snapshot.
+        Deleted (by this statement, or by a transaction that committed meanwhile):
+        skipped, as PostgreSQL skips a row deleted under it. Changed by this statement
+        (a join that yields the row twice, a writable CTE): skipped, as PostgreSQL skips
+        a row the statement already changed. Changed by another transaction, now
+        committed: PostgreSQL would re-evaluate the statement on the new version, which
+        a trigger cannot; failing is the one safe answer (never lose that transaction's
+        update), and clients retry 40001."""
+        rows = self.q(self.objects.rows)
+        match = _match("r", self.key, "OLD", self.key)
+        failure = _raise("40001", _SERIALIZATION_FAILURE,
+                         detail=quote_literal(f'Another transaction changed a row of "{self.info.table}" '
+                                              f"that this statement read."),
+                         hint="Retry the transaction.", schema=self.info.schema, table=self.info.table)
+        deleted = f"EXISTS (SELECT 1 FROM {rows} r WHERE {match} AND r.{DELETED})"
+        mine = f"{_xmin_status(f'SELECT r.xmin FROM {rows} r WHERE {match}')} = 'in progress'"
+        return f"IF NOT ({deleted} OR {mine}) THEN\n{_indent(failure, 2)}\nEND IF;\nRETURN NULL;"
+
+    def take_key(self, record: str) -> str:
+        """`record`'s key for a new row (INSERT, or UPDATE to a new key): free in $rows, or
+        held there by a deletion marker (the row is brought back), and not shown by the
+        source. Leaves the stored row in STORED; raises 23505 otherwise."""
         rule = self.key_rule()
         return (
-            f"IF NOT FOUND THEN\n{_indent(self.raise_duplicate(rule, 'NEW'), 2)}\nEND IF;\n"
-            f"IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, record, self.key)}) THEN\n"
-            f"  DELETE FROM {self.q(self.objects.tomb)} t WHERE {_match('t', self.key, record, self.key)};\n"
-            f"  IF NOT FOUND THEN\n{_indent(self.raise_duplicate(rule, record), 4)}\n  END IF;\n"
-            f"END IF;"
+            f"{self.insert_row(record)}\n"
+            f"IF FOUND THEN\n"
+            f"  IF {self.in_source(STORED)} THEN\n{_indent(self.raise_duplicate(rule, STORED), 4)}\n  END IF;\n"
+            f"ELSE\n{_indent(self.revive(record), 2)}\nEND IF;"
         )
 
-    def insert_body(self) -> str:
-        parts = [self.identity_on_insert(), self.generated_on_insert(),
-                 self.store_new("DO NOTHING"), self.claim_key(STORED)]
-        parts += [self.unique_check(rule, STORED, old=None) for rule in self.other_unique()]
+    def revive(self, record: str) -> str:
+        """$rows holds `record`'s key: take it over if it is a deletion marker (the
+        row comes back as `record`), else 23505."""
+        assignments = ", ".join(f"{quote_ident(c)} = {record}.{quote_ident(c)}" for c in self.stored_cols)
+        return (f"UPDATE {self.q(self.objects.rows)} r SET {assignments}, {DELETED} = false\n"
+                f" WHERE {_match('r', self.key, record, self.key)} AND r.{DELETED}\n"
+                f" RETURNING {_values('r', self.all_cols)} INTO {STORED};\n"
+                f"IF NOT FOUND THEN\n{_indent(self.raise_duplicate(self.key_rule(), record), 2)}\nEND IF;")
+
+    def finish_insert(self) -> list[str]:
+        """After the new row is in $rows: the other unique rules, the foreign keys."""
+        parts = [self.unique_check(rule, STORED, old=None) for rule in self.other_unique()]
         if self.info.foreign_keys:
             parts.append(self.enqueue("i", "NULL", STORED))
-        parts.append(f"RETURN {STORED};")
+        return [*parts, f"RETURN {STORED};"]
+
+    def mark_old_deleted(self) -> str:
+        """OLD's key gets a deletion marker in $rows (a production row's key stays hidden),
+        if the row is still OLD; see moved_on otherwise."""
+        return (f"{self.insert_row(OLD_ROW, deleted=True, returning=False, on_conflict=f'DO UPDATE SET {DELETED} = true WHERE ' + self.unchanged_since_snapshot())}\n"
+                f"IF NOT FOUND THEN\n{_indent(self.moved_on(), 2)}\nEND IF;")
+
+    def insert_body(self) -> str:
+        parts = [self.identity_on_insert(), self.generated_on_insert(), self.take_key("NEW"), *self.finish_insert()]
+        return "\n".join(p for p in parts if p)
+
+    def skip_body(self) -> str:
+        """INSERT ... ON CONFLICT DO NOTHING: the trigger's arguments are the indexes of
+        the arbiter rules. As in PostgreSQL, NOT NULL and CHECK come first, then a row
+        that conflicts on an arbiter is skipped (RETURN NULL: not counted, not
+        returned), then conflicts on other rules raise 23505."""
+        rows = self.q(self.objects.rows)
+        key_rule = self.key_rule()
+        arbiter = lambda i: f"{quote_literal(str(i))} = ANY (TG_ARGV)"  # noqa: E731
+        others = [(i, r) for i, r in enumerate(self.info.unique) if tuple(r.columns) != tuple(self.key)]
+        key_arbiter = arbiter(self.key_rule_index())
+
+        def skip_if_other_arbiters_conflict(record: str, exclude_own_key: bool, undo: str = "") -> list[str]:
+            return [f"IF {arbiter(i)} AND {self.conflict(rule, record, exclude_own_key)} THEN\n"
+                    f"{_indent(undo + 'RETURN NULL;', 2)}\nEND IF;" for i, rule in others]
+
+        undo = f"DELETE FROM {rows} r WHERE {_match('r', self.key, STORED, self.key)};\n"
+        key_taken = [f"IF {key_arbiter} THEN\n  RETURN NULL;\nEND IF;",
+                     *skip_if_other_arbiters_conflict("NEW", exclude_own_key=False),
+                     self.raise_duplicate(key_rule, "NEW")]
+        fresh = [
+            f"IF {key_arbiter} AND {self.in_source(STORED)} THEN\n{_indent(undo + 'RETURN NULL;', 2)}\nEND IF;",
+            *skip_if_other_arbiters_conflict(STORED, exclude_own_key=True, undo=undo),
+            f"IF {self.in_source(STORED)} THEN\n{_indent(self.raise_duplicate(key_rule, STORED), 2)}\nEND IF;",
+        ]
+        in_rows = f"EXISTS (SELECT 1 FROM {rows} r WHERE {_match('r', self.key, 'NEW', self.key)}"
+        # Not inserted: the key is in $rows (a live row, or a deletion marker to take
+        # over), or another unique index of $rows has the values (then the insert is
+        # run again without ON CONFLICT, and raises PostgreSQL's own 23505).
+        taken = [
+            f"IF {in_rows} AND NOT r.{DELETED}) THEN\n{_indent(chr(10).join(key_taken), 2)}\nEND IF;",
+            *skip_if_other_arbiters_conflict("NEW", exclude_own_key=False),
+            f"IF {in_rows} AND r.{DELETED}) THEN\n"
+            + _indent("\n".join([self.revive("NEW"), *self.finish_insert()]), 2) + "\nEND IF;",
+            self.insert_row("NEW", on_conflict=""),
+        ]
+        parts = [
+            self.identity_on_insert(), self.generated_on_insert(),
+            self.insert_row("NEW", on_conflict="DO NOTHING", target=False),
+            f"IF NOT FOUND THEN\n{_indent(chr(10).join(taken), 2)}\nEND IF;",
+            *fresh,
+            *self.finish_insert(),
+        ]
         return "\n".join(p for p in parts if p)
 
     def update_body(self) -> str:
+        """Same key: one upsert into $rows. A row still production's is claimed by
+        inserting its new version; a row already in $rows is replaced only if it is still
+        OLD (ON CONFLICT DO UPDATE waits for a concurrent writer and re-checks). New key:
+        the old one gets a deletion marker the same way, the new one is taken as an
+        INSERT takes it."""
         key_changed = _distinct("NEW", "OLD", self.key)
-        tomb = self.q(self.objects.tomb)
-        upsert_set = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in self.stored_cols)
-        rekey = (
-            f"IF {key_changed} THEN\n"
-            f"  DELETE FROM {self.q(self.objects.rows)} r WHERE {_match('r', self.key, 'OLD', self.key)};\n"
-            f"{_indent(self.store_new('DO NOTHING'), 2)}\n"
-            f"{_indent(self.claim_key(STORED), 2)}\n"
-            f"  IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, 'OLD', self.key)}) THEN\n"
-            f"    INSERT INTO {tomb} ({_cols(self.key)}) VALUES ({_values('OLD', self.key)}) ON CONFLICT DO NOTHING;\n"
-            f"  END IF;\n"
-            f"ELSE\n"
-            f"{_indent(self.store_new(f'DO UPDATE SET {upsert_set}'), 2)}\n"
-            f"END IF;"
-        )
-        parts = [self.identity_on_update(), self.generated_on_update(), rekey]
+        assignments = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in self.stored_cols)
+        same_key = (f"{self.insert_row('NEW', on_conflict=f'DO UPDATE SET {assignments} WHERE {self.unchanged_since_snapshot()}')}\n"
+                    f"IF NOT FOUND THEN\n{_indent(self.moved_on(), 2)}\nEND IF;")
+        rekey = f"{self.mark_old_deleted()}\n{self.take_key('NEW')}"
+        parts = [self.identity_on_update(), self.generated_on_update(),
+                 f"IF {key_changed} THEN\n{_indent(rekey, 2)}\nELSE\n{_indent(same_key, 2)}\nEND IF;"]
         parts += [self.unique_check(rule, STORED, old="OLD") for rule in self.other_unique()]
         watched = [fk.columns for fk in self.info.foreign_keys] + [fk.ref_columns for fk in self.info.referenced_by]
         if watched:
@@ -465,24 +729,22 @@ class _Generator:
         return "\n".join(p for p in parts if p)
 
     def delete_body(self) -> str:
-        rows, tomb = self.q(self.objects.rows), self.q(self.objects.tomb)
-        parts = [
-            f"DELETE FROM {rows} r WHERE {_match('r', self.key, 'OLD', self.key)};",
-            "cowproxy_was_row := FOUND;",
-            # A row already deleted by this statement (a cascade, or a join that yields
-            # it twice) is not counted again, as on a table.
-            f"IF EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, 'OLD', self.key)}) THEN\n"
-            f"  INSERT INTO {tomb} ({_cols(self.key)}) VALUES ({_values('OLD', self.key)}) ON CONFLICT DO NOTHING;\n"
-            f"  IF NOT FOUND AND NOT cowproxy_was_row THEN RETURN NULL; END IF;\n"
-            f"ELSIF NOT cowproxy_was_row THEN\n  RETURN NULL;\nEND IF;",
-        ]
+        """One upsert: OLD's key gets a deletion marker in $rows."""
+        parts = [self.mark_old_deleted()]
         if self.info.referenced_by:
             parts.append(self.enqueue("d", "OLD", "NULL"))
         parts.append("RETURN OLD;")
-        return "\n".join(p for p in parts if p)
+        return "\n".join(parts)
 
     def other_unique(self) -> list[UniqueRule]:
         return [r for r in self.info.unique if tuple(r.columns) != tuple(self.key)]
+
+    def unique_index_name(self, rule: UniqueRule) -> str:
+        """The rule's own name when the table is in `public` (its violations then read
+        as on the table), else one that cannot meet another schema's rule of that name."""
+        if self.info.schema == "public":
+            return rule.name
+        return _suffixed(self.objects.view, f"${rule.name}")
 
     # mode copy ------------------------------------------------------------------------
 
@@ -495,12 +757,15 @@ class _Generator:
             f"INCLUDING CONSTRAINTS INCLUDING GENERATED)",
             *self.set_defaults(table, for_view=False),
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {self.source}",
+            *self.private(table),
         ]
         for rule in info.unique:
             nulls = " NULLS NOT DISTINCT" if rule.nulls_not_distinct else ""
             ddl.append(f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(rule.name)} "
                        f"UNIQUE{nulls} ({_cols(rule.columns)})")
         ddl += self.copy_functions()
+        ddl += self.live_ddl()
+        ddl.append(self.truncate_trigger())
         if _identity_always(info):
             ddl.append(f"CREATE TRIGGER cowproxy_identity BEFORE INSERT OR UPDATE ON {table} "
                        f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.before_fn)}()")
@@ -512,7 +777,7 @@ class _Generator:
 
     def copy_functions(self) -> list[str]:
         o = self.objects
-        out = []
+        out = [_plpgsql(self.q(o.truncate_fn), self.truncate_body())]
         if _identity_always(self.info):
             body = (f"IF TG_OP = 'INSERT' THEN\n{_indent(self.identity_on_insert(), 2)}\n"
                     f"ELSE\n{_indent(self.identity_on_update(), 2)}\nEND IF;\nRETURN NEW;")
@@ -587,12 +852,17 @@ class _Generator:
             schema=self.info.schema, table=self.info.table, constraint=rule.name,
         )
 
-    def unique_check(self, rule: UniqueRule, record: str, old: str | None) -> str:
-        """`record` (already in $rows) against every other row of the merged view."""
+    def conflict(self, rule: UniqueRule, record: str, exclude_own_key: bool = True) -> str:
+        """SQL: another row of the merged view has `record`'s values in `rule`'s columns."""
         eq = " IS NOT DISTINCT FROM " if rule.nulls_not_distinct else " = "
         match = " AND ".join(f"v.{quote_ident(c)}{eq}{record}.{quote_ident(c)}" for c in rule.columns)
-        other = f"NOT ({_match('v', self.key, record, self.key)})"
-        condition = f"EXISTS (SELECT 1 FROM {self.q(self.objects.view)} v WHERE {match} AND {other})"
+        if exclude_own_key:
+            match += f" AND NOT ({_match('v', self.key, record, self.key)})"
+        return f"EXISTS (SELECT 1 FROM {self.q(self.objects.view)} v WHERE {match})"
+
+    def unique_check(self, rule: UniqueRule, record: str, old: str | None) -> str:
+        """`record` (already in $rows) against every other row of the merged view."""
+        condition = self.conflict(rule, record)
         if old:
             condition = f"{_distinct(record, old, rule.columns)} AND {condition}"
         return f"IF {condition} THEN\n{_indent(self.raise_duplicate(rule, record), 2)}\nEND IF;"
@@ -757,20 +1027,37 @@ async def create_overlay(
     source: str,
     *,
     ancestor_schemas: Sequence[str] = (),
+    readers_role: str | None = None,
 ) -> None:
-    """Create `info`'s overlay in `branch_schema`, in the caller's transaction, owned by
-    `branch_role`; then make the triggers of overlaid neighbors read it.
+    """Create `info`'s overlay in `branch_schema`, in the caller's transaction, as (and
+    so owned by) `branch_role`; then make the triggers of overlaid neighbors read it.
 
     `ancestor_schemas` are the overlay schemas of a stacked branch's parents, nearest
     first: FK lookups read a neighbor through the nearest overlay of it. Children that
     `tables_needing_overlay_with(info)` names must get overlays in the same transaction.
+    `readers_role` may read the overlay's rows (see overlay_ddl).
     """
+    if not conn.is_in_transaction():
+        raise RuntimeError("create_overlay runs in the caller's transaction")
     schemas = [branch_schema, *ancestor_schemas]
     neighbors = await resolve_relations(conn, neighbors_of(info), schemas)
-    for statement in overlay_ddl(info, branch_schema, source, neighbors):
-        await conn.execute(statement)
-    for statement in ownership_ddl(info, branch_schema, branch_role):
-        await conn.execute(statement)
+    sequences = [qualified(branch_schema, overlay_name(c.sequence.schema, c.sequence.name))
+                 for c in owned_sequence_columns(info) if c.sequence is not None]
+    present = [r["n"] for r in await conn.fetch(
+        "SELECT n FROM unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL", sequences)]
+    statements = overlay_ddl(info, branch_schema, source, neighbors, readers_role=readers_role,
+                             security_invoker=conn.get_server_version().major >= 15)
+    statements += sequence_ownership_ddl(info, branch_schema, present)
+    await conn.execute(f"SET LOCAL ROLE {quote_ident(branch_role)}")
+    try:
+        # One round trip: a shadow is some hundred statements.
+        await conn.execute(";\n".join(statements))
+    finally:
+        if not conn.is_closed():
+            try:
+                await conn.execute("RESET ROLE")
+            except asyncpg.InFailedSQLTransactionError:
+                pass  # the caller's rollback undoes SET LOCAL too
     await refresh_neighbor_triggers(conn, info, branch_schema, ancestor_schemas)
 
 

@@ -17,6 +17,7 @@ import asyncpg
 
 from cowproxy import logs
 from cowproxy.branch import catalog
+from cowproxy.branch.introspect import referencing_tables
 from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, schema_for
 from cowproxy.metrics import Metrics
 from cowproxy.sql.policy import BranchLayout, BranchPolicy, Decision
@@ -181,4 +182,5 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         local_names=frozenset(r["relname"] for r in local),
         production_schemas=PRODUCTION_SCHEMAS,
         version=sum(b.schema_version for b in chain),
+        referenced_by=await referencing_tables(conn),
     )

@@ -35,6 +35,8 @@ class StatementPolicy(Protocol):
 def raise_sql(refusal: Refusal) -> str:
     """A statement that fails upstream with exactly this refusal."""
     using = [f"ERRCODE = {quote_literal(refusal.sqlstate)}", f"MESSAGE = {quote_literal(refusal.message)}"]
+    if refusal.detail:
+        using.append(f"DETAIL = {quote_literal(refusal.detail)}")
     if refusal.hint:
         using.append(f"HINT = {quote_literal(refusal.hint)}")
     return f"DO $cowproxy$ BEGIN RAISE EXCEPTION USING {', '.join(using)}; END $cowproxy$"

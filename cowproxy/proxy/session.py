@@ -305,9 +305,11 @@ class ClientSession(asyncio.Protocol):
         assert self._gate is not None
         if self._mid_extended or self._upstream is None:
             return  # not between messages now; the next statement retries
-        while self._pending_ready:
+        while self._pending_ready and self.state is State.READY:
             self._idle_waiter = asyncio.get_running_loop().create_future()
             await self._idle_waiter
+        if self.state is not State.READY or self._upstream is None:
+            return
         self._gate.synced_version = self._gate.current_version
         self._swallow_ready += 1
         self._upstream.write(encode_query("DISCARD PLANS"))
@@ -359,6 +361,8 @@ class ClientSession(asyncio.Protocol):
         self._finished = True
         was = self.state
         self.state = State.CLOSED
+        if self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)  # a slow path waiting for idle ends too
         self.ctx.sessions.discard(self)
         if self._frontend_pid:
             self.ctx.cancels.unregister(self._frontend_pid)  # type: ignore[arg-type]

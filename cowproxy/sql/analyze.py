@@ -59,6 +59,25 @@ class Refusal:
     sqlstate: str
     message: str
     hint: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OnConflict:
+    """`INSERT INTO relation ... ON CONFLICT [target] DO NOTHING | DO UPDATE`."""
+
+    relation: Relation                     # the insert's target
+    action: str                            # "nothing" or "update"
+    location: int                          # byte offset of the clause's ON
+    columns: tuple[str, ...] | None = None  # ON CONFLICT (a, b)
+    constraint: str | None = None          # ON CONFLICT ON CONSTRAINT name
+    plain: bool = True                     # False: index expressions, opclasses or a WHERE
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    relations: tuple[Relation, ...]
+    cascade: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +96,10 @@ class Statement:
     creates_temp: tuple[str, ...] = ()     # names of temporary tables it creates
     advances_sequences: bool = False       # calls nextval() or setval()
     search_path_at: int = -1               # SET search_path: byte offset of its first schema
+    on_conflicts: tuple[OnConflict, ...] = ()
+    truncate: Truncate | None = None
+    locked: tuple[Relation, ...] = ()      # tables a FOR UPDATE/SHARE clause locks (OF: those named)
+    merges: tuple[Relation, ...] = ()      # MERGE targets
 
 
 class SqlSyntaxError(Exception):
@@ -116,6 +139,9 @@ def analyze_node(stmt: dict[str, Any]) -> Statement:
     walker.walk({node: body})
     refusal = walker.refusal or _refuse_statement(node, body)
     writes = tuple(walker.writes)
+    catalog_writes = [w for w in writes if w.schema in CATALOG_SCHEMAS]
+    if catalog_writes and refusal is None:
+        refusal = Refusal("42501", f'cannot write to system catalog "{catalog_writes[0].schema}.{catalog_writes[0].name}"')
     reads = tuple(r for r in walker.relations if r not in writes)
     kind = _kind_of(node, body, bool(writes))
     creates: tuple[Relation, ...] = ()
@@ -130,11 +156,17 @@ def analyze_node(stmt: dict[str, Any]) -> Statement:
     search_path_at = -1
     if node == "VariableSetStmt" and body.get("name") == "search_path" and body.get("kind") == "VAR_SET_VALUE":
         search_path_at = min((_location(arg) for arg in body.get("args", [])), default=-1)
+    truncate = None
+    if node == "TruncateStmt":
+        truncate = Truncate(tuple(_relation(r["RangeVar"]) for r in body.get("relations", [])),
+                            cascade=body.get("behavior") == "DROP_CASCADE")
     return Statement(
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
         creates_temp=creates_temp, advances_sequences=walker.advances_sequences,
-        search_path_at=search_path_at,
+        search_path_at=search_path_at, on_conflicts=tuple(walker.on_conflicts), truncate=truncate,
+        locked=tuple(r for r in dict.fromkeys(walker.locked) if r.schema or r.name not in walker.cte_names),
+        merges=tuple(walker.merges),
     )
 
 
@@ -234,6 +266,10 @@ class _Walker:
         self.read_only_escape = False
         self.locking = False
         self.advances_sequences = False
+        self.on_conflicts: list[OnConflict] = []
+        self.locked: list[Relation] = []
+        self.merges: list[Relation] = []
+        self.cte_names: set[str] = set()
 
     def walk(self, node: Any) -> None:
         stack = [node]
@@ -247,14 +283,21 @@ class _Walker:
                         target = value.get("relation")
                         if target:
                             self.writes.append(_relation(target))
+                            if key == "InsertStmt" and value.get("onConflictClause"):
+                                self.on_conflicts.append(_on_conflict(_relation(target), value["onConflictClause"]))
+                            elif key == "MergeStmt":
+                                self.merges.append(_relation(target))
                     elif key == "TruncateStmt":
                         self.writes.extend(_relation(r["RangeVar"]) for r in value.get("relations", []))
                     elif key == "CopyStmt" and value.get("is_from") and value.get("relation"):
                         self.writes.append(_relation(value["relation"]))
                     elif key == "FuncCall":
                         self._func_call(value)
+                    elif key == "CommonTableExpr":
+                        self.cte_names.add(value.get("ctename", ""))
                     elif key == "lockingClause":
                         self.locking = True
+                        self.locked.extend(_locked_relations(item))
                     if isinstance(value, (dict, list)):
                         stack.append(value)
             elif isinstance(item, list):
@@ -298,6 +341,38 @@ class _Walker:
             elif setting in READ_ONLY_SETTINGS or not setting:
                 # A computed setting name could be anything: treat it as an escape.
                 self.read_only_escape = True
+
+
+def _on_conflict(target: Relation, clause: dict[str, Any]) -> OnConflict:
+    infer = clause.get("infer") or {}
+    action = "nothing" if clause.get("action") == "ONCONFLICT_NOTHING" else "update"
+    elems = [e.get("IndexElem", {}) for e in infer.get("indexElems", [])]
+    plain = not infer.get("whereClause") and all(
+        "name" in e and not e.get("expr") and not e.get("opclass") and not e.get("collation") for e in elems)
+    columns = tuple(e.get("name", "") for e in elems) if elems else None
+    return OnConflict(target, action, clause.get("location", -1), columns=columns,
+                      constraint=infer.get("conname"), plain=plain)
+
+
+def _locked_relations(select: dict[str, Any]) -> list[Relation]:
+    """The tables a SELECT's locking clauses lock: those `FOR UPDATE OF` names (by
+    alias or name), or without OF every table of its FROM (subqueries in FROM too)."""
+    in_from: list[tuple[str, Relation]] = []
+    stack: list[Any] = list(select.get("fromClause", []))
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "relname" in item:
+                alias = (item.get("alias") or {}).get("aliasname") or item["relname"]
+                in_from.append((alias, _relation(item)))
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(item)
+    locked: list[Relation] = []
+    for clause in select.get("lockingClause", []):
+        named = [rv.get("RangeVar", {}).get("relname") for rv in clause.get("LockingClause", {}).get("lockedRels", [])]
+        locked += [rel for alias, rel in in_from if not named or alias in named]
+    return locked
 
 
 _REFUSED_FUNCTIONS = frozenset({

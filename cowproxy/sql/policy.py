@@ -18,8 +18,9 @@ from typing import Mapping
 from pglast import parser as pg_parser
 
 from cowproxy.branch.names import overlay_name
+from cowproxy.branch.overlay import overlay_objects, skip_view_name
 from cowproxy.metrics import Metrics
-from cowproxy.sql.analyze import Kind, Refusal, Relation, SqlSyntaxError, Statement, analyze
+from cowproxy.sql.analyze import Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, analyze
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
 
 CACHE_SIZE = 4096
@@ -52,7 +53,10 @@ class BranchLayout:
 
     `overlays` maps a production table `(schema, name)` to the overlay schema holding
     its shadow (the branch's own, or an ancestor's for a stacked branch); `local_names`
-    are tables the branch created itself (they live in its schema and shadow nothing).
+    are the relations in the branch's schemas: tables the branch created itself, and
+    the overlays' own objects (`T$live` of every table overlay, `T$skip...` views of
+    shadows). `referenced_by` maps a production table to the production tables whose
+    foreign keys reference it (TRUNCATE needs them).
     """
 
     branch: str
@@ -63,6 +67,7 @@ class BranchLayout:
     local_names: frozenset[str] = frozenset()
     production_schemas: tuple[str, ...] = ("public",)
     version: int = 1
+    referenced_by: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
@@ -229,17 +234,22 @@ class BranchPolicy:
         return decision
 
     def _decide(self, sql: str, statements: list[Statement], temp_tables: frozenset[str]) -> Decision:
-        layout = self.layout
         missing: list[Relation] = []
         for st in statements:
-            if st.refusal:
-                return Decision(Action.REFUSE, "refused", refusal=st.refusal)
-            for rel in st.writes:
+            refusal = st.refusal or self._truncate_refusal(st, temp_tables)
+            if refusal:
+                return Decision(Action.REFUSE, "refused", refusal=refusal)
+            # A locking clause writes too: the rows it locks must be the branch's.
+            for rel in (*st.writes, *st.locked, *self._truncate_cascade(st, temp_tables)):
                 if self._needs_overlay(rel, temp_tables):
                     missing.append(rel)
         if missing:
             return Decision(Action.MATERIALIZE, "write", materialize=tuple(dict.fromkeys(missing)))
-        splices = self._splices(sql, statements)
+        for st in statements:
+            refusal = self._shadow_refusal(st, temp_tables)
+            if refusal:
+                return Decision(Action.REFUSE, "refused", refusal=refusal)
+        splices = self._splices(sql, statements, temp_tables)
         kind = _kind_label(statements, touches_overlay=bool(splices) or self._touches_overlay(statements))
         temps = tuple(name for st in statements for name in st.creates_temp)
         if splices:
@@ -247,12 +257,149 @@ class BranchPolicy:
         return Decision(Action.FORWARD, kind, creates_temp=temps)
 
     def _needs_overlay(self, rel: Relation, temp_tables: frozenset[str]) -> bool:
+        """A written production table without an overlay in the branch's *own* schema
+        (a stacked branch cannot write its parent's overlay)."""
         layout = self.layout
         if rel.schema is None:
-            return not (layout.shadow_for_unqualified(rel.name) or rel.name in temp_tables)
+            if rel.name in temp_tables:
+                return False
+            for schema in layout.production_schemas:
+                owner = layout.overlays.get((schema, rel.name))
+                if owner is not None:
+                    return owner != layout.schema
+            return rel.name not in layout.local_names
         if rel.schema in layout.search_schemas or rel.schema.startswith("pg_temp"):
             return False
-        return (rel.schema, rel.name) not in layout.overlays
+        return layout.overlays.get((rel.schema, rel.name)) != layout.schema
+
+    def _production_table(self, rel: Relation, temp_tables: frozenset[str]) -> tuple[str, str] | None:
+        """The production table `rel` names, or None (a temp table, a table the branch
+        created, a schema of the branch's own)."""
+        layout = self.layout
+        if rel.schema is not None:
+            if rel.schema in layout.search_schemas or rel.schema.startswith("pg_temp"):
+                return None
+            return (rel.schema, rel.name)
+        if rel.name in temp_tables:
+            return None
+        for schema in layout.production_schemas:
+            if (schema, rel.name) in layout.overlays or (schema, rel.name) in layout.referenced_by:
+                return (schema, rel.name)
+        if rel.name in layout.local_names:
+            return None
+        return (layout.production_schemas[0], rel.name)
+
+    def _has_table_overlay(self, table: tuple[str, str]) -> bool:
+        """An overlay of a table (mode shadow or copy); not a copy of a view."""
+        return overlay_objects(*table).live in self.layout.local_names
+
+    def _is_shadow(self, table: tuple[str, str]) -> bool:
+        """A shadow view (mode shadow), which needs the rewrites; a copied table does not."""
+        return skip_view_name(*table) in self.layout.local_names
+
+    # TRUNCATE (SPEC §5.2) -------------------------------------------------------------
+
+    def _truncate_targets(self, st: Statement, temp_tables: frozenset[str]) -> list[tuple[str, str]]:
+        if st.truncate is None:
+            return []
+        return [t for t in (self._production_table(r, temp_tables) for r in st.truncate.relations) if t]
+
+    def _truncate_refusal(self, st: Statement, temp_tables: frozenset[str]) -> Refusal | None:
+        """Without CASCADE, PostgreSQL refuses to truncate a table that another table's
+        foreign key references (however empty), unless that table is truncated too."""
+        if st.truncate is None or st.truncate.cascade:
+            return None
+        targets = self._truncate_targets(st, temp_tables)
+        for table in targets:
+            for child in self.layout.referenced_by.get(table, ()):
+                if child not in targets:
+                    return Refusal("0A000", "cannot truncate a table referenced in a foreign key constraint",
+                                   f'Truncate table "{child[1]}" at the same time, or use TRUNCATE ... CASCADE.',
+                                   detail=f'Table "{child[1]}" references "{table[1]}".')
+        return None
+
+    def _truncate_cascade(self, st: Statement, temp_tables: frozenset[str]) -> list[Relation]:
+        """TRUNCATE ... CASCADE: the tables whose foreign keys reference the targets,
+        and theirs, not already listed (PostgreSQL truncates them as well)."""
+        if st.truncate is None or not st.truncate.cascade:
+            return []
+        targets = self._truncate_targets(st, temp_tables)
+        found: dict[tuple[str, str], None] = {}
+        todo = list(targets)
+        while todo:
+            for child in self.layout.referenced_by.get(todo.pop(), ()):
+                if child not in found and child not in targets:
+                    found[child] = None
+                    todo.append(child)
+        return [Relation(schema, name) for schema, name in found]
+
+    def _truncate_splices(self, st: Statement, spans: NameSpans, temp_tables: frozenset[str]) -> list[Splice]:
+        """`TRUNCATE t, u` → `TRUNCATE "B"."t$live", "B"."u$live"` (plus the tables
+        CASCADE reaches): emptying T$live hides production's rows and empties the
+        overlay (its trigger), and RESTART IDENTITY restarts the branch's sequences."""
+        if st.truncate is None:
+            return []
+        splices = []
+        for rel in st.truncate.relations:
+            table = self._production_table(rel, temp_tables)
+            if table is not None and rel.location >= 0 and self._has_table_overlay(table):
+                start, end = spans.qualified_name(rel.location)
+                splices.append(Splice(start, end, self._own(overlay_objects(*table).live)))
+        extra = [self._own(overlay_objects(r.schema or "", r.name).live)
+                 for r in self._truncate_cascade(st, temp_tables) if self._has_table_overlay((r.schema or "", r.name))]
+        if splices and extra:
+            last = splices[-1]
+            splices[-1] = Splice(last.start, last.end, ", ".join([last.text, *extra]))
+        return splices
+
+    def _own(self, name: str) -> str:
+        return f"{quote_ident(self.layout.schema)}.{quote_ident(name)}"
+
+    # what a shadow view cannot do --------------------------------------------------------
+
+    def _shadow_refusal(self, st: Statement, temp_tables: frozenset[str]) -> Refusal | None:
+        """Statements on a shadow that would fail confusingly (or lock nothing): refused
+        with 0A000 naming the feature (SPEC §5: fail loudly)."""
+        for rel in st.merges:
+            table = self._production_table(rel, temp_tables)
+            if table and self._is_shadow(table):
+                return Refusal("0A000", f'MERGE into "{rel.name}" is not supported yet on a branch that changed it',
+                               "Use INSERT, UPDATE and DELETE (or INSERT ... ON CONFLICT DO NOTHING).")
+        for oc in st.on_conflicts:
+            table = self._production_table(oc.relation, temp_tables)
+            if table is None or not self._is_shadow(table):
+                continue
+            if oc.action == "update":
+                return Refusal("0A000", "INSERT ... ON CONFLICT DO UPDATE is not supported yet on a table the branch "
+                                        f'has changed ("{oc.relation.name}")',
+                               "Use ON CONFLICT DO NOTHING followed by an UPDATE.")
+            if not oc.plain:
+                return Refusal("0A000", "ON CONFLICT with index expressions or a WHERE clause is not supported on a "
+                                        f'table the branch has changed ("{oc.relation.name}")')
+            if _skip_view(table, oc) not in self.layout.local_names:
+                if oc.constraint is not None:
+                    return Refusal("42704", f'constraint "{oc.constraint}" for table "{table[1]}" does not exist')
+                return Refusal("42P10", "there is no unique or exclusion constraint matching the ON CONFLICT specification")
+        for rel in st.locked:
+            table = self._production_table(rel, temp_tables)
+            if table and self._is_shadow(table):
+                return Refusal("0A000", f'SELECT ... FOR UPDATE/SHARE of "{rel.name}" is not supported yet on a '
+                                        "table the branch has changed",
+                               "Drop the locking clause, or use UPDATE ... RETURNING to change the rows.")
+        return None
+
+    def _on_conflict_splices(self, st: Statement, spans: NameSpans, temp_tables: frozenset[str]) -> list[Splice]:
+        """`INSERT INTO t ... ON CONFLICT (k) DO NOTHING` → `INSERT INTO "B"."t$skip(k)" ...`:
+        the clause goes (a view has no arbiter index), the view's trigger skips."""
+        splices = []
+        for oc in st.on_conflicts:
+            table = self._production_table(oc.relation, temp_tables)
+            if table is None or not self._is_shadow(table) or oc.relation.location < 0 or oc.location < 0:
+                continue
+            start, end = spans.qualified_name(oc.relation.location)
+            splices.append(Splice(start, end, self._own(_skip_view(table, oc))))
+            splices.append(Splice(oc.location, spans.end_of(oc.location, "DO", "NOTHING"), ""))
+        return splices
 
     def _touches_overlay(self, statements: list[Statement]) -> bool:
         layout = self.layout
@@ -262,12 +409,17 @@ class BranchPolicy:
                     return True
         return False
 
-    def _splices(self, sql: str, statements: list[Statement]) -> list[Splice]:
+    def _splices(self, sql: str, statements: list[Statement], temp_tables: frozenset[str] = frozenset()) -> list[Splice]:
         layout = self.layout
         spans: NameSpans | None = None
         splices: list[Splice] = []
         seen: set[int] = set()
         for st in statements:
+            if st.truncate is not None or st.on_conflicts:
+                spans = spans or NameSpans(sql)
+                targets = self._truncate_splices(st, spans, temp_tables) + self._on_conflict_splices(st, spans, temp_tables)
+                splices += targets
+                seen.update(s.start for s in targets)
             for rel in (*st.reads, *st.writes):
                 if rel.schema is None or rel.location < 0 or rel.location in seen:
                     continue
@@ -291,6 +443,10 @@ class BranchPolicy:
                 local = overlay_name(seq.schema, seq.name)
                 splices.append(Splice(start, end, quote_literal(f"{quote_ident(layout.schema)}.{quote_ident(local)}")))
         return splices
+
+
+def _skip_view(table: tuple[str, str], oc: OnConflict) -> str:
+    return skip_view_name(*table, columns=oc.columns, constraint=oc.constraint)
 
 
 def _kind_label(statements: list[Statement], touches_overlay: bool) -> str:

@@ -61,6 +61,17 @@ class NameSpans:
             end = self._spans[i][1]
         return location, end
 
+    def end_of(self, location: int, *names: str) -> int:
+        """Where the first run of tokens named `names` (scanner names, e.g. "DO",
+        "NOTHING") at or after `location` ends: the end of a clause."""
+        i = self._by_start.get(location)
+        if i is None:
+            raise ValueError(f"no token starts at byte {location}")
+        for j in range(i, len(self._spans) - len(names) + 1):
+            if all(self._spans[j + k][2] == name for k, name in enumerate(names)):
+                return self._spans[j + len(names) - 1][1]
+        raise ValueError(f"no {' '.join(names)} after byte {location}")
+
     def token(self, location: int) -> tuple[int, int]:
         """[start, end) of the single token at `location` (a string literal, ...)."""
         i = self._by_start.get(location)

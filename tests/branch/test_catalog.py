@@ -112,16 +112,17 @@ async def test_sequences_of_other_schemas_are_copied_under_their_overlay_name(ad
 
 
 async def test_list_counts_overlay_tables_rows_and_bytes_and_reset_empties_them(admin, branches, pg):
-    """§4 list and reset: tables changed, rows changed (rows + tombstones + copies),
-    overlay bytes; reset empties the overlay and bumps the schema version."""
+    """§4 list and reset: tables changed, rows changed (rows, deletion markers included,
+    + copies), overlay bytes; reset empties the overlay and bumps the schema version."""
     b = (await branches()).branch
     # Lay out an overlay the way the overlay engine does: a shadowed table (rows and
-    # tombstones) and a copied keyless table, registered in overlay_tables.
+    # deletion markers) and a copied keyless table, registered in overlay_tables.
     orders, log = overlay_objects("public", "orders"), overlay_objects("audit", "log")
-    rows, tomb, copy = (qualified(b.schema_name, n) for n in (orders.rows, orders.tomb, log.view))
+    rows, copy = (qualified(b.schema_name, n) for n in (orders.rows, log.view))
     await admin.execute(f"""
-        CREATE TABLE {rows} (id int PRIMARY KEY, v text); INSERT INTO {rows} SELECT g, 'x' FROM generate_series(1, 3) g;
-        CREATE TABLE {tomb} (id int PRIMARY KEY); INSERT INTO {tomb} VALUES (10), (11);
+        CREATE TABLE {rows} (id int PRIMARY KEY, v text, cowproxy_deleted boolean NOT NULL DEFAULT false);
+        INSERT INTO {rows} SELECT g, 'x' FROM generate_series(1, 3) g;
+        INSERT INTO {rows} VALUES (10, 'gone', true), (11, 'gone', true);
         CREATE TABLE {copy} (line text); INSERT INTO {copy} SELECT 'l' FROM generate_series(1, 4);""")
     await admin.executemany(
         "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
@@ -129,8 +130,7 @@ async def test_list_counts_overlay_tables_rows_and_bytes_and_reset_empties_them(
         [(b.name, "public", "orders", ["id"], "shadow"), (b.name, "audit", "log", None, "copy")])
     s = await summary(admin, b.name)
     assert (s.tables_changed, s.rows_changed) == (2, 3 + 2 + 4)
-    sizes = await admin.fetchval(f"SELECT pg_total_relation_size('{rows}') + pg_total_relation_size('{tomb}')"
-                                 f" + pg_total_relation_size('{copy}')")
+    sizes = await admin.fetchval(f"SELECT pg_total_relation_size('{rows}') + pg_total_relation_size('{copy}')")
     assert s.overlay_bytes == sizes > 0
 
     reset = await reset_branch(admin, b.name)

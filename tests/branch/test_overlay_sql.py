@@ -15,6 +15,7 @@ rewriter's job, SPEC §5.6); the cases write `{orders}` for that name.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +24,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from cowproxy.branch.introspect import TableInfo, describe_table
+from cowproxy.branch.introspect import TableInfo, describe_table, referencing_tables
 from cowproxy.branch.names import overlay_name, qualified, quote_ident
-from cowproxy.branch.overlay import create_overlay, resolve_relations, tables_needing_overlay_with
+from cowproxy.branch.overlay import create_overlay, overlay_objects, resolve_relations, tables_needing_overlay_with
+from cowproxy.metrics import Metrics
+from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy
 
 pytestmark = pytest.mark.pg15
 
@@ -146,15 +149,19 @@ END $$
 class Branch:
     schema: str
     role: str
+    readers: str
     conn: asyncpg.Connection | None = None
 
 
-async def make_branch(admin: asyncpg.Connection, name: str) -> Branch:
-    """Role + overlay schema + a copy of every production sequence + cowproxy_nextval."""
-    branch = Branch(schema=f"cowproxy_b_{name}", role=f"cowproxy_b_{name}")
+async def make_branch(admin: asyncpg.Connection, name: str, *ancestors: Branch) -> Branch:
+    """Role + readers role (held by the branches stacked on it) + overlay schema + a copy
+    of every production sequence + cowproxy_nextval."""
+    branch = Branch(schema=f"cowproxy_b_{name}", role=f"cowproxy_b_{name}", readers=f"cowproxy_r_{name}")
     s, r = quote_ident(branch.schema), quote_ident(branch.role)
     await admin.execute(f"CREATE ROLE {r} LOGIN; GRANT pg_read_all_data TO {r};"
-                        f"CREATE SCHEMA {s} AUTHORIZATION {r}")
+                        f"CREATE ROLE {quote_ident(branch.readers)} NOLOGIN;"
+                        + "".join(f"GRANT {quote_ident(a.readers)} TO {r};" for a in ancestors)
+                        + f"CREATE SCHEMA {s} AUTHORIZATION {r}")
     sequences = await admin.fetch(
         "SELECT schemaname, sequencename, data_type::text, increment_by, min_value, max_value, cycle, last_value"
         "  FROM pg_sequences WHERE schemaname NOT LIKE 'cowproxy%'")
@@ -186,7 +193,7 @@ async def _add_overlay(admin, branch, schema, table, ancestors) -> TableInfo:
         return info
     source = (await resolve_relations(admin, [(schema, table)], [a.schema for a in ancestors]))[(schema, table)]
     await create_overlay(admin, info, branch.schema, branch.role, source,
-                         ancestor_schemas=[a.schema for a in ancestors])
+                         ancestor_schemas=[a.schema for a in ancestors], readers_role=branch.readers)
     for child in tables_needing_overlay_with(info):
         await _add_overlay(admin, branch, *child, ancestors)
     return info
@@ -216,7 +223,7 @@ async def world(pg):
     prod_db, copy_db = f"ovl_prod_{suffix}", f"ovl_copy_{suffix}"
     server = await asyncpg.connect(pg.dsn("postgres"))
     connections: list[asyncpg.Connection] = []
-    roles = [f"cowproxy_b_ovl{suffix}"]
+    roles = [f"cowproxy_b_ovl{suffix}", f"cowproxy_r_ovl{suffix}"]
     try:
         await server.execute(f"CREATE DATABASE {prod_db}")
         loader = await asyncpg.connect(pg.dsn(prod_db))
@@ -278,10 +285,14 @@ def on_copy(sql: str) -> str:
 
 def same_error(branch: Outcome, copy: Outcome) -> bool:
     """NOT NULL and CHECK are enforced by the constraints copied onto `T$rows`: the
-    SQLSTATE, constraint and failing row are the table's, the relation name is `T$rows`
-    (the proxy puts the table's name back)."""
+    SQLSTATE, constraint and failing row are the table's, but the relation name is
+    `T$rows` and the failing row ends with `T$rows`' deletion flag, `, f)` (the proxy
+    puts the table's name back and drops the flag)."""
     if branch.sqlstate in ("23502", "23514") and branch.message:
-        return (branch.sqlstate, branch.message.replace("$rows", ""), branch.detail) == \
+        detail = branch.detail
+        if detail and detail.startswith("Failing row contains (") and detail.endswith(", f)."):
+            detail = detail.removesuffix(", f).") + ")."
+        return (branch.sqlstate, branch.message.replace("$rows", ""), detail) == \
                (copy.sqlstate, copy.message, copy.detail)
     return branch == copy
 
@@ -604,7 +615,7 @@ async def test_unchanged_rows_follow_production_live_and_branch_writes_stay_in_t
 async def test_primary_key_lookup_on_a_shadow_uses_index_scans_on_both_arms(world):
     """docs/branches.md: a key predicate is pushed into production's arm and the
     overlay's arm of the shadow view, so a lookup costs index probes, not a scan of
-    the production table."""
+    the production table (plus one look at the one-row `T$live`, per query)."""
     await add_overlay(world.admin, world.branch, "public", "page_views")
     branch = world.branch.conn
     await branch.execute("UPDATE page_views SET ms = 0 WHERE id BETWEEN 100 AND 120")
@@ -613,7 +624,9 @@ async def test_primary_key_lookup_on_a_shadow_uses_index_scans_on_both_arms(worl
         print(plan)
         assert "Index Scan using page_views_pkey on page_views" in plan
         assert 'Index Scan using "page_views$rows_pkey" on "page_views$rows"' in plan
-        assert "Seq Scan" not in plan
+        # The only scan is of the one-row `page_views$live`, once per query (TRUNCATE).
+        assert [line for line in plan.splitlines() if "Seq Scan" in line and '"page_views$live"' not in line] == []
+        assert "One-Time Filter" in plan
         assert await branch.fetchval("SELECT ms FROM page_views WHERE id = 110") == 0
     finally:
         await branch.execute("UPDATE page_views SET ms = id % 997 WHERE id BETWEEN 100 AND 120")
@@ -623,8 +636,8 @@ async def test_a_stacked_branch_sees_its_parent_live_and_keeps_its_own_writes(wo
     """SPEC §4 (`--from`), §5.7: a branch stacked on another reads the parent's overlay
     live, its own writes stay in it, and neither production nor the parent sees them."""
     parent = world.branch
-    world.roles.append(parent.role + "_kid")
-    child = await make_branch(world.admin, parent.role.removeprefix("cowproxy_b_") + "_kid")
+    world.roles += [parent.role + "_kid", parent.readers + "_kid"]
+    child = await make_branch(world.admin, parent.role.removeprefix("cowproxy_b_") + "_kid", parent)
     for table in (("public", "users"), ("sales", "orders")):
         await add_overlay(world.admin, child, *table, ancestors=(parent,))
     child.conn = await connect_branch(world.pg, world.prod_db, child, parent.schema)
@@ -699,3 +712,189 @@ async def compare_unequal(world: World, sql: str) -> tuple[Outcome, Outcome]:
         finally:
             await transaction.rollback()
     return outcomes[0], outcomes[1]
+
+
+# -- what the proxy rewrites: ON CONFLICT DO NOTHING, TRUNCATE (SPEC §5.2) -----------------
+
+
+async def branch_policy(world: World) -> BranchPolicy:
+    """The proxy's own rewriter for this branch, its layout read from the database as
+    the registry reads it (overlays, the branch schema's relations, foreign keys)."""
+    schema = world.branch.schema
+    names = frozenset(r[0] for r in await world.admin.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1", schema))
+    tables = await world.admin.fetch(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind = 'r' AND n.nspname IN ('public', 'sales')")
+    overlays = {(s, t): schema for s, t in tables if overlay_objects(s, t).live in names}
+    layout = BranchLayout(branch="ovl", schema=schema, search_schemas=(schema,), overlays=overlays,
+                          overlay_names={key: overlay_name(*key) for key in overlays}, local_names=names,
+                          referenced_by=await referencing_tables(world.admin))
+    return BranchPolicy(layout, Metrics())
+
+
+async def compare_rewritten(world: World, *statements: str) -> list[Outcome]:
+    """`compare`, the branch side running what the proxy's rewriter makes of each
+    statement (schema-qualified names, as a client writes them)."""
+    policy = await branch_policy(world)
+    sides = (world.branch.conn, world.copy)
+    outcomes = []
+    for conn in sides:
+        await conn.execute("BEGIN")
+    try:
+        for sql in statements:
+            text = on_copy(sql)
+            decision = policy.decide(text)
+            assert decision.action is not Action.MATERIALIZE, sql
+            if decision.action is Action.REFUSE:
+                assert decision.refusal is not None
+                refusal = decision.refusal
+                branch = Outcome(sqlstate=refusal.sqlstate, message=refusal.message, detail=refusal.detail)
+            else:
+                branch = await run(sides[0], decision.sql or text)
+            copy = await run(sides[1], text)
+            assert same_error(branch, copy) if branch.sqlstate or copy.sqlstate else branch == copy, \
+                f"{sql}\n  as {decision.sql}\n  branch: {branch}\n  copy:   {copy}"
+            outcomes.append(copy)
+    finally:
+        for conn in sides:
+            await conn.execute("ROLLBACK")
+    return outcomes
+
+
+REWRITTEN_CASES: dict[str, tuple[str, ...]] = {
+    "on_conflict_do_nothing_skips_conflicts_on_any_unique_rule": (
+        "INSERT INTO users (id, email, name) VALUES (1, 'x@x.io', 'dup id'), (500, 'user3@example.com', 'dup email'),"
+        " (501, 'ok@x.io', 'ok'), (501, 'ok2@x.io', 'same key twice') ON CONFLICT DO NOTHING RETURNING *", ALL_USERS),
+    "on_conflict_on_the_key_still_raises_for_other_rules": (
+        "INSERT INTO users (id, email, name) VALUES (502, 'user4@example.com', 'x') ON CONFLICT (id) DO NOTHING",),
+    "on_conflict_on_a_unique_column_counts_sequence_values_alike": (
+        "INSERT INTO public.users AS u (email, name) VALUES ('user4@example.com', 'x'), ('brand@x.io', 'new')"
+        " ON CONFLICT (email) DO NOTHING RETURNING u.id, u.email",
+        "INSERT INTO users (email, name) VALUES ('next@x.io', 'n') RETURNING id"),
+    "on_conflict_on_constraint": (
+        "INSERT INTO users (id, email, name) VALUES (1, 'x1@x.io', 'n'), (503, 'user7@example.com', 'n')"
+        " ON CONFLICT ON CONSTRAINT users_pkey DO NOTHING",),
+    "on_conflict_composite_key_in_any_column_order": (
+        "INSERT INTO order_lines VALUES (1, 1, 2, 5), (1, 9, 2, 5) ON CONFLICT (line_no, order_id) DO NOTHING RETURNING *",
+        ALL_LINES),
+    "on_conflict_checks_come_first": (
+        "INSERT INTO users (id, email, name) VALUES (1, 'UPPER@X.IO', 'x') ON CONFLICT DO NOTHING",),
+    "on_conflict_foreign_keys_of_inserted_rows": (
+        "INSERT INTO sales.orders (id, user_id) VALUES (1, 9999), (600, 9999) ON CONFLICT DO NOTHING",),
+    "on_conflict_identity_always_and_generated": (
+        "INSERT INTO products (sku, price) VALUES ('SKU-1', 3), ('SKU-NEW2', 3) ON CONFLICT (sku) DO NOTHING RETURNING *",
+        ALL_PRODUCTS),
+    "on_conflict_key_of_a_deleted_production_row_is_free": (
+        "DELETE FROM favorites WHERE id = 3",
+        "INSERT INTO favorites (id, user_id, product_id) VALUES (3, 3, 9), (4, 4, 9) ON CONFLICT (id) DO NOTHING RETURNING *",
+        ALL_FAVORITES),
+    "on_conflict_against_rows_the_branch_wrote": (
+        "INSERT INTO users (id, email, name) VALUES (700, 'mine2@x.io', 'm')",
+        "INSERT INTO users (id, email, name) VALUES (701, 'mine2@x.io', 'n') ON CONFLICT (email) DO NOTHING RETURNING id",
+        "INSERT INTO users (id, email, name) VALUES (700, 'other@x.io', 'n') ON CONFLICT DO NOTHING RETURNING id",
+        "INSERT INTO users (id, email, name) VALUES (702, 'mine2@x.io', 'n') ON CONFLICT (id) DO NOTHING"),
+    "on_conflict_takes_back_a_key_the_branch_deleted": (
+        "DELETE FROM users WHERE id = 20",
+        "INSERT INTO users (id, email, name) VALUES (20, 'user20@example.com', 'back') ON CONFLICT DO NOTHING RETURNING *",
+        ALL_USERS),
+    "on_conflict_without_matching_rule": ("INSERT INTO users (email, name) VALUES ('a@b.c', 'n') ON CONFLICT (name) DO NOTHING",),
+    "on_conflict_on_unknown_constraint": (
+        "INSERT INTO users (email, name) VALUES ('a@b.c', 'n') ON CONFLICT ON CONSTRAINT nope DO NOTHING",),
+    "truncate_hides_production_and_the_overlay": (
+        "UPDATE counters SET hits = 9 WHERE id = 1", "TRUNCATE counters", "SELECT * FROM counters",
+        "INSERT INTO counters (id, hits) VALUES (1, 1), (2, 2) RETURNING *", "INSERT INTO counters (id) VALUES (2)"),
+    "truncate_a_referenced_table_alone_is_refused": ("TRUNCATE users",),
+    "truncate_parent_and_children_together": (
+        "TRUNCATE sales.orders, order_lines", ALL_ORDERS, ALL_LINES, "SELECT count(*) FROM users"),
+    "truncate_cascade_follows_every_foreign_key": (
+        "TRUNCATE TABLE users CASCADE", ALL_USERS, ALL_ORDERS, ALL_LINES, ALL_FAVORITES,
+        "SELECT * FROM notes", "SELECT * FROM likes", "SELECT count(*) FROM products"),
+    "truncate_restart_identity_restarts_the_branch_sequences": (
+        "TRUNCATE users, products RESTART IDENTITY CASCADE",
+        "INSERT INTO users (email, name) VALUES ('first@x.io', 'F') RETURNING id",
+        "INSERT INTO products (sku, price) VALUES ('P1', 1) RETURNING id",
+        "INSERT INTO sales.orders (user_id) VALUES (1) RETURNING id"),
+    "truncate_keyless_copied_table": ("TRUNCATE audit_log RESTART IDENTITY", "INSERT INTO audit_log VALUES (1, 'x') RETURNING *"),
+}
+
+
+@pytest.mark.parametrize("name", REWRITTEN_CASES)
+async def test_rewritten_statement_matches_the_copy(world, name):
+    """SPEC §5.2: statements a view cannot take, as the proxy rewrites them (INSERT ...
+    ON CONFLICT DO NOTHING into the T$skip views, TRUNCATE of T$live): the same rows,
+    tags, sequence values and errors as on a full copy."""
+    outcomes = await compare_rewritten(world, *REWRITTEN_CASES[name])
+    assert all(o.sqlstate != "25P02" for o in outcomes)
+
+
+async def test_a_statement_counts_a_row_it_reaches_twice_once(world):
+    """SPEC §5.2: an UPDATE ... FROM or DELETE ... USING whose join yields a row twice
+    changes it once and counts it once, as on a table."""
+    await compare(world,
+                  "UPDATE users u SET name = u.name || '!' FROM (VALUES (1), (1), (2)) v(id) WHERE u.id = v.id RETURNING u.id, u.name",
+                  "DELETE FROM categories c USING (VALUES (6), (6)) v(id) WHERE c.id = v.id RETURNING c.id",
+                  "DELETE FROM categories c USING (VALUES (6)) v(id) WHERE c.id = v.id",
+                  ALL_USERS, ALL_CATEGORIES)
+
+
+# -- concurrent sessions (SPEC §5.5) ----------------------------------------------------------
+
+
+async def race(conn_first: asyncpg.Connection, conn_second: asyncpg.Connection, first: str, second: str,
+               commit: bool = True) -> Outcome:
+    """`first` in an open transaction, `second` from another session meanwhile (it must
+    wait for the first's row lock), then the first commits (or rolls back)."""
+    await conn_first.execute("BEGIN")
+    try:
+        await conn_first.execute(first)
+        waiting = asyncio.ensure_future(run(conn_second, second))
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), f"{second} did not wait for {first}"
+    finally:
+        await conn_first.execute("COMMIT" if commit else "ROLLBACK")
+    return await waiting
+
+
+async def test_concurrent_writers_of_one_row_wait_and_never_lose_an_update(world):
+    """SPEC §5.5 (READ COMMITTED): a second writer waits for the first. Where a table
+    would re-evaluate the second statement on the first one's row, the shadow fails it
+    with 40001 (retry the transaction): no update is lost. Where the first deleted
+    the row or took its key (or a unique value), the outcome is the table's: UPDATE 0,
+    DELETE 0, 23505."""
+    second_branch = await connect_branch(world.pg, world.prod_db, world.branch)
+    second_copy = await asyncpg.connect(world.pg.dsn(world.copy_db))
+    setup = "INSERT INTO counters (id, hits) VALUES (9001, 0), (9002, 0), (9003, 0)"
+    try:
+        for conn in (world.branch.conn, world.copy):
+            await conn.execute(setup)
+        outcomes = {}
+        for side, first, second in (("branch", world.branch.conn, second_branch), ("copy", world.copy, second_copy)):
+            outcomes[side] = [
+                await race(first, second, "UPDATE counters SET hits = hits + 1 WHERE id = 9001",
+                           "UPDATE counters SET hits = hits + 10 WHERE id = 9001"),
+                await race(first, second, "UPDATE counters SET hits = hits + 1 WHERE id = 9001",
+                           "UPDATE counters SET hits = hits + 10 WHERE id = 9001", commit=False),
+                await race(first, second, "DELETE FROM counters WHERE id = 9002",
+                           "UPDATE counters SET hits = 5 WHERE id = 9002"),
+                await race(first, second, "DELETE FROM counters WHERE id = 9003", "DELETE FROM counters WHERE id = 9003"),
+                await race(first, second, "INSERT INTO counters (id) VALUES (9004)", "INSERT INTO counters (id) VALUES (9004)"),
+                await run(first, "SELECT id, hits FROM counters WHERE id > 9000 ORDER BY id"),
+                await race(first, second, "INSERT INTO users (id, email, name) VALUES (9101, 'race@x.io', 'a')",
+                           "INSERT INTO users (id, email, name) VALUES (9102, 'race@x.io', 'b')"),
+            ]
+        branch, copy = outcomes["branch"], outcomes["copy"]
+        assert copy[0].status == "UPDATE 1" and branch[0].sqlstate == "40001", branch[0]
+        assert branch[0].message == "could not serialize access due to concurrent update"
+        assert branch[1:5] == copy[1:5] == [
+            Outcome(columns=[], rows=[], status="UPDATE 1"), Outcome(columns=[], rows=[], status="UPDATE 0"),
+            Outcome(columns=[], rows=[], status="DELETE 0"), copy[4]]
+        assert copy[4].sqlstate == "23505"
+        assert branch[6] == copy[6] and copy[6].sqlstate == "23505"  # a unique value, not the key
+        # The copy re-evaluated the first race (1 + 10); the branch kept the first update.
+        assert copy[5].rows == [(9001, 21), (9004, 0)] and branch[5].rows == [(9001, 11), (9004, 0)]
+    finally:
+        for conn in (world.branch.conn, world.copy):
+            await conn.execute("DELETE FROM counters WHERE id > 9000; DELETE FROM users WHERE id > 9100")
+        await second_branch.close()
+        await second_copy.close()

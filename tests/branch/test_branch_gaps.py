@@ -1,0 +1,433 @@
+"""Branches through the real proxy, where a shadow view alone is not a table (SPEC §5, §6):
+concurrent updates of one row, isolation enforced by PostgreSQL, TRUNCATE, INSERT ...
+ON CONFLICT DO NOTHING, production views and SQL functions over changed tables, and
+SELECT ... FOR UPDATE.
+
+The module has its own production database (so pgbench's tables and the views here
+touch no other test) and its own `cowproxy serve` in front of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import uuid
+
+import asyncpg
+import pytest
+
+from cowproxy.branch import catalog
+from cowproxy.branch.names import quote_ident
+from support import ProxyProcess, psql
+
+pytestmark = pytest.mark.pg15
+
+SCHEMA = """
+CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance int NOT NULL);
+INSERT INTO accounts SELECT i, 'owner' || i, 100 FROM generate_series(1, 20) i;
+CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL UNIQUE, name text);
+INSERT INTO customers (email, name) SELECT 'c' || i || '@x.io', 'C' || i FROM generate_series(1, 5) i;
+CREATE TABLE orders (id serial PRIMARY KEY, customer_id int NOT NULL REFERENCES customers (id), status text);
+INSERT INTO orders (customer_id, status) SELECT 1 + i % 5, 'new' FROM generate_series(1, 10) i;
+CREATE TABLE order_items (order_id int REFERENCES orders (id) ON DELETE CASCADE, line int,
+                          qty int NOT NULL, price numeric NOT NULL, PRIMARY KEY (order_id, line));
+INSERT INTO order_items SELECT o, l, l, 10 FROM generate_series(1, 10) o, generate_series(1, 2) l;
+CREATE TABLE events (at int, what text);
+INSERT INTO events VALUES (1, 'boot'), (2, 'login');
+CREATE VIEW order_totals AS SELECT order_id, sum(qty * price) AS total FROM order_items GROUP BY order_id;
+CREATE VIEW customer_totals AS
+    SELECT o.customer_id, sum(t.total) AS total FROM orders o JOIN order_totals t ON t.order_id = o.id
+     GROUP BY o.customer_id;
+CREATE FUNCTION order_total(wanted int) RETURNS numeric LANGUAGE sql STABLE
+    AS $$ SELECT sum(qty * price) FROM order_items WHERE order_id = wanted $$;
+"""
+"""Customers 1-5 have two orders each (order o belongs to customer 1 + o % 5); every order
+has two lines, worth 10 and 20: order_totals is 30 an order, customer_totals 60."""
+
+PRODUCTION_STATE = """
+SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
+  SELECT 'a' || a::text AS x FROM accounts a UNION ALL SELECT 'c' || c::text FROM customers c
+  UNION ALL SELECT 'o' || o::text FROM orders o UNION ALL SELECT 'i' || i::text FROM order_items i
+  UNION ALL SELECT 'e' || e::text FROM events e
+  UNION ALL SELECT 's' || last_value || is_called FROM customers_id_seq) q
+"""
+
+
+@pytest.fixture(scope="module")
+def production(pg):
+    """A production database of this module's own, and a proxy whose production it is."""
+    name = "gaps_" + uuid.uuid4().hex[:8]
+    psql(pg.dsn(), f"CREATE DATABASE {name}")
+    psql(pg.dsn(name), SCHEMA)
+    try:
+        with ProxyProcess(pg.dsn(name), branches=True) as proxy:
+            yield name, proxy
+    finally:
+        asyncio.run(_delete_all_branches(pg.dsn(name)))
+        psql(pg.dsn(), f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def _delete_all_branches(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT to_regclass('cowproxy.branches') IS NULL"):
+            return
+        # Children first: a branch cannot be deleted while branches are stacked on it.
+        for row in await conn.fetch("SELECT name FROM cowproxy.branches ORDER BY parent IS NULL, created_at DESC"):
+            await catalog.delete_branch(conn, row["name"])
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def admin(pg, production):
+    conn = await asyncpg.connect(pg.dsn(production[0]))
+    await catalog.ensure_catalog(conn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def branches(admin, request):
+    """`await branches(suffix="", parent=None)` makes a branch named after the test."""
+    base = "gap_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower().removeprefix("test_"))[:28]
+    made: list[str] = []
+
+    async def make(suffix: str = "", parent: str | None = None) -> str:
+        name = base + suffix
+        if await catalog.get_branch(admin, name):
+            await catalog.delete_branch(admin, name)
+        await catalog.create_branch(admin, name, parent)
+        made.append(name)
+        return name
+
+    yield make
+    for name in reversed(made):
+        await catalog.delete_branch(admin, name)
+
+
+@pytest.fixture
+def proxy(production):
+    return production[1]
+
+
+async def on(proxy, branch: str) -> asyncpg.Connection:
+    return await asyncpg.connect(proxy.dsn(branch))
+
+
+async def production_state(admin) -> str:
+    return await admin.fetchval(PRODUCTION_STATE)
+
+
+# -- SPEC §5.5: concurrent writers of one row ---------------------------------------------
+
+
+async def race(first: asyncpg.Connection, second: asyncpg.Connection, first_sql: str, second_sql: str,
+               commit: bool = True) -> str | asyncpg.PostgresError:
+    """`first_sql` in an open transaction of `first`; `second_sql` from `second` must
+    wait for it; then `first` commits (or rolls back). What `second` got."""
+    await first.execute("BEGIN")
+    try:
+        await first.execute(first_sql)
+        waiting = asyncio.ensure_future(second.execute(second_sql))
+        await asyncio.sleep(0.3)
+        assert not waiting.done(), f"{second_sql!r} did not wait for {first_sql!r}"
+    finally:
+        await first.execute("COMMIT" if commit else "ROLLBACK")
+    try:
+        return await waiting
+    except asyncpg.PostgresError as error:
+        return error
+
+
+@pytest.mark.parametrize("touched_before", [False, True], ids=["row-still-production", "row-in-overlay"])
+async def test_a_concurrent_update_of_one_row_fails_with_40001_instead_of_losing_it(
+        proxy, branches, admin, touched_before):
+    """SPEC §5.5: the second writer waits for the first; when the first commits, the
+    second fails with 40001 (its new value was computed from a stale row), so no
+    update is lost; when the first rolls back, the second goes through."""
+    branch = await branches()
+    first, second = await on(proxy, branch), await on(proxy, branch)
+    try:
+        await first.execute("UPDATE accounts SET balance = balance + 0 WHERE id = 20")  # makes the overlay
+        if touched_before:
+            await first.execute("UPDATE accounts SET balance = balance + 0 WHERE id IN (1, 2)")
+        add = "UPDATE accounts SET balance = balance + {} WHERE id = {}"
+        failed = await race(first, second, add.format(10, 1), add.format(1, 1))
+        assert isinstance(failed, asyncpg.SerializationError) and failed.sqlstate == "40001", failed
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 1") == 110
+        assert await race(first, second, add.format(10, 2), add.format(1, 2), commit=False) == "UPDATE 1"
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 2") == 101
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_an_update_of_a_row_deleted_concurrently_skips_it_as_postgres_does(proxy, branches):
+    """SPEC §5.5: READ COMMITTED skips a row another transaction deleted meanwhile
+    (UPDATE 0); the deleted row does not come back."""
+    branch = await branches()
+    first, second = await on(proxy, branch), await on(proxy, branch)
+    try:
+        assert await race(first, second, "DELETE FROM accounts WHERE id = 3",
+                          "UPDATE accounts SET balance = 0 WHERE id = 3") == "UPDATE 0"
+        assert await second.fetchval("SELECT count(*) FROM accounts WHERE id = 3") == 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_pgbench_tpcb_through_a_branch_keeps_its_books(pg, production, admin, branches):
+    """SPEC §5.5: pgbench's TPC-B with 4 clients on one branch (every transaction
+    updates the one pgbench_branches row, so they collide all the time): conflicts
+    fail with 40001 and are retried, and the books balance as on a table:
+    sum(abalance) = sum(tbalance) = sum(bbalance) = sum(delta) over the history."""
+    database, proxy = production
+    await asyncio.to_thread(subprocess.run, ["pgbench", "-i", "-q", "-s", "1", "-I", "dtgp", pg.dsn(database)],
+                            check=True, capture_output=True, timeout=120)
+    branch = await branches()
+    run = await asyncio.to_thread(
+        subprocess.run, ["pgbench", "-n", "-c", "4", "-j", "2", "-t", "25", "--max-tries", "20",
+                         "--failures-detailed", proxy.dsn(branch)],
+        capture_output=True, text=True, timeout=120)
+    print(run.stdout)
+    assert run.returncode == 0, run.stderr
+    processed = int(re.search(r"actually processed: (\d+)", run.stdout).group(1))
+    failed = int(re.search(r"number of failed transactions: (\d+)", run.stdout).group(1))
+    assert processed + failed == 100 and processed >= 90
+    conn = await on(proxy, branch)
+    try:
+        accounts, tellers, bank, history, rows = await conn.fetchrow(
+            "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers),"
+            " (SELECT sum(bbalance) FROM pgbench_branches), (SELECT sum(delta) FROM pgbench_history),"
+            " (SELECT count(*) FROM pgbench_history)")
+    finally:
+        await conn.close()
+    assert rows == processed
+    assert accounts == tellers == bank == history
+    assert await admin.fetchval("SELECT count(*) FROM pgbench_history") == 0
+    assert await admin.fetchval("SELECT sum(bbalance) FROM pgbench_branches") == 0
+
+
+# -- SPEC §6: branches cannot read each other's overlays ----------------------------------
+
+
+async def test_a_branch_role_cannot_read_another_branchs_overlay_even_directly(pg, production, admin, branches):
+    """SPEC §6, enforced by PostgreSQL rather than the rewriter: logged in directly as
+    branch A's role (or as the production route's role), B's overlay tables and B's
+    shadow views (security_invoker) show no rows at all. A branch stacked on B still
+    sees B's changes live, and writes the table into its own overlay."""
+    database, proxy = production
+    a, b = await branches("_a"), await branches("_b")
+    child = await branches("_kid", parent=b)
+    writer = await on(proxy, b)
+    await writer.execute("UPDATE accounts SET owner = 'secret of b' WHERE id = 4;"
+                         "INSERT INTO accounts VALUES (1004, 'new in b', 1)")
+    await writer.close()
+    schema_b = quote_ident(f"cowproxy_b_{b}")
+    role_a = await catalog.get_branch(admin, a)
+    readonly, readonly_password = await catalog.readonly_login(admin)
+    for user, password in ((role_a.role_name, role_a.role_password), (readonly, readonly_password)):
+        direct = await asyncpg.connect(pg.dsn(database, user=user, password=password))
+        try:
+            assert await direct.fetchval(f'SELECT count(*) FROM {schema_b}."accounts$rows"') == 0, user
+            assert await direct.fetchval(f'SELECT count(*) FROM {schema_b}."accounts$live"') == 0, user
+            assert await direct.fetchval(f"SELECT count(*) FROM {schema_b}.accounts") == 0, user
+            assert await direct.fetchval(f'SELECT count(*) FROM {schema_b}."accounts$skip"') == 0, user
+        finally:
+            await direct.close()
+    stacked = await on(proxy, child)
+    try:
+        assert await stacked.fetchval("SELECT owner FROM accounts WHERE id = 4") == "secret of b"
+        assert await stacked.fetchval("SELECT count(*) FROM accounts WHERE id = 1004") == 1
+        # The child writes a table only its parent had changed: into its own overlay.
+        assert await stacked.execute("UPDATE accounts SET owner = 'kid' WHERE id IN (4, 5)") == "UPDATE 2"
+        assert await stacked.fetchval("SELECT owner FROM accounts WHERE id = 4") == "kid"
+    finally:
+        await stacked.close()
+    parent = await on(proxy, b)
+    assert await parent.fetchval("SELECT owner FROM accounts WHERE id = 4") == "secret of b"
+    await parent.close()
+
+
+# -- SPEC §5.2: TRUNCATE ------------------------------------------------------------------
+
+
+async def test_truncate_empties_the_table_on_the_branch_only(proxy, admin, branches):
+    """SPEC §5.2: TRUNCATE on a branch: tag TRUNCATE TABLE, the branch sees no rows
+    (production's rows are hidden, its own changes gone), keys production still has
+    can be inserted again, a rollback brings everything back, production is untouched."""
+    before = await production_state(admin)
+    conn = await on(proxy, await branches())
+    try:
+        await conn.execute("UPDATE accounts SET balance = 1 WHERE id = 1; DELETE FROM accounts WHERE id = 2")
+        await conn.execute("BEGIN")
+        assert await conn.execute("TRUNCATE accounts") == "TRUNCATE TABLE"
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 0
+        await conn.execute("ROLLBACK")
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 19
+        assert await conn.execute("TRUNCATE TABLE public.accounts") == "TRUNCATE TABLE"
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 0
+        assert await conn.execute("INSERT INTO accounts VALUES (1, 'again', 5), (2, 'too', 6)") == "INSERT 0 2"
+        assert await conn.fetch("SELECT id, owner FROM accounts ORDER BY id") == [(1, "again"), (2, "too")]
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("INSERT INTO accounts VALUES (2, 'dup', 0)")
+        assert await conn.execute("TRUNCATE events") == "TRUNCATE TABLE"  # no key: a copied table
+        assert await conn.fetchval("SELECT count(*) FROM events") == 0
+    finally:
+        await conn.close()
+    assert await production_state(admin) == before
+
+
+async def test_truncate_follows_foreign_keys_as_postgres_does(proxy, admin, branches):
+    """SPEC §5.2: a table other tables reference cannot be truncated alone (0A000, as
+    PostgreSQL); CASCADE truncates them too; RESTART IDENTITY restarts the branch's
+    sequences, never production's."""
+    before = await production_state(admin)
+    conn = await on(proxy, await branches())
+    try:
+        with pytest.raises(asyncpg.FeatureNotSupportedError) as refused:
+            await conn.execute("TRUNCATE customers")
+        assert refused.value.message == "cannot truncate a table referenced in a foreign key constraint"
+        assert 'Truncate table "orders" at the same time' in refused.value.hint
+        assert await conn.fetchval("SELECT count(*) FROM customers") == 5
+        assert await conn.execute("TRUNCATE customers, orders, order_items") == "TRUNCATE TABLE"
+        assert await conn.fetchval("SELECT count(*) FROM orders") == 0
+        await conn.execute("INSERT INTO customers (email) VALUES ('x@x.io')")
+        assert await conn.execute("TRUNCATE customers RESTART IDENTITY CASCADE") == "TRUNCATE TABLE"
+        assert [await conn.fetchval(f"SELECT count(*) FROM {t}") for t in ("customers", "orders", "order_items")] \
+            == [0, 0, 0]
+        new_id = await conn.fetchval("INSERT INTO customers (email) VALUES ('first@x.io') RETURNING id")
+        assert new_id == 1  # as on a copy: the sequence starts over
+        order = await conn.fetchval("INSERT INTO orders (customer_id) VALUES (1) RETURNING id")
+        assert order == 1
+    finally:
+        await conn.close()
+    assert await production_state(admin) == before
+
+
+# -- SPEC §5.2: INSERT ... ON CONFLICT DO NOTHING -------------------------------------------
+
+
+async def test_insert_on_conflict_do_nothing_skips_conflicting_rows(proxy, admin, branches):
+    """SPEC §5.2: rows that conflict on the arbiter are skipped (not counted, not
+    returned); without a target any unique rule arbitrates; with one, a conflict on
+    another rule still raises 23505; an unknown target is 42P10 / 42704."""
+    before = await production_state(admin)
+    conn = await on(proxy, await branches())
+    try:
+        rows = await conn.fetch("INSERT INTO customers (id, email, name) VALUES (1, 'new1@x.io', 'dup id'),"
+                                " (100, 'c2@x.io', 'dup email'), (101, 'fresh@x.io', 'fresh'),"
+                                " (101, 'fresh2@x.io', 'same statement') ON CONFLICT DO NOTHING RETURNING id, name")
+        assert [tuple(r) for r in rows] == [(101, "fresh")]
+        status = await conn.execute("INSERT INTO public.customers (id, email) VALUES (1, 'z@x.io'), (102, 'y@x.io')"
+                                    " ON CONFLICT (id) DO NOTHING")
+        assert status == "INSERT 0 1"
+        with pytest.raises(asyncpg.UniqueViolationError) as duplicate:
+            await conn.execute("INSERT INTO customers (id, email) VALUES (103, 'c3@x.io') ON CONFLICT (id) DO NOTHING")
+        assert duplicate.value.constraint_name == "customers_email_key"
+        assert await conn.execute("INSERT INTO customers AS c (id, email) VALUES (104, 'c3@x.io')"
+                                  " ON CONFLICT ON CONSTRAINT customers_email_key DO NOTHING") == "INSERT 0 0"
+        assert await conn.execute("INSERT INTO customers (email) VALUES ('c4@x.io'), ('auto@x.io')"
+                                  " ON CONFLICT (email) DO NOTHING") == "INSERT 0 1"
+        with pytest.raises(asyncpg.InvalidColumnReferenceError):
+            await conn.execute("INSERT INTO customers (email) VALUES ('q@x.io') ON CONFLICT (name) DO NOTHING")
+        with pytest.raises(asyncpg.UndefinedObjectError):
+            await conn.execute("INSERT INTO customers (email) VALUES ('q@x.io') ON CONFLICT ON CONSTRAINT nope DO NOTHING")
+        assert await conn.fetchval("SELECT count(*) FROM customers") == 8
+        # A production row the branch deleted: its key is free again.
+        await conn.execute("DELETE FROM accounts WHERE id = 6")
+        assert await conn.execute("INSERT INTO accounts VALUES (6, 'six', 0), (7, 'seven', 0)"
+                                  " ON CONFLICT DO NOTHING") == "INSERT 0 1"
+    finally:
+        await conn.close()
+    assert await production_state(admin) == before
+
+
+@pytest.mark.parametrize("sql, feature", [
+    ("INSERT INTO customers (id, email) VALUES (1, 'u@x.io') ON CONFLICT (id) DO UPDATE SET email = excluded.email",
+     "ON CONFLICT DO UPDATE"),
+    ("MERGE INTO customers c USING (VALUES (1)) s(id) ON c.id = s.id WHEN MATCHED THEN UPDATE SET name = 'm'",
+     "MERGE"),
+    ("SELECT * FROM accounts WHERE id = 1 FOR UPDATE", "FOR UPDATE/SHARE"),
+    ("SELECT a.id FROM accounts a JOIN customers c ON c.id = a.id FOR SHARE OF a", "FOR UPDATE/SHARE"),
+])
+async def test_what_a_shadow_cannot_serve_yet_fails_with_0a000_naming_it(proxy, admin, branches, sql, feature):
+    """SPEC §5/§6: refused loudly, naming the feature, never a confusing view error, a
+    silently different result, or a lock taken on a production table."""
+    before = await production_state(admin)
+    conn = await on(proxy, await branches())
+    try:
+        with pytest.raises(asyncpg.FeatureNotSupportedError) as refused:
+            await conn.execute(sql)
+        assert feature in refused.value.message
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 20
+    finally:
+        await conn.close()
+    assert await production_state(admin) == before
+
+
+async def test_for_update_locks_rows_of_tables_the_branch_copied_or_created(production, branches):
+    """SPEC §6: a locking clause on a keyless table (copied into the branch) or on the
+    branch's own table locks the branch's rows, as on a copy; the production route
+    refuses it as a write (25006)."""
+    database, proxy = production
+    conn = await on(proxy, await branches())
+    try:
+        assert [r["what"] for r in await conn.fetch("SELECT what FROM events WHERE at = 1 FOR UPDATE")] == ["boot"]
+        await conn.execute("CREATE TABLE mine (id int PRIMARY KEY); INSERT INTO mine VALUES (1)")
+        assert await conn.fetchval("SELECT id FROM mine FOR UPDATE") == 1
+    finally:
+        await conn.close()
+    reader = await on(proxy, database)
+    try:
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await reader.fetch("SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
+    finally:
+        await reader.close()
+
+
+# -- SPEC §5.1: production views and SQL functions over changed tables ---------------------
+
+
+async def test_production_views_and_sql_functions_read_the_branchs_changes(proxy, admin, branches):
+    """SPEC §5.1: after the branch changes order_items, production's views over it
+    (order_totals directly, customer_totals through order_totals) and a production SQL
+    function naming it read the branch's rows, by plain or schema-qualified name;
+    production still reads its own."""
+    before = await production_state(admin)
+    conn = await on(proxy, await branches())
+    try:
+        totals = "SELECT customer_id, total FROM customer_totals ORDER BY customer_id"
+        assert await conn.fetch(totals) == await admin.fetch(totals)
+        await conn.execute("UPDATE order_items SET qty = qty + 1 WHERE order_id = 1")  # customer 2: +20
+        await conn.execute("DELETE FROM orders WHERE id = 6")                           # customer 2: -30
+        mine = dict(await conn.fetch(totals))
+        theirs = dict(await admin.fetch(totals))
+        assert mine[2] == theirs[2] + 20 - 30 and {k: v for k, v in mine.items() if k != 2} == \
+            {k: v for k, v in theirs.items() if k != 2}
+        assert await conn.fetchval("SELECT total FROM public.order_totals WHERE order_id = 1") == 50
+        assert await conn.fetchval("SELECT order_total(1)") == 50
+        assert await admin.fetchval("SELECT order_total(1)") == 30
+    finally:
+        await conn.close()
+    assert await production_state(admin) == before
+
+
+async def test_a_view_copy_follows_production_redefining_the_view(proxy, admin, branches):
+    """SPEC §5.1: a view copy is made again when another table under it gets an overlay,
+    from production's definition of that moment, even if its columns changed."""
+    await admin.execute("CREATE VIEW account_customers AS"
+                        " SELECT a.id, c.email FROM accounts a JOIN customers c ON c.id = a.id")
+    conn = await on(proxy, await branches())
+    try:
+        await conn.execute("UPDATE accounts SET owner = 'x' WHERE id = 1")
+        assert await conn.fetchval("SELECT email FROM account_customers WHERE id = 1") == "c1@x.io"
+        await admin.execute("DROP VIEW account_customers; CREATE VIEW account_customers AS"
+                            " SELECT a.id, a.owner, c.name FROM accounts a JOIN customers c ON c.id = a.id")
+        await conn.execute("UPDATE customers SET name = 'renamed' WHERE id = 1")
+        assert tuple(await conn.fetchrow("SELECT * FROM account_customers WHERE id = 1")) == (1, "x", "renamed")
+    finally:
+        await conn.close()
+        await admin.execute("DROP VIEW account_customers")
