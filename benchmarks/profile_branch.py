@@ -12,10 +12,7 @@ the hot lines (self) and functions (total); the raw profile stays for flame grap
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -23,11 +20,10 @@ if __package__ in (None, ""):
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks import branching, machine, pgbench
 from benchmarks.context import BenchContext
-from benchmarks.profile_cowproxy import fold_counts
+from benchmarks.profile_cowproxy import find_py_spy, print_hot_spots, sample_while
 from benchmarks.targets import direct_target
 from cowproxy.embedded import EmbeddedPostgres
 
@@ -44,9 +40,7 @@ BRANCH = "profiled"
 @click.option("--top", default=25, show_default=True)
 def main(cell: str, seconds: int, scale: int, native: bool, output: Path, top: int) -> None:
     console = Console()
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    if not py_spy:
-        raise click.ClickException("py-spy is not installed: .venv/bin/pip install py-spy")
+    find_py_spy()
     chosen = next((c for c in pgbench.all_cells() if c.id == cell), None)
     if chosen is None:
         raise click.BadParameter(f"unknown cell {cell}", param_hint="--cell")
@@ -67,33 +61,15 @@ def main(cell: str, seconds: int, scale: int, native: bool, output: Path, top: i
             def load() -> None:
                 result["run"] = branching.run_pgbench(ctx, target, args, seconds + 2)
 
-            loader = threading.Thread(target=load)
-            loader.start()
-            argv = [py_spy, "record", "-f", "raw", "-o", str(output), "-p", str(target.pid), "-d", str(seconds)]
-            if native:
-                argv.append("--native")
-            console.print(f"sampling cowproxy (branch {BRANCH}) pid {target.pid} for {seconds} s under {cell}: "
-                          f"{' '.join(argv)}", highlight=False)
-            spy = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-            loader.join()
+            sample_while(console, load, target.pid, seconds, native, output, f"cowproxy (branch {BRANCH}) under {cell}")
         finally:
             proxy.stop()
-    if spy.returncode != 0:
-        raise click.ClickException(f"py-spy failed: {spy.stderr[-1000:]}")
     run = result["run"]
     if run.tps is None:
         raise click.ClickException(f"pgbench failed: {run.error}")
     console.print(f"pgbench: {run.tps:,.0f} tps, {run.latency_ms:.3f} ms, proxy CPU {run.cpu_per_10k:.2f} s/10k tx"
                   + (f"; {run.error}" if run.error else ""), highlight=False)
-    own, total, samples = fold_counts(output.read_text())
-    for title, counter in (("self, by line", own), ("total, by function", total)):
-        table = Table(title=f"cowproxy branch route hot spots: {title}, {samples} samples")
-        table.add_column("%", justify="right")
-        table.add_column("frame", overflow="fold")
-        for frame, n in counter.most_common(top):
-            table.add_row(f"{100 * n / samples:.1f}", frame)
-        console.print(table)
-    console.print(f"raw profile: {output}")
+    print_hot_spots(console, output, top, "cowproxy branch route hot spots")
 
 
 if __name__ == "__main__":

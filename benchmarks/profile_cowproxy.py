@@ -19,6 +19,7 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -60,6 +61,40 @@ def fold_counts(raw: str) -> tuple[Counter[str], Counter[str], int]:
     return own, total, samples
 
 
+def find_py_spy() -> str:
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if not py_spy:
+        raise click.ClickException("py-spy is not installed: .venv/bin/pip install py-spy")
+    return py_spy
+
+
+def sample_while(console: Console, load: Callable[[], None], pid: int, seconds: int, native: bool,
+                 output: Path, what: str) -> None:
+    """Run `load` in a thread while py-spy samples process `pid` into `output`."""
+    loader = threading.Thread(target=load)
+    loader.start()
+    argv = [find_py_spy(), "record", "-f", "raw", "-o", str(output), "-p", str(pid), "-d", str(seconds)]
+    if native:
+        argv.append("--native")
+    console.print(f"sampling {what} pid {pid} for {seconds} s: {' '.join(argv)}", highlight=False)
+    spy = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    loader.join()
+    if spy.returncode != 0:
+        raise click.ClickException(f"py-spy failed: {spy.stderr[-1000:]}")
+
+
+def print_hot_spots(console: Console, output: Path, top: int, title: str) -> None:
+    own, total, samples = fold_counts(output.read_text())
+    for kind, counter in (("self, by line", own), ("total, by function", total)):
+        table = Table(title=f"{title}: {kind}, {samples} samples")
+        table.add_column("%", justify="right")
+        table.add_column("frame", overflow="fold")
+        for frame, n in counter.most_common(top):
+            table.add_row(f"{100 * n / samples:.1f}", frame)
+        console.print(table)
+    console.print(f"raw profile: {output}")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cell", default="select-simple-c8", show_default=True, help="pgbench cell id (see run.py --only).")
 @click.option("--seconds", type=click.IntRange(2), default=8, show_default=True, help="Sampling duration.")
@@ -73,9 +108,7 @@ def fold_counts(raw: str) -> tuple[Counter[str], Counter[str], int]:
 @click.option("--top", default=25, show_default=True)
 def main(cell: str, seconds: int, scale: int, mode: str, native: bool, output: Path, top: int) -> None:
     console = Console()
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    if not py_spy:
-        raise click.ClickException("py-spy is not installed: .venv/bin/pip install py-spy")
+    find_py_spy()
     chosen = next((c for c in pgbench.all_cells() if c.id == cell), None)
     if chosen is None:
         raise click.BadParameter(f"unknown cell {cell}", param_hint="--cell")
@@ -92,32 +125,14 @@ def main(cell: str, seconds: int, scale: int, mode: str, native: bool, output: P
                 except pgbench.PgbenchError as exc:
                     result["error"] = exc
 
-            loader = threading.Thread(target=load)
-            loader.start()
-            argv = [py_spy, "record", "-f", "raw", "-o", str(output), "-p", str(target.pid), "-d", str(seconds)]
-            if native:
-                argv.append("--native")
-            console.print(f"sampling cowproxy ({target.mode}) pid {target.pid} for {seconds} s under {cell}: "
-                          f"{' '.join(argv)}", highlight=False)
-            spy = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-            loader.join()
+            sample_while(console, load, target.pid, seconds, native, output, f"cowproxy ({target.mode}) under {cell}")
         finally:
             proxy.stop()
-    if spy.returncode != 0:
-        raise click.ClickException(f"py-spy failed: {spy.stderr[-1000:]}")
     if "error" in result:
         raise click.ClickException(f"pgbench failed: {result['error']}")
     run = result["run"]
     console.print(f"pgbench: {run.tps:,.0f} tps, {run.latency_ms:.3f} ms")  # type: ignore[attr-defined]
-    own, total, samples = fold_counts(output.read_text())
-    for title, counter in (("self, by line", own), ("total, by function", total)):
-        table = Table(title=f"cowproxy hot spots: {title}, {samples} samples")
-        table.add_column("%", justify="right")
-        table.add_column("frame", overflow="fold")
-        for frame, n in counter.most_common(top):
-            table.add_row(f"{100 * n / samples:.1f}", frame)
-        console.print(table)
-    console.print(f"raw profile: {output}")
+    print_hot_spots(console, output, top, "cowproxy hot spots")
 
 
 if __name__ == "__main__":
