@@ -30,7 +30,7 @@ import asyncpg
 from cowproxy.branch.names import (
     INTERNAL_SCHEMA_SQL,
     NOTIFY_CHANNEL,
-    READONLY_ROLE,
+    readonly_role_for,
     SYSTEM_SCHEMA_SQL,
     BranchError,
     overlay_name,
@@ -118,7 +118,7 @@ CREATE TABLE cowproxy.settings (
 );
 INSERT INTO cowproxy.settings VALUES ('catalog_version', {quote_literal(CATALOG_VERSION)});
 
--- Branch roles and cowproxy_readonly are members of pg_read_all_data, which reads every
+-- Branch roles and the read-only role are members of pg_read_all_data, which reads every
 -- table whatever its grants. Row-level security is the one thing it does not bypass:
 -- for anyone but the owner (the admin role) reading a catalog row is an error.
 CREATE FUNCTION cowproxy.refuse_read(what text) RETURNS boolean
@@ -161,13 +161,12 @@ async def ensure_catalog(conn: asyncpg.Connection) -> None:
 
 
 async def _ensure_readonly_role(conn: asyncpg.Connection) -> None:
-    """`cowproxy_readonly`: sessions on the production database name log in as it."""
-    role = quote_ident(READONLY_ROLE)
+    """`cowproxy_ro_<database>`: sessions on the production database name log in as it."""
+    name = readonly_role_for(await conn.fetchval("SELECT current_database()"))
+    role = quote_ident(name)
     stored = await conn.fetchval("SELECT value FROM cowproxy.settings WHERE name = 'readonly_password'")
-    exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", READONLY_ROLE)
+    exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", name)
     if not exists or stored is None:
-        # The role is cluster-wide: if another database's catalog made it, its password
-        # is unknown here and is replaced.
         password = secrets.token_urlsafe(24)
         verb = "ALTER" if exists else "CREATE"
         await conn.execute(f"{verb} ROLE {role} LOGIN PASSWORD {quote_literal(scram_verifier(password))}")
@@ -175,14 +174,14 @@ async def _ensure_readonly_role(conn: asyncpg.Connection) -> None:
         await conn.execute(
             "INSERT INTO cowproxy.settings VALUES ('readonly_password', $1) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value", password)
-    if not await conn.fetchval("SELECT pg_has_role($1, 'pg_read_all_data', 'MEMBER')", READONLY_ROLE):
+    if not await conn.fetchval("SELECT pg_has_role($1, 'pg_read_all_data', 'MEMBER')", name):
         await conn.execute(f"GRANT pg_read_all_data TO {role}")
 
 
 async def readonly_login(conn: asyncpg.Connection) -> tuple[str, str]:
     """(role, password) the proxy logs in with for production sessions."""
     password = await conn.fetchval("SELECT value FROM cowproxy.settings WHERE name = 'readonly_password'")
-    return READONLY_ROLE, password
+    return readonly_role_for(await conn.fetchval("SELECT current_database()")), password
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:

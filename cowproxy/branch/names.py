@@ -18,8 +18,8 @@ CATALOG_SCHEMA = "cowproxy"
 BRANCH_PREFIX = "cowproxy_b_"
 """Prefix of every branch's overlay schema and role."""
 
-READONLY_ROLE = "cowproxy_readonly"
-"""The role sessions on the production database name run as upstream."""
+READONLY_PREFIX = "cowproxy_ro_"
+"""Prefix of the role sessions on the production database name run as upstream."""
 
 NOTIFY_CHANNEL = "cowproxy_catalog"
 """Every catalog change is announced here, with the branch name as payload."""
@@ -57,6 +57,19 @@ def validate_branch_name(name: str, production_db: str | None = None) -> str:
             + "; pick another name",
         )
     return name
+
+
+def readonly_role_for(database: str) -> str:
+    """The read-only role of one production database.
+
+    Roles are cluster-wide, so each production database gets its own (its password is
+    kept in that database's catalog): two production databases on one server must not
+    re-password each other's role.
+    """
+    import hashlib
+
+    readable = re.sub(r"[^a-z0-9_]", "_", database.lower())[:30]
+    return f"{READONLY_PREFIX}{readable}_{hashlib.sha256(database.encode()).hexdigest()[:8]}"
 
 
 def schema_for(branch: str) -> str:

@@ -499,7 +499,7 @@ class ClientSession(asyncio.Protocol):
 
     async def _log_in_as_route_role(self) -> None:
         """The upstream accepted the client's credentials; now open the session's real
-        connection as the route's role (branch role or cowproxy_readonly)."""
+        connection as the route's role (branch role or cowproxy_ro_<database>)."""
         assert self.route is not None and self.route.login_as is not None and self.startup is not None
         if self._upstream_proto is not None:
             self._upstream_proto.detached = True
