@@ -50,13 +50,17 @@ def main(log_level: str) -> None:
               help="Largest client message accepted, in bytes; larger ones get 08P01 and the connection closes.")
 @click.option("--drain-timeout", default=30.0, show_default=True,
               help="Seconds SIGTERM waits for open transactions before cutting them.")
+@click.option("--startup-timeout", default=60.0, show_default=True,
+              help="Seconds a client has to finish startup and authentication, like PostgreSQL's "
+                   "authentication_timeout.")
 @click.option("--overlay-stats-interval", default=30.0, show_default=True,
               help="Seconds between refreshes of the cowproxy_overlay_rows/_bytes metrics.")
 @click.option("--passthrough", is_flag=True,
               help="No branches: relay the production database as the client's own user, writes included. "
                    "For benchmarking the proxy core; production is NOT protected in this mode.")
 def serve(upstream: str, listen: str, metrics: str | None, tls_cert: str | None, tls_key: str | None,
-          max_message_size: int, drain_timeout: float, overlay_stats_interval: float, passthrough: bool) -> None:
+          max_message_size: int, drain_timeout: float, startup_timeout: float, overlay_stats_interval: float,
+          passthrough: bool) -> None:
     """Run the proxy in the foreground until SIGTERM or SIGINT, then drain and exit.
 
     \b
@@ -74,7 +78,8 @@ def serve(upstream: str, listen: str, metrics: str | None, tls_cert: str | None,
     config = ProxyConfig(upstream=upstream, listen_host=host, listen_port=port, metrics_host=mhost,
                          metrics_port=mport, tls_cert=tls_cert, tls_key=tls_key,
                          max_message_size=max_message_size, drain_timeout=drain_timeout,
-                         passthrough=passthrough, overlay_stats_interval=overlay_stats_interval)
+                         passthrough=passthrough, overlay_stats_interval=overlay_stats_interval,
+                         startup_timeout=startup_timeout)
     install_uvloop()
     asyncio.run(ProxyServer(config).serve_until_signalled())
 

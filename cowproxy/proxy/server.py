@@ -26,6 +26,9 @@ class ProxyConfig:
     tls_key: str | None = None
     max_message_size: int = 64 * 1024 * 1024
     drain_timeout: float = 30.0
+    startup_timeout: float = 60.0
+    """Seconds a client has to finish startup and authentication (PostgreSQL's
+    authentication_timeout); then FATAL 08P01 and the connection closes."""
     passthrough: bool = False
     """Relay as the client's own user with no branches and no protection (benchmarks)."""
     overlay_stats_interval: float = 30.0
@@ -51,8 +54,10 @@ class ProxyServer:
             metrics=metrics or Metrics(),
             tls=tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None,
             max_message_size=config.max_message_size,
+            startup_timeout=config.startup_timeout,
         )
         self._server: asyncio.base_events.Server | None = None
+        self._deadline = 0.0
         self._metrics_server = None
         self.port = config.listen_port
 
@@ -94,9 +99,9 @@ class ProxyServer:
         if self._server is not None:
             self._server.close()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        self._deadline = loop.time() + timeout
         logs.event("draining", sessions=len(self.ctx.sessions), timeout=timeout)
-        while self.ctx.sessions and loop.time() < deadline:
+        while self.ctx.sessions and loop.time() < self._deadline:
             for session in list(self.ctx.sessions):
                 session.terminate_if_idle()
             if self.ctx.sessions:
@@ -120,12 +125,19 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        # A second SIGTERM/SIGINT while draining: stop waiting for open transactions.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._cut_now)
         try:
-            await stop.wait()
+            await self.drain()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        await self.drain()
+
+    def _cut_now(self) -> None:
+        logs.event("drain_cut_short", sessions=len(self.ctx.sessions))
+        self._deadline = 0.0
 
 
 def asyncpg_errors() -> type[Exception]:

@@ -114,6 +114,7 @@ class ProxyContext:
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     tls: ssl.SSLContext | None = None
     max_message_size: int = 64 * 1024 * 1024
+    startup_timeout: float = 60.0
     sessions: set["ClientSession"] = field(default_factory=set)
     background: set[asyncio.Task] = field(default_factory=set)
     """Session tasks (connect, TLS, cancel) kept alive until done: the loop holds only
@@ -195,6 +196,7 @@ class ClientSession(asyncio.Protocol):
         self._swallow_ready = 0                # injected queries whose answer is ours
         self._swallow_buf = b""
         self._idle_waiter: asyncio.Future | None = None
+        self._startup_timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- client events
 
@@ -204,6 +206,14 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.ctx.sessions.add(self)
+        self._startup_timer = asyncio.get_running_loop().call_later(self.ctx.startup_timeout, self._startup_timed_out)
+
+    def _startup_timed_out(self) -> None:
+        """A client that never finishes startup is not held forever (a slow-loris)."""
+        if self.state not in (State.READY, State.CLOSED):
+            logs.event("startup_timeout", logging.WARNING, client=self.client_addr, state=self.state.value)
+            self._fatal("08P01", "cowproxy: startup and authentication took too long",
+                        hint=f"The proxy allows {self.ctx.startup_timeout:g} s (serve --startup-timeout).")
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.READY:
@@ -361,6 +371,8 @@ class ClientSession(asyncio.Protocol):
         self._finished = True
         was = self.state
         self.state = State.CLOSED
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
         if self._idle_waiter is not None and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)  # a slow path waiting for idle ends too
         self.ctx.sessions.discard(self)
@@ -656,6 +668,8 @@ class ClientSession(asyncio.Protocol):
 
     def _enter_ready(self, rfq_body: bytes) -> None:
         self.state = State.READY
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
         if self.route is not None and self.route.gate is not None:
             self._gate = self.route.gate(self._stats)
         self._tx_status = rfq_body[:1]

@@ -22,6 +22,7 @@ MEMORY_FILESYSTEM = Path("/dev/shm")
 
 
 def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching names that start with `prefix` (underscores literal)."""
     return prefix.replace("_", r"\_") + "%"
 
 
@@ -33,8 +34,11 @@ async def drop_leftovers(admin: asyncpg.Connection, prefix: str) -> None:
     for (name,) in await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", pattern):
         await admin.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    for (role,) in await admin.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
-                                     "cowproxy\\_b\\_" + pattern):
+    # Branch roles, their readers roles, and the read-only role of a production database
+    # (names.py): cowproxy drops the first two with the branch, never the last one.
+    role_patterns = [like_prefix(kind + prefix) for kind in ("cowproxy_b_", "cowproxy_r_", "cowproxy_ro_")]
+    for (role,) in await admin.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE ANY($1::text[])",
+                                     role_patterns):
         await admin.execute(f'DROP ROLE "{role}"')
     for (space,) in await admin.fetch("SELECT spcname FROM pg_tablespace WHERE spcname LIKE $1", pattern):
         await admin.execute(f'DROP TABLESPACE "{space}"')
