@@ -19,10 +19,14 @@ its lock), and a row changed by another transaction after the statement's snapsh
 fails the statement with 40001 instead of losing that transaction's update. Deletions
 stay in `T$rows` as markers for the same reason: the key stays locked and claimed.
 
-Every overlay also has `T$live`: one row while the source's rows show through the
-shadow. TRUNCATE (rewritten by the proxy to `TRUNCATE B."T$live"`) empties it, and its
-trigger empties the overlay; the branch's copies of the sequences the table owns are
-OWNED BY columns of `T$live`, so RESTART IDENTITY restarts them (never production's).
+Every overlay also has `T$live` and `T$cut`. TRUNCATE is rewritten by the proxy to
+`TRUNCATE B."T$live"` (so the command tag stays TRUNCATE TABLE), and its trigger empties
+the overlay and puts a row in `T$cut`, which hides the source's rows from then on. The
+source shows through while `T$cut` is *empty*, never while some marker row exists: a
+transaction whose snapshot predates the overlay (REPEATABLE READ, SERIALIZABLE) cannot
+see rows the control plane inserted after it, and must still see production. The
+branch's copies of the sequences the table owns are OWNED BY columns of `T$live`, so
+RESTART IDENTITY restarts them (never production's).
 `T$skip...` views take `INSERT ... ON CONFLICT DO NOTHING` (the proxy redirects the
 insert there): their trigger skips rows that conflict on the arbiter rules.
 
@@ -94,7 +98,8 @@ class OverlayObjects:
     view: str          # the shadow view (mode shadow) or the copied table (mode copy)
     rows: str
     pending: str       # foreign key work queued by the row triggers for the statement's end
-    live: str          # one row while the source's rows show through; TRUNCATE empties it
+    live: str          # the target of TRUNCATE (its trigger cuts the source); owns sequence copies
+    cut: str           # a row once TRUNCATE has hidden the source's rows; empty until then
     insert_fn: str
     update_fn: str
     delete_fn: str
@@ -112,7 +117,7 @@ def overlay_objects(schema: str, table: str) -> OverlayObjects:
     return OverlayObjects(
         view=base,
         **{field: _suffixed(base, suffix) for field, suffix in (
-            ("rows", "$rows"), ("pending", "$pending"), ("live", "$live"),
+            ("rows", "$rows"), ("pending", "$pending"), ("live", "$live"), ("cut", "$cut"),
             ("insert_fn", "$insert"), ("update_fn", "$update"), ("delete_fn", "$delete"),
             ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
             ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),
@@ -403,7 +408,7 @@ class _Generator:
 
     def live(self) -> str:
         """SQL: the source's rows still show through (no TRUNCATE yet)."""
-        return f"EXISTS (SELECT 1 FROM {self.q(self.objects.live)})"
+        return f"NOT EXISTS (SELECT 1 FROM {self.q(self.objects.cut)})"
 
     def in_source(self, record: str) -> str:
         """SQL: the source shows a row with `record`'s key to this branch."""
@@ -411,14 +416,16 @@ class _Generator:
                 f" AND {self.live()})")
 
     def live_ddl(self) -> list[str]:
-        """T$live: one row while the source shows through. Its other columns exist only to
-        own the branch's sequence copies (RESTART IDENTITY restarts what they own)."""
+        """T$live, the target of TRUNCATE; its columns exist only to own the branch's
+        sequence copies (RESTART IDENTITY restarts what they own). T$cut, empty until a
+        TRUNCATE hides the source."""
         owned = "".join(f", {quote_ident(c.name)} integer" for c in owned_sequence_columns(self.info))
-        live = self.q(self.objects.live)
+        live, cut = self.q(self.objects.live), self.q(self.objects.cut)
         return [
             f"CREATE TABLE {live} (cowproxy_live boolean PRIMARY KEY DEFAULT true CHECK (cowproxy_live){owned})",
-            f"INSERT INTO {live} (cowproxy_live) VALUES (true)",
             *self.private(live),
+            f"CREATE TABLE {cut} (cowproxy_cut boolean PRIMARY KEY DEFAULT true CHECK (cowproxy_cut))",
+            *self.private(cut),
         ]
 
     def truncate_trigger(self) -> str:
@@ -430,10 +437,12 @@ class _Generator:
         emptied, deletion markers included (no source row shows through any more), and
         the defaults stop keeping ahead of production's sequences."""
         o = self.objects
+        cut = f"INSERT INTO {self.q(o.cut)} DEFAULT VALUES ON CONFLICT DO NOTHING;"
         if self.info.mode == "copy":
-            statements = [f"TRUNCATE {self.q(o.view)};", *(s + ";" for s in self.set_defaults(self.q(o.view), False, cut=True))]
+            statements = [cut, f"TRUNCATE {self.q(o.view)};",
+                          *(s + ";" for s in self.set_defaults(self.q(o.view), False, cut=True))]
         else:
-            statements = [f"TRUNCATE {self.q(o.rows)};"]
+            statements = [cut, f"TRUNCATE {self.q(o.rows)};"]
             for view in [o.view, *skip_views(self.info)]:
                 statements += [s + ";" for s in self.set_defaults(self.q(view), True, cut=True)]
         return "\n".join(statements) + "\nRETURN NULL;"

@@ -244,3 +244,18 @@ async def test_metrics_count_branch_statements_and_overlay_size(branch_proxy, br
     assert metric_value(text, "cowproxy_statements_total", branch=branch, kind="refused") >= 1
     assert wait_until(lambda: metric_value(branch_proxy.scrape_metrics(), "cowproxy_overlay_rows", branch=branch) >= 4)
     assert metric_value(branch_proxy.scrape_metrics(), "cowproxy_overlay_bytes", branch=branch) > 0
+
+
+async def test_a_repeatable_read_snapshot_older_than_a_shadow_still_sees_production(branch_proxy, branch):
+    """SPEC §5.5: the first write by another session creates the table's shadow; a
+    transaction whose snapshot predates it must keep seeing production's rows."""
+    reader = await connect(branch_proxy, branch)
+    writer = await connect(branch_proxy, branch)
+    await reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    assert await reader.fetchval("SELECT count(*) FROM bs_orders") == 50
+    await writer.execute("INSERT INTO bs_orders (customer, total) VALUES ('late', 1)")
+    assert await reader.fetchval("SELECT count(*) FROM bs_orders") == 50
+    await reader.execute("COMMIT")
+    assert await reader.fetchval("SELECT count(*) FROM bs_orders") == 51
+    await reader.close()
+    await writer.close()

@@ -21,9 +21,9 @@ ROW_LOCK_GAP = Gap("SELECT ... FOR UPDATE / FOR SHARE / FOR NO KEY UPDATE is ref
 CURRENT_USER_GAP = Gap("current_user / session_user name the branch's role (cowproxy_b_<branch>), "
                        "not the client's user")
 STALE_SNAPSHOT_GAP = Gap(
-    "a REPEATABLE READ / SERIALIZABLE transaction whose snapshot predates the table's first write on the "
-    "branch (by another session, or by itself) sees the table as empty: the shadow view only shows "
-    "production's rows once its $live marker row is visible, and that row was committed after the snapshot")
+    "SERIALIZABLE write skew across a table's first write on the branch commits: the transactions read "
+    "the production table before its overlay existed, so PostgreSQL's SSI cannot connect those reads to "
+    "the writes that land in the overlay's $rows (on an already-changed table it is refused as on a copy)")
 
 
 def s1(sql: str, **options) -> Step:
@@ -179,8 +179,7 @@ CASES: tuple[Case, ...] = (
          s1("DELETE FROM tickets WHERE id = 1"),
          "SELECT count(*), sum(priority) FROM tickets",
          "COMMIT",
-         "SELECT count(*), sum(priority) FROM tickets",
-         gaps=(STALE_SNAPSHOT_GAP,)),
+         "SELECT count(*), sum(priority) FROM tickets"),
     case("repeatable_read_keeps_its_snapshot_of_a_changed_table", "5.5",
          "UPDATE tickets SET priority = 1 WHERE id = 30",
          "BEGIN ISOLATION LEVEL REPEATABLE READ",
@@ -194,8 +193,7 @@ CASES: tuple[Case, ...] = (
          "SELECT count(*), sum(priority) FROM tickets",
          asyncpg=True),
     case("repeatable_read_update_of_a_row_changed_since_fails", "5.5",
-         *UPDATE_AFTER_SNAPSHOT,
-         gaps=(STALE_SNAPSHOT_GAP,)),
+         *UPDATE_AFTER_SNAPSHOT),
     case("repeatable_read_update_of_a_changed_row_changed_since_fails", "5.5",
          "UPDATE tickets SET priority = 3 WHERE id = 5",
          *UPDATE_AFTER_SNAPSHOT),
