@@ -102,6 +102,12 @@ class FrontendFramer:
         The frames' bytes are `buf`; a trailing partial frame is kept for the next call.
         Raises `ProtocolViolation` on a refused header (see the class docstring).
         """
+        if not self._pending and len(data) > 4:
+            # Fast path: the chunk is exactly one valid frame (a simple-protocol Query).
+            msg_type = data[0]
+            length = _unpack_u32(data, 1)[0]
+            if length + 1 == len(data) and msg_type in self.allowed_types and 4 <= length <= self.max_message_size:
+                return data, [(msg_type, 5, len(data))]
         if self._pending:
             self._pending += data
             buf: bytes = bytes(self._pending)
