@@ -98,9 +98,11 @@ class BranchRegistry:
         return self._readonly
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # Any change may affect stacked children too: refresh every loaded branch.
-        for name in list(self._states):
-            asyncio.get_running_loop().create_task(self._refresh_quietly(name))
+        """A catalog change to branch `payload`: refresh it and the loaded branches
+        stacked on it (their layouts include its overlays); leave the rest alone."""
+        for name, state in list(self._states.items()):
+            if any(b.name == payload for b in state.chain):
+                asyncio.get_running_loop().create_task(self._refresh_quietly(name))
 
     async def _refresh_quietly(self, name: str) -> None:
         try:
