@@ -23,7 +23,7 @@ from rich.console import Console
 
 from benchmarks import branching, machine, pgbench
 from benchmarks.context import BenchContext
-from benchmarks.profile_cowproxy import find_py_spy, print_hot_spots, sample_while
+from benchmarks.profile_cowproxy import find_cell, find_py_spy, print_hot_spots, sample_while
 from benchmarks.targets import direct_target
 from cowproxy.embedded import EmbeddedPostgres
 
@@ -41,9 +41,7 @@ BRANCH = "profiled"
 def main(cell: str, seconds: int, scale: int, native: bool, output: Path, top: int) -> None:
     console = Console()
     find_py_spy()
-    chosen = next((c for c in pgbench.all_cells() if c.id == cell), None)
-    if chosen is None:
-        raise click.BadParameter(f"unknown cell {cell}", param_hint="--cell")
+    chosen = find_cell(cell)
     with EmbeddedPostgres() as pg:
         ctx = BenchContext(pg=pg, pgbench=pg.binary("pgbench"), console=console, machine=machine.describe(),
                            seconds=seconds, scale=scale, targets=[])

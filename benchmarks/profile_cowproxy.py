@@ -68,6 +68,11 @@ def find_py_spy() -> str:
     return py_spy
 
 
+def find_cell(cell: str) -> pgbench.Cell:
+    chosen = find_cell(cell)
+    return chosen
+
+
 def sample_while(console: Console, load: Callable[[], None], pid: int, seconds: int, native: bool,
                  output: Path, what: str) -> None:
     """Run `load` in a thread while py-spy samples process `pid` into `output`."""

@@ -19,7 +19,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
-STATEMENT_KINDS = ("passthrough", "read", "write", "ddl", "refused")
 
 
 class Histogram:

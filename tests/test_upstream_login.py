@@ -2,7 +2,6 @@
 SCRAM-SHA-256, md5 and trust against a real PostgreSQL, and a wrong password refused."""
 
 import socket
-import struct
 
 import pytest
 

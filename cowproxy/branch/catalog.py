@@ -36,12 +36,12 @@ from cowproxy.branch.names import (
     overlay_name,
     qualified,
     quote_ident,
-    quote_literal,
     readers_role_for,
     role_for,
     schema_for,
     validate_branch_name,
 )
+from cowproxy.sql.rewrite import quote_literal
 
 CATALOG_VERSION = "1"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from cowproxy.sql.rewrite import quote_ident, quote_literal  # noqa: F401  (re-exported)
+from cowproxy.sql.rewrite import quote_ident
 
 CATALOG_SCHEMA = "cowproxy"
 """Where the branch catalog lives (only the admin role can read it)."""

@@ -57,7 +57,8 @@ import asyncpg
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
 from cowproxy.branch.introspect import Column, ForeignKey, TableInfo, UniqueRule, describe_table
-from cowproxy.branch.names import overlay_name, qualified, quote_ident, quote_literal
+from cowproxy.branch.names import overlay_name, qualified, quote_ident
+from cowproxy.sql.rewrite import quote_literal
 
 MAX_IDENTIFIER_BYTES = 63
 """PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated."""

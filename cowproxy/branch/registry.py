@@ -174,7 +174,7 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
     local = await conn.fetch(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'v', 'm', 'p', 'f')"
-        " AND c.relname NOT LIKE '%$rows' AND c.relname NOT LIKE '%$tomb'", schemas)
+        " AND c.relname NOT LIKE '%$rows'", schemas)
     return BranchLayout(
         branch=chain[0].name,
         schema=chain[0].schema_name,

@@ -8,6 +8,8 @@ import signal
 import ssl
 from dataclasses import dataclass
 
+import asyncpg
+
 from cowproxy import logs
 from cowproxy.metrics import Metrics, serve_metrics
 from cowproxy.proxy.routing import PassthroughRouter, Router
@@ -77,7 +79,7 @@ class ProxyServer:
         if self._registry is not None:
             try:
                 await self._registry.start()  # the catalog exists before the first client
-            except (OSError, asyncpg_errors()) as exc:
+            except (OSError, asyncpg.PostgresError) as exc:
                 logs.event("catalog_unavailable", logging.WARNING, error=repr(exc),
                            note="will retry when a client connects")
         self._server = await loop.create_server(
@@ -138,12 +140,6 @@ class ProxyServer:
     def _cut_now(self) -> None:
         logs.event("drain_cut_short", sessions=len(self.ctx.sessions))
         self._deadline = 0.0
-
-
-def asyncpg_errors() -> type[Exception]:
-    import asyncpg
-
-    return asyncpg.PostgresError
 
 
 def install_uvloop() -> None:

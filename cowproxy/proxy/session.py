@@ -207,6 +207,7 @@ class ClientSession(asyncio.Protocol):
         self._swallow_buf = b""
         self._idle_waiter: asyncio.Future | None = None
         self._startup_timer: asyncio.TimerHandle | None = None
+        self._setup_status = b"I"              # the ReadyForQuery status held back during SETUP
 
     # ---------------------------------------------------------------- client events
 
@@ -366,7 +367,7 @@ class ClientSession(asyncio.Protocol):
             buf, _frames = self._auth_framer.feed(data)
             if buf:
                 self._upstream.write(buf)  # type: ignore[union-attr]
-        elif self.state in (State.TLS_HANDSHAKE,):
+        elif self.state is State.TLS_HANDSHAKE:
             raise ProtocolViolation("received unencrypted data after SSL request")
         elif self.state in (State.CONNECTING, State.LOGGING_IN, State.SETUP):
             self._early.append(data)

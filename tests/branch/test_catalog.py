@@ -30,11 +30,11 @@ from cowproxy.branch.names import (
     overlay_name,
     qualified,
     quote_ident,
-    quote_literal,
     schema_for,
     validate_branch_name,
 )
 from cowproxy.branch.overlay import overlay_objects
+from cowproxy.sql.rewrite import quote_literal
 from support import start_test_server
 
 pytestmark = pytest.mark.pg15

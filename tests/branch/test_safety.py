@@ -8,7 +8,6 @@ redirected into the branch or refused with a clear 42501 / 0A000 / 25006.
 
 from __future__ import annotations
 
-import hashlib
 
 import asyncpg
 import pytest
