@@ -7,41 +7,13 @@ collector turns them into metric families only when Prometheus scrapes.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from typing import Iterable, Iterator
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)
-
-
-
-class Histogram:
-    """Cumulative-at-scrape histogram: `observe` is a bisect and two adds."""
-
-    __slots__ = ("counts", "total", "count")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.total += seconds
-        self.count += 1
-
-    def buckets(self) -> list[tuple[str, int]]:
-        out, running = [], 0
-        for bound, c in zip((*map(str, LATENCY_BUCKETS), "+Inf"), self.counts):
-            running += c
-            out.append((bound, running))
-        return out
+from cowproxy.histogram import Histogram
 
 
 class Metrics:

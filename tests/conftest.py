@@ -16,10 +16,15 @@ import pytest
 from support import ProxyProcess, psql, start_test_server
 
 
-def pytest_collection_modifyitems(config, items):
-    # Under COWPROXY_TEST_PG_BINDIR only the tests marked pg15 are selected by the
-    # Makefile's -m; nothing to do here otherwise.
-    return None
+def pytest_sessionstart(session):
+    """Refuse to test a stale build: an edited source with its old compiled module beside
+    it would test the old code (see cowproxy/compiled.py)."""
+    from cowproxy import compiled
+
+    stale = [name for name, state in compiled.status().items() if state == "stale"]
+    if stale:
+        pytest.exit(f"compiled modules older than their sources: {', '.join(stale)}; "
+                    "rebuild with `make install` (or pip install -e .)", returncode=4)
 
 
 @pytest.fixture(scope="session")

@@ -28,21 +28,22 @@ MAX_STARTUP_PACKET: Final = 10_000
 """PostgreSQL's own limit on a startup packet (MAX_STARTUP_PACKET_LENGTH): the bytes
 after the Int32 length word, so the length word itself may say up to 10004."""
 
-# -- frontend message types (PMF), as ints so that `buf[i] == QUERY` needs no slicing.
-BIND: Final = ord("B")
-CLOSE: Final = ord("C")
-COPY_DATA: Final = ord("d")
-COPY_DONE: Final = ord("c")
-COPY_FAIL: Final = ord("f")
-DESCRIBE: Final = ord("D")
-EXECUTE: Final = ord("E")
-FLUSH: Final = ord("H")
-FUNCTION_CALL: Final = ord("F")
-PARSE: Final = ord("P")
-PASSWORD: Final = ord("p")  # PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse
-QUERY: Final = ord("Q")
-SYNC: Final = ord("S")
-TERMINATE: Final = ord("X")
+# -- frontend message types (PMF), as int literals so that `buf[i] == QUERY` needs no
+# slicing and compiled modules (mypyc) inline them.
+BIND: Final = 66  # "B"
+CLOSE: Final = 67  # "C"
+COPY_DATA: Final = 100  # "d"
+COPY_DONE: Final = 99  # "c"
+COPY_FAIL: Final = 102  # "f"
+DESCRIBE: Final = 68  # "D"
+EXECUTE: Final = 69  # "E"
+FLUSH: Final = 72  # "H"
+FUNCTION_CALL: Final = 70  # "F"
+PARSE: Final = 80  # "P"
+PASSWORD: Final = 112  # "p": PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse
+QUERY: Final = 81  # "Q"
+SYNC: Final = 83  # "S"
+TERMINATE: Final = 88  # "X"
 
 FRONTEND_TYPES: Final = frozenset(
     {BIND, CLOSE, COPY_DATA, COPY_DONE, COPY_FAIL, DESCRIBE, EXECUTE, FLUSH,
@@ -50,17 +51,17 @@ FRONTEND_TYPES: Final = frozenset(
 )
 
 # -- backend message types (PMF)
-AUTHENTICATION: Final = ord("R")
-BACKEND_KEY_DATA: Final = ord("K")
-PARAMETER_STATUS: Final = ord("S")
-READY_FOR_QUERY: Final = ord("Z")
-ERROR_RESPONSE: Final = ord("E")
-NOTICE_RESPONSE: Final = ord("N")
-NOTIFICATION_RESPONSE: Final = ord("A")
-COMMAND_COMPLETE: Final = ord("C")
-DATA_ROW: Final = ord("D")
-ROW_DESCRIPTION: Final = ord("T")
-NEGOTIATE_PROTOCOL_VERSION: Final = ord("v")
+AUTHENTICATION: Final = 82  # "R"
+BACKEND_KEY_DATA: Final = 75  # "K"
+PARAMETER_STATUS: Final = 83  # "S"
+READY_FOR_QUERY: Final = 90  # "Z"
+ERROR_RESPONSE: Final = 69  # "E"
+NOTICE_RESPONSE: Final = 78  # "N"
+NOTIFICATION_RESPONSE: Final = 65  # "A"
+COMMAND_COMPLETE: Final = 67  # "C"
+DATA_ROW: Final = 68  # "D"
+ROW_DESCRIPTION: Final = 84  # "T"
+NEGOTIATE_PROTOCOL_VERSION: Final = 118  # "v"
 
 # Authentication request codes (PMF: AuthenticationOk ... AuthenticationSASLFinal)
 AUTH_OK: Final = 0

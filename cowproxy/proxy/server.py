@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from cowproxy import logs
+from cowproxy import compiled, logs
 from cowproxy.metrics import Metrics, serve_metrics
 from cowproxy.proxy.routing import PassthroughRouter, Router
 from cowproxy.proxy.session import ClientSession, ProxyContext
@@ -92,7 +92,8 @@ class ProxyServer:
                                                     self.config.metrics_port)
         logs.event("listening", host=self.config.listen_host, port=self.port,
                    upstream=self.ctx.upstream.display, tls=self.ctx.tls is not None,
-                   metrics=f"{self.config.metrics_host}:{self.config.metrics_port}" if self.config.metrics_port else None)
+                   metrics=f"{self.config.metrics_host}:{self.config.metrics_port}" if self.config.metrics_port else None,
+                   data_path=compiled.summary())
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop accepting, let running queries and open transactions finish, then close

@@ -11,9 +11,11 @@ States (each handles its own (state, input) pairs; see `State`):
        ▼ StartupMessage
     CONNECTING ──▶ AUTHENTICATING ──▶ SETUP (branch sessions) ──▶ READY ──▶ CLOSED
 
-In READY, client frames are framed whole (`FrontendFramer`) and forwarded as one write
-per chunk; server bytes are forwarded the moment they arrive while `BackendScanner`
-peeks at headers for ReadyForQuery and ErrorResponse only. Rows are never decoded.
+In READY the session hands both directions to its `Relay` (proxy/relay.py, compiled):
+client frames are framed whole (`FrontendFramer`) and forwarded as one write per chunk;
+server bytes are forwarded the moment they arrive while `BackendScanner` peeks at
+headers for ReadyForQuery and ErrorResponse only. Rows are never decoded. What is not a
+plain forward (the statement gate's slow path, injected queries) comes back here.
 
 Backpressure both ways: when one side's transport buffers past its high-water mark,
 reading from the other side pauses until it drains (a slow client cannot make the
@@ -39,8 +41,6 @@ from cowproxy.protocol.messages import (
     AUTH_OK,
     AUTH_SASL,
     BIND,
-    CLOSE,
-    DESCRIBE,
     NOTICE_RESPONSE,
     NOTIFICATION_RESPONSE,
     PARAMETER_STATUS,
@@ -48,12 +48,9 @@ from cowproxy.protocol.messages import (
     AUTHENTICATION,
     BACKEND_KEY_DATA,
     ERROR_RESPONSE,
-    EXECUTE,
-    FUNCTION_CALL,
     PASSWORD,
     QUERY,
     READY_FOR_QUERY,
-    SYNC,
     TERMINATE,
     CancelRequest,
     GSSENCRequest,
@@ -73,8 +70,8 @@ from cowproxy.protocol.messages import (
     encode_startup_message,
     encode_terminate,
 )
-from cowproxy.proxy.gate import StatementGate
 from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
+from cowproxy.proxy.relay import Relay
 from cowproxy.proxy.routing import Route, RouteRefused, Router
 from cowproxy.proxy.upstream import UpstreamAddress, open_upstream
 
@@ -84,7 +81,6 @@ HIGH_WATER = 512 * 1024
 _ANY_TYPE = frozenset(range(256))
 _AUTH_CLIENT_TYPES = frozenset({PASSWORD, TERMINATE})
 _SCAN_INTEREST = frozenset({READY_FOR_QUERY, ERROR_RESPONSE})
-_EXTENDED_TYPES = frozenset({PARSE, BIND, DESCRIBE, CLOSE})
 _PLANNED_TYPES = frozenset({QUERY, PARSE, BIND})  # where a stale cached plan could be used
 _ASYNC_BACKEND_TYPES = frozenset({PARAMETER_STATUS, NOTICE_RESPONSE, NOTIFICATION_RESPONSE})
 _perf = time.perf_counter
@@ -179,33 +175,18 @@ class ClientSession(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._upstream_key: tuple[BackendPid, int] | None = None
         self._frontend_pid = 0
-        self._framer = FrontendFramer(ctx.max_message_size)
         self._auth_framer = FrontendFramer(ctx.max_message_size, _AUTH_CLIENT_TYPES)
         self._backend_framer = FrontendFramer(2**31, _ANY_TYPE)
-        self._scanner = BackendScanner(_SCAN_INTEREST)
-        self._pending_ready = 0                # ReadyForQuery messages still owed by upstream
-        self._cycle_start = 0.0
-        self._proxy_time = 0.0
-        self._fatal_relayed = False
-        self._terminating = False
-        self._tx_status = b"I"
         self._client_paused = False
         self._finished = False
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statements
-        self._latency_proxy = ctx.metrics.latency["proxy"]
-        self._latency_upstream = ctx.metrics.latency["upstream"]
-        self._stat_key = ("production", "passthrough")
+        self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
+                           self._stats, ctx.metrics.errors, ctx.metrics.latency["proxy"], ctx.metrics.latency["upstream"])
         self._upstream_proto: UpstreamProtocol | None = None
         self._checking_credentials = False     # AUTHENTICATING only verifies the client
         self._login: UpstreamLogin | None = None
-        self._gate: StatementGate | None = None
-        self._gate_busy = False                # the slow path owns the client stream
-        self._queued: list[bytes] = []         # client bytes that arrived meanwhile
-        self._mid_extended = False             # extended-protocol messages sent since Sync
-        self._swallow_ready = 0                # injected queries whose answer is ours
         self._swallow_buf = b""
-        self._idle_waiter: asyncio.Future | None = None
         self._startup_timer: asyncio.TimerHandle | None = None
         self._setup_status = b"I"              # the ReadyForQuery status held back during SETUP
 
@@ -227,125 +208,78 @@ class ClientSession(asyncio.Protocol):
                         hint=f"The proxy allows {self.ctx.startup_timeout:g} s (serve --startup-timeout).")
 
     def data_received(self, data: bytes) -> None:
-        if self.state is State.READY:
-            if self._gate_busy:
-                self._queued.append(data)
-                return
-            t0 = _perf()
-            try:
-                buf, frames = self._framer.feed(data)
-            except ProtocolViolation as exc:
-                self._protocol_violation(exc)
-                return
-            if not frames:
-                return
-            if self._gate is not None:
-                cut = self._gate.scan(buf, frames)
-                if cut < len(frames):
-                    if cut:
-                        self._account(frames[:cut], t0, counted=True)
-                        self._upstream.write(buf[:frames[cut][1] - 5])  # type: ignore[union-attr]
-                    self._gate_busy = True
-                    self.ctx.spawn(self._slow_path(buf, frames[cut:]))
-                    return
-                self._account(frames, t0, counted=True)
-            else:
-                self._account(frames, t0)
-            self._upstream.write(buf)  # type: ignore[union-attr]
-            self._proxy_time += _perf() - t0
-            return
+        """Client bytes outside READY. In READY the event loop calls `Relay.from_client`
+        instead (bound in `_enter_ready`); it hands bytes back here once CLOSED."""
         try:
             self._slow_client_data(data)
         except ProtocolViolation as exc:
-            self._protocol_violation(exc)
+            self.protocol_violation(exc)
 
-    def _account(self, frames: list[tuple[int, int, int]], t0: float, counted: bool = False) -> None:
-        """Bookkeeping for client frames going upstream: ReadyForQuery owed, statement
-        counts (unless the gate counted them), where the extended protocol stands."""
-        owed = 0
-        statements = 0
-        for msg_type, _start, _end in frames:
-            if msg_type == QUERY:
-                owed += 1
-                statements += 1
-                self._mid_extended = False
-            elif msg_type == SYNC:
-                owed += 1
-                self._mid_extended = False
-            elif msg_type == FUNCTION_CALL:
-                owed += 1
-            elif msg_type == EXECUTE:
-                statements += 1
-                self._mid_extended = True
-            elif msg_type == TERMINATE:
-                self._terminating = True
-            elif msg_type in _EXTENDED_TYPES:
-                self._mid_extended = True
-        if statements and not counted:
-            self._stats[self._stat_key] += statements
-        if owed:
-            if not self._pending_ready:
-                self._cycle_start = t0
-                self._proxy_time = 0.0
-            self._pending_ready += owed
+    slow_client_data = data_received  # the class's method, whatever the instance binds
+
+    def start_slow_path(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        self.ctx.spawn(self._slow_path(buf, frames))
 
     async def _slow_path(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         """Frames that need more than a forward, in order; client reading is paused
-        and anything that still arrives waits in `_queued`."""
-        assert self._gate is not None
+        and anything that still arrives waits in `relay.queued`."""
+        relay = self.relay
+        gate = relay.gate
+        assert gate is not None
         self.client_pause_reading()
         try:
             while True:
                 for frame in frames:
                     msg_type, start, end = frame
-                    if msg_type in _PLANNED_TYPES and self._gate.plans_stale:
+                    if msg_type in _PLANNED_TYPES and gate.plans_stale:
                         await self._sync_plans()
-                    out = await self._gate.translate(msg_type, buf, start, end)
+                    out = await gate.translate(msg_type, buf, start, end)
                     if self.state is not State.READY or self._upstream is None:
                         return
-                    self._account([frame], _perf(), counted=True)
+                    relay.account([frame], _perf(), True)
                     self._upstream.write(out)
-                if not self._queued:
+                if not relay.queued:
                     return
-                data, self._queued = b"".join(self._queued), []
-                buf, frames = self._framer.feed(data)
+                data, relay.queued = b"".join(relay.queued), []
+                buf, frames = relay.framer.feed(data)
         except ProtocolViolation as exc:
-            self._protocol_violation(exc)
+            self.protocol_violation(exc)
         except Exception as exc:  # the control plane failed: this session cannot go on safely
             logs.event("statement_gate_failed", logging.ERROR, branch=self.branch, client=self.client_addr,
                        error=repr(exc))
             self._fatal("XX000", f"cowproxy could not process the statement: {exc}")
         finally:
-            self._gate_busy = False
+            relay.gate_busy = False
             self.client_resume_reading()
 
     async def _sync_plans(self) -> None:
         """The branch's layout changed (a table got a shadow): make this session's
         prepared statements re-resolve their names with DISCARD PLANS, injected
         between messages and its answer swallowed."""
-        assert self._gate is not None
-        if self._mid_extended or self._upstream is None:
+        relay = self.relay
+        assert relay.gate is not None
+        if relay.mid_extended or self._upstream is None:
             return  # not between messages now; the next statement retries
-        while self._pending_ready and self.state is State.READY:
-            self._idle_waiter = asyncio.get_running_loop().create_future()
-            await self._idle_waiter
+        while relay.pending_ready and self.state is State.READY:
+            relay.idle_waiter = asyncio.get_running_loop().create_future()
+            await relay.idle_waiter
         if self.state is not State.READY or self._upstream is None:
             return
-        self._gate.synced_version = self._gate.current_version
-        self._swallow_ready += 1
+        relay.gate.synced_version = relay.gate.current_version
+        relay.swallow_ready += 1
         self._upstream.write(encode_query("DISCARD PLANS"))
 
-    def _swallow(self, data: bytes) -> bytes:
+    def swallow(self, data: bytes) -> bytes:
         """Drop the answer to an injected query; return the bytes that follow it."""
         buf = self._swallow_buf + data if self._swallow_buf else data
         pos, n, keep = 0, len(buf), []
-        while self._swallow_ready and n - pos >= 5:
+        while self.relay.swallow_ready and n - pos >= 5:
             msg_type = buf[pos]
             end = pos + 1 + int.from_bytes(buf[pos + 1:pos + 5], "big")
             if end > n:
                 break
             if msg_type == READY_FOR_QUERY:
-                self._swallow_ready -= 1
+                self.relay.swallow_ready -= 1
             elif msg_type in _ASYNC_BACKEND_TYPES:
                 keep.append(buf[pos:end])
             elif msg_type == ERROR_RESPONSE:
@@ -354,7 +288,7 @@ class ClientSession(asyncio.Protocol):
             pos = end
         if keep:
             self.transport.write(b"".join(keep))  # type: ignore[union-attr]
-        if self._swallow_ready:
+        if self.relay.swallow_ready:
             self._swallow_buf = buf[pos:]
             return b""
         self._swallow_buf = b""
@@ -384,8 +318,10 @@ class ClientSession(asyncio.Protocol):
         self.state = State.CLOSED
         if self._startup_timer is not None:
             self._startup_timer.cancel()
-        if self._idle_waiter is not None and not self._idle_waiter.done():
-            self._idle_waiter.set_result(None)  # a slow path waiting for idle ends too
+        self.relay.active = False
+        waiter = self.relay.idle_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # a slow path waiting for idle ends too
         self.ctx.sessions.discard(self)
         if self._frontend_pid:
             self.ctx.cancels.unregister(self._frontend_pid)  # type: ignore[arg-type]
@@ -394,13 +330,13 @@ class ClientSession(asyncio.Protocol):
         upstream = self._upstream
         if upstream is None or upstream.is_closing():
             return
-        if self._pending_ready and self._upstream_key and not self._terminating:
+        if self.relay.pending_ready and self._upstream_key and not self.relay.terminating:
             # The client vanished mid-query: cancel upstream before hanging up, so the
             # query does not run on for nobody.
             logs.event("client_vanished_mid_query", logging.WARNING, branch=self.branch, client=self.client_addr)
             self._cancel_then_close()
         else:
-            if was is State.READY and not self._terminating:
+            if was is State.READY and not self.relay.terminating:
                 upstream.write(encode_terminate())
             upstream.close()
         logs.event("client_disconnected", logging.DEBUG, branch=self.branch, client=self.client_addr)
@@ -487,7 +423,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.route = route
         self.branch = route.label
-        self._stat_key = (self.branch, "passthrough")
+        self.relay.stat_key = (self.branch, "passthrough")
         transport = await self._open_upstream()
         if transport is None:
             return
@@ -543,25 +479,10 @@ class ClientSession(asyncio.Protocol):
     # ---------------------------------------------------------------- upstream events
 
     def upstream_data(self, data: bytes) -> None:
+        """Upstream bytes outside READY. In READY the event loop calls
+        `Relay.from_upstream` instead; it hands bytes back here once CLOSED."""
         if self.state is State.READY:
-            if self._swallow_ready:
-                data = self._swallow(data)
-                if not data:
-                    return
-            t0 = _perf()
-            try:
-                events = self._scanner.feed(data)
-            except ProtocolViolation as exc:
-                self._upstream_broken(exc)
-                return
-            self.transport.write(data)  # type: ignore[union-attr]
-            if events:
-                try:
-                    self._backend_events(events, t0)  # decodes ErrorResponse fields
-                except ProtocolViolation as exc:
-                    self._upstream_broken(exc)
-            else:
-                self._proxy_time += _perf() - t0
+            self.relay.from_upstream(data)  # the rest of a chunk that completed the login
             return
         if self.state is State.CLOSED:
             if self._upstream_settled is not None:
@@ -573,26 +494,7 @@ class ClientSession(asyncio.Protocol):
             elif self.state is State.SETUP:
                 self._setup_upstream_data(data)
         except ProtocolViolation as exc:
-            self._upstream_broken(exc)
-
-    def _backend_events(self, events: list[tuple[int, bytes]], t0: float) -> None:
-        for msg_type, body in events:
-            if msg_type == READY_FOR_QUERY:
-                self._tx_status = body[:1]
-                if self._pending_ready:
-                    self._pending_ready -= 1
-                    if not self._pending_ready:
-                        if self._idle_waiter is not None and not self._idle_waiter.done():
-                            self._idle_waiter.set_result(None)
-                        now = _perf()
-                        proxy = self._proxy_time + (now - t0)
-                        self._latency_proxy.observe(proxy)
-                        self._latency_upstream.observe(max(0.0, now - self._cycle_start - proxy))
-            else:
-                fields = decode_error_fields(body)
-                self.ctx.metrics.errors[fields.sqlstate] += 1
-                if fields.severity in ("FATAL", "PANIC"):
-                    self._fatal_relayed = True
+            self.upstream_broken(exc)
 
     def _auth_upstream_data(self, data: bytes) -> None:
         buf, frames = self._backend_framer.feed(data)
@@ -640,7 +542,7 @@ class ClientSession(asyncio.Protocol):
             elif msg_type == ERROR_RESPONSE:
                 fields = decode_error_fields(body)
                 self.ctx.metrics.errors[fields.sqlstate] += 1
-                self._fatal_relayed = True
+                self.relay.fatal_relayed = True
                 logs.event("upstream_refused_startup", logging.INFO, branch=self.branch,
                            client=self.client_addr, sqlstate=fields.sqlstate, message=fields.message)
             elif msg_type == READY_FOR_QUERY:
@@ -680,9 +582,18 @@ class ClientSession(asyncio.Protocol):
         self.state = State.READY
         if self._startup_timer is not None:
             self._startup_timer.cancel()
+        relay = self.relay
         if self.route is not None and self.route.gate is not None:
-            self._gate = self.route.gate(self._stats)
-        self._tx_status = rfq_body[:1]
+            relay.gate = self.route.gate(self._stats)
+        relay.tx_status = rfq_body[:1]
+        relay.client, relay.upstream, relay.active = self.transport, self._upstream, True
+        # From now on the event loop calls the relay directly, one Python frame less per
+        # chunk each way (transports cache `data_received` when given their protocol).
+        self.data_received = relay.from_client  # type: ignore[method-assign]
+        self.transport.set_protocol(self)  # type: ignore[union-attr]
+        if self._upstream_proto is not None and self._upstream is not None:
+            self._upstream_proto.data_received = relay.from_upstream  # type: ignore[method-assign]
+            self._upstream.set_protocol(self._upstream_proto)
         self.ctx.metrics.connections[self.branch] += 1
         self.ctx.metrics.connections_total[self.branch] += 1
         logs.event("client_connected", branch=self.branch, client=self.client_addr,
@@ -693,12 +604,12 @@ class ClientSession(asyncio.Protocol):
             self.data_received(early)
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        self._upstream = None
+        self._upstream = self.relay.upstream = None
         if self._upstream_settled is not None:
             self._upstream_settled.set()
         if self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
             return
-        if not self._fatal_relayed and not self._terminating:
+        if not self.relay.fatal_relayed and not self.relay.terminating:
             # The upstream went away without a word (crash, network): say so cleanly.
             self._fatal(
                 "08006",
@@ -710,7 +621,7 @@ class ClientSession(asyncio.Protocol):
             self.transport.close()
             self._finish()
 
-    def _upstream_broken(self, exc: ProtocolViolation) -> None:
+    def upstream_broken(self, exc: ProtocolViolation) -> None:
         logs.event("upstream_protocol_violation", logging.ERROR, branch=self.branch, client=self.client_addr, error=str(exc))
         if self._upstream is not None:
             self._upstream.close()
@@ -767,16 +678,16 @@ class ClientSession(asyncio.Protocol):
     def _discard_cancelled_answer(self, data: bytes) -> None:
         """Upstream bytes after the client vanished: count ReadyForQuery, drop the rest."""
         try:
-            events = self._scanner.feed(data)
+            events = self.relay.scanner.feed(data)
         except ProtocolViolation:
-            events, self._pending_ready = [], 0
+            events, self.relay.pending_ready = [], 0
         for msg_type, _body in events:
-            if msg_type == READY_FOR_QUERY and self._pending_ready:
-                self._pending_ready -= 1
-        if not self._pending_ready:
+            if msg_type == READY_FOR_QUERY and self.relay.pending_ready:
+                self.relay.pending_ready -= 1
+        if not self.relay.pending_ready:
             self._upstream_settled.set()  # type: ignore[union-attr]
 
-    def _protocol_violation(self, exc: ProtocolViolation) -> None:
+    def protocol_violation(self, exc: ProtocolViolation) -> None:
         self.ctx.metrics.protocol_violations += 1
         logs.event("protocol_violation", logging.WARNING, branch=self.branch, client=self.client_addr, error=str(exc))
         self._fatal(exc.sqlstate, str(exc))
@@ -791,7 +702,7 @@ class ClientSession(asyncio.Protocol):
 
     def terminate_if_idle(self) -> bool:
         """For draining: close the session with 57P01 if it is between transactions."""
-        if self.state is State.READY and not self._pending_ready and self._tx_status == b"I":
+        if self.state is State.READY and not self.relay.pending_ready and self.relay.tx_status == b"I":
             self._fatal("57P01", "terminating connection because cowproxy is shutting down")
             return True
         if self.state in (State.STARTUP, State.TLS_HANDSHAKE) and self.transport is not None:

@@ -341,3 +341,18 @@ def test_any_server_message_round_trips(name, value, mechanisms, pid, secret):
     assert decode_parameter_status(one_message(encode_parameter_status(name, value))[1]) == (name, value)
     assert decode_sasl_mechanisms(decode_authentication(one_message(encode_sasl_mechanisms(mechanisms))[1])[1]) == mechanisms
     assert decode_backend_key_data(one_message(encode_backend_key_data(pid, secret))[1]) == (pid, secret)
+
+
+def test_message_type_constants_are_their_type_bytes():
+    """The constants are int literals (so compiled modules inline them); each must still
+    be the byte the protocol documentation names."""
+    import re
+    from pathlib import Path
+
+    from cowproxy.protocol import messages
+
+    source = Path(messages.__file__).read_text()
+    found = re.findall(r'^([A-Z_]+): Final = (\d+)  # "(.)"', source, flags=re.M)
+    assert len(found) >= 20
+    for name, value, char in found:
+        assert getattr(messages, name) == int(value) == ord(char), name

@@ -1,0 +1,186 @@
+"""The data path of one session in READY: client frames go upstream, server bytes come back.
+
+Everything a transaction costs the proxy in steady state happens in `Relay.from_client`
+and `Relay.from_upstream`, which the event loop calls directly (the session binds them
+as its transports' `data_received`). Measured in place, interpreted Python here cost
+12–17 µs of CPU per pgbench transaction (cold caches between context switches), against
+5–6 µs for a bare byte relay; so this module, `protocol/framing.py` and `histogram.py`
+are compiled with mypyc when the package is built (setup.py), and the code stays plain
+typed Python that also runs uncompiled: native attributes, no closures, no dynamic tricks.
+
+What is not steady state goes back to the session (`session` below): the statement
+gate's slow path, answers to injected queries, protocol violations, a session that is
+no longer READY.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cowproxy.histogram import Histogram
+from cowproxy.protocol.errors import ProtocolViolation
+from cowproxy.protocol.framing import BackendScanner, FrontendFramer
+from cowproxy.protocol.messages import (
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    FUNCTION_CALL,
+    PARSE,
+    QUERY,
+    READY_FOR_QUERY,
+    SYNC,
+    TERMINATE,
+    decode_error_fields,
+)
+
+
+class Relay:
+    """One session's steady-state bookkeeping and byte forwarding.
+
+    `pending_ready` counts the ReadyForQuery messages the upstream still owes (one per
+    Query, Sync and FunctionCall sent): zero means the session is between requests.
+    `cycle_start` and `proxy_time` measure the current request for the latency
+    histograms: time spent in the proxy, and the rest (upstream and network).
+    """
+
+    def __init__(self, session: Any, framer: FrontendFramer, scanner: BackendScanner,
+                 statements: Any, errors: Any, latency_proxy: Histogram, latency_upstream: Histogram) -> None:
+        self.session = session
+        self.framer = framer
+        self.scanner = scanner
+        self.statements = statements             # metrics: (branch, kind) → count
+        self.errors = errors                     # metrics: SQLSTATE → count
+        self.latency_proxy = latency_proxy
+        self.latency_upstream = latency_upstream
+        self.stat_key: tuple[str, str] = ("production", "passthrough")
+        self.client: Any = None                  # the client's transport
+        self.upstream: Any = None                # the upstream's transport
+        self.gate: Any = None                    # StatementGate, for branch and production sessions
+        self.active = False                      # READY: the session relays through here
+        self.gate_busy = False                   # the gate's slow path owns the client stream
+        self.queued: list[bytes] = []            # client bytes that arrived meanwhile
+        self.pending_ready = 0
+        self.cycle_start = 0.0
+        self.proxy_time = 0.0
+        self.mid_extended = False                # extended-protocol messages sent since Sync
+        self.terminating = False                 # the client sent Terminate
+        self.tx_status = b"I"                    # the last ReadyForQuery's transaction status
+        self.fatal_relayed = False               # the upstream sent a FATAL the client has seen
+        self.swallow_ready = 0                   # injected queries whose answers are the session's
+        self.idle_waiter: Any = None             # a future set when pending_ready drops to 0
+
+    # ------------------------------------------------------------------ client → upstream
+
+    def from_client(self, data: bytes) -> None:
+        if not self.active:
+            self.session.slow_client_data(data)
+            return
+        if self.gate_busy:
+            self.queued.append(data)
+            return
+        t0 = time.perf_counter()
+        try:
+            buf, frames = self.framer.feed(data)
+        except ProtocolViolation as exc:
+            self.session.protocol_violation(exc)
+            return
+        if not frames:
+            return
+        gate = self.gate
+        if gate is not None:
+            cut: int = gate.scan(buf, frames)
+            if cut < len(frames):
+                if cut:
+                    self.account(frames[:cut], t0, True)
+                    self.upstream.write(buf[:frames[cut][1] - 5])
+                self.gate_busy = True
+                self.session.start_slow_path(buf, frames[cut:])
+                return
+            self.account(frames, t0, True)
+        else:
+            self.account(frames, t0, False)
+        self.upstream.write(buf)
+        self.proxy_time += time.perf_counter() - t0
+
+    def account(self, frames: list[tuple[int, int, int]], t0: float, counted: bool) -> None:
+        """Bookkeeping for client frames going upstream: ReadyForQuery owed, statement
+        counts (unless the gate counted them), where the extended protocol stands."""
+        owed = 0
+        statements = 0
+        for frame in frames:
+            msg_type = frame[0]
+            if msg_type == QUERY:
+                owed += 1
+                statements += 1
+                self.mid_extended = False
+            elif msg_type == SYNC:
+                owed += 1
+                self.mid_extended = False
+            elif msg_type == EXECUTE:
+                statements += 1
+                self.mid_extended = True
+            elif msg_type == PARSE or msg_type == BIND or msg_type == DESCRIBE or msg_type == CLOSE:
+                self.mid_extended = True
+            elif msg_type == FUNCTION_CALL:
+                owed += 1
+            elif msg_type == TERMINATE:
+                self.terminating = True
+        if statements and not counted:
+            self.statements[self.stat_key] += statements
+        if owed:
+            if not self.pending_ready:
+                self.cycle_start = t0
+                self.proxy_time = 0.0
+            self.pending_ready += owed
+
+    # ------------------------------------------------------------------ upstream → client
+
+    def from_upstream(self, data: bytes) -> None:
+        if not self.active:
+            self.session.upstream_data(data)
+            return
+        if self.swallow_ready:
+            data = self.session.swallow(data)
+            if not data:
+                return
+        t0 = time.perf_counter()
+        try:
+            events = self.scanner.feed(data)
+        except ProtocolViolation as exc:
+            self.session.upstream_broken(exc)
+            return
+        self.client.write(data)
+        if events:
+            try:
+                self.backend_events(events, t0)  # decodes ErrorResponse fields
+            except ProtocolViolation as exc:
+                self.session.upstream_broken(exc)
+        else:
+            self.proxy_time += time.perf_counter() - t0
+
+    def backend_events(self, events: list[tuple[int, bytes]], t0: float) -> None:
+        for event in events:
+            msg_type, body = event
+            if msg_type == READY_FOR_QUERY:
+                self.tx_status = body[:1]
+                if self.pending_ready:
+                    self.pending_ready -= 1
+                    if not self.pending_ready:
+                        self.request_done(t0)
+            else:
+                fields = decode_error_fields(body)
+                self.errors[fields.sqlstate] += 1
+                if fields.severity == "FATAL" or fields.severity == "PANIC":
+                    self.fatal_relayed = True
+
+    def request_done(self, t0: float) -> None:
+        """The upstream answered everything sent: wake a waiter, record the latency."""
+        waiter = self.idle_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        now = time.perf_counter()
+        proxy = self.proxy_time + (now - t0)
+        self.latency_proxy.observe(proxy)
+        self.latency_upstream.observe(max(0.0, now - self.cycle_start - proxy))

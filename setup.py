@@ -1,0 +1,36 @@
+"""Build step: compile the data path with mypyc (metadata lives in pyproject.toml).
+
+The modules in `COMPILED` are what every transaction runs through; compiled, the proxy's
+own CPU per pgbench transaction drops several-fold (README, "Benchmarks"). They are
+plain typed Python, so without a C compiler (or with COWPROXY_PURE_PYTHON=1) the
+package installs and runs them interpreted, slower but identical.
+"""
+
+import os
+import sys
+
+from setuptools import setup
+
+COMPILED = [
+    "cowproxy/protocol/framing.py",
+    "cowproxy/proxy/relay.py",
+    "cowproxy/histogram.py",
+]
+
+
+def compiled_modules() -> list:
+    if os.environ.get("COWPROXY_PURE_PYTHON"):
+        return []
+    try:
+        from mypyc.build import mypycify
+
+        extensions = mypycify(COMPILED, opt_level="3", debug_level="0")
+    except Exception as exc:  # mypyc missing or the sources do not type-check
+        print(f"cowproxy: not compiling the data path ({exc}); it runs as plain Python", file=sys.stderr)
+        return []
+    for extension in extensions:
+        extension.optional = True  # no C compiler: install the pure-Python modules
+    return extensions
+
+
+setup(ext_modules=compiled_modules())

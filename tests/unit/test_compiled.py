@@ -1,0 +1,23 @@
+"""The build compiles exactly the modules cowproxy.compiled reports on."""
+
+import ast
+from pathlib import Path
+
+from cowproxy import compiled
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_setup_compiles_the_modules_the_runtime_reports_on():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    listed = next(node.value for node in ast.walk(tree)
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED")
+    sources = [element.value for element in listed.elts]
+    assert [s.removesuffix(".py").replace("/", ".") for s in sources] == list(compiled.COMPILED_MODULES)
+
+
+def test_status_names_every_compiled_module_with_a_known_state():
+    states = compiled.status()
+    assert set(states) == set(compiled.COMPILED_MODULES)
+    assert set(states.values()) <= {"compiled", "interpreted"}  # the suite refuses "stale"
+    assert compiled.summary() in ("compiled", "interpreted", "mixed")
