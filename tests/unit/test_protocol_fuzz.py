@@ -111,3 +111,40 @@ def test_valid_server_frames_cut_anywhere_report_exactly_the_interesting_ones(me
     ends = boundaries(messages)
     chunk_ends = [sum(map(len, chunks[:i + 1])) for i in range(len(chunks))]
     assert run.at_boundary == [end in ends for end in chunk_ends]
+
+
+def _interpreted_framing():
+    """framing.py loaded from its source as plain Python, beside whatever the build made
+    of it (compiled with mypyc, normally): the fallback must read streams identically."""
+    import importlib.util
+    from pathlib import Path
+
+    from cowproxy.protocol import framing
+
+    spec = importlib.util.spec_from_file_location("framing_interpreted", Path(framing.__file__).parent / "framing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+INTERPRETED = _interpreted_framing()
+
+
+def _read_all(framing, data: bytes, interest: frozenset[int], limit: int):
+    out: list = []
+    for reader, feed in ((framing.FrontendFramer(limit), "frontend"), (framing.BackendScanner(interest), "backend")):
+        try:
+            for byte in bytewise(data):
+                out.append((feed, reader.feed(byte)))
+        except ProtocolViolation as exc:
+            out.append((feed, "refused", str(exc)))
+    return out
+
+
+@BOUNDED
+@given(data=st.one_of(frontend_streams, backend_messages.map(stream)), interest=st.frozensets(st.integers(0, 255)),
+       limit=st.one_of(st.just(64 * 1024 * 1024), st.integers(4, 64)))
+def test_the_interpreted_fallback_reads_like_the_built_framing(data, interest, limit):
+    from cowproxy.protocol import framing
+
+    assert _read_all(INTERPRETED, data, interest, limit) == _read_all(framing, data, interest, limit)
