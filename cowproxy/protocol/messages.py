@@ -121,7 +121,7 @@ def decode_startup_packet(body: bytes) -> StartupPacket:
 
     The checks and messages follow PostgreSQL's ProcessStartupPacket, so a client sees
     the same FATAL 08P01 it would get from the server: any 3.x protocol is accepted
-    (the upstream negotiates the minor version), the parameters are name/value C-string
+    (the proxy negotiates it down to 3.0: `negotiate_protocol_version`), the parameters are name/value C-string
     pairs closed by one more zero byte, names are non-empty, and `user` must be given.
     Parameter bytes must be UTF-8 (PostgreSQL checks them later, against the server
     encoding; the proxy needs them as text to route the connection).
@@ -179,6 +179,22 @@ def encode_ssl_request() -> bytes:
 def encode_gssenc_request() -> bytes:
     """PMF GSSENCRequest (clients send it; the proxy only decodes it, and declines)."""
     return struct.pack("!ii", 8, GSSENC_REQUEST_CODE)
+
+
+def negotiate_protocol_version(protocol: int, parameters: dict[str, str]) -> bytes:
+    """What the proxy answers a StartupMessage asking for more than protocol 3.0: a
+    NegotiateProtocolVersion (newest minor 0, the `_pq_.` options it does not know), as
+    PostgreSQL answers; b"" for a plain 3.0 request.
+
+    The proxy speaks 3.0 to both sides. Protocol 3.2 (PostgreSQL 18) makes the
+    BackendKeyData secret variable-length, and the proxy hands out keys of its own
+    (proxy/cancel.py): keeping both sides on 3.0 keeps cancels working everywhere.
+    """
+    options = [name for name in parameters if name.startswith("_pq_.")]
+    if protocol == PROTOCOL_3_0 and not options:
+        return b""
+    body = _U32.pack(0) + _U32.pack(len(options)) + b"".join(_cstr(name) for name in options)
+    return frame(NEGOTIATE_PROTOCOL_VERSION, body)
 
 
 def encode_cancel_request(process_id: int, secret_key: int) -> bytes:

@@ -69,6 +69,7 @@ from cowproxy.protocol.messages import (
     encode_sasl_mechanisms,
     encode_startup_message,
     encode_terminate,
+    negotiate_protocol_version,
 )
 from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
 from cowproxy.proxy.relay import Relay
@@ -87,6 +88,12 @@ _perf = time.perf_counter
 CANCEL_ATTEMPTS = 6
 CANCEL_RETRY_SECONDS = 0.5
 """A vanished client's query is cancelled up to this many times, this far apart."""
+
+
+def _upstream_parameters(params: dict[str, str]) -> dict[str, str]:
+    """The startup parameters for the upstream: protocol options (`_pq_.*`) stay with the
+    proxy, which speaks protocol 3.0 upstream (see `negotiate_protocol_version`)."""
+    return {name: value for name, value in params.items() if not name.startswith("_pq_.")}
 
 
 class State(enum.Enum):
@@ -427,12 +434,14 @@ class ClientSession(asyncio.Protocol):
         transport = await self._open_upstream()
         if transport is None:
             return
-        protocol = self.startup.protocol
         self._checking_credentials = route.login_as is not None
-        params = dict(route.startup_parameters)
+        params = _upstream_parameters(route.startup_parameters)
         if self._checking_credentials:
             params.pop("options", None)  # only the credentials matter on this connection
-        transport.write(encode_startup_message(params, protocol))
+        negotiation = negotiate_protocol_version(self.startup.protocol, self.startup.parameters)
+        if negotiation:
+            self.transport.write(negotiation)  # type: ignore[union-attr]
+        transport.write(encode_startup_message(params))
         self.state = State.AUTHENTICATING
         early, self._early = b"".join(self._early), []
         if early:
@@ -473,8 +482,8 @@ class ClientSession(asyncio.Protocol):
         transport = await self._open_upstream()
         if transport is None:
             return
-        params = dict(self.route.startup_parameters, user=role)
-        transport.write(encode_startup_message(params, self.startup.protocol))
+        params = dict(_upstream_parameters(self.route.startup_parameters), user=role)
+        transport.write(encode_startup_message(params))
 
     # ---------------------------------------------------------------- upstream events
 

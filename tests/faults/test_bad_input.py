@@ -94,6 +94,25 @@ def test_unsupported_protocol_version_is_fatal_08p01(proxy, bystander, major, mi
     assert_proxy_still_serves(proxy)
 
 
+@pytest.mark.parametrize("minor, options", [(2, {}), (2, {"_pq_.undisclosed": "on"}), (0, {"_pq_.undisclosed": "on"})])
+def test_newer_protocol_minor_or_options_are_negotiated_down_to_3_0(proxy, minor, options):
+    """A client asking for protocol 3.2 (PostgreSQL 18: variable-length cancel keys) or
+    sending `_pq_.` options gets NegotiateProtocolVersion first, as from PostgreSQL,
+    and then a 3.0 session whose cancel key the proxy can map."""
+    client = RawClient(proxy.port)
+    client.send(encode_startup_message({"user": "postgres", "database": "postgres", **options}, (3 << 16) | minor))
+    messages = client.read_until_ready()
+    assert messages[0].type == "v", messages
+    newest_minor, count = struct.unpack_from("!ii", messages[0].body)
+    assert (newest_minor, count) == (0, len(options))
+    assert messages[0].body[8:] == b"".join(name.encode() + b"\x00" for name in options)
+    assert [m.type for m in messages].count("v") == 1  # not a second one from the upstream
+    key = next(m.body for m in messages if m.type == "K")
+    assert len(key) == 8
+    assert [m.type for m in client.query("SELECT 1")][-1] == "Z"
+    client.terminate()
+
+
 def test_startup_packet_without_user_is_refused_as_postgres_refuses_it(pg, proxy, bystander):
     def refusal(port: int) -> tuple[str, str, str]:
         client = RawClient(port)
