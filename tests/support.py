@@ -17,6 +17,10 @@ from pathlib import Path
 
 from cowproxy.embedded import EmbeddedPostgres, free_port, wait_for_port
 
+UPSTREAM_ROLE_SQL = "SELECT usename FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+"""The role a proxied session really runs as upstream (current_user shows the client's
+own name through the branch router: sql/policy.user_function_splices)."""
+
 TEST_HBA = [
     "local all all trust",
     "host all postgres 127.0.0.1/32 trust",

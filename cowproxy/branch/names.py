@@ -22,6 +22,11 @@ READONLY_PREFIX = "cowproxy_ro_"
 """Prefix of the role sessions on the production database name run as upstream."""
 
 NOTIFY_CHANNEL = "cowproxy_catalog"
+
+CLIENT_USER_SETTING = "cowproxy.client_user"
+"""A session setting (sent in the upstream startup packet, so RESET keeps it) holding
+the client's own user name: sessions run upstream as a branch or read-only role, and
+the rewriter shows this name where the SQL says current_user or session_user."""
 """Every catalog change is announced here, with the branch name as payload."""
 
 BRANCH_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

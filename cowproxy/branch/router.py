@@ -4,7 +4,7 @@ catalog as the source of truth."""
 from __future__ import annotations
 
 from cowproxy.branch.registry import BranchRegistry, BranchState
-from cowproxy.branch.names import quote_ident
+from cowproxy.branch.names import CLIENT_USER_SETTING, quote_ident
 from cowproxy.metrics import Metrics
 from cowproxy.protocol.messages import StartupMessage
 from cowproxy.proxy.gate import StatementGate
@@ -26,6 +26,7 @@ class BranchRouter:
     async def route(self, startup: StartupMessage) -> Route:
         name, params = requested_branch(startup)
         params["database"] = self.production_db
+        params[CLIENT_USER_SETTING] = startup.user  # current_user shows it (sql/policy.py)
         await self.registry.start()
         if name == self.production_db:
             policy = self.production_policy

@@ -81,6 +81,19 @@ class Truncate:
 
 
 @dataclass(frozen=True, slots=True)
+class UserFunction:
+    """`current_user`, `session_user`, `user` or `current_role` in the text: a session
+    runs upstream as its route's role, so the proxy shows the client's own name instead."""
+
+    location: int                          # byte offset of the keyword
+    column: str | None = None              # the output column name it gives, when it is one
+
+
+_USER_FUNCTIONS = {"SVFOP_CURRENT_USER": "current_user", "SVFOP_SESSION_USER": "session_user",
+                   "SVFOP_USER": "user", "SVFOP_CURRENT_ROLE": "current_role"}
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """The analysis of one statement of a (possibly multi-statement) SQL string."""
 
@@ -100,6 +113,7 @@ class Statement:
     truncate: Truncate | None = None
     locked: tuple[Relation, ...] = ()      # tables a FOR UPDATE/SHARE clause locks (OF: those named)
     merges: tuple[Relation, ...] = ()      # MERGE targets
+    user_functions: tuple[UserFunction, ...] = ()  # current_user, session_user, ...
 
 
 class SqlSyntaxError(Exception):
@@ -167,6 +181,7 @@ def analyze_node(stmt: dict[str, Any]) -> Statement:
         search_path_at=search_path_at, on_conflicts=tuple(walker.on_conflicts), truncate=truncate,
         locked=tuple(r for r in dict.fromkeys(walker.locked) if r.schema or r.name not in walker.cte_names),
         merges=tuple(walker.merges),
+        user_functions=tuple(UserFunction(location, column) for location, column in walker.user_functions.items()),
     )
 
 
@@ -270,6 +285,7 @@ class _Walker:
         self.locked: list[Relation] = []
         self.merges: list[Relation] = []
         self.cte_names: set[str] = set()
+        self.user_functions: dict[int, str | None] = {}  # location → output column name
 
     def walk(self, node: Any) -> None:
         stack = [node]
@@ -295,6 +311,12 @@ class _Walker:
                         self._func_call(value)
                     elif key == "CommonTableExpr":
                         self.cte_names.add(value.get("ctename", ""))
+                    elif key == "SQLValueFunction" and value.get("op") in _USER_FUNCTIONS:
+                        self.user_functions.setdefault(value.get("location", -1), None)
+                    elif key == "ResTarget" and "name" not in value and "SQLValueFunction" in (value.get("val") or {}):
+                        function = value["val"]["SQLValueFunction"]
+                        if function.get("op") in _USER_FUNCTIONS:  # seen before its inner node
+                            self.user_functions[function.get("location", -1)] = _USER_FUNCTIONS[function["op"]]
                     elif key == "lockingClause":
                         self.locking = True
                         self.locked.extend(_locked_relations(item))

@@ -17,7 +17,7 @@ from typing import Mapping
 
 from pglast import parser as pg_parser
 
-from cowproxy.branch.names import overlay_name
+from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
 from cowproxy.branch.overlay import overlay_objects, skip_view_name
 from cowproxy.metrics import Metrics
 from cowproxy.sql.analyze import Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, analyze
@@ -178,11 +178,11 @@ class ProductionPolicy:
             statements = analyze(sql)
         except SqlSyntaxError:
             return FORWARD_PASSTHROUGH  # the upstream answers 42601 exactly as it would directly
-        decision = self._decide(statements)
+        decision = self._decide(sql, statements)
         self._cache.store(sql, shape, decision, statements)
         return decision
 
-    def _decide(self, statements: list[Statement]) -> Decision:
+    def _decide(self, sql: str, statements: list[Statement]) -> Decision:
         for st in statements:
             if st.refusal:
                 return Decision(Action.REFUSE, "refused", refusal=st.refusal)
@@ -199,6 +199,9 @@ class ProductionPolicy:
         if Kind.WRITE in kinds or Kind.DDL in kinds:
             # Forwarded: PostgreSQL refuses it with 25006 in the read-only transaction.
             return Decision(Action.FORWARD, "refused")
+        splices = user_function_splices(sql, statements)
+        if splices:
+            return Decision(Action.REWRITE, "passthrough", sql=apply(sql, splices))
         return FORWARD_PASSTHROUGH
 
 
@@ -431,6 +434,9 @@ class BranchPolicy:
                 name = layout.overlay_names.get((rel.schema, rel.name), rel.name)
                 splices.append(Splice(start, end, f"{quote_ident(target)}.{quote_ident(name)}"))
                 seen.add(rel.location)
+            if st.user_functions:
+                spans = spans or NameSpans(sql)
+                splices += user_function_splices(sql, [st], spans)
             if st.search_path_at >= 0:
                 # The branch's schemas stay first, or names would bypass its shadows.
                 schemas = ", ".join(quote_ident(schema) for schema in layout.search_schemas)
@@ -443,6 +449,24 @@ class BranchPolicy:
                 local = overlay_name(seq.schema, seq.name)
                 splices.append(Splice(start, end, quote_literal(f"{quote_ident(layout.schema)}.{quote_ident(local)}")))
         return splices
+
+
+_CLIENT_USER_SQL = f"current_setting({quote_literal(CLIENT_USER_SETTING)})::name"
+
+
+def user_function_splices(sql: str, statements: list[Statement], spans: NameSpans | None = None) -> list[Splice]:
+    """`current_user`, `session_user`, `user`, `current_role` → the client's own name
+    (CLIENT_USER_SETTING), keeping the column name PostgreSQL would give."""
+    splices = []
+    for st in statements:
+        for function in st.user_functions:
+            if function.location < 0:
+                continue
+            spans = spans or NameSpans(sql)
+            start, end = spans.token(function.location)
+            alias = f" AS {quote_ident(function.column)}" if function.column else ""
+            splices.append(Splice(start, end, f"({_CLIENT_USER_SQL}){alias}"))
+    return splices
 
 
 def _skip_view(table: tuple[str, str], oc: OnConflict) -> str:

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from cowproxy.branch import catalog
-from support import metric_value, psql, wait_until
+from support import UPSTREAM_ROLE_SQL, metric_value, psql, wait_until
 
 pytestmark = pytest.mark.pg15
 
@@ -184,7 +184,7 @@ async def test_escape_attempts_are_refused_and_production_is_unchanged(pg, branc
     with pytest.raises(asyncpg.PostgresError) as err:
         await conn.execute(sql)
     assert err.value.sqlstate == sqlstate
-    assert await conn.fetchval("SELECT current_user") == f"cowproxy_b_{branch}"
+    assert await conn.fetchval(UPSTREAM_ROLE_SQL) == f"cowproxy_b_{branch}"
     await conn.close()
     assert production_checksum(pg) == before
 
@@ -193,6 +193,8 @@ async def test_the_production_database_name_is_read_only(pg, branch_proxy, produ
     before = production_checksum(pg)
     conn = await connect(branch_proxy, "postgres")
     assert await conn.fetchval("SELECT count(*) FROM bs_orders") == 50
+    assert await conn.fetchval(UPSTREAM_ROLE_SQL) != "postgres"  # runs as cowproxy_ro_...
+    assert tuple(await conn.fetchrow("SELECT current_user, session_user")) == ("postgres", "postgres")
     for sql in ("INSERT INTO bs_notes VALUES ('x')", "BEGIN READ WRITE",
                 "SET default_transaction_read_only = off", "SELECT nextval('bs_orders_id_seq')"):
         with pytest.raises(asyncpg.PostgresError) as err:
@@ -211,7 +213,7 @@ async def test_an_unknown_branch_is_refused_with_3d000_and_a_hint(branch_proxy):
 
 async def test_cowproxy_branch_option_selects_the_branch(branch_proxy, branch):
     out = subprocess.run(
-        ["psql", branch_proxy.dsn("anything", options=f"-c cowproxy.branch={branch}"), "-Atc", "SELECT current_user"],
+        ["psql", branch_proxy.dsn("anything", options=f"-c cowproxy.branch={branch}"), "-Atc", UPSTREAM_ROLE_SQL],
         capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == f"cowproxy_b_{branch}", out.stderr
 

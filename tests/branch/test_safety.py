@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from cowproxy.branch import catalog
-from support import ProxyProcess, psql
+from support import UPSTREAM_ROLE_SQL, ProxyProcess, psql
 
 pytestmark = pytest.mark.pg15
 
@@ -119,7 +119,7 @@ async def test_escape_routes_on_a_branch_never_reach_production(world, sql, expe
             with pytest.raises(asyncpg.PostgresError) as err:
                 await conn.execute(sql)
             assert err.value.sqlstate in (expect if isinstance(expect, tuple) else (expect,)), err.value
-        assert await conn.fetchval("SELECT current_user") == "cowproxy_b_mallory"
+        assert await conn.fetchval(UPSTREAM_ROLE_SQL) == "cowproxy_b_mallory"
     finally:
         await conn.close()
     assert checksum(prod) == before
