@@ -33,7 +33,6 @@ from cowproxy.branch.names import (
     readonly_role_for,
     SYSTEM_SCHEMA_SQL,
     BranchError,
-    overlay_name,
     qualified,
     quote_ident,
     readers_role_for,
@@ -41,6 +40,7 @@ from cowproxy.branch.names import (
     schema_for,
     validate_branch_name,
 )
+from cowproxy.branch.sequences import fill_overlay_schema
 from cowproxy.sql.rewrite import quote_literal
 
 CATALOG_VERSION = "1"
@@ -48,8 +48,6 @@ CATALOG_VERSION = "1"
 CATALOG_LOCK = int.from_bytes(b"cowproxy", "big")
 """Key of the transaction-level advisory lock every catalog change holds."""
 
-SEQUENCE_LOCK_CLASS = int.from_bytes(b"cowp", "big")
-"""First key of the session advisory locks `cowproxy_nextval` takes (second: the sequence oid)."""
 
 LOCK_TIMEOUT = "10s"
 """How long delete/reset wait for a session that holds a lock on the overlay."""
@@ -307,7 +305,7 @@ async def create_branch(conn: asyncpg.Connection, name: str, parent: str | None 
             + "".join(_grant_readers_sql(conn, a.name, role) for a in ancestors)
             + f"ALTER ROLE {q_role} SET search_path = {search_path};"
             f"CREATE SCHEMA {quote_ident(schema)} AUTHORIZATION {q_role};")
-        sequences = await _fill_overlay_schema(conn, schema, role, ancestors[0].schema_name if ancestors else None)
+        sequences = await fill_overlay_schema(conn, schema, role, ancestors[0].schema_name if ancestors else None)
         await conn.execute(
             "INSERT INTO cowproxy.branches (name, parent, schema_name, role_name, role_password)"
             " VALUES ($1, $2, $3, $4, $5)", name, parent, schema, role, password)
@@ -348,7 +346,7 @@ async def reset_branch(conn: asyncpg.Connection, name: str) -> Branch:
         await _while_locked(conn, name, f"DROP SCHEMA {schema} CASCADE;"
                                         f"CREATE SCHEMA {schema} AUTHORIZATION {quote_ident(branch.role_name)};")
         parent_schema = schema_for(branch.parent) if branch.parent else None
-        await _fill_overlay_schema(conn, branch.schema_name, branch.role_name, parent_schema)
+        await fill_overlay_schema(conn, branch.schema_name, branch.role_name, parent_schema)
         await conn.execute("DELETE FROM cowproxy.overlay_tables WHERE branch = $1", name)
         await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1 WHERE name = $1", name)
         await _notify(conn, name)
@@ -422,103 +420,6 @@ async def _while_locked(conn: asyncpg.Connection, name: str, sql: str) -> None:
     except asyncpg.LockNotAvailableError:
         raise BranchError(f'branch "{name}" is busy: a session holds a lock on its overlay',
                           "finish or close the open transactions on the branch, then retry") from None
-
-
-# -- the overlay schema's fixed contents -------------------------------------------------
-
-_PRODUCTION_SEQUENCES = f"""
-    SELECT schemaname, sequencename, data_type::text AS data_type, start_value, min_value,
-           max_value, increment_by, cycle, cache_size, last_value
-      FROM pg_sequences
-     WHERE NOT {SYSTEM_SCHEMA_SQL.format(col="schemaname")}
-       AND NOT {INTERNAL_SCHEMA_SQL.format(col="schemaname")}
-     ORDER BY schemaname, sequencename"""
-
-_BRANCH_SEQUENCES = """
-    SELECT sequencename, data_type::text AS data_type, start_value, min_value, max_value,
-           increment_by, cycle, cache_size, last_value
-      FROM pg_sequences WHERE schemaname = $1"""
-
-
-async def _fill_overlay_schema(conn: asyncpg.Connection, schema: str, role: str,
-                               parent_schema: str | None) -> int:
-    """Put a copy of every production sequence and `cowproxy_nextval` into a fresh
-    overlay schema, owned by the branch role. Returns the number of sequences.
-
-    A stacked branch copies its parent's copies (their values are what a copy of the
-    parent would have); sequences the parent lacks come from production.
-    """
-    parents = ({r["sequencename"]: r for r in await conn.fetch(_BRANCH_SEQUENCES, parent_schema)}
-               if parent_schema else {})
-    statements = [f"SET LOCAL ROLE {quote_ident(role)}"]
-    production = await conn.fetch(_PRODUCTION_SEQUENCES)
-    for prod in production:
-        name = overlay_name(prod["schemaname"], prod["sequencename"])
-        seq = parents.get(name, prod)
-        target = qualified(schema, name)
-        statements.append(
-            f"CREATE SEQUENCE {target} AS {seq['data_type']} INCREMENT BY {seq['increment_by']}"
-            f" MINVALUE {seq['min_value']} MAXVALUE {seq['max_value']} START WITH {seq['start_value']}"
-            f" CACHE {seq['cache_size']} {'CYCLE' if seq['cycle'] else 'NO CYCLE'}")
-        if seq["last_value"] is not None:
-            statements.append(f"SELECT pg_catalog.setval({quote_literal(target)}, {seq['last_value']}, true)")
-    statements += [_nextval_function_sql(schema),
-                   f"REVOKE ALL ON FUNCTION {quote_ident(schema)}.cowproxy_nextval(regclass, regclass) FROM PUBLIC",
-                   "RESET ROLE"]
-    await conn.execute(";\n".join(statements))
-    return len(production)
-
-
-def _nextval_function_sql(schema: str) -> str:
-    """`<schema>.cowproxy_nextval(branch_seq, source_seq)`: the next value of the branch's
-    sequence, first moved past every value the source sequence has handed out, so a new
-    branch id never collides with a production row the branch sees.
-
-    Moving a sequence forward is a setval, which could move it back under a concurrent
-    nextval: fetching values holds a shared advisory lock on the branch sequence and the
-    catch-up an exclusive one. Session-level locks (released on error too) so that a
-    long transaction does not hold them.
-    """
-    lock = f"{SEQUENCE_LOCK_CLASS}, lock_id"
-    return f"""
-CREATE FUNCTION {quote_ident(schema)}.cowproxy_nextval(branch_seq regclass, source_seq regclass)
-RETURNS bigint LANGUAGE plpgsql VOLATILE AS $cowproxy$
-DECLARE
-    source_value bigint := pg_catalog.pg_sequence_last_value(source_seq);
-    lock_id integer := (branch_seq::oid::bigint - 2147483648)::integer;
-    ascending boolean;
-    value bigint;
-BEGIN
-    IF source_value IS NULL THEN  -- the source has not handed out any value
-        RETURN pg_catalog.nextval(branch_seq);
-    END IF;
-    SELECT seqincrement > 0 INTO ascending FROM pg_catalog.pg_sequence WHERE seqrelid = branch_seq;
-    PERFORM pg_catalog.pg_advisory_lock_shared({lock});
-    BEGIN
-        value := pg_catalog.nextval(branch_seq);
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        PERFORM pg_catalog.pg_advisory_unlock_shared({lock});
-        RAISE;
-    END;
-    PERFORM pg_catalog.pg_advisory_unlock_shared({lock});
-    IF (ascending AND value > source_value) OR (NOT ascending AND value < source_value) THEN
-        RETURN value;
-    END IF;
-    PERFORM pg_catalog.pg_advisory_lock({lock});
-    BEGIN
-        value := pg_catalog.nextval(branch_seq);
-        IF (ascending AND value <= source_value) OR (NOT ascending AND value >= source_value) THEN
-            PERFORM pg_catalog.setval(branch_seq, source_value, true);
-            value := pg_catalog.nextval(branch_seq);
-        END IF;
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        PERFORM pg_catalog.pg_advisory_unlock({lock});
-        RAISE;
-    END;
-    PERFORM pg_catalog.pg_advisory_unlock({lock});
-    RETURN value;
-END
-$cowproxy$"""
 
 
 # -- safety report ----------------------------------------------------------------------

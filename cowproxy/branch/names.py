@@ -117,6 +117,11 @@ def overlay_name(schema: str, name: str) -> str:
     return name if schema == "public" else f"{schema}.{name}"
 
 
+def overlay_name_sql(schema: str, name: str) -> str:
+    """`overlay_name` as an SQL expression over two text expressions (same rule)."""
+    return f"CASE WHEN {schema} = 'public' THEN {name} ELSE {schema} || '.' || {name} END"
+
+
 def qualified(schema: str, name: str) -> str:
     """`"schema"."name"`."""
     return quote_ident(schema) + "." + quote_ident(name)

@@ -19,6 +19,7 @@ from cowproxy import logs
 from cowproxy.branch import catalog
 from cowproxy.branch.introspect import referencing_tables
 from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, schema_for
+from cowproxy.branch.sequences import RUNTIME_FUNCTIONS_PROBE
 from cowproxy.metrics import Metrics
 from cowproxy.sql.policy import BranchLayout, BranchPolicy, Decision
 
@@ -185,4 +186,5 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         production_schemas=PRODUCTION_SCHEMAS,
         version=sum(b.schema_version for b in chain),
         referenced_by=await referencing_tables(conn),
+        runtime_sequences=await conn.fetchval(RUNTIME_FUNCTIONS_PROBE, chain[0].schema_name),
     )

@@ -89,6 +89,19 @@ class UserFunction:
     column: str | None = None              # the output column name it gives, when it is one
 
 
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """A call of `function` whose name starts at `location` (byte offset)."""
+
+    location: int
+    function: str
+    column: str | None = None              # the output column name it gives, when it is one
+
+
+RUNTIME_SEQUENCE_FUNCTIONS = frozenset({"nextval", "currval", "setval", "pg_get_serial_sequence"})
+"""Calls a branch answers with its own stand-ins when the sequence is named only at run
+time: a non-literal argument (`nextval($1)`), or any `pg_get_serial_sequence`."""
+
 _USER_FUNCTIONS = {"SVFOP_CURRENT_USER": "current_user", "SVFOP_SESSION_USER": "session_user",
                    "SVFOP_USER": "user", "SVFOP_CURRENT_ROLE": "current_role"}
 
@@ -114,6 +127,7 @@ class Statement:
     locked: tuple[Relation, ...] = ()      # tables a FOR UPDATE/SHARE clause locks (OF: those named)
     merges: tuple[Relation, ...] = ()      # MERGE targets
     user_functions: tuple[UserFunction, ...] = ()  # current_user, session_user, ...
+    runtime_sequence_calls: tuple[FunctionCall, ...] = ()  # sequence named at run time
 
 
 class SqlSyntaxError(Exception):
@@ -182,6 +196,8 @@ def analyze_node(stmt: dict[str, Any]) -> Statement:
         locked=tuple(r for r in dict.fromkeys(walker.locked) if r.schema or r.name not in walker.cte_names),
         merges=tuple(walker.merges),
         user_functions=tuple(UserFunction(location, column) for location, column in walker.user_functions.items()),
+        runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
+                                     for location, name in walker.runtime_sequence_calls),
     )
 
 
@@ -286,6 +302,8 @@ class _Walker:
         self.merges: list[Relation] = []
         self.cte_names: set[str] = set()
         self.user_functions: dict[int, str | None] = {}  # location → output column name
+        self.runtime_sequence_calls: list[tuple[int, str]] = []
+        self.call_columns: dict[int, str] = {}  # FuncCall location → its output column name
 
     def walk(self, node: Any) -> None:
         stack = [node]
@@ -313,10 +331,8 @@ class _Walker:
                         self.cte_names.add(value.get("ctename", ""))
                     elif key == "SQLValueFunction" and value.get("op") in _USER_FUNCTIONS:
                         self.user_functions.setdefault(value.get("location", -1), None)
-                    elif key == "ResTarget" and "name" not in value and "SQLValueFunction" in (value.get("val") or {}):
-                        function = value["val"]["SQLValueFunction"]
-                        if function.get("op") in _USER_FUNCTIONS:  # seen before its inner node
-                            self.user_functions[function.get("location", -1)] = _USER_FUNCTIONS[function["op"]]
+                    elif key == "ResTarget" and "name" not in value:
+                        self._unnamed_target(value.get("val") or {})
                     elif key == "lockingClause":
                         self.locking = True
                         self.locked.extend(_locked_relations(item))
@@ -324,6 +340,19 @@ class _Walker:
                         stack.append(value)
             elif isinstance(item, list):
                 stack.extend(item)
+
+    def _unnamed_target(self, val: dict[str, Any]) -> None:
+        """An output column without AS: the name PostgreSQL gives it stays the same
+        when the rewriter replaces the expression (seen before the inner node)."""
+        if "SQLValueFunction" in val:
+            function = val["SQLValueFunction"]
+            if function.get("op") in _USER_FUNCTIONS:
+                self.user_functions[function.get("location", -1)] = _USER_FUNCTIONS[function["op"]]
+        elif "FuncCall" in val:
+            call = val["FuncCall"]
+            names = call.get("funcname", [])
+            if names:
+                self.call_columns[call.get("location", -1)] = names[-1].get("String", {}).get("sval", "")
 
     def _range_var(self, rv: dict[str, Any]) -> None:
         rel = _relation(rv)
@@ -343,6 +372,10 @@ class _Walker:
         schema = names[0].lower() if len(names) > 1 else None
         if schema and schema.startswith(INTERNAL_SCHEMA_PREFIX):
             self._check_schema(schema)
+        if name in RUNTIME_SEQUENCE_FUNCTIONS and (schema is None or schema == "pg_catalog"):
+            args = call.get("args", [])
+            if name == "pg_get_serial_sequence" or args and "sval" not in args[0].get("A_Const", {}):
+                self.runtime_sequence_calls.append((call.get("location", -1), name))
         if name in SEQUENCE_FUNCTIONS:
             self.advances_sequences |= name != "currval"
             args = call.get("args", [])

@@ -19,6 +19,7 @@ from pglast import parser as pg_parser
 
 from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
 from cowproxy.branch.overlay import overlay_objects, skip_view_name
+from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.metrics import Metrics
 from cowproxy.sql.analyze import Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, analyze
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
@@ -68,6 +69,7 @@ class BranchLayout:
     production_schemas: tuple[str, ...] = ("public",)
     version: int = 1
     referenced_by: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    runtime_sequences: bool = False  # the overlay schema has branch/sequences.py's stand-ins
 
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
@@ -404,6 +406,21 @@ class BranchPolicy:
             splices.append(Splice(oc.location, spans.end_of(oc.location, "DO", "NOTHING"), ""))
         return splices
 
+    def _runtime_sequence_splices(self, st: Statement, spans: NameSpans) -> list[Splice]:
+        """`nextval($1)` → `"B".cowproxy_seq_nextval($1) AS nextval`, and the like: the
+        sequence is named only when the statement runs, so the overlay schema's stand-in
+        maps production's sequence to the branch's copy then (branch/sequences.py)."""
+        splices = []
+        for call in st.runtime_sequence_calls:
+            if call.location < 0:
+                continue
+            start, end = spans.qualified_name(call.location)
+            splices.append(Splice(start, end, f"{quote_ident(self.layout.schema)}.{RUNTIME_FUNCTIONS[call.function]}"))
+            if call.column:
+                close = spans.call_end(call.location)
+                splices.append(Splice(close, close, f" AS {quote_ident(call.column)}"))
+        return splices
+
     def _touches_overlay(self, statements: list[Statement]) -> bool:
         layout = self.layout
         for st in statements:
@@ -437,6 +454,9 @@ class BranchPolicy:
             if st.user_functions:
                 spans = spans or NameSpans(sql)
                 splices += user_function_splices(sql, [st], spans)
+            if st.runtime_sequence_calls and layout.runtime_sequences:
+                spans = spans or NameSpans(sql)
+                splices += self._runtime_sequence_splices(st, spans)
             if st.search_path_at >= 0:
                 # The branch's schemas stay first, or names would bypass its shadows.
                 schemas = ", ".join(quote_ident(schema) for schema in layout.search_schemas)

@@ -72,6 +72,22 @@ class NameSpans:
                 return self._spans[j + len(names) - 1][1]
         raise ValueError(f"no {' '.join(names)} after byte {location}")
 
+    def call_end(self, location: int) -> int:
+        """Where the function call whose (qualified) name starts at `location` ends:
+        just after the parenthesis that closes its argument list."""
+        _start, name_end = self.qualified_name(location)
+        depth = 0
+        for start, end, name in self._spans[self._by_start[location]:]:
+            if start < name_end:
+                continue
+            if name == "ASCII_40":
+                depth += 1
+            elif name == "ASCII_41":
+                depth -= 1
+                if depth == 0:
+                    return end
+        raise ValueError(f"no closing parenthesis for the call at byte {location}")
+
     def token(self, location: int) -> tuple[int, int]:
         """[start, end) of the single token at `location` (a string literal, ...)."""
         i = self._by_start.get(location)

@@ -35,7 +35,7 @@ from cowproxy.branch.names import (
 )
 from cowproxy.branch.overlay import overlay_objects
 from cowproxy.sql.rewrite import quote_literal
-from support import start_test_server
+from support import psql, start_test_server
 
 pytestmark = pytest.mark.pg15
 
@@ -473,3 +473,13 @@ async def test_concurrent_ensure_catalog_from_two_processes_is_safe(fresh_server
     finally:
         for c in conns:
             await c.close()
+
+
+def test_overlay_name_sql_names_relations_like_overlay_name(pg):
+    """The runtime sequence stand-ins (branch/sequences.py) compute overlay names in SQL."""
+    from cowproxy.branch.names import overlay_name, overlay_name_sql
+
+    pairs = [("public", "orders"), ("sales", "orders"), ("Weird Schema", 'na"me'), ("public", "a.b")]
+    values = ", ".join(f"({quote_literal(s)}, {quote_literal(n)})" for s, n in pairs)
+    out = psql(pg.dsn(), f"SELECT {overlay_name_sql('s', 'n')} FROM (VALUES {values}) v(s, n)").stdout
+    assert out.splitlines() == [overlay_name(s, n) for s, n in pairs]

@@ -62,6 +62,25 @@ def test_set_search_path_keeps_the_branch_schemas_first(branch):
     assert branch.decide("SET search_path TO public, x").sql == 'SET search_path TO "cowproxy_b_alice", public, x'
 
 
+def test_user_functions_show_the_client_user_with_postgres_column_names(branch, production):
+    setting = "(current_setting('cowproxy.client_user')::name)"
+    assert branch.decide("SELECT current_user, x FROM t WHERE o = session_user").sql == (
+        f'SELECT {setting} AS "current_user", x FROM t WHERE o = {setting}')
+    assert production.decide("SELECT user AS me, current_role").sql == (
+        f'SELECT {setting} AS me, {setting} AS "current_role"')
+
+
+def test_sequences_named_at_run_time_go_to_the_branch_stand_ins():
+    policy = BranchPolicy(BranchLayout(branch="alice", schema="cowproxy_b_alice",
+                                       search_schemas=("cowproxy_b_alice",), runtime_sequences=True), Metrics())
+    assert policy.decide("SELECT pg_catalog.nextval(($1)::regclass), currval(pg_get_serial_sequence('t', 'id')) c").sql == (
+        'SELECT "cowproxy_b_alice".cowproxy_seq_nextval(($1)::regclass) AS "nextval", '
+        '"cowproxy_b_alice".cowproxy_seq_currval("cowproxy_b_alice".cowproxy_serial_sequence(\'t\', \'id\')) c')
+    assert policy.decide("SELECT nextval('s')").action is Action.FORWARD  # a literal resolves by search_path
+    # a branch created before the stand-ins existed keeps the old behaviour
+    assert BranchPolicy(LAYOUT, Metrics()).decide("SELECT nextval($1)").action is Action.FORWARD
+
+
 def test_temp_tables_shadow_production_names_and_are_not_cached(branch):
     assert branch.decide("INSERT INTO orders VALUES (1)", frozenset({"orders"})).action is Action.FORWARD
     assert branch.decide("INSERT INTO orders VALUES (1)").action is Action.MATERIALIZE
