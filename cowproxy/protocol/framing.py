@@ -162,27 +162,37 @@ class BackendScanner:
     of a skipped message (`_skip` bytes to go), inside a header (`_head` holds its first
     bytes), or inside an interesting message (`_collect` holds it so far). Chunks may cut
     the stream anywhere; the events are the same as if it came in one piece.
+
+    One scanner can serve two readers in turn: the session's fast path, and the
+    `ResponseEditor` (protocol/responses.py) that takes it over while statement answers
+    need editing. The editor passes its own, wider table of wanted types per call and
+    asks for the `ends` of the messages: one header walk, one walking state.
     """
 
     __slots__ = ("interest", "_wanted", "_skip", "_head", "_collect_type", "_collect", "_collect_left")
 
     def __init__(self, interest: frozenset[int]) -> None:
         self.interest = interest
-        self._wanted = bytes(1 if t in interest else 0 for t in range(256))  # by type byte
+        self._wanted = wanted_table(interest)
         self._skip = 0            # body bytes of an uninteresting message still to come
         self._head = b""          # a header split across chunks (< 5 bytes)
         self._collect_type = 0    # an interesting message split across chunks ...
         self._collect = bytearray()
         self._collect_left = 0    # ... and how many of its bytes are still to come
 
-    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, chunk: bytes, wanted: bytes | None = None,
+             ends: list[int] | None = None) -> list[tuple[int, bytes]]:
         """Walk `chunk`; return the interesting messages it completes, in order.
 
+        `wanted` (a `wanted_table`) overrides `interest` for the headers that start in
+        this chunk. If `ends` is given, the offset in `chunk` just past each returned
+        message is appended to it (the message may have begun in an earlier chunk).
         Raises `ProtocolViolation` on a length below 4 (the length counts itself).
         """
         events: list[tuple[int, bytes]] = []
         n = len(chunk)
         pos = 0
+        shift = 0                 # bytes of a split header put in front of `chunk`
         if self._skip:
             if self._skip >= n:
                 self._skip -= n
@@ -196,13 +206,17 @@ class BackendScanner:
             if self._collect_left:
                 return events
             events.append((self._collect_type, bytes(self._collect)))
+            if ends is not None:
+                ends.append(take)
             self._collect = bytearray()
             pos = take
         elif self._head:
+            shift = len(self._head)
             chunk = self._head + chunk
             n = len(chunk)
             self._head = b""
-        wanted = self._wanted
+        if wanted is None:
+            wanted = self._wanted
         while pos < n:
             if n - pos < 5:
                 self._head = bytes(chunk[pos:])
@@ -215,6 +229,8 @@ class BackendScanner:
             if wanted[msg_type]:
                 if end <= n:
                     events.append((msg_type, chunk[pos + 5:end]))
+                    if ends is not None:
+                        ends.append(end - shift)
                 else:
                     self._collect_type = msg_type
                     self._collect = bytearray(chunk[pos + 5:])
@@ -228,3 +244,20 @@ class BackendScanner:
     def at_boundary(self) -> bool:
         """True when the bytes seen so far end exactly on a message boundary."""
         return not (self._skip or self._head or self._collect_left)
+
+    @property
+    def unfinished(self) -> tuple[int, int]:
+        """(type, bytes seen so far, header included) of the message the stream ends
+        inside, when its header is split or its body is being collected; (-1, 0) on a
+        boundary or inside a skipped body. Lets a reader hold back a partial message
+        it may have to rewrite."""
+        if self._collect_left:
+            return self._collect_type, 5 + len(self._collect)
+        if self._head:
+            return self._head[0], len(self._head)
+        return -1, 0
+
+
+def wanted_table(interest: frozenset[int]) -> bytes:
+    """`interest` as a 256-byte table indexed by type byte (1: wanted), for `feed`."""
+    return bytes(1 if t in interest else 0 for t in range(256))

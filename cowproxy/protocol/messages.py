@@ -63,6 +63,14 @@ DATA_ROW: Final = 68  # "D"
 ROW_DESCRIPTION: Final = 84  # "T"
 NEGOTIATE_PROTOCOL_VERSION: Final = 118  # "v"
 
+# -- the answers that settle a client message (protocol/responses.py matches them up)
+PARSE_COMPLETE: Final = 49  # "1"
+BIND_COMPLETE: Final = 50  # "2"
+CLOSE_COMPLETE: Final = 51  # "3"
+EMPTY_QUERY_RESPONSE: Final = 73  # "I"
+PORTAL_SUSPENDED: Final = 115  # "s"
+COPY_IN_RESPONSE: Final = 71  # "G"
+
 # Authentication request codes (PMF: AuthenticationOk ... AuthenticationSASLFinal)
 AUTH_OK: Final = 0
 AUTH_CLEARTEXT: Final = 3
@@ -391,6 +399,34 @@ def encode_parse(statement: str, sql: str, param_types: tuple[int, ...] = ()) ->
     """PMF Parse."""
     body = _cstr(statement) + _cstr(sql) + struct.pack(f"!h{len(param_types)}I", len(param_types), *param_types)
     return frame(PARSE, body)
+
+
+def encode_bind(portal: str, statement: str, params: tuple[bytes | None, ...] = ()) -> bytes:
+    """PMF Bind with text-format parameters (None is NULL) and text-format results."""
+    values = b"".join(_I32.pack(-1) if p is None else _I32.pack(len(p)) + p for p in params)
+    body = (_cstr(portal) + _cstr(statement) + b"\x00\x00"
+            + struct.pack("!h", len(params)) + values + b"\x00\x00")
+    return frame(BIND, body)
+
+
+def encode_execute(portal: str, max_rows: int = 0) -> bytes:
+    """PMF Execute: run `portal`, at most `max_rows` rows (0: all)."""
+    return frame(EXECUTE, _cstr(portal) + _I32.pack(max_rows))
+
+
+def encode_describe(kind: bytes, name: str) -> bytes:
+    """PMF Describe of a statement (b"S") or portal (b"P")."""
+    return frame(DESCRIBE, kind + _cstr(name))
+
+
+def encode_close(kind: bytes, name: str) -> bytes:
+    """PMF Close of a statement (b"S") or portal (b"P")."""
+    return frame(CLOSE, kind + _cstr(name))
+
+
+def encode_sync() -> bytes:
+    """PMF Sync."""
+    return b"S\x00\x00\x00\x04"
 
 
 def decode_parameter_status(body: bytes | memoryview) -> tuple[str, str]:

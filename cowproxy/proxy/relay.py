@@ -24,6 +24,9 @@ from cowproxy.protocol.framing import BackendScanner, FrontendFramer
 from cowproxy.protocol.messages import (
     BIND,
     CLOSE,
+    COPY_DONE,
+    COPY_FAIL,
+    COPY_IN_RESPONSE,
     DESCRIBE,
     EXECUTE,
     FUNCTION_CALL,
@@ -43,6 +46,11 @@ class Relay:
     Query, Sync and FunctionCall sent): zero means the session is between requests.
     `cycle_start` and `proxy_time` measure the current request for the latency
     histograms: time spent in the proxy, and the rest (upstream and network).
+
+    COPY FROM STDIN: while it runs the server reads only copy messages and ignores Sync
+    (libpq sends one after the Execute that starts it, another after CopyDone, and gets
+    one ReadyForQuery), so a CopyInResponse takes back the Syncs sent since that Execute
+    and before the copy's end, and Syncs sent during the copy are not counted.
     """
 
     def __init__(self, session: Any, framer: FrontendFramer, scanner: BackendScanner,
@@ -70,6 +78,9 @@ class Relay:
         self.fatal_relayed = False               # the upstream sent a FATAL the client has seen
         self.swallow_ready = 0                   # injected queries whose answers are the session's
         self.idle_waiter: Any = None             # a future set when pending_ready drops to 0
+        self.copy_in = False                     # COPY FROM STDIN runs: the server ignores Sync
+        self.copy_syncs = 0                      # Syncs since the last Execute/Query, before CopyDone
+        self.copy_end_sent = False               # CopyDone/CopyFail sent since the last Execute/Query
 
     # ------------------------------------------------------------------ client → upstream
 
@@ -115,12 +126,22 @@ class Relay:
                 owed += 1
                 statements += 1
                 self.mid_extended = False
+                self.copy_syncs = 0
+                self.copy_end_sent = False
             elif msg_type == SYNC:
-                owed += 1
                 self.mid_extended = False
+                if not self.copy_in:
+                    owed += 1
+                    if not self.copy_end_sent:
+                        self.copy_syncs += 1
             elif msg_type == EXECUTE:
                 statements += 1
                 self.mid_extended = True
+                self.copy_syncs = 0
+                self.copy_end_sent = False
+            elif msg_type == COPY_DONE or msg_type == COPY_FAIL:
+                self.copy_in = False
+                self.copy_end_sent = True
             elif msg_type == PARSE or msg_type == BIND or msg_type == DESCRIBE or msg_type == CLOSE:
                 self.mid_extended = True
             elif msg_type == FUNCTION_CALL:
@@ -169,6 +190,10 @@ class Relay:
                     self.pending_ready -= 1
                     if not self.pending_ready:
                         self.request_done(t0)
+            elif msg_type == COPY_IN_RESPONSE:
+                self.pending_ready -= min(self.copy_syncs, self.pending_ready)
+                self.copy_syncs = 0
+                self.copy_in = not self.copy_end_sent
             else:
                 fields = decode_error_fields(body)
                 self.errors[fields.sqlstate] += 1

@@ -47,6 +47,7 @@ from cowproxy.protocol.messages import (
     PARSE,
     AUTHENTICATION,
     BACKEND_KEY_DATA,
+    COPY_IN_RESPONSE,
     ERROR_RESPONSE,
     PASSWORD,
     QUERY,
@@ -81,7 +82,7 @@ HIGH_WATER = 512 * 1024
 
 _ANY_TYPE = frozenset(range(256))
 _AUTH_CLIENT_TYPES = frozenset({PASSWORD, TERMINATE})
-_SCAN_INTEREST = frozenset({READY_FOR_QUERY, ERROR_RESPONSE})
+_SCAN_INTEREST = frozenset({READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE})
 _PLANNED_TYPES = frozenset({QUERY, PARSE, BIND})  # where a stale cached plan could be used
 _ASYNC_BACKEND_TYPES = frozenset({PARAMETER_STATUS, NOTICE_RESPONSE, NOTIFICATION_RESPONSE})
 _perf = time.perf_counter
@@ -711,7 +712,8 @@ class ClientSession(asyncio.Protocol):
 
     def terminate_if_idle(self) -> bool:
         """For draining: close the session with 57P01 if it is between transactions."""
-        if self.state is State.READY and not self.relay.pending_ready and self.relay.tx_status == b"I":
+        relay = self.relay
+        if self.state is State.READY and not relay.pending_ready and not relay.copy_in and relay.tx_status == b"I":
             self._fatal("57P01", "terminating connection because cowproxy is shutting down")
             return True
         if self.state in (State.STARTUP, State.TLS_HANDSHAKE) and self.transport is not None:

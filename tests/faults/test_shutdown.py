@@ -114,3 +114,34 @@ def test_drain_timeout_cuts_an_open_transaction_that_never_ends(pg):
         assert proxy.proc.wait(timeout=5) == 0
         assert_log_has_no_crash(proxy.log)
     assert wait_until(lambda: upstream_backends(pg.dsn(), app) == 0, timeout=5)
+
+
+@pytest.mark.parametrize("wait_for_copy_in", [True, False], ids=["waits-for-CopyInResponse", "sends-at-once"])
+def test_a_session_idle_after_an_extended_protocol_copy_is_closed_at_once(pg, wait_for_copy_in):
+    """libpq's extended COPY FROM STDIN sends Sync after the Execute and again after
+    CopyDone, and PostgreSQL answers one ReadyForQuery: the proxy must still know the
+    session is idle afterwards (else draining waits for it until the timeout)."""
+    from cowproxy.protocol.messages import (encode_bind, encode_execute, encode_parse, encode_sync, frame,
+                                            COPY_DATA, COPY_DONE)
+
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS copy_drain (n int)")
+    with ProxyProcess(pg.dsn(), "--drain-timeout", "20") as proxy:
+        client = RawClient(proxy.port)
+        client.startup()
+        client.send(encode_parse("", "COPY copy_drain FROM STDIN") + encode_bind("", "") + encode_execute("")
+                    + encode_sync())
+        rows = frame(COPY_DATA, b"1\n2\n") + frame(COPY_DONE, b"") + encode_sync()
+        if wait_for_copy_in:
+            first = client.read_message()
+            while first.type != "G":
+                first = client.read_message()
+        client.send(rows)
+        answers = client.read_until_ready()
+        assert [m.body for m in answers if m.type == "C"] == [b"COPY 2\x00"]
+        assert client.query("SELECT 1")[-1].type == "Z"
+        signalled = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert_admin_shutdown(client, timeout=5)
+        assert time.monotonic() - signalled < 5
+        assert proxy.proc.wait(timeout=10) == 0

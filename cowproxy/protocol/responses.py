@@ -1,0 +1,446 @@
+"""Editing the CommandComplete tags of rewritten statements in the server's answers, sans-IO.
+
+Why: on a branch the proxy rewrites some statements into another kind (a keyed
+`UPDATE t ...` runs as `INSERT INTO b."t$rows" ... ON CONFLICT DO UPDATE`), and
+PostgreSQL answers with the tag of what it ran ("INSERT 0 3") where the client must see
+the tag of what it sent ("UPDATE 3"). `ResponseEditor` follows the answer stream while
+such statements are in flight and rewrites exactly their tags. Every other byte is
+forwarded the moment it arrives; only an incomplete CommandComplete (a few bytes) is
+held back until it is whole. Rows are never decoded.
+
+The editor walks headers with the session's own `BackendScanner` (one walk, one walking
+state), so the session can hand the stream over and take it back at any time the editor
+is `idle`, which implies the scanner is on a message boundary.
+
+Which answer belongs to which message (https://www.postgresql.org/docs/current/protocol-flow.html):
+
+* Query: each statement yields CommandComplete (EmptyQueryResponse for an empty string);
+  an ErrorResponse ends the Query. COPY sends CopyIn/CopyOutResponse first and its
+  CommandComplete at the end. Then ReadyForQuery.
+* Extended protocol: Parse → ParseComplete, Bind → BindComplete, Close → CloseComplete,
+  Execute → exactly one of CommandComplete, EmptyQueryResponse, PortalSuspended (row
+  limit reached; a later Execute continues the portal) or ErrorResponse; Describe →
+  ParameterDescription/RowDescription/NoData (no bearing on tags); Flush → nothing;
+  Sync → ReadyForQuery. After an ErrorResponse the server discards every message up to
+  the next Sync, Query and FunctionCall included: they yield nothing at all.
+* FunctionCall → FunctionCallResponse or ErrorResponse, then ReadyForQuery.
+* COPY FROM STDIN: the server ignores Sync while it reads copy data (libpq sends one
+  after Execute and another after CopyDone; only the second is answered).
+* NoticeResponse, ParameterStatus and NotificationResponse come anywhere, match nothing.
+
+So the client side is recorded as a queue of messages still to be answered, and each
+answer settles the message at its head. Effects on statements and portals are applied
+when the server confirms them, never when they are sent: a Parse that fails, or one
+skipped after an error, leaves the old statement in place, as in PostgreSQL.
+
+Lifetimes (same page): a Bind takes its statement's edit; the unnamed statement lasts
+until the next Parse of "" or the next Query; the unnamed portal until the next Bind of
+"" or the next Query; every portal ends with its transaction (ReadyForQuery status I);
+Close removes either; DISCARD ALL and DEALLOCATE ALL remove statements.
+
+An answer that matches no recorded message means the editor lost step with the
+server; it raises `ProtocolViolation` rather than put a wrong tag on a right answer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from cowproxy.protocol.errors import ProtocolViolation
+from cowproxy.protocol.framing import BackendScanner, Frame, wanted_table
+from cowproxy.protocol.messages import (
+    BIND,
+    BIND_COMPLETE,
+    CLOSE,
+    CLOSE_COMPLETE,
+    COMMAND_COMPLETE,
+    COPY_DONE,
+    COPY_FAIL,
+    COPY_IN_RESPONSE,
+    EMPTY_QUERY_RESPONSE,
+    ERROR_RESPONSE,
+    EXECUTE,
+    FUNCTION_CALL,
+    PARSE,
+    PARSE_COMPLETE,
+    PORTAL_SUSPENDED,
+    QUERY,
+    READY_FOR_QUERY,
+    SYNC,
+    frame,
+)
+
+TagEdit = str | None
+"""The command verb the client should see ("UPDATE"), or None to keep PostgreSQL's tag."""
+
+EditsFor = Callable[[int, int, int], Sequence[TagEdit]]
+"""`edits_for(msg_type, body_start, body_end)`: the edits for a Query or Parse frame."""
+
+ANSWER_TYPES: Final = frozenset({
+    PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, COMMAND_COMPLETE, EMPTY_QUERY_RESPONSE,
+    PORTAL_SUSPENDED, ERROR_RESPONSE, READY_FOR_QUERY, COPY_IN_RESPONSE,
+})
+"""The server messages that settle a client message (or start a COPY FROM STDIN)."""
+
+_ROW_COUNT_VERBS: Final = frozenset({"UPDATE", "DELETE", "MERGE", "SELECT", "MOVE", "FETCH", "COPY"})
+_NO_NAME: Final = "\x00"  # a name no C string can hold: for frames too malformed to read
+
+
+def edited_tag(tag: str, verb: str) -> str:
+    """PostgreSQL's tag `tag` as `verb` would have reported the same row count.
+
+    The count is the last number of `tag` (0 if it has none): "INSERT 0 3" as UPDATE is
+    "UPDATE 3", "UPDATE 3" as INSERT is "INSERT 0 3" (the OID field is always 0 since
+    PostgreSQL 12). Verbs that report no count stand alone.
+    """
+    last = tag.rsplit(" ", 1)[-1]
+    rows = last if last != tag and last.isascii() and last.isdigit() else "0"
+    if verb == "INSERT":
+        return f"INSERT 0 {rows}"
+    if verb in _ROW_COUNT_VERBS:
+        return f"{verb} {rows}"
+    return verb
+
+
+def _edited_body(body: bytes, verb: str) -> bytes:
+    """A CommandComplete body (tag and its zero byte) with `edited_tag` applied."""
+    if not body.endswith(b"\x00"):
+        raise ProtocolViolation("invalid CommandComplete message from server")
+    return edited_tag(body[:-1].decode("latin-1"), verb).encode("latin-1") + b"\x00"
+
+
+class _Sent:
+    """One client message (or stand-in) still waiting for the answer that settles it."""
+
+    __slots__ = ("kind", "name", "other", "edit", "edits", "index", "edit_count", "held", "failed")
+
+    def __init__(self, kind: int, name: str = "", other: str = "", edit: TagEdit = None,
+                 edits: Sequence[TagEdit] = ()) -> None:
+        self.kind = kind          # the message type, or _EARLIER / _OPEN
+        self.name = name          # statement (Parse, Close S), portal (Bind, Execute, Close P)
+        self.other = other        # Bind: its statement; Close: "S" or "P"
+        self.edit = edit          # Parse: the edit its portals' Executes get
+        self.edits = edits        # Query: one edit per statement
+        self.index = 0            # Query: statements answered so far; _EARLIER: cycles left
+        self.edit_count = int(edit is not None) + int(any(e is not None for e in edits))
+        self.held: list[_Sent] = []   # _OPEN: the messages seen in the open cycle
+        self.failed = False           # _OPEN: an error came in this cycle
+
+
+_EARLIER: Final = -1  # cycles sent before `engage`: answers pass, ReadyForQuery counts
+_OPEN: Final = -2     # the extended-protocol cycle `engage` found begun (see there)
+_CLOSES_CYCLE: Final = frozenset({SYNC, QUERY, FUNCTION_CALL})
+
+
+class ResponseEditor:
+    """Follows one session's answer stream and edits the tags of rewritten statements.
+
+    Client side, in the order frames go upstream: `sent_query`, `sent_parse`, `sent_bind`,
+    `sent_execute`, `sent_close`, `sent_sync`, `sent_function_call`, `sent_copy_end`,
+    or `sent_frames` for a batch of `FrontendFramer` frames. Server side: `feed`.
+    """
+
+    def __init__(self, scanner: BackendScanner) -> None:
+        """`scanner` is the session's: the editor walks the stream with it, passing
+        its own wanted types per call, and returns only the events the session asked for."""
+        self._scanner = scanner
+        self._caller_interest = scanner.interest
+        self._wanted = wanted_table(scanner.interest | ANSWER_TYPES)
+        self._queue: deque[_Sent] = deque()
+        self._statements: dict[str, str] = {}   # only names with an edit
+        self._portals: dict[str, str] = {}
+        self._pending_edits = 0                 # edit-carrying messages still queued
+        self._held = b""                        # an incomplete CommandComplete, not yet forwarded
+        self._copy_open = False                 # COPY FROM STDIN runs and its CopyDone is still to be sent
+        self._open: _Sent | None = None         # the open cycle, until its Sync is sent
+        self._skipping = False                  # an error came; the server skips what is sent until Sync
+
+    # ---------------------------------------------------------------- hand-over
+
+    def engage(self, cycles_in_flight: int, *, mid_cycle: bool = False, cycle_failed: bool = False) -> None:
+        """Start following the stream; call before reporting the first frame.
+
+        `cycles_in_flight`: Query, Sync and FunctionCall messages sent upstream and not
+        yet answered by ReadyForQuery; their answers pass through unedited.
+
+        `mid_cycle`: extended-protocol messages have been sent since the last Sync, unseen
+        by the editor. Their answers and those of the messages reported until the next
+        Sync cannot be told apart, so that cycle passes unedited too; if no ErrorResponse
+        comes in it (`cycle_failed`: one already came), the statements and portals it
+        created keep their edits for later cycles.
+        """
+        if self._pending_edits or self._statements or self._portals:
+            raise RuntimeError("ResponseEditor.engage() while edits are still in flight")
+        self._queue.clear()
+        self._held = b""
+        self._copy_open = False
+        self._open = None
+        self._skipping = False
+        if cycles_in_flight:
+            earlier = _Sent(_EARLIER)
+            earlier.index = cycles_in_flight
+            self._queue.append(earlier)
+        if mid_cycle:
+            self._open = _Sent(_OPEN)
+            self._open.failed = cycle_failed
+            self._queue.append(self._open)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight or prepared carries an edit, and the stream is on a message
+        boundary: the session may go back to feeding its scanner directly (and must
+        `engage` again before the editor sees another frame)."""
+        return not (self._pending_edits or self._statements or self._portals) and self._scanner.at_boundary
+
+    # ---------------------------------------------------------------- client side
+
+    def sent_query(self, edits: Sequence[TagEdit]) -> None:
+        """A Query: `edits[i]` for its i-th statement (`()`: none)."""
+        if self._open is not None:
+            if not self._open.failed:
+                self._open = None  # its ReadyForQuery ends the open cycle
+            return
+        self._push(_Sent(QUERY, edits=tuple(edits)))
+
+    def sent_parse(self, statement: str, edit: TagEdit) -> None:
+        self._push(_Sent(PARSE, statement, edit=edit))
+
+    def sent_bind(self, portal: str, statement: str) -> None:
+        self._push(_Sent(BIND, portal, statement))
+
+    def sent_execute(self, portal: str) -> None:
+        self._push(_Sent(EXECUTE, portal))
+
+    def sent_close(self, kind: bytes, name: str) -> None:
+        """Close: `kind` b"S" (statement) or b"P" (portal)."""
+        self._push(_Sent(CLOSE, name, kind.decode("latin-1")))
+
+    def sent_sync(self) -> None:
+        if self._copy_open:
+            return  # read and ignored by COPY FROM STDIN
+        if self._open is not None:
+            self._open = None
+            return
+        self._push(_Sent(SYNC))
+
+    def sent_function_call(self) -> None:
+        if self._open is not None:
+            if not self._open.failed:
+                self._open = None
+            return
+        self._push(_Sent(FUNCTION_CALL))
+
+    def sent_copy_end(self) -> None:
+        """CopyDone or CopyFail."""
+        if self._copy_open:
+            self._copy_open = False
+        elif self._queue and self._open is None:
+            self._push(_Sent(COPY_DONE))  # sent ahead of its CopyInResponse, or stray
+
+    def sent_frames(self, buf: bytes, frames: Sequence[Frame], edits_for: EditsFor) -> None:
+        """Report `FrontendFramer` frames going upstream; names are read from the bodies
+        and `edits_for` gives the edits of Query and Parse frames."""
+        for msg_type, start, end in frames:
+            if msg_type == QUERY:
+                self.sent_query(edits_for(QUERY, start, end))
+            elif msg_type == PARSE:
+                edits = edits_for(PARSE, start, end)
+                self.sent_parse(_cstring(buf, start, end)[0], edits[0] if edits else None)
+            elif msg_type == BIND:
+                portal, pos = _cstring(buf, start, end)
+                self.sent_bind(portal, _cstring(buf, pos, end)[0])
+            elif msg_type == EXECUTE:
+                self.sent_execute(_cstring(buf, start, end)[0])
+            elif msg_type == CLOSE:
+                self.sent_close(buf[start:start + 1], _cstring(buf, start + 1, end)[0])
+            elif msg_type == SYNC:
+                self.sent_sync()
+            elif msg_type == FUNCTION_CALL:
+                self.sent_function_call()
+            elif msg_type == COPY_DONE or msg_type == COPY_FAIL:
+                self.sent_copy_end()
+
+    def _push(self, sent: _Sent) -> None:
+        if self._skipping:
+            if sent.kind != SYNC:
+                return  # the server will discard it unanswered
+            self._skipping = False
+        self._pending_edits += sent.edit_count
+        if self._open is not None:
+            self._open.held.append(sent)
+            self._open.edit_count += sent.edit_count
+        else:
+            self._queue.append(sent)
+
+    # ---------------------------------------------------------------- server side
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
+        """Walk server bytes; return the bytes to forward now and the scanner events
+        the session asked for. Raises `ProtocolViolation` on malformed input or an
+        answer that matches nothing sent."""
+        scanner = self._scanner
+        ends: list[int] = []
+        events = scanner.feed(data, self._wanted, ends)
+        held = self._held
+        buf = held + data if held else data
+        out: list[bytes] = []
+        pos = 0
+        caller_events: list[tuple[int, bytes]] = []
+        caller_interest = self._caller_interest
+        for (msg_type, body), end in zip(events, ends):
+            if msg_type in ANSWER_TYPES:
+                verb = self._settle(msg_type, body)
+                if verb is not None:
+                    end += len(held)
+                    start = end - 5 - len(body)
+                    edited = _edited_body(body, verb)
+                    if start >= 0 and edited != body:  # (start < 0: began before engage)
+                        out.append(buf[pos:start])
+                        out.append(frame(COMMAND_COMPLETE, edited))
+                        pos = end
+            if msg_type in caller_interest:
+                caller_events.append((msg_type, body))
+        stop = len(buf)
+        msg_type, seen = scanner.unfinished
+        if msg_type == COMMAND_COMPLETE:
+            stop = max(pos, stop - seen)
+        self._held = buf[stop:]
+        if pos == 0 and stop == len(buf):
+            return buf, caller_events
+        out.append(buf[pos:stop])
+        return b"".join(out), caller_events
+
+    def _settle(self, msg_type: int, body: bytes) -> TagEdit:
+        """Apply one answer; return the edit for a CommandComplete."""
+        queue = self._queue
+        while queue and queue[0].kind == COPY_DONE:
+            queue.popleft()  # a CopyDone/CopyFail outside COPY: the server ignores it
+        if not queue:
+            if msg_type == ERROR_RESPONSE:
+                return None  # FATAL outside any cycle (shutdown, timeouts)
+            raise self._out_of_step(msg_type, None)
+        head = queue[0]
+        kind = head.kind
+        if kind == _EARLIER or kind == _OPEN:
+            if msg_type == READY_FOR_QUERY:
+                self._end_cycle(head, body)
+            elif msg_type == ERROR_RESPONSE:
+                head.failed = True
+            return None
+        if msg_type == COMMAND_COMPLETE or msg_type == EMPTY_QUERY_RESPONSE or msg_type == PORTAL_SUSPENDED:
+            if kind == EXECUTE:
+                self._pop()
+                if msg_type != COMMAND_COMPLETE:
+                    return None
+                self._forget_discarded(body)
+                return self._portals.get(head.name)
+            if kind == QUERY and msg_type != PORTAL_SUSPENDED:
+                index = head.index
+                head.index = index + 1
+                if msg_type != COMMAND_COMPLETE:
+                    return None
+                self._forget_discarded(body)
+                return head.edits[index] if index < len(head.edits) else None
+        elif msg_type == ERROR_RESPONSE:
+            if kind not in _CLOSES_CYCLE:
+                while queue and queue[0].kind != SYNC:
+                    self._pop()  # the server discards all up to Sync
+                self._skipping = not queue  # ... and that Sync is still to be sent
+            return None
+        elif msg_type == READY_FOR_QUERY:
+            if kind in _CLOSES_CYCLE:
+                self._end_cycle(head, body)
+                return None
+        elif msg_type == COPY_IN_RESPONSE:
+            if kind == EXECUTE or kind == QUERY:
+                self._start_copy_in()
+                return None
+        elif (msg_type == PARSE_COMPLETE and kind == PARSE or msg_type == BIND_COMPLETE and kind == BIND
+              or msg_type == CLOSE_COMPLETE and kind == CLOSE):
+            self._pop()
+            self._apply(head)
+            return None
+        raise self._out_of_step(msg_type, head)
+
+    def _apply(self, sent: _Sent) -> None:
+        """A confirmed Parse, Bind or Close takes effect."""
+        if sent.kind == PARSE:
+            if sent.edit is None:
+                self._statements.pop(sent.name, None)
+            else:
+                self._statements[sent.name] = sent.edit
+        elif sent.kind == BIND:
+            edit = self._statements.get(sent.other)
+            if edit is None:
+                self._portals.pop(sent.name, None)
+            else:
+                self._portals[sent.name] = edit
+        elif sent.kind == CLOSE:
+            (self._statements if sent.other == "S" else self._portals).pop(sent.name, None)
+
+    def _end_cycle(self, head: _Sent, body: bytes) -> None:
+        """ReadyForQuery settles the message at the head of the queue."""
+        if head.kind == _EARLIER:
+            head.index -= 1
+            if head.index:
+                return
+        elif head.kind == _OPEN and not head.failed:
+            for sent in head.held:
+                self._apply(sent)
+        elif head.kind == QUERY:
+            self._statements.pop("", None)
+            self._portals.pop("", None)
+        self._pop()
+        if body[:1] == b"I":
+            self._portals.clear()  # the transaction ended, and every portal with it
+
+    def _start_copy_in(self) -> None:
+        """COPY FROM STDIN began: the Syncs sent before its CopyDone/CopyFail are read
+        as part of the copy and ignored; so are any sent until that CopyDone comes."""
+        queue = self._queue
+        head = queue.popleft()
+        rest = list(queue)
+        queue.clear()
+        queue.append(head)
+        ended = False
+        for sent in rest:
+            if not ended and sent.kind == SYNC:
+                continue
+            if not ended and sent.kind == COPY_DONE:
+                ended = True
+                continue
+            queue.append(sent)
+        self._copy_open = not ended
+
+    def _forget_discarded(self, body: bytes) -> None:
+        if body == b"DISCARD ALL\x00":
+            self._statements.clear()
+            self._portals.clear()
+        elif body == b"DEALLOCATE ALL\x00":
+            self._statements.clear()
+
+    def _pop(self) -> None:
+        self._pending_edits -= self._queue.popleft().edit_count
+
+    @staticmethod
+    def _out_of_step(msg_type: int, head: _Sent | None) -> ProtocolViolation:
+        expected = "nothing" if head is None else _KIND_NAMES.get(head.kind, str(head.kind))
+        return ProtocolViolation(
+            f"server message {chr(msg_type)!r} does not answer the next message sent ({expected})"
+        )
+
+
+_KIND_NAMES: Final = {PARSE: "Parse", BIND: "Bind", EXECUTE: "Execute", CLOSE: "Close", SYNC: "Sync",
+                      QUERY: "Query", FUNCTION_CALL: "FunctionCall"}
+
+
+def _cstring(buf: bytes, start: int, end: int) -> tuple[str, int]:
+    """The C string at `start` (bytes that are not UTF-8 kept as surrogates) and the
+    offset after it. An unterminated one gives a name nothing matches: PostgreSQL
+    answers that frame with an ErrorResponse, which settles it."""
+    nul = buf.find(b"\x00", start, end)
+    if nul < 0:
+        return _NO_NAME, end
+    return bytes(buf[start:nul]).decode("utf-8", "surrogateescape"), nul + 1
