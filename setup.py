@@ -13,6 +13,7 @@ from setuptools import setup
 
 COMPILED = [
     "cowproxy/protocol/framing.py",
+    "cowproxy/protocol/responses.py",
     "cowproxy/proxy/relay.py",
     "cowproxy/histogram.py",
 ]

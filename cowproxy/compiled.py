@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-COMPILED_MODULES = ("cowproxy.protocol.framing", "cowproxy.proxy.relay", "cowproxy.histogram")
+COMPILED_MODULES = ("cowproxy.protocol.framing", "cowproxy.protocol.responses", "cowproxy.proxy.relay",
+                    "cowproxy.histogram")
 
 
 def status() -> dict[str, str]:

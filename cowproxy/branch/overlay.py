@@ -48,6 +48,7 @@ is pure, so the statements can be read, logged and tested as text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -112,8 +113,10 @@ class OverlayObjects:
     after_fn: str      # mode copy: foreign keys
 
 
+@functools.lru_cache(maxsize=4096)
 def overlay_objects(schema: str, table: str) -> OverlayObjects:
-    """The names of `schema.table`'s overlay objects (see names.overlay_name)."""
+    """The names of `schema.table`'s overlay objects (see names.overlay_name). Cached:
+    the rewriter asks for them on every decision about a changed table."""
     base = _base_name(schema, table)
     return OverlayObjects(
         view=base,

@@ -106,15 +106,16 @@ class StatementGate:
             stats[(label, decision.kind)] += 1
         return len(frames)
 
-    async def translate(self, msg_type: int, buf: bytes, start: int, end: int) -> bytes:
+    async def translate(self, msg_type: int, buf: bytes, start: int, end: int) -> tuple[bytes, tuple[str | None, ...]]:
         """The bytes to send upstream for one frame (slow path; may wait for the
-        control plane to create overlays)."""
+        control plane to create overlays), and the command tags the client must see
+        instead of PostgreSQL's, one per statement (`Decision.tags`; usually none)."""
         raw = bytes(buf[start - 5:end])
         if msg_type != QUERY and msg_type != PARSE:
-            return raw
+            return raw, ()
         sql = frame_sql(msg_type, buf, start, end)
         if sql is None:
-            return raw
+            return raw, ()
         decision = self.policy.decide(sql, self.temp_tables)
         if decision.action is Action.MATERIALIZE and self._materialize is not None:
             try:
@@ -132,9 +133,10 @@ class StatementGate:
             self.temp_tables = self.temp_tables | frozenset(decision.creates_temp)
         if decision.action is Action.REWRITE:
             assert decision.sql is not None
-            return encode_query(decision.sql) if msg_type == QUERY else _replace_parse(buf, start, end, decision.sql, False)
+            out = encode_query(decision.sql) if msg_type == QUERY else _replace_parse(buf, start, end, decision.sql, False)
+            return out, decision.tags
         if decision.action is Action.REFUSE:
             assert decision.refusal is not None
             text = raise_sql(decision.refusal)
-            return encode_query(text) if msg_type == QUERY else _replace_parse(buf, start, end, text, True)
-        return raw
+            return (encode_query(text) if msg_type == QUERY else _replace_parse(buf, start, end, text, True)), ()
+        return raw, ()

@@ -39,6 +39,11 @@ from cowproxy.protocol.messages import (
 )
 
 
+def no_edits(msg_type: int, start: int, end: int) -> tuple[str | None, ...]:
+    """Tag edits of frames forwarded as the client sent them: none."""
+    return ()
+
+
 class Relay:
     """One session's steady-state bookkeeping and byte forwarding.
 
@@ -81,6 +86,8 @@ class Relay:
         self.copy_in = False                     # COPY FROM STDIN runs: the server ignores Sync
         self.copy_syncs = 0                      # Syncs since the last Execute/Query, before CopyDone
         self.copy_end_sent = False               # CopyDone/CopyFail sent since the last Execute/Query
+        self.cycle_failed = False                # an ErrorResponse came since the last ReadyForQuery
+        self.editor: Any = None                  # ResponseEditor, while rewritten statements' tags need editing
 
     # ------------------------------------------------------------------ client → upstream
 
@@ -105,6 +112,8 @@ class Relay:
             if cut < len(frames):
                 if cut:
                     self.account(frames[:cut], t0, True)
+                    if self.editor is not None:
+                        self.editor.sent_frames(buf, frames[:cut], no_edits)
                     self.upstream.write(buf[:frames[cut][1] - 5])
                 self.gate_busy = True
                 self.session.start_slow_path(buf, frames[cut:])
@@ -112,6 +121,8 @@ class Relay:
             self.account(frames, t0, True)
         else:
             self.account(frames, t0, False)
+        if self.editor is not None:
+            self.editor.sent_frames(buf, frames, no_edits)
         self.upstream.write(buf)
         self.proxy_time += time.perf_counter() - t0
 
@@ -167,12 +178,19 @@ class Relay:
             if not data:
                 return
         t0 = time.perf_counter()
+        editor = self.editor
         try:
-            events = self.scanner.feed(data)
+            if editor is None:
+                events = self.scanner.feed(data)
+            else:
+                data, events = editor.feed(data)
+                if editor.idle:
+                    self.editor = None
         except ProtocolViolation as exc:
             self.session.upstream_broken(exc)
             return
-        self.client.write(data)
+        if data:
+            self.client.write(data)
         if events:
             try:
                 self.backend_events(events, t0)  # decodes ErrorResponse fields
@@ -186,6 +204,7 @@ class Relay:
             msg_type, body = event
             if msg_type == READY_FOR_QUERY:
                 self.tx_status = body[:1]
+                self.cycle_failed = False
                 if self.pending_ready:
                     self.pending_ready -= 1
                     if not self.pending_ready:
@@ -195,6 +214,7 @@ class Relay:
                 self.copy_syncs = 0
                 self.copy_in = not self.copy_end_sent
             else:
+                self.cycle_failed = True
                 fields = decode_error_fields(body)
                 self.errors[fields.sqlstate] += 1
                 if fields.severity == "FATAL" or fields.severity == "PANIC":

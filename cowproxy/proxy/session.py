@@ -36,6 +36,7 @@ from cowproxy import logs
 from cowproxy.metrics import Metrics
 from cowproxy.protocol import ProtocolViolation
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer, StartupReader
+from cowproxy.protocol.responses import ResponseEditor
 from cowproxy.protocol.auth import AuthenticationFailed, UpstreamLogin
 from cowproxy.protocol.messages import (
     AUTH_OK,
@@ -241,9 +242,17 @@ class ClientSession(asyncio.Protocol):
                     msg_type, start, end = frame
                     if msg_type in _PLANNED_TYPES and gate.plans_stale:
                         await self._sync_plans()
-                    out = await gate.translate(msg_type, buf, start, end)
+                    out, tags = await gate.translate(msg_type, buf, start, end)
                     if self.state is not State.READY or self._upstream is None:
                         return
+                    if tags and relay.editor is None:
+                        # A rewritten statement answers with another command tag: follow
+                        # the answers until they are all edited (protocol/responses.py).
+                        relay.editor = ResponseEditor(relay.scanner)
+                        relay.editor.engage(relay.pending_ready, mid_cycle=relay.mid_extended,
+                                            cycle_failed=relay.cycle_failed)
+                    if relay.editor is not None:
+                        relay.editor.sent_frames(buf, [frame], lambda *_: tags)
                     relay.account([frame], _perf(), True)
                     self._upstream.write(out)
                 if not relay.queued:

@@ -107,6 +107,47 @@ _USER_FUNCTIONS = {"SVFOP_CURRENT_USER": "current_user", "SVFOP_SESSION_USER": "
 
 
 @dataclass(frozen=True, slots=True)
+class SetItem:
+    """One `column = expression` of an UPDATE's SET list."""
+
+    column: str
+    location: int                          # byte offset of the column's name
+    plain: bool                            # False: `col[i] =`, `col.field =`, `(a, b) =`, `= DEFAULT`
+
+
+@dataclass(frozen=True, slots=True)
+class ReturningItem:
+    location: int                          # byte offset where the item starts
+    star: str | None = None                # `*`: "", `q.*`: "q"; None for an expression
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateShape:
+    """What `sql/upsert.py` needs to know of a top-level UPDATE to send it to a
+    shadow's rows table as one upsert, and every reason it must not."""
+
+    relation: Relation
+    alias: str | None
+    only: bool                             # UPDATE ONLY t
+    items: tuple[SetItem, ...]
+    has_where: bool
+    current_of: bool                       # WHERE CURRENT OF cursor
+    has_from: bool
+    has_with: bool
+    returning: tuple[ReturningItem, ...]
+    returning_options: bool                # RETURNING WITH (OLD AS o, ...): PostgreSQL 18
+    functions: frozenset[str]              # functions called in SET and WHERE (not RETURNING)
+    qualifiers: frozenset[str]             # first names of qualified column references, anywhere
+    bare_names: frozenset[str]             # unqualified column references, anywhere
+    outer_columns: tuple[tuple[str, int], ...]  # (name, byte offset): unqualified, in SET and WHERE, not in subqueries
+    inner_bare_names: frozenset[str]       # unqualified column references inside subqueries of SET and WHERE
+    column_names: frozenset[str]           # the last name of every column reference, anywhere
+    inner_stars: frozenset[str]            # qualifiers of `q.*` inside expressions
+    long_references: bool                  # a column reference `a.b.c` (schema-qualified)
+    repeated_parameters: bool = False      # some $n occurs twice (its type may depend on which use comes first)
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """The analysis of one statement of a (possibly multi-statement) SQL string."""
 
@@ -128,6 +169,10 @@ class Statement:
     merges: tuple[Relation, ...] = ()      # MERGE targets
     user_functions: tuple[UserFunction, ...] = ()  # current_user, session_user, ...
     runtime_sequence_calls: tuple[FunctionCall, ...] = ()  # sequence named at run time
+    location: int = 0                      # byte span of the statement in the SQL string
+    length: int = 0                        # 0: to the end of the string
+    update_target: Relation | None = None  # a top-level UPDATE's table
+    body: Any = field(default=None, compare=False, repr=False)  # that UPDATE's parse tree (see update_shape)
 
 
 class SqlSyntaxError(Exception):
@@ -156,12 +201,13 @@ def parse(sql: str) -> list[dict[str, Any]]:
 
 def analyze(sql: str) -> list[Statement]:
     """Analyze every statement in `sql`, in order."""
-    return [analyze_node(raw.get("stmt", {})) for raw in parse(sql)]
+    return [analyze_node(raw.get("stmt", {}), raw.get("stmt_location", 0), raw.get("stmt_len", 0))
+            for raw in parse(sql)]
 
 
-def analyze_node(stmt: dict[str, Any]) -> Statement:
+def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> Statement:
     if not stmt:
-        return Statement(Kind.SESSION, "Empty")
+        return Statement(Kind.SESSION, "Empty", location=location, length=length)
     (node, body), = stmt.items()
     walker = _Walker()
     walker.walk({node: body})
@@ -194,10 +240,12 @@ def analyze_node(stmt: dict[str, Any]) -> Statement:
         creates_temp=creates_temp, advances_sequences=walker.advances_sequences,
         search_path_at=search_path_at, on_conflicts=tuple(walker.on_conflicts), truncate=truncate,
         locked=tuple(r for r in dict.fromkeys(walker.locked) if r.schema or r.name not in walker.cte_names),
-        merges=tuple(walker.merges),
+        merges=tuple(walker.merges), location=location, length=length,
         user_functions=tuple(UserFunction(location, column) for location, column in walker.user_functions.items()),
         runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
                                      for location, name in walker.runtime_sequence_calls),
+        update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
+        body=body if node == "UpdateStmt" else None,
     )
 
 
@@ -396,6 +444,107 @@ class _Walker:
             elif setting in READ_ONLY_SETTINGS or not setting:
                 # A computed setting name could be anything: treat it as an escape.
                 self.read_only_escape = True
+
+
+def update_shape(statement: Statement) -> UpdateShape | None:
+    """The shape of a top-level UPDATE, for sql/upsert.py; None for other statements.
+    Computed on demand: only an UPDATE of a shadow the branch owns needs it."""
+    if statement.update_target is None:
+        return None
+    body = statement.body
+    target = body.get("relation", {})
+    items = []
+    for raw in body.get("targetList", []):
+        res = raw.get("ResTarget", {})
+        value = res.get("val", {})
+        plain = not res.get("indirection") and "MultiAssignRef" not in value and "SetToDefault" not in value
+        items.append(SetItem(res.get("name", ""), res.get("location", -1), plain))
+    returning_clause = body.get("returningClause") or {}
+    # libpg_query 17 and older: a bare list; 18: {"exprs": [...], "options": [...]}
+    returning_exprs = returning_clause if isinstance(returning_clause, list) else returning_clause.get("exprs", [])
+    returning = []
+    for raw in returning_exprs:
+        res = raw.get("ResTarget", {})
+        fields = res.get("val", {}).get("ColumnRef", {}).get("fields", [])
+        star = None
+        if fields and "A_Star" in fields[-1] and len(fields) <= 2 and not res.get("name"):
+            star = fields[0].get("String", {}).get("sval", "") if len(fields) == 2 else ""
+        returning.append(ReturningItem(res.get("location", -1), star))
+    where = body.get("whereClause") or {}
+    refs = _References()
+    refs.walk([body.get("targetList", []), where], count_functions=True)
+    outer_columns = tuple(refs.outer_columns)
+    refs.walk([item for item, r in zip(returning_exprs, returning) if r.star is None], count_functions=False)
+    return UpdateShape(
+        relation=_relation(target), alias=(target.get("alias") or {}).get("aliasname"),
+        only=not target.get("inh", False), items=tuple(items), has_where=bool(where),
+        current_of="CurrentOfExpr" in where, has_from=bool(body.get("fromClause")),
+        has_with=bool(body.get("withClause")), returning=tuple(returning),
+        returning_options=isinstance(returning_clause, dict) and bool(returning_clause.get("options")),
+        functions=frozenset(refs.functions), qualifiers=frozenset(refs.qualifiers),
+        bare_names=frozenset(refs.bare_names), outer_columns=outer_columns,
+        inner_bare_names=frozenset(refs.inner_bare_names), column_names=frozenset(refs.column_names),
+        inner_stars=frozenset(refs.stars),
+        long_references=refs.long_references,
+        repeated_parameters=len(refs.parameters) != len(set(refs.parameters)),
+    )
+
+
+class _References:
+    """Column references and function calls inside expressions, subqueries included.
+
+    Unqualified references outside subqueries are kept with their locations: in
+    `ON CONFLICT DO UPDATE` the row proposed for insertion (EXCLUDED) has the same
+    columns as the target, so the rewrite must qualify them (sql/upsert.py)."""
+
+    def __init__(self) -> None:
+        self.functions: set[str] = set()
+        self.qualifiers: set[str] = set()
+        self.bare_names: set[str] = set()
+        self.outer_columns: list[tuple[str, int]] = []
+        self.inner_bare_names: set[str] = set()
+        self.column_names: set[str] = set()
+        self.stars: set[str] = set()
+        self.parameters: list[int] = []
+        self.long_references = False
+
+    def walk(self, node: Any, count_functions: bool) -> None:
+        stack: list[tuple[Any, bool]] = [(node, False)]
+        while stack:
+            item, in_subquery = stack.pop()
+            if isinstance(item, list):
+                stack.extend((value, in_subquery) for value in item)
+                continue
+            if not isinstance(item, dict):
+                continue
+            for key, value in item.items():
+                if key == "ColumnRef":
+                    self._column_ref(value, in_subquery)
+                elif key == "ParamRef":
+                    self.parameters.append(value.get("number", 0))
+                elif key == "FuncCall" and count_functions:
+                    names = [n.get("String", {}).get("sval", "") for n in value.get("funcname", [])]
+                    if names:
+                        self.functions.add(names[-1])
+                if isinstance(value, (dict, list)):
+                    stack.append((value, in_subquery or key == "SubLink"))
+
+    def _column_ref(self, ref: dict[str, Any], in_subquery: bool) -> None:
+        names = [f.get("String", {}).get("sval") for f in ref.get("fields", [])]
+        if len(names) >= 3:
+            self.long_references = True
+        if names and names[-1] is not None:
+            self.column_names.add(names[-1])
+        if len(names) == 1 and names[0] is not None:
+            self.bare_names.add(names[0])
+            if in_subquery:
+                self.inner_bare_names.add(names[0])
+            else:
+                self.outer_columns.append((names[0], ref.get("location", -1)))
+        elif len(names) >= 2 and names[0] is not None:
+            self.qualifiers.add(names[0])
+            if names[-1] is None:
+                self.stars.add(names[0])
 
 
 def _on_conflict(target: Relation, clause: dict[str, Any]) -> OnConflict:

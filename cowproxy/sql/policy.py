@@ -11,8 +11,9 @@ statement costs one dict lookup (DESIGN.md: the hot path).
 from __future__ import annotations
 
 import enum
+import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from pglast import parser as pg_parser
@@ -21,8 +22,10 @@ from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
 from cowproxy.branch.overlay import overlay_objects, skip_view_name
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.metrics import Metrics
-from cowproxy.sql.analyze import Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, analyze
+from cowproxy.sql.analyze import (Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape, analyze,
+                                  update_shape)
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
+from cowproxy.sql.upsert import UPDATE_TAG, ShadowTable, unsuitable, upsert_splice
 
 CACHE_SIZE = 4096
 _WRITE_ON_A_BRANCH = "Create a branch (cowproxy branch create NAME) and connect to it to write."
@@ -43,6 +46,10 @@ class Decision:
     refusal: Refusal | None = None
     materialize: tuple[Relation, ...] = ()      # tables that need an overlay first
     creates_temp: tuple[str, ...] = ()          # temp tables this statement creates
+    tags: tuple[str | None, ...] = ()
+    """Command tags to show the client, one per statement of the SQL sent upstream: None
+    keeps PostgreSQL's, "UPDATE" shows `UPDATE n` with PostgreSQL's row count (an UPDATE
+    sent as INSERT ... ON CONFLICT answers `INSERT 0 n`); () when nothing needs editing."""
 
 
 FORWARD_PASSTHROUGH = Decision(Action.FORWARD, "passthrough")
@@ -57,7 +64,10 @@ class BranchLayout:
     are the relations in the branch's schemas: tables the branch created itself, and
     the overlays' own objects (`T$live` of every table overlay, `T$skip...` views of
     shadows). `referenced_by` maps a production table to the production tables whose
-    foreign keys reference it (TRUNCATE needs them).
+    foreign keys reference it (TRUNCATE needs them). `shadow_tables` describes the
+    shadows in the branch's own schema (an UPDATE of one may become an upsert into its
+    rows table, sql/upsert.py); `unsafe_functions` names the volatile and set-returning
+    functions of the database (None: not known, every call counts as one).
     """
 
     branch: str
@@ -71,6 +81,9 @@ class BranchLayout:
     referenced_by: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
     runtime_sequences: bool = False  # the overlay schema has branch/sequences.py's stand-ins
 
+    shadow_tables: Mapping[tuple[str, str], ShadowTable] = field(default_factory=dict)
+    unsafe_functions: frozenset[str] | None = None
+
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
 
@@ -80,13 +93,13 @@ class _Lru(OrderedDict):
         super().__init__()
         self.size = size
 
-    def hit(self, key: str) -> Decision | None:
+    def hit(self, key: str) -> "Decision | RewriteTemplate | None":
         value = self.get(key)
         if value is not None:
             self.move_to_end(key)
         return value
 
-    def put(self, key: str, value: Decision) -> None:
+    def put(self, key: str, value: "Decision | RewriteTemplate") -> None:
         self[key] = value
         if len(self) > self.size:
             self.popitem(last=False)
@@ -96,6 +109,26 @@ _NUMBER_TOKENS = frozenset({"ICONST", "FCONST"})
 _LITERAL_SENSITIVE_NODES = frozenset({"VariableSetStmt", "TransactionStmt", "CopyStmt", "Empty"})
 
 
+def _number_spans(sql: str) -> list[tuple[int, int]] | None:
+    """[start, end) character offsets of the numeric literals of `sql`; None if it does
+    not scan."""
+    try:
+        tokens = pg_parser.scan(sql)
+    except pg_parser.ParseError:
+        return None
+    return [(t.start, t.end + 1) for t in tokens if t.name in _NUMBER_TOKENS]
+
+
+def _with_numbers(sql: str, spans: list[tuple[int, int]], numbers: list[str]) -> str:
+    out, pos = [], 0
+    for (start, end), number in zip(spans, numbers):
+        out.append(sql[pos:start])
+        out.append(number)
+        pos = end
+    out.append(sql[pos:])
+    return "".join(out)
+
+
 def literal_shape(sql: str) -> str | None:
     """`sql` with its numeric literals blanked, or None if it has none.
 
@@ -103,32 +136,46 @@ def literal_shape(sql: str) -> str | None:
     one statement is a new text. Decisions that cannot depend on a number (see
     `_shape_safe`) are shared through this key: one scan instead of a full analysis.
     """
-    try:
-        tokens = pg_parser.scan(sql)
-    except pg_parser.ParseError:
-        return None
-    spans = [(t.start, t.end + 1) for t in tokens if t.name in _NUMBER_TOKENS]
-    if not spans:
-        return None
-    out, pos = [], 0
-    for start, end in spans:
-        out.append(sql[pos:start])
-        out.append("0")
-        pos = end
-    out.append(sql[pos:])
-    return "".join(out)
+    spans = _number_spans(sql)
+    return _with_numbers(sql, spans, ["0"] * len(spans)) if spans else None
 
 
 def _shape_safe(decision: Decision, statements: list[Statement]) -> bool:
     """Forwards whose statements read no number's value: not SET (`SET x = 0` may mean
     off), not sequence calls or casts of strings, no temp tables."""
-    return (decision.action is Action.FORWARD and not decision.creates_temp
+    return decision.action is Action.FORWARD and _numbers_irrelevant(decision, statements)
+
+
+def _numbers_irrelevant(decision: Decision, statements: list[Statement]) -> bool:
+    return (not decision.creates_temp
             and all(st.node not in _LITERAL_SENSITIVE_NODES and not st.sequences and not st.read_only_escape
                     for st in statements))
 
 
+_MARK = "7391204865000000"
+"""A numeric literal `_MARK` + three digits stands for the text's n-th number while a
+rewrite template is made: no client writes it (checked), and it survives a rewrite."""
+_MARK_RE = re.compile(_MARK + r"(\d{3})")
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteTemplate:
+    """One REWRITE decision for every text of a literal shape: the rewritten text's
+    parts, with the index of the text's number where the rewrite copied it (an UPDATE
+    sent as an upsert copies its WHERE twice: `aid = 4711` must not cost a full
+    analysis per execution)."""
+
+    decision: Decision                      # sql=None
+    parts: tuple[str | int, ...]
+
+    def fill(self, sql: str, spans: list[tuple[int, int]]) -> Decision:
+        numbers = [sql[start:end] for start, end in spans]
+        return replace(self.decision, sql="".join(p if isinstance(p, str) else numbers[p] for p in self.parts))
+
+
 class DecisionCache:
-    """Exact-text LRU, then the literal-shape LRU; counts hits and misses."""
+    """Exact-text LRU, then the literal-shape LRU (decisions, or rewrite templates);
+    counts hits and misses."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -138,23 +185,28 @@ class DecisionCache:
     def lookup(self, sql: str) -> tuple[Decision | None, str | None]:
         """(cached decision or None, the literal shape computed on the way)."""
         hit = self.exact.hit(sql)
-        if hit is not None:
+        if isinstance(hit, Decision):  # the exact-text cache holds decisions only
             self.metrics.rewrite_cache["hit"] += 1
             return hit, None
-        shape = literal_shape(sql)
+        spans = _number_spans(sql)
+        shape = _with_numbers(sql, spans, ["0"] * len(spans)) if spans else None
         if shape is not None:
             hit = self.shapes.hit(shape)
             if hit is not None:
                 self.metrics.rewrite_cache["hit"] += 1
-                return hit, shape
+                assert spans is not None
+                return (hit.fill(sql, spans) if isinstance(hit, RewriteTemplate) else hit), shape
         self.metrics.rewrite_cache["miss"] += 1
         return None, shape
 
-    def store(self, sql: str, shape: str | None, decision: Decision, statements: list[Statement]) -> None:
+    def store(self, sql: str, shape: str | None, decision: Decision, statements: list[Statement],
+              template: RewriteTemplate | None = None) -> None:
         if decision.action is Action.MATERIALIZE:
             return
         self.exact.put(sql, decision)
-        if shape is not None and _shape_safe(decision, statements):
+        if shape is not None and template is not None:
+            self.shapes.put(shape, template)
+        elif shape is not None and _shape_safe(decision, statements):
             self.shapes.put(shape, decision)
 
 
@@ -235,8 +287,30 @@ class BranchPolicy:
             return FORWARD_PASSTHROUGH
         decision = self._decide(sql, statements, temp_tables)
         if not temp_tables:
-            self._cache.store(sql, shape, decision, statements)
+            template = None
+            if shape is not None and decision.action is Action.REWRITE and _numbers_irrelevant(decision, statements):
+                template = self._template(sql, decision)
+            self._cache.store(sql, shape, decision, statements, template)
         return decision
+
+    def _template(self, sql: str, decision: Decision) -> RewriteTemplate | None:
+        """The rewrite of `sql` as a template for its literal shape: the rewrite of the
+        text with each number replaced by a mark, cut at the marks. Only if it gives
+        back exactly `decision` for `sql` (else every text of the shape is decided)."""
+        spans = _number_spans(sql)
+        if not spans or len(spans) > 999 or _MARK in sql:
+            return None
+        marked = _with_numbers(sql, spans, [f"{_MARK}{i:03d}" for i in range(len(spans))])
+        try:
+            marked_decision = self._decide(marked, analyze(marked), frozenset())
+        except SqlSyntaxError:
+            return None
+        if marked_decision.sql is None or replace(marked_decision, sql=None) != replace(decision, sql=None):
+            return None
+        pieces = _MARK_RE.split(marked_decision.sql)
+        template = RewriteTemplate(replace(decision, sql=None),
+                                   tuple(int(p) if i % 2 else p for i, p in enumerate(pieces)))
+        return template if template.fill(sql, spans) == decision else None
 
     def _decide(self, sql: str, statements: list[Statement], temp_tables: frozenset[str]) -> Decision:
         missing: list[Relation] = []
@@ -255,10 +329,11 @@ class BranchPolicy:
             if refusal:
                 return Decision(Action.REFUSE, "refused", refusal=refusal)
         splices = self._splices(sql, statements, temp_tables)
+        splices, tags = self._upserts(sql, statements, splices, temp_tables)
         kind = _kind_label(statements, touches_overlay=bool(splices) or self._touches_overlay(statements))
         temps = tuple(name for st in statements for name in st.creates_temp)
         if splices:
-            return Decision(Action.REWRITE, kind, sql=apply(sql, splices), creates_temp=temps)
+            return Decision(Action.REWRITE, kind, sql=apply(sql, splices), creates_temp=temps, tags=tags)
         return Decision(Action.FORWARD, kind, creates_temp=temps)
 
     def _needs_overlay(self, rel: Relation, temp_tables: frozenset[str]) -> bool:
@@ -420,6 +495,43 @@ class BranchPolicy:
                 close = spans.call_end(call.location)
                 splices.append(Splice(close, close, f" AS {quote_ident(call.column)}"))
         return splices
+
+    # UPDATE of a changed table as an upsert into T$rows (sql/upsert.py) ---------------
+
+    def _upserts(self, sql: str, statements: list[Statement], splices: list[Splice],
+                 temp_tables: frozenset[str]) -> tuple[list[Splice], tuple[str | None, ...]]:
+        """Every UPDATE that can be one upsert into its T$rows replaces its statement's
+        text (the name splices inside it are applied to the pieces it copies); the tags
+        say which statements PostgreSQL will answer with `INSERT 0 n`."""
+        tags: list[str | None] = []
+        spans: NameSpans | None = None
+        for st in statements:
+            target = self._upsert_target(st, temp_tables)
+            if target is None:
+                tags.append(None)
+                continue
+            table, shape = target
+            objects = overlay_objects(*table)
+            spans = spans or NameSpans(sql)
+            replacement = upsert_splice(sql, st, shape, self.layout.shadow_tables[table], self._own(objects.rows),
+                                        self._own(objects.view), spans, splices)
+            splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+            tags.append(UPDATE_TAG)
+        return splices, tuple(tags) if any(tags) else ()
+
+    def _upsert_target(self, st: Statement, temp_tables: frozenset[str]) -> tuple[tuple[str, str], UpdateShape] | None:
+        """The production table whose own shadow a top-level UPDATE `st` can write as an
+        upsert into T$rows, with the UPDATE's shape; None: the shadow's trigger takes it."""
+        if st.update_target is None:
+            return None
+        table = self._production_table(st.update_target, temp_tables)
+        if table is None or self.layout.overlays.get(table) != self.layout.schema or not self._is_shadow(table):
+            return None
+        info = self.layout.shadow_tables.get(table)
+        shape = update_shape(st) if info is not None else None
+        if info is None or shape is None or unsuitable(shape, info, self.layout.unsafe_functions) is not None:
+            return None
+        return table, shape
 
     def _touches_overlay(self, statements: list[Statement]) -> bool:
         layout = self.layout

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pglast import parser as pg_parser
 
 _DOT = "ASCII_46"
+_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 
 def quote_ident(name: str) -> str:
@@ -88,12 +89,24 @@ class NameSpans:
                     return end
         raise ValueError(f"no closing parenthesis for the call at byte {location}")
 
+    def code_tokens(self, start: int, end: int) -> list[tuple[int, int, str]]:
+        """(start, end, scanner name) of every token beginning in [start, end), comments
+        left out: what a clause is made of."""
+        return [span for span in self._spans if start <= span[0] < end and span[2] not in _COMMENTS]
+
     def token(self, location: int) -> tuple[int, int]:
         """[start, end) of the single token at `location` (a string literal, ...)."""
         i = self._by_start.get(location)
         if i is None:
             raise ValueError(f"no token starts at byte {location}")
         return location, self._spans[i][1]
+
+
+def apply_within(sql: str, splices: list[Splice], start: int, end: int) -> str:
+    """The text of bytes [start, end) of `sql` with those of `splices` that lie inside
+    applied: a piece of the client's statement, its names already rewritten."""
+    inside = [Splice(s.start - start, s.end - start, s.text) for s in splices if start <= s.start and s.end <= end]
+    return apply(sql.encode()[start:end].decode(), inside)
 
 
 def apply(sql: str, splices: list[Splice]) -> str:

@@ -141,23 +141,50 @@ async def race(first: asyncpg.Connection, second: asyncpg.Connection, first_sql:
         return error
 
 
-@pytest.mark.parametrize("touched_before", [False, True], ids=["row-still-production", "row-in-overlay"])
-async def test_a_concurrent_update_of_one_row_fails_with_40001_instead_of_losing_it(
-        proxy, branches, admin, touched_before):
-    """SPEC §5.5: the second writer waits for the first; when the first commits, the
-    second fails with 40001 (its new value was computed from a stale row), so no
-    update is lost; when the first rolls back, the second goes through."""
+async def two_writers(proxy, branches, touched_before: bool):
+    """Two sessions on a fresh branch whose `accounts` has an overlay; with
+    `touched_before`, rows 1 and 2 are already in it."""
     branch = await branches()
     first, second = await on(proxy, branch), await on(proxy, branch)
+    await first.execute("UPDATE accounts SET balance = balance + 0 WHERE id = 20")  # makes the overlay
+    if touched_before:
+        await first.execute("UPDATE accounts SET balance = balance + 0 WHERE id IN (1, 2)")
+    return first, second
+
+
+@pytest.mark.parametrize("touched_before", [False, True], ids=["row-still-production", "row-in-overlay"])
+async def test_concurrent_updates_of_one_row_both_apply(proxy, branches, touched_before):
+    """SPEC §5.5 (READ COMMITTED): the second writer waits for the first; when the first
+    commits, the second applies to the committed row (the rewriter sends a keyed UPDATE
+    as an upsert into T$rows, sql/upsert.py), as on a table; when the first rolls back,
+    the second applies to the old row."""
+    first, second = await two_writers(proxy, branches, touched_before)
     try:
-        await first.execute("UPDATE accounts SET balance = balance + 0 WHERE id = 20")  # makes the overlay
-        if touched_before:
-            await first.execute("UPDATE accounts SET balance = balance + 0 WHERE id IN (1, 2)")
         add = "UPDATE accounts SET balance = balance + {} WHERE id = {}"
-        failed = await race(first, second, add.format(10, 1), add.format(1, 1))
+        assert await race(first, second, add.format(10, 1), add.format(1, 1)) == "UPDATE 1"
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 1") == 111
+        assert await race(first, second, add.format(10, 2), add.format(1, 2), commit=False) == "UPDATE 1"
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 2") == 101
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize("touched_before", [False, True], ids=["row-still-production", "row-in-overlay"])
+async def test_a_concurrent_update_the_trigger_takes_fails_with_40001_instead_of_losing_it(
+        proxy, branches, touched_before):
+    """SPEC §5.5: an UPDATE the rewriter leaves to the shadow's trigger (here: one with
+    FROM) cannot re-read a row another transaction changed and committed while it
+    waited: it fails with 40001 (its new value was computed from a stale row), so no
+    update is lost; when the first rolls back, the second goes through."""
+    first, second = await two_writers(proxy, branches, touched_before)
+    try:
+        add = "UPDATE accounts SET balance = balance + {} WHERE id = {}"
+        add_from = "UPDATE accounts a SET balance = a.balance + v.n FROM (VALUES ({})) v(n) WHERE a.id = {}"
+        failed = await race(first, second, add.format(10, 1), add_from.format(1, 1))
         assert isinstance(failed, asyncpg.SerializationError) and failed.sqlstate == "40001", failed
         assert await second.fetchval("SELECT balance FROM accounts WHERE id = 1") == 110
-        assert await race(first, second, add.format(10, 2), add.format(1, 2), commit=False) == "UPDATE 1"
+        assert await race(first, second, add.format(10, 2), add_from.format(1, 2), commit=False) == "UPDATE 1"
         assert await second.fetchval("SELECT balance FROM accounts WHERE id = 2") == 101
     finally:
         await first.close()
@@ -180,8 +207,9 @@ async def test_an_update_of_a_row_deleted_concurrently_skips_it_as_postgres_does
 
 async def test_pgbench_tpcb_through_a_branch_keeps_its_books(pg, production, admin, branches):
     """SPEC §5.5: pgbench's TPC-B with 4 clients on one branch (every transaction
-    updates the one pgbench_branches row, so they collide all the time): conflicts
-    fail with 40001 and are retried, and the books balance as on a table:
+    updates the one pgbench_branches row, so they collide all the time): colliding
+    updates wait and apply as on a table (keyed UPDATEs are upserts into T$rows), any
+    40001 left is retried, and the books balance as on a table:
     sum(abalance) = sum(tbalance) = sum(bbalance) = sum(delta) over the history."""
     database, proxy = production
     await asyncio.to_thread(subprocess.run, ["pgbench", "-i", "-q", "-s", "1", "-I", "dtgp", pg.dsn(database)],

@@ -16,6 +16,7 @@ rewriter's job, SPEC §5.6); the cases write `{orders}` for that name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,25 +216,26 @@ class World:
     roles: list[str] = field(default_factory=list)       # dropped at the end (after the databases)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def world(pg):
-    """Production and its copy (two databases of the `pg` server), and a branch of
-    production whose overlays cover WRITTEN_TABLES (and the children they cascade to)."""
+@contextlib.asynccontextmanager
+async def production_and_copy(pg, prefix: str, ddl: str, overlaid: list[tuple[str, str]]):
+    """Production (loaded with `ddl`) and its copy, two fresh databases of the `pg`
+    server, and a branch of production with overlays of `overlaid` (and the children
+    they cascade to): yields a World; drops the databases and roles at the end."""
     suffix = uuid.uuid4().hex[:8]
-    prod_db, copy_db = f"ovl_prod_{suffix}", f"ovl_copy_{suffix}"
+    prod_db, copy_db = f"{prefix}_prod_{suffix}", f"{prefix}_copy_{suffix}"
     server = await asyncpg.connect(pg.dsn("postgres"))
     connections: list[asyncpg.Connection] = []
-    roles = [f"cowproxy_b_ovl{suffix}", f"cowproxy_r_ovl{suffix}"]
+    roles = [f"cowproxy_b_{prefix}{suffix}", f"cowproxy_r_{prefix}{suffix}"]
     try:
         await server.execute(f"CREATE DATABASE {prod_db}")
         loader = await asyncpg.connect(pg.dsn(prod_db))
-        await loader.execute(PRODUCTION_DDL)
+        await loader.execute(ddl)
         await loader.close()
         await server.execute(f"CREATE DATABASE {copy_db} TEMPLATE {prod_db}")
         connections += [await asyncpg.connect(pg.dsn(prod_db)), await asyncpg.connect(pg.dsn(copy_db))]
         admin, copy = connections
-        branch = await make_branch(admin, f"ovl{suffix}")
-        for table in WRITTEN_TABLES:
+        branch = await make_branch(admin, f"{prefix}{suffix}")
+        for table in overlaid:
             await add_overlay(admin, branch, *table)
         branch.conn = await connect_branch(pg, prod_db, branch)
         connections.append(branch.conn)
@@ -246,6 +248,13 @@ async def world(pg):
         for role in roles:
             await server.execute(f"DROP ROLE IF EXISTS {quote_ident(role)}")
         await server.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def world(pg):
+    """Production and its copy, and a branch whose overlays cover WRITTEN_TABLES."""
+    async with production_and_copy(pg, "ovl", PRODUCTION_DDL, WRITTEN_TABLES) as world:
+        yield world
 
 
 # -- running the same SQL on both sides ---------------------------------------------------

@@ -20,7 +20,6 @@ import pytest
 from cowproxy.branch import catalog
 from support import ProxyProcess
 
-from .cases_transactions import LOST_UPDATE_GAP
 from .databases import close_to_connections, drop_leftovers, memory_tablespace
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -178,7 +177,6 @@ async def test_pgbench_concurrent_clients_keep_every_balance_consistent(bench, f
     assert await bench.admin.fetchval(CHECKSUM_SQL) == bench.checksum
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_UPDATE_GAP.reason)
 async def test_pgbench_concurrent_clients_commit_like_on_a_copy(four_clients):
     """SPEC §5.5: concurrent sessions on one branch behave as on one database: on a copy
     in READ COMMITTED, TPC-B's updates wait for each other and all 800 commit without a
