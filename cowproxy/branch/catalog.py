@@ -28,8 +28,10 @@ from types import TracebackType
 import asyncpg
 
 from cowproxy.branch.names import (
+    BRANCH_PREFIX,
     INTERNAL_SCHEMA_SQL,
     NOTIFY_CHANNEL,
+    READERS_PREFIX,
     readonly_role_for,
     SYSTEM_SCHEMA_SQL,
     BranchError,
@@ -156,6 +158,53 @@ async def ensure_catalog(conn: asyncpg.Connection) -> None:
             await conn.execute(_CATALOG_DDL + "".join(
                 private_table_sql(f"cowproxy.{t}", "the cowproxy catalog") for t in _PRIVATE_TABLES))
         await _ensure_readonly_role(conn)
+        await _ensure_isolation_trigger(conn)
+
+
+_ISOLATION_TRIGGER = "cowproxy_isolate_branch_tables"
+_BRANCH_SCHEMA_PATTERN = quote_literal(BRANCH_PREFIX.replace("_", "\\_") + "%")  # LIKE, _ literal
+
+_ISOLATION_DDL = f"""
+-- Tables a branch creates with its own DDL live in its overlay schema, and every branch
+-- role reads every table through pg_read_all_data: row-level security on them, as on
+-- the overlay's own tables (branch/overlay.py), keeps other branches' roles out.
+CREATE OR REPLACE FUNCTION cowproxy.isolate_branch_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cowproxy$
+DECLARE
+    created record;
+    readers text;
+BEGIN
+    FOR created IN
+        SELECT c.objid, n.nspname FROM pg_event_trigger_ddl_commands() c
+          JOIN pg_class r ON r.oid = c.objid JOIN pg_namespace n ON n.oid = r.relnamespace
+         WHERE c.classid = 'pg_class'::regclass AND c.objsubid = 0 AND r.relkind IN ('r', 'p')
+           AND n.nspname LIKE {_BRANCH_SCHEMA_PATTERN}
+    LOOP
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', created.objid::regclass);
+        readers := {quote_literal(READERS_PREFIX)} || substr(created.nspname, {len(BRANCH_PREFIX) + 1});
+        IF to_regrole(quote_ident(readers)) IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM pg_policy WHERE polrelid = created.objid AND polname = 'cowproxy_readers') THEN
+            EXECUTE format('CREATE POLICY cowproxy_readers ON %s FOR SELECT TO %I USING (true)',
+                           created.objid::regclass, readers);
+        END IF;
+    END LOOP;
+END
+$cowproxy$;
+CREATE EVENT TRIGGER {_ISOLATION_TRIGGER} ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION cowproxy.isolate_branch_tables();
+"""
+
+
+async def _ensure_isolation_trigger(conn: asyncpg.Connection) -> None:
+    """The event trigger that puts row-level security on tables branches create.
+
+    Creating an event trigger takes a superuser; without one (managed services) those
+    tables stay readable by other branch roles (docs/branches.md, "Isolation")."""
+    if await conn.fetchval("SELECT true FROM pg_event_trigger WHERE evtname = $1", _ISOLATION_TRIGGER):
+        return
+    if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        await conn.execute(_ISOLATION_DDL)
 
 
 async def _ensure_readonly_role(conn: asyncpg.Connection) -> None:

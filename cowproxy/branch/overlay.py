@@ -348,7 +348,9 @@ class _Generator:
         """Row-level security on one of the overlay's tables: the branch role owns it
         and bypasses RLS; other roles, members of pg_read_all_data included, see no
         rows, except the readers role (branches stacked on this one) when `readable`."""
-        out = [f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"]
+        out = [f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+               # the catalog's event trigger may have given it the readers' policy already
+               f"DROP POLICY IF EXISTS cowproxy_readers ON {table}"]
         if readable and self.readers_role:
             out.append(f"CREATE POLICY cowproxy_readers ON {table} FOR SELECT TO "
                        f"{quote_ident(self.readers_role)} USING (true)")

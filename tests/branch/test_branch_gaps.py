@@ -282,6 +282,33 @@ async def test_a_branch_role_cannot_read_another_branchs_overlay_even_directly(p
     await parent.close()
 
 
+async def test_tables_a_branch_creates_are_closed_to_other_branch_roles(pg, production, admin, branches):
+    """SPEC §6: a table a branch creates with its own DDL (CREATE TABLE, CREATE TABLE AS)
+    gets row-level security from the catalog's event trigger: another branch's role,
+    logged in directly, reads no rows of it; a branch stacked on it reads them all."""
+    database, proxy = production
+    b = await branches("_b")
+    a, child = await branches("_a"), await branches("_kid", parent=b)
+    writer = await on(proxy, b)
+    await writer.execute("CREATE TABLE notes_b (id int PRIMARY KEY, body text);"
+                         "INSERT INTO notes_b VALUES (1, 'secret of b'), (2, 'another');"
+                         "CREATE TABLE copied_b AS SELECT * FROM notes_b")
+    await writer.close()
+    role_a = await catalog.get_branch(admin, a)
+    direct = await asyncpg.connect(pg.dsn(database, user=role_a.role_name, password=role_a.role_password))
+    try:
+        for table in ("notes_b", "copied_b"):
+            assert await direct.fetchval(f"SELECT count(*) FROM {quote_ident(f'cowproxy_b_{b}')}.{table}") == 0
+    finally:
+        await direct.close()
+    stacked = await on(proxy, child)
+    try:
+        assert await stacked.fetchval("SELECT count(*) FROM notes_b") == 2
+        assert await stacked.fetchval("SELECT count(*) FROM copied_b") == 2
+    finally:
+        await stacked.close()
+
+
 # -- SPEC §5.2: TRUNCATE ------------------------------------------------------------------
 
 
