@@ -69,7 +69,10 @@ def find_py_spy() -> str:
 
 
 def find_cell(cell: str) -> pgbench.Cell:
-    chosen = find_cell(cell)
+    """The pgbench cell with id `cell` (`run.py --only` ids), or a usage error."""
+    chosen = next((c for c in pgbench.all_cells() if c.id == cell), None)
+    if chosen is None:
+        raise click.BadParameter(f"unknown cell {cell}", param_hint="--cell")
     return chosen
 
 

@@ -2,9 +2,11 @@
 
 Fast path (`scan`): every Query and Parse in a chunk is looked up in the policy's
 cache; while all of them are plain forwards the chunk goes upstream as the client sent
-it, in one write. The first frame that needs more (a rewrite, a refusal, a table that
-needs an overlay first, or a branch whose layout changed) hands the rest of the chunk
-to the slow path (`process`), a coroutine that may wait for the control plane.
+it, in one write, and a rewrite the policy can make at once (a cached REWRITE: names
+spliced, an UPDATE sent as an upsert) is spliced into that write (`rewrites`). The
+first frame that needs more (a refusal, a table that needs an overlay first, a new
+temporary table, or a branch whose layout changed) hands the rest of the chunk to the
+slow path (`translate`), a coroutine that may wait for the control plane.
 
 Refusals are executed upstream, not answered by the proxy: the statement is replaced
 by a `DO` block that raises the refusal's SQLSTATE and message. So the error arrives in
@@ -66,6 +68,14 @@ def _replace_parse(buf: bytes, start: int, end: int, sql: str, refused: bool) ->
     return encode_parse(name, sql, tuple(types))
 
 
+def _rewritten(msg_type: int, buf: bytes, start: int, end: int, decision: Decision) -> bytes:
+    """The Query or Parse frame carrying a REWRITE decision's SQL instead."""
+    assert decision.sql is not None
+    if msg_type == QUERY:
+        return encode_query(decision.sql)
+    return _replace_parse(buf, start, end, decision.sql, False)
+
+
 class StatementGate:
     """One session's view of its policy: temp tables it created, plan-cache sync."""
 
@@ -78,6 +88,9 @@ class StatementGate:
         self._version = version
         self._materialize = materialize
         self.synced_version = version()
+        self.rewrites: list[tuple[int, bytes, tuple[str | None, ...]]] = []
+        """After `scan`: (frame index, bytes to send instead, command tags to show) of
+        the frames before the cut that are rewritten rather than forwarded."""
 
     @property
     def current_version(self) -> int:
@@ -89,8 +102,11 @@ class StatementGate:
         return self._version() != self.synced_version
 
     def scan(self, buf: bytes, frames: list[tuple[int, int, int]]) -> int:
-        """Decide frames while they are plain forwards; return the index of the first
-        frame that needs the slow path, or len(frames)."""
+        """Decide frames while they are plain forwards or immediate rewrites (listed in
+        `rewrites`); return the index of the first frame that needs the slow path, or
+        len(frames)."""
+        if self.rewrites:
+            self.rewrites = []
         if self.plans_stale:
             return 0  # the slow path discards cached plans first
         policy, temps, stats, label = self.policy, self.temp_tables, self._statements, self.policy.label
@@ -101,7 +117,11 @@ class StatementGate:
             if sql is None:
                 continue
             decision = policy.decide(sql, temps)
-            if decision.action is not Action.FORWARD or decision.creates_temp:
+            if decision.creates_temp:
+                return index
+            if decision.action is Action.REWRITE:
+                self.rewrites.append((index, _rewritten(msg_type, buf, start, end, decision), decision.tags))
+            elif decision.action is not Action.FORWARD:
                 return index
             stats[(label, decision.kind)] += 1
         return len(frames)
@@ -132,9 +152,7 @@ class StatementGate:
         if decision.creates_temp:
             self.temp_tables = self.temp_tables | frozenset(decision.creates_temp)
         if decision.action is Action.REWRITE:
-            assert decision.sql is not None
-            out = encode_query(decision.sql) if msg_type == QUERY else _replace_parse(buf, start, end, decision.sql, False)
-            return out, decision.tags
+            return _rewritten(msg_type, buf, start, end, decision), decision.tags
         if decision.action is Action.REFUSE:
             assert decision.refusal is not None
             text = raise_sql(decision.refusal)

@@ -21,6 +21,7 @@ from typing import Any
 from cowproxy.histogram import Histogram
 from cowproxy.protocol.errors import ProtocolViolation
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer
+from cowproxy.protocol.responses import ResponseEditor
 from cowproxy.protocol.messages import (
     BIND,
     CLOSE,
@@ -42,6 +43,16 @@ from cowproxy.protocol.messages import (
 def no_edits(msg_type: int, start: int, end: int) -> tuple[str | None, ...]:
     """Tag edits of frames forwarded as the client sent them: none."""
     return ()
+
+
+class FixedEdits:
+    """The tag edits of one rewritten frame, as `ResponseEditor.sent_frames` asks for them."""
+
+    def __init__(self, tags: tuple[str | None, ...]) -> None:
+        self.tags = tags
+
+    def __call__(self, msg_type: int, start: int, end: int) -> tuple[str | None, ...]:
+        return self.tags
 
 
 class Relay:
@@ -88,6 +99,7 @@ class Relay:
         self.copy_end_sent = False               # CopyDone/CopyFail sent since the last Execute/Query
         self.cycle_failed = False                # an ErrorResponse came since the last ReadyForQuery
         self.editor: Any = None                  # ResponseEditor, while rewritten statements' tags need editing
+        self.idle_editor: Any = None             # the same editor between engagements (made once)
 
     # ------------------------------------------------------------------ client → upstream
 
@@ -109,6 +121,12 @@ class Relay:
         gate = self.gate
         if gate is not None:
             cut: int = gate.scan(buf, frames)
+            if gate.rewrites:
+                self.forward_rewritten(buf, frames, cut, gate.rewrites, t0)
+                if cut < len(frames):
+                    self.gate_busy = True
+                    self.session.start_slow_path(buf, frames[cut:])
+                return
             if cut < len(frames):
                 if cut:
                     self.account(frames[:cut], t0, True)
@@ -125,6 +143,44 @@ class Relay:
             self.editor.sent_frames(buf, frames, no_edits)
         self.upstream.write(buf)
         self.proxy_time += time.perf_counter() - t0
+
+    def forward_rewritten(self, buf: bytes, frames: list[tuple[int, int, int]], cut: int,
+                          rewrites: list[tuple[int, bytes, tuple[str | None, ...]]], t0: float) -> None:
+        """Send `frames[:cut]` upstream in one write, the gate's rewritten frames spliced
+        in; a rewrite whose statement answers with another command tag engages the
+        response editor first (protocol/responses.py)."""
+        if self.editor is None:
+            for rewrite in rewrites:
+                if rewrite[2]:
+                    self.engage_editor()
+                    break
+        editor = self.editor
+        pieces: list[bytes] = []
+        pos = frames[0][1] - 5
+        next_rewrite = 0
+        for index in range(cut):
+            frame = frames[index]
+            if next_rewrite < len(rewrites) and rewrites[next_rewrite][0] == index:
+                rewrite = rewrites[next_rewrite]
+                next_rewrite += 1
+                pieces.append(buf[pos:frame[1] - 5])
+                pieces.append(rewrite[1])
+                pos = frame[2]
+                if editor is not None:
+                    editor.sent_frames(buf, [frame], FixedEdits(rewrite[2]))
+            elif editor is not None:
+                editor.sent_frames(buf, [frame], no_edits)
+        if cut:
+            pieces.append(buf[pos:frames[cut - 1][2]])
+            self.account(frames[:cut], t0, True)
+            self.upstream.write(b"".join(pieces))
+        self.proxy_time += time.perf_counter() - t0
+
+    def engage_editor(self) -> None:
+        """Follow the answers with a ResponseEditor from here on (until it is idle)."""
+        editor = self.idle_editor if self.idle_editor is not None else ResponseEditor(self.scanner)
+        editor.engage(self.pending_ready, mid_cycle=self.mid_extended, cycle_failed=self.cycle_failed)
+        self.editor = editor
 
     def account(self, frames: list[tuple[int, int, int]], t0: float, counted: bool) -> None:
         """Bookkeeping for client frames going upstream: ReadyForQuery owed, statement
@@ -186,6 +242,7 @@ class Relay:
                 data, events = editor.feed(data)
                 if editor.idle:
                     self.editor = None
+                    self.idle_editor = editor
         except ProtocolViolation as exc:
             self.session.upstream_broken(exc)
             return

@@ -36,7 +36,6 @@ from cowproxy import logs
 from cowproxy.metrics import Metrics
 from cowproxy.protocol import ProtocolViolation
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer, StartupReader
-from cowproxy.protocol.responses import ResponseEditor
 from cowproxy.protocol.auth import AuthenticationFailed, UpstreamLogin
 from cowproxy.protocol.messages import (
     AUTH_OK,
@@ -74,7 +73,7 @@ from cowproxy.protocol.messages import (
     negotiate_protocol_version,
 )
 from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
-from cowproxy.proxy.relay import Relay
+from cowproxy.proxy.relay import FixedEdits, Relay
 from cowproxy.proxy.routing import Route, RouteRefused, Router
 from cowproxy.proxy.upstream import UpstreamAddress, open_upstream
 
@@ -246,13 +245,9 @@ class ClientSession(asyncio.Protocol):
                     if self.state is not State.READY or self._upstream is None:
                         return
                     if tags and relay.editor is None:
-                        # A rewritten statement answers with another command tag: follow
-                        # the answers until they are all edited (protocol/responses.py).
-                        relay.editor = ResponseEditor(relay.scanner)
-                        relay.editor.engage(relay.pending_ready, mid_cycle=relay.mid_extended,
-                                            cycle_failed=relay.cycle_failed)
+                        relay.engage_editor()  # its answer needs another command tag
                     if relay.editor is not None:
-                        relay.editor.sent_frames(buf, [frame], lambda *_: tags)
+                        relay.editor.sent_frames(buf, [frame], FixedEdits(tags))
                     relay.account([frame], _perf(), True)
                     self._upstream.write(out)
                 if not relay.queued:
