@@ -29,6 +29,12 @@ class Metrics:
         self.overlay_rows: dict[str, int] = {}
         self.overlay_bytes: dict[str, int] = {}
         self.protocol_violations = 0
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def statement_key(self, branch: str, kind: str) -> tuple[str, str]:
+        """The one `statements` key object for (branch, kind): sessions that share it
+        make their per-statement count a dict hit by identity, without comparing tuples."""
+        return self._keys.setdefault((branch, kind), (branch, kind))
 
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=True)

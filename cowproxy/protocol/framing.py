@@ -91,13 +91,14 @@ class FrontendFramer:
     the proxy hold at most one `max_message_size` frame.
     """
 
-    __slots__ = ("_pending", "max_message_size", "allowed_types")
+    __slots__ = ("_pending", "max_message_size", "allowed_types", "_allowed")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  allowed_types: frozenset[int] = FRONTEND_TYPES) -> None:
         self._pending = bytearray()
         self.max_message_size = max_message_size
         self.allowed_types = allowed_types
+        self._allowed = wanted_table(allowed_types)  # by type byte: a lookup, not a hash
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
         """Add bytes; return the whole frames completed so far and their offsets.
@@ -109,7 +110,7 @@ class FrontendFramer:
             # Fast path: the chunk is exactly one valid frame (a simple-protocol Query).
             msg_type = data[0]
             length = _u32(data, 1)
-            if length + 1 == len(data) and msg_type in self.allowed_types and 4 <= length <= self.max_message_size:
+            if length + 1 == len(data) and self._allowed[msg_type] and 4 <= length <= self.max_message_size:
                 return data, [(msg_type, 5, len(data))]
         if self._pending:
             self._pending += data
@@ -119,11 +120,11 @@ class FrontendFramer:
         frames: list[Frame] = []
         pos = 0
         n = len(buf)
-        allowed = self.allowed_types
+        allowed = self._allowed
         limit = self.max_message_size
         while pos < n:
             msg_type = buf[pos]
-            if msg_type not in allowed:
+            if not allowed[msg_type]:
                 raise ProtocolViolation(f"invalid frontend message type {msg_type}")
             if n - pos < 5:
                 break

@@ -435,7 +435,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.route = route
         self.branch = route.label
-        self.relay.stat_key = (self.branch, "passthrough")
+        self.relay.stat_key = self.ctx.metrics.statement_key(self.branch, "passthrough")
         transport = await self._open_upstream()
         if transport is None:
             return
