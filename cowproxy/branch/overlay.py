@@ -93,6 +93,10 @@ _SAFE_IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 # -- names ---------------------------------------------------------------------------
 
 
+ROWS_SUFFIX = "$rows"
+"""What the rows table's name adds to the table's overlay name (errors.py undoes it)."""
+
+
 @dataclass(frozen=True)
 class OverlayObjects:
     """Unquoted names, inside the branch schema, of one table's overlay objects."""
@@ -121,7 +125,7 @@ def overlay_objects(schema: str, table: str) -> OverlayObjects:
     return OverlayObjects(
         view=base,
         **{field: _suffixed(base, suffix) for field, suffix in (
-            ("rows", "$rows"), ("pending", "$pending"), ("live", "$live"), ("cut", "$cut"),
+            ("rows", ROWS_SUFFIX), ("pending", "$pending"), ("live", "$live"), ("cut", "$cut"),
             ("insert_fn", "$insert"), ("update_fn", "$update"), ("delete_fn", "$delete"),
             ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
             ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),

@@ -4,6 +4,7 @@ catalog as the source of truth."""
 from __future__ import annotations
 
 from cowproxy.branch.registry import BranchRegistry, BranchState
+from cowproxy.branch.errors import overlay_errors_as_tables
 from cowproxy.branch.names import CLIENT_USER_SETTING, quote_ident
 from cowproxy.metrics import Metrics
 from cowproxy.protocol.messages import StartupMessage
@@ -49,6 +50,7 @@ class BranchRouter:
             startup_parameters=params,
             setup_sql=_search_path_sql(state),
             login_as=(state.branch.role_name, state.branch.role_password),
+            error_filter=overlay_errors_as_tables,
             gate=lambda stats: self._branch_gate(state, stats),
         )
 

@@ -100,6 +100,7 @@ class Relay:
         self.cycle_failed = False                # an ErrorResponse came since the last ReadyForQuery
         self.editor: Any = None                  # ResponseEditor, while rewritten statements' tags need editing
         self.idle_editor: Any = None             # the same editor between engagements (made once)
+        self.error_filter: Any = None            # (chunk, events) -> chunk: the route's error rewrites
 
     # ------------------------------------------------------------------ client → upstream
 
@@ -246,6 +247,8 @@ class Relay:
         except ProtocolViolation as exc:
             self.session.upstream_broken(exc)
             return
+        if events and self.error_filter is not None:
+            data = self.error_filter(data, events)
         if data:
             self.client.write(data)
         if events:

@@ -32,6 +32,9 @@ class Route:
     gate: Callable[[dict], Any] | None = field(default=None, compare=False)
     """Makes the session's StatementGate from the metrics' statement counters; None
     relays statements untouched."""
+    error_filter: Callable[[bytes, list], bytes] | None = field(default=None, compare=False)
+    """Rewrites server chunks that hold ErrorResponses (events as BackendScanner reports
+    them) before the client sees them; None forwards errors as they are."""
 
     @property
     def label(self) -> str:

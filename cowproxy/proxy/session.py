@@ -599,6 +599,8 @@ class ClientSession(asyncio.Protocol):
         relay = self.relay
         if self.route is not None and self.route.gate is not None:
             relay.gate = self.route.gate(self._stats)
+        if self.route is not None:
+            relay.error_filter = self.route.error_filter
         relay.tx_status = rfq_body[:1]
         relay.client, relay.upstream, relay.active = self.transport, self._upstream, True
         # From now on the event loop calls the relay directly, one Python frame less per

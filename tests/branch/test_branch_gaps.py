@@ -309,6 +309,41 @@ async def test_tables_a_branch_creates_are_closed_to_other_branch_roles(pg, prod
         await stacked.close()
 
 
+async def test_not_null_and_check_errors_name_the_table_as_production_does(production, admin, branches):
+    """SPEC §5.3: constraint errors on a changed table carry the table's own name in the
+    message, TABLE and SCHEMA fields and the failing row without cowproxy's columns,
+    exactly as production raises them (the oracle: the same failing statements run
+    directly on production, where they fail and write nothing)."""
+    database, proxy = production
+    await admin.execute("CREATE TABLE IF NOT EXISTS err_fidelity (id int PRIMARY KEY, name text NOT NULL,"
+                        " qty int CONSTRAINT qty_positive CHECK (qty > 0));"
+                        "INSERT INTO err_fidelity VALUES (1, 'one', 1), (2, 'two', 2) ON CONFLICT DO NOTHING")
+    failing = ["INSERT INTO err_fidelity VALUES (3, NULL, 1)",
+               "INSERT INTO err_fidelity (id, name, qty) VALUES (4, 'four', 0)",
+               "UPDATE err_fidelity SET qty = -1 WHERE id = 1",
+               "UPDATE err_fidelity SET name = NULL WHERE id = 2"]
+
+    def fields(error: asyncpg.PostgresError) -> tuple:
+        return (error.sqlstate, error.message, error.detail, error.schema_name, error.table_name,
+                error.column_name, error.constraint_name)
+
+    expected = []
+    for sql in failing:
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError) as direct:
+            await admin.execute(sql)
+        expected.append(fields(direct.value))
+    conn = await on(proxy, await branches())
+    try:
+        await conn.execute("UPDATE err_fidelity SET qty = qty WHERE id = 2")  # the overlay exists
+        for sql, wanted in zip(failing, expected):
+            with pytest.raises(asyncpg.IntegrityConstraintViolationError) as on_branch:
+                await conn.execute(sql)
+            assert fields(on_branch.value) == wanted, sql
+        assert await conn.fetchval("SELECT count(*) FROM err_fidelity") == 2  # the session goes on
+    finally:
+        await conn.close()
+
+
 # -- SPEC §5.2: TRUNCATE ------------------------------------------------------------------
 
 
