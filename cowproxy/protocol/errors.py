@@ -12,6 +12,10 @@ class ProtocolViolation(Exception):
     """
 
     sqlstate = "08P01"
+    complete: "tuple[bytes, list[tuple[int, int, int]]] | None" = None
+    """Set by FrontendFramer when whole frames came before the bad header in the same
+    chunk: (their bytes, their frames). PostgreSQL would have executed and answered them
+    before reading the bad one, so the session does too."""
 
     def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)

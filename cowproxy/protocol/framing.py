@@ -125,16 +125,15 @@ class FrontendFramer:
         while pos < n:
             msg_type = buf[pos]
             if not allowed[msg_type]:
-                raise ProtocolViolation(f"invalid frontend message type {msg_type}")
+                raise _refusal(f"invalid frontend message type {msg_type}", buf, pos, frames)
             if n - pos < 5:
                 break
             length = _u32(buf, pos + 1)
             if length < 4:
-                raise ProtocolViolation(f"invalid message length {length}")
+                raise _refusal(f"invalid message length {length}", buf, pos, frames)
             if length > limit:
-                raise ProtocolViolation(
-                    f"message of {length} bytes exceeds the proxy's limit of {limit} bytes"
-                )
+                raise _refusal(f"message of {length} bytes exceeds the proxy's limit of {limit} bytes",
+                               buf, pos, frames)
             end = pos + 1 + length
             if end > n:
                 break
@@ -151,6 +150,15 @@ class FrontendFramer:
     def buffered(self) -> int:
         """Bytes of an incomplete frame held back for the next `feed`."""
         return len(self._pending)
+
+
+def _refusal(message: str, buf: bytes, pos: int, frames: list[Frame]) -> ProtocolViolation:
+    """The violation at `pos`, carrying the whole frames before it (see
+    `ProtocolViolation.complete`)."""
+    exc = ProtocolViolation(message)
+    if frames:
+        exc.complete = (buf[:pos], frames)
+    return exc
 
 
 class BackendScanner:

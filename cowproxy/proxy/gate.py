@@ -147,6 +147,9 @@ class StatementGate:
             else:
                 decision = self.policy.decide(sql, self.temp_tables)
                 if decision.action is Action.MATERIALIZE:  # not a production table after all
+                    logs.event("overlay_still_missing", logging.WARNING, branch=self.policy.label,
+                               tables=[f"{r.schema}.{r.name}" for r in decision.materialize],
+                               layout_version=self.current_version)
                     decision = Decision(Action.FORWARD, decision.kind)
         self._statements[(self.policy.label, decision.kind)] += 1
         if decision.creates_temp:

@@ -101,6 +101,7 @@ class Relay:
         self.editor: Any = None                  # ResponseEditor, while rewritten statements' tags need editing
         self.idle_editor: Any = None             # the same editor between engagements (made once)
         self.error_filter: Any = None            # (chunk, events) -> chunk: the route's error rewrites
+        self.refused: Any = None                 # a ProtocolViolation held until the frames before it are answered
 
     # ------------------------------------------------------------------ client → upstream
 
@@ -115,10 +116,31 @@ class Relay:
         try:
             buf, frames = self.framer.feed(data)
         except ProtocolViolation as exc:
-            self.session.protocol_violation(exc)
+            if exc.complete is None:
+                self.session.protocol_violation(exc)
+                return
+            # Whole frames came before the bad header: they are forwarded and answered,
+            # then the session ends with the violation (`refuse_when_answered`).
+            buf, frames = exc.complete
+            self.refused = exc
+            self.client.pause_reading()
+            self.forward(buf, frames, t0)
+            self.refuse_when_answered()
             return
         if not frames:
             return
+        self.forward(buf, frames, t0)
+
+    def refuse_when_answered(self) -> None:
+        """End the session with the held protocol violation once nothing sent upstream
+        is still owed an answer (PostgreSQL answers what it read before the bad bytes)."""
+        refused = self.refused
+        if refused is not None and not self.pending_ready and not self.gate_busy:
+            self.refused = None
+            self.session.protocol_violation(refused)
+
+    def forward(self, buf: bytes, frames: list[tuple[int, int, int]], t0: float) -> None:
+        """Send whole client frames upstream: through the gate when the route has one."""
         gate = self.gate
         if gate is not None:
             cut: int = gate.scan(buf, frames)
@@ -285,6 +307,8 @@ class Relay:
         waiter = self.idle_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.refused is not None:
+            self.refuse_when_answered()
         now = time.perf_counter()
         proxy = self.proxy_time + (now - t0)
         self.latency_proxy.observe(proxy)

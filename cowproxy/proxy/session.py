@@ -262,7 +262,10 @@ class ClientSession(asyncio.Protocol):
             self._fatal("XX000", f"cowproxy could not process the statement: {exc}")
         finally:
             relay.gate_busy = False
-            self.client_resume_reading()
+            if relay.refused is not None:
+                relay.refuse_when_answered()  # the frames before a bad one went through here
+            else:
+                self.client_resume_reading()
 
     async def _sync_plans(self) -> None:
         """The branch's layout changed (a table got a shadow): make this session's

@@ -19,7 +19,8 @@ from faultsupport import upstream_backends, unique_app_name
 from rawclient import RawClient, errors_in
 from support import ProxyProcess, psql, wait_until
 
-from cowproxy.protocol.messages import encode_startup_message
+from cowproxy.protocol.messages import (encode_bind, encode_execute, encode_parse, encode_query, encode_startup_message,
+                                        encode_sync)
 
 
 def assert_proxy_still_serves(proxy) -> None:
@@ -155,6 +156,23 @@ def test_malformed_message_after_startup_gets_08p01_and_releases_its_upstream(pg
     assert wait_until(lambda: upstream_backends(pg.dsn(), app) == 0, timeout=5), "upstream backend leaked"
     bystander.still_works()
     assert_proxy_still_serves(proxy)
+
+
+@pytest.mark.parametrize("valid", [
+    encode_query("SELECT 42"),
+    encode_parse("", "SELECT 42") + encode_bind("", "") + encode_execute("") + encode_sync(),
+], ids=["simple", "extended"])
+def test_valid_messages_before_a_malformed_one_are_answered_then_08p01(proxy, bystander, valid):
+    """SPEC §8, nothing lost: PostgreSQL executes and answers the messages it read before
+    the bad header, then ends the session; so does the proxy when both come in one chunk."""
+    client, _app = started_client(proxy, "valid-then-bad")
+    client.send(valid + b"!\x00\x00\x00\x04")
+    messages = client.read_all_until_closed()
+    types = [m.type for m in messages]
+    assert types[-1] == "E" and messages[-1].error.sqlstate == "08P01", types
+    assert "D" in types and types.index("D") < types.index("Z") < len(types) - 1, types
+    assert [m.body for m in messages if m.type == "D"] == [b"\x00\x01\x00\x00\x00\x0242"]
+    bystander.still_works()
 
 
 @pytest.fixture(scope="module")
