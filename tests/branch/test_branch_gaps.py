@@ -90,8 +90,11 @@ async def admin(pg, production):
 
 @pytest.fixture
 async def branches(admin, request):
-    """`await branches(suffix="", parent=None)` makes a branch named after the test."""
-    base = "gap_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower().removeprefix("test_"))[:28]
+    """`await branches(suffix="", parent=None)` makes a branch named after the test (and
+    unique to this run of it: parametrized cases never reuse a name another case just
+    deleted, which the proxy may not have heard about yet)."""
+    base = ("gap_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower().removeprefix("test_"))[:24]
+            + "_" + uuid.uuid4().hex[:4])
     made: list[str] = []
 
     async def make(suffix: str = "", parent: str | None = None) -> str:
