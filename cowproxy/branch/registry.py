@@ -155,7 +155,12 @@ class BranchRegistry:
             if created:
                 logs.event("overlay_created", branch=state.branch.name,
                            tables=[f"{s}.{t}" for s, t in created])
-            await self.refresh(state.branch.name)
+            fresh = await self.refresh(state.branch.name)
+            if fresh is not None and fresh is not state:
+                # The session holds a state the registry has replaced meanwhile (the
+                # branch was deleted and created again under its name): its policy must
+                # still see the overlay it just asked for.
+                state.policy.set_layout(fresh.policy.layout)
 
 
 async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) -> BranchLayout:
