@@ -144,20 +144,11 @@ class Relay:
         gate = self.gate
         if gate is not None:
             cut: int = gate.scan(buf, frames)
-            if gate.rewrites:
-                self.forward_rewritten(buf, frames, cut, gate.rewrites, t0)
+            if gate.rewrites or cut < len(frames):
+                self.forward_before(buf, frames, cut, gate.rewrites, t0)
                 if cut < len(frames):
                     self.gate_busy = True
                     self.session.start_slow_path(buf, frames[cut:])
-                return
-            if cut < len(frames):
-                if cut:
-                    self.account(frames[:cut], t0, True)
-                    if self.editor is not None:
-                        self.editor.sent_frames(buf, frames[:cut], no_edits)
-                    self.upstream.write(buf[:frames[cut][1] - 5])
-                self.gate_busy = True
-                self.session.start_slow_path(buf, frames[cut:])
                 return
             self.account(frames, t0, True)
         else:
@@ -167,11 +158,11 @@ class Relay:
         self.upstream.write(buf)
         self.proxy_time += time.perf_counter() - t0
 
-    def forward_rewritten(self, buf: bytes, frames: list[tuple[int, int, int]], cut: int,
-                          rewrites: list[tuple[int, bytes, tuple[str | None, ...]]], t0: float) -> None:
-        """Send `frames[:cut]` upstream in one write, the gate's rewritten frames spliced
-        in; a rewrite whose statement answers with another command tag engages the
-        response editor first (protocol/responses.py)."""
+    def forward_before(self, buf: bytes, frames: list[tuple[int, int, int]], cut: int,
+                       rewrites: list[tuple[int, bytes, tuple[str | None, ...]]], t0: float) -> None:
+        """Send `frames[:cut]` (those before the gate's slow path) upstream in one write,
+        the gate's rewritten frames spliced in; a rewrite whose statement answers with
+        another command tag engages the response editor first (protocol/responses.py)."""
         if self.editor is None:
             for rewrite in rewrites:
                 if rewrite[2]:
