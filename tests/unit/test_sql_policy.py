@@ -126,3 +126,18 @@ def test_analysis_finds_writes_inside_ctes_and_copy():
     assert [r.name for r in copy_in.writes] == ["t"]
     (copy_out,) = analyze("COPY t TO STDOUT")
     assert copy_out.writes == () and copy_out.kind is Kind.READ
+
+
+def test_a_filled_rewrite_template_keeps_every_field_of_its_decision():
+    """`RewriteTemplate.fill` builds the Decision field by field (faster than
+    dataclasses.replace): a field added to Decision must not be dropped there."""
+    import dataclasses
+
+    from cowproxy.sql.analyze import Refusal, Relation
+    from cowproxy.sql.policy import Decision, RewriteTemplate
+
+    full = Decision(Action.REWRITE, "write", sql=None, refusal=Refusal("0A000", "m"),
+                    materialize=(Relation("public", "t"),), creates_temp=("tmp",), tags=("UPDATE",))
+    assert all(getattr(full, f.name) != f.default for f in dataclasses.fields(Decision) if f.name != "sql")
+    filled = RewriteTemplate(full, ("UPDATE t SET n = ", 0)).fill("x 42", [(2, 4)])
+    assert filled == dataclasses.replace(full, sql="UPDATE t SET n = 42")
