@@ -13,7 +13,9 @@ Every overlay schema gets, when its branch is created (owned by the branch role)
   maps a production sequence to the branch's copy, and `cowproxy_seq_nextval`,
   `cowproxy_seq_currval`, `cowproxy_seq_setval` and `cowproxy_serial_sequence` are
   what the rewriter puts in place of `nextval`, `currval`, `setval` and
-  `pg_get_serial_sequence` when their argument is not a literal (RUNTIME_FUNCTIONS).
+  `pg_get_serial_sequence` when their argument is not a literal (RUNTIME_FUNCTIONS);
+  every `setval` goes to its stand-in, which also marks the sequence (SETVAL_MARK) so
+  that column defaults stop keeping ahead of production's values, as on a copy.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ RUNTIME_FUNCTIONS = {
     "pg_get_serial_sequence": "cowproxy_serial_sequence",
 }
 """PostgreSQL's function → the overlay schema's stand-in that maps names at run time."""
+
+SETVAL_MARK = "cowproxy: moved by setval on this branch"
+"""The comment `cowproxy_seq_setval` puts on a branch's sequence: from then on
+`cowproxy_nextval` hands out what the sequence says, as a copy's sequence would, instead
+of keeping ahead of production's."""
 
 RUNTIME_FUNCTIONS_PROBE = "SELECT to_regprocedure(format('%I.cowproxy_serial_sequence(text, text)', $1::text)) IS NOT NULL"
 """Whether an overlay schema has the stand-ins (branches created by older versions do not)."""
@@ -120,7 +127,8 @@ BEGIN
         RAISE;
     END;
     PERFORM pg_catalog.pg_advisory_unlock_shared({lock});
-    IF (ascending AND value > source_value) OR (NOT ascending AND value < source_value) THEN
+    IF (ascending AND value > source_value) OR (NOT ascending AND value < source_value)
+       OR pg_catalog.obj_description(branch_seq, 'pg_class') = {quote_literal(SETVAL_MARK)} THEN
         RETURN value;
     END IF;
     PERFORM pg_catalog.pg_advisory_lock({lock});
@@ -167,11 +175,21 @@ $cowproxy$""",
     LANGUAGE sql VOLATILE AS $cowproxy$ SELECT pg_catalog.nextval({s}.cowproxy_sequence(seq)) $cowproxy$""",
         f"""CREATE FUNCTION {s}.cowproxy_seq_currval(seq regclass) RETURNS bigint
     LANGUAGE sql VOLATILE AS $cowproxy$ SELECT pg_catalog.currval({s}.cowproxy_sequence(seq)) $cowproxy$""",
+        f"""CREATE FUNCTION {s}.cowproxy_setval_mark(seq regclass) RETURNS regclass
+    LANGUAGE plpgsql VOLATILE AS $cowproxy$
+BEGIN
+    IF (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = seq) = {own}::regnamespace THEN
+        EXECUTE pg_catalog.format('COMMENT ON SEQUENCE %s IS %L', seq, {quote_literal(SETVAL_MARK)});
+    END IF;
+    RETURN seq;
+END
+$cowproxy$""",
         f"""CREATE FUNCTION {s}.cowproxy_seq_setval(seq regclass, value bigint) RETURNS bigint
-    LANGUAGE sql VOLATILE AS $cowproxy$ SELECT pg_catalog.setval({s}.cowproxy_sequence(seq), value) $cowproxy$""",
+    LANGUAGE sql VOLATILE AS $cowproxy$
+    SELECT pg_catalog.setval({s}.cowproxy_setval_mark({s}.cowproxy_sequence(seq)), value) $cowproxy$""",
         f"""CREATE FUNCTION {s}.cowproxy_seq_setval(seq regclass, value bigint, is_called boolean) RETURNS bigint
     LANGUAGE sql VOLATILE AS $cowproxy$
-    SELECT pg_catalog.setval({s}.cowproxy_sequence(seq), value, is_called) $cowproxy$""",
+    SELECT pg_catalog.setval({s}.cowproxy_setval_mark({s}.cowproxy_sequence(seq)), value, is_called) $cowproxy$""",
         f"""CREATE FUNCTION {s}.cowproxy_serial_sequence(table_name text, column_name text) RETURNS text
     LANGUAGE sql STABLE AS $cowproxy$
     SELECT coalesce(pg_catalog.pg_get_serial_sequence(table_name, column_name),

@@ -100,7 +100,8 @@ class FunctionCall:
 
 RUNTIME_SEQUENCE_FUNCTIONS = frozenset({"nextval", "currval", "setval", "pg_get_serial_sequence"})
 """Calls a branch answers with its own stand-ins when the sequence is named only at run
-time: a non-literal argument (`nextval($1)`), or any `pg_get_serial_sequence`."""
+time (a non-literal argument: `nextval($1)`), and any `pg_get_serial_sequence` or
+`setval` (whose stand-in also marks the sequence, branch/sequences.py)."""
 
 _USER_FUNCTIONS = {"SVFOP_CURRENT_USER": "current_user", "SVFOP_SESSION_USER": "session_user",
                    "SVFOP_USER": "user", "SVFOP_CURRENT_ROLE": "current_role"}
@@ -422,7 +423,7 @@ class _Walker:
             self._check_schema(schema)
         if name in RUNTIME_SEQUENCE_FUNCTIONS and (schema is None or schema == "pg_catalog"):
             args = call.get("args", [])
-            if name == "pg_get_serial_sequence" or args and "sval" not in args[0].get("A_Const", {}):
+            if name in ("pg_get_serial_sequence", "setval") or args and "sval" not in args[0].get("A_Const", {}):
                 self.runtime_sequence_calls.append((call.get("location", -1), name))
         if name in SEQUENCE_FUNCTIONS:
             self.advances_sequences |= name != "currval"
