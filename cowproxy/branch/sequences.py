@@ -30,6 +30,7 @@ from cowproxy.branch.names import (
     qualified,
     quote_ident,
 )
+from cowproxy.branch.sink import row_sink_sql
 from cowproxy.sql.rewrite import quote_literal
 
 SEQUENCE_LOCK_CLASS = int.from_bytes(b"cowp", "big")
@@ -67,7 +68,8 @@ _BRANCH_SEQUENCES = """
 
 async def fill_overlay_schema(conn: asyncpg.Connection, schema: str, role: str,
                                parent_schema: str | None) -> int:
-    """Put a copy of every production sequence and `cowproxy_nextval` into a fresh
+    """Put a copy of every production sequence, `cowproxy_nextval`, the run-time sequence
+    stand-ins and the row sink (branch/sink.py) into a fresh
     overlay schema, owned by the branch role. Returns the number of sequences.
 
     A stacked branch copies its parent's copies (their values are what a copy of the
@@ -90,6 +92,7 @@ async def fill_overlay_schema(conn: asyncpg.Connection, schema: str, role: str,
     statements += [nextval_function_sql(schema),
                    f"REVOKE ALL ON FUNCTION {quote_ident(schema)}.cowproxy_nextval(regclass, regclass) FROM PUBLIC",
                    *runtime_functions_sql(schema),
+                   *row_sink_sql(schema),
                    "RESET ROLE"]
     await conn.execute(";\n".join(statements))
     return len(production)

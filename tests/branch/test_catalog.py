@@ -483,3 +483,20 @@ def test_overlay_name_sql_names_relations_like_overlay_name(pg):
     values = ", ".join(f"({quote_literal(s)}, {quote_literal(n)})" for s, n in pairs)
     out = psql(pg.dsn(), f"SELECT {overlay_name_sql('s', 'n')} FROM (VALUES {values}) v(s, n)").stdout
     assert out.splitlines() == [overlay_name(s, n) for s, n in pairs]
+
+
+async def test_the_row_sink_counts_rows_and_keeps_none(pg, branches):
+    """branch/sink.py: `INSERT INTO <overlay>.cowproxy_sink SELECT FROM ...` answers with
+    the number of rows selected, returns none, stores none; a stacked branch has its own."""
+    parent = await branches("_p")
+    child = await branches("_c", parent=parent.branch.name)
+    for created in (parent, child):
+        conn = await login(pg, created.branch)
+        try:
+            sink = f"{quote_ident(created.branch.schema_name)}.cowproxy_sink"
+            assert await conn.execute(f"INSERT INTO {sink} SELECT FROM generate_series(1, 7)") == "INSERT 0 7"
+            assert await conn.fetch(f"WITH r AS (INSERT INTO {sink} SELECT FROM generate_series(1, 2) RETURNING 1) "
+                                    "SELECT count(*) FROM r") == [(2,)]
+            assert await conn.fetchval(f"SELECT count(*) FROM {sink}") == 0
+        finally:
+            await conn.close()
