@@ -33,6 +33,9 @@ class BenchContext:
     """pgbench scales of the production databases `branch create` is timed on (`--sizes`)."""
     repeat: int = 3
     """How many times each timed set-up step is repeated; tables show the median (`--repeat`)."""
+    rounds: int = 1
+    """How many times each proxy-overhead cell runs on every target; tables show the median
+    (`--rounds`). The machine is shared: one run of a cell moves by ±10 % from the next."""
 
     def say(self, message: str) -> None:
         self.console.print(f"[dim]·[/dim] {message}", highlight=False)

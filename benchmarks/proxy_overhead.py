@@ -5,14 +5,17 @@ pass-through path (one server connection per client, bytes relayed). cowproxy co
 to the production database by name, which is plain pass-through.
 
 For each cell the targets run back to back, and the order rotates from one cell to the
-next, so that drift (other jobs on the machine, checkpoints, autovacuum) spreads over
-all targets instead of always hitting the one that runs first.
+next (and from one round to the next), so that drift (other jobs on the machine,
+checkpoints, autovacuum) spreads over all targets instead of always hitting the one
+that runs first. With `--rounds N` every cell runs N times on every target, the rounds
+interleaved over the whole table, and each number shown is that target's median.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import statistics
 from dataclasses import asdict, dataclass
 
 from benchmarks import pgbench
@@ -36,12 +39,38 @@ class Measurement:
     error: str | None = None
     not_applicable: str | None = None
     """Why this cell is not run on this target by design (writes on a read-only route)."""
+    rounds: tuple["Measurement", ...] = ()
+    """The runs this one is the median of (`median_of`); empty for a single run."""
 
     @property
     def cpu_per_10k(self) -> float | None:
+        if self.rounds:
+            return _median([m.cpu_per_10k for m in self.rounds])
         if self.proxy_cpu_seconds is None or not self.transactions:
             return None
         return self.proxy_cpu_seconds / self.transactions * 10_000
+
+    @classmethod
+    def median_of(cls, runs: list["Measurement"]) -> "Measurement":
+        """One measurement from several runs of a cell on a target: the median of each
+        number (tps, latency and CPU per transaction separately); a failed run fails it."""
+        if len(runs) == 1:
+            return runs[0]
+        for m in runs:
+            if m.error or m.not_applicable:
+                return m
+        return cls(tps=_median([m.tps for m in runs]), latency_ms=_median([m.latency_ms for m in runs]),
+                   transactions=sum(m.transactions or 0 for m in runs),
+                   proxy_cpu_seconds=_sum_or_none([m.proxy_cpu_seconds for m in runs]), rounds=tuple(runs))
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if len(present) == len(values) and present else None
+
+
+def _sum_or_none(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 def selected_cells(patterns: list[str]) -> list[pgbench.Cell]:
@@ -114,15 +143,28 @@ def run(ctx: BenchContext) -> Section:
             if warm.error:
                 raise RuntimeError(f"the warm-up run failed: {warm.error}")
         order = list(targets)
-        for index, cell in enumerate(cells):
-            rotation = index % len(order)
-            results[cell.id] = {}
-            for name in order[rotation:] + order[:rotation]:
-                m = measure(ctx, targets[name], direct, cell, ctx.seconds)
-                results[cell.id][name] = m
-                _print_progress(ctx, cell, name, m)
+        runs: dict[str, dict[str, list[Measurement]]] = {cell.id: {name: [] for name in order} for cell in cells}
+        for round_index in range(ctx.rounds):
+            if ctx.rounds > 1:
+                ctx.say(f"round {round_index + 1} of {ctx.rounds}")
+            for index, cell in enumerate(cells):
+                rotation = (index + round_index) % len(order)
+                for name in order[rotation:] + order[:rotation]:
+                    m = measure(ctx, targets[name], direct, cell, ctx.seconds)
+                    runs[cell.id][name].append(m)
+                    _print_progress(ctx, cell, name, m)
+        results = {cell_id: {name: Measurement.median_of(ms) for name, ms in by_target.items()}
+                   for cell_id, by_target in runs.items()}
     pids = {name: target.pid for name, target in targets.items()}
     return _section(ctx, cells, list(targets), skipped, results, pids)
+
+
+def _as_json(m: Measurement) -> dict[str, object]:
+    fields = {k: v for k, v in asdict(m).items() if k != "rounds"}
+    fields["cpu_per_10k"] = m.cpu_per_10k
+    if m.rounds:
+        fields["rounds"] = [_as_json(r) for r in m.rounds]
+    return fields
 
 
 def _print_progress(ctx: BenchContext, cell: pgbench.Cell, name: str, m: Measurement) -> None:
@@ -213,7 +255,9 @@ def _section(ctx: BenchContext, cells: list[pgbench.Cell], present: list[str], s
         key="proxy_overhead",
         title="Proxy overhead: pgbench through PostgreSQL, pgbouncer and cowproxy",
         description=(f"pgbench scale {ctx.scale}, {ctx.seconds} s per run, -j 2 for 8 clients; "
-                     "targets run back to back per cell, in rotating order. pgbouncer: session mode. "
+                     "targets run back to back per cell, in rotating order"
+                     + (f"; {ctx.rounds} rounds over the whole table, each number the median of its "
+                        f"{ctx.rounds} runs" if ctx.rounds > 1 else "") + ". pgbouncer: session mode. "
                      "cowproxy: `serve --passthrough` (the proxy core: relay only). cowproxy-ro: plain "
                      "`serve`, the production database's name (read-only; every statement checked), "
                      "so TPC-B is n/a there."),
@@ -226,8 +270,7 @@ def _section(ctx: BenchContext, cells: list[pgbench.Cell], present: list[str], s
             "skipped": skipped,
             "cells": [{"cell": c.id, "workload": c.workload, "mode": c.mode, "clients": c.clients,
                        "threads": c.threads,
-                       "results": {name: {**asdict(m), "cpu_per_10k": m.cpu_per_10k}
-                                   for name, m in results[c.id].items()}}
+                       "results": {name: _as_json(m) for name, m in results[c.id].items()}}
                       for c in cells],
         },
     )

@@ -73,6 +73,9 @@ def _scales(value: str | None) -> list[int] | None:
                    "70 takes minutes to load on 2 cores).  [default: 1,7,70; 1 with --quick]")
 @click.option("--repeat", type=click.IntRange(1), default=None,
               help="Repetitions of each timed step in branch_create (median shown).  [default: 3; 1 with --quick]")
+@click.option("--rounds", type=click.IntRange(1), default=None,
+              help="Rounds of the proxy-overhead cells: every cell runs on every target once per round, "
+                   "in rotating order, and the table shows each target's median.  [default: 3; 1 with --quick]")
 @click.option("--bindir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="PostgreSQL binaries to benchmark (default: the embedded PostgreSQL 16).")
 @click.option("--pgbouncer", "pgbouncer", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -82,7 +85,7 @@ def _scales(value: str | None) -> list[int] | None:
               show_default=True, help="Where the Markdown table is written.")
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Also write the results as JSON ('-' for stdout).")
 def main(seconds: int | None, quick: bool, scale: int | None, only: str, targets: str, sections: str,
-         sizes: str | None, repeat: int | None, bindir: Path | None, pgbouncer: Path | None, no_install: bool,
+         sizes: str | None, repeat: int | None, rounds: int | None, bindir: Path | None, pgbouncer: Path | None, no_install: bool,
          output: Path, json_path: str | None) -> None:
     """Benchmark PostgreSQL directly, pgbouncer and cowproxy side by side with pgbench."""
     console = Console(stderr=json_path == "-")
@@ -92,6 +95,7 @@ def main(seconds: int | None, quick: bool, scale: int | None, only: str, targets
     scale = scale or (1 if quick else 10)
     branch_sizes = _scales(sizes) or ([1] if quick else [1, 7, 70])
     repeat = repeat or (1 if quick else 3)
+    rounds = rounds or (1 if quick else 3)
     target_names = _csv(targets)
     unknown = set(target_names) - set(proxy_overhead.TARGET_NAMES)
     if unknown or not target_names:
@@ -115,7 +119,7 @@ def main(seconds: int | None, quick: bool, scale: int | None, only: str, targets
         ctx = BenchContext(pg=pg, pgbench=pg.binary("pgbench"), console=console, machine=host,
                            seconds=seconds, scale=scale, targets=target_names, only=only_patterns,
                            install=not no_install, pgbouncer=pgbouncer, warmup_seconds=0 if quick else min(3, seconds),
-                           branch_sizes=branch_sizes, repeat=repeat)
+                           branch_sizes=branch_sizes, repeat=repeat, rounds=rounds)
         ctx.say(f"{host.versions['postgres']} on {pg.host}:{pg.port}; pgbench -i -s {scale}")
         started = time.monotonic()
         initialize(ctx.pgbench, direct_target(pg), scale)
@@ -133,7 +137,8 @@ def main(seconds: int | None, quick: bool, scale: int | None, only: str, targets
     console.print(f"Markdown written to {output}", highlight=False)
     if json_path:
         settings = {"seconds": seconds, "scale": scale, "targets": target_names, "only": only_patterns,
-                    "sections": section_names, "sizes": branch_sizes, "repeat": repeat}
+                    "sections": section_names, "sizes": branch_sizes, "repeat": repeat,
+                    "rounds": rounds}
         text = report.to_json(host, settings, results)
         if json_path == "-":
             sys.stdout.write(text + "\n")

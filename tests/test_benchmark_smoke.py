@@ -61,3 +61,25 @@ def test_quick_benchmark_prints_the_table_and_skips_a_missing_pgbouncer(tmp_path
 
     # Everything the harness started is gone.
     assert not Path(f"/proc/{section['pids']['cowproxy']}").exists()
+
+
+def test_rounds_report_each_number_as_its_median():
+    """`--rounds N`: a cell's tps, latency and CPU per transaction are each the median of
+    its N runs (independently: the run with the median tps need not have the median CPU);
+    a failed run is reported, not averaged away."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.proxy_overhead import Measurement
+
+    runs = [Measurement(tps=900.0, latency_ms=1.1, transactions=9_000, proxy_cpu_seconds=0.9),
+            Measurement(tps=1_000.0, latency_ms=1.0, transactions=10_000, proxy_cpu_seconds=2.0),
+            Measurement(tps=1_200.0, latency_ms=0.8, transactions=12_000, proxy_cpu_seconds=1.32)]
+    median = Measurement.median_of(runs)
+    assert (median.tps, median.latency_ms) == (1_000.0, 1.0)
+    assert median.cpu_per_10k == pytest.approx(1.1)  # 1.0, 2.0 and 1.1 s per 10k transactions
+    assert median.transactions == 31_000 and median.rounds == tuple(runs)
+
+    failed = Measurement(error="pgbench exited with 2")
+    assert Measurement.median_of([runs[0], failed, runs[1]]) is failed
+    assert Measurement.median_of([runs[2]]) is runs[2]
+    assert Measurement.median_of([Measurement(tps=1.0, transactions=1), Measurement(tps=3.0, transactions=1)]
+                                 ).cpu_per_10k is None  # direct: no proxy CPU
