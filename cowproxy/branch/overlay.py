@@ -64,10 +64,6 @@ from cowproxy.sql.rewrite import quote_literal
 MAX_IDENTIFIER_BYTES = 63
 """PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated."""
 
-OVERRIDING_SYSTEM_VALUE_SETTING = "cowproxy.overriding_system_value"
-"""When this setting is 'on' the insert trigger accepts explicit values for GENERATED
-ALWAYS identity columns: the rewriter sets it (set_config, local) around an
-`INSERT ... OVERRIDING SYSTEM VALUE`, a clause a trigger cannot see."""
 
 NEXTVAL_FUNCTION = "cowproxy_nextval"
 """`B.cowproxy_nextval(branch_sequence, production_sequence) returns bigint`, created in
@@ -115,6 +111,8 @@ class OverlayObjects:
     truncate_fn: str   # after TRUNCATE of T$live: empties the overlay
     before_fn: str     # mode copy: identity columns
     after_fn: str      # mode copy: foreign keys
+    system_view: str   # INSERT ... OVERRIDING SYSTEM VALUE (tables with GENERATED ALWAYS identity)
+    user_view: str     # INSERT ... OVERRIDING USER VALUE (tables with identity columns)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -129,6 +127,7 @@ def overlay_objects(schema: str, table: str) -> OverlayObjects:
             ("insert_fn", "$insert"), ("update_fn", "$update"), ("delete_fn", "$delete"),
             ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
             ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),
+            ("system_view", "$system"), ("user_view", "$user"),
         )},
     )
 
@@ -287,6 +286,27 @@ def _deferred_names(info: TableInfo) -> list[str]:
     return list(dict.fromkeys(fk.name for fk in _deferred_outgoing(info) + _deferred_incoming(info)))
 
 
+OVERRIDING_SYSTEM = "system"
+OVERRIDING_USER = "user"
+
+
+def overriding_views(info: TableInfo) -> dict[str, str]:
+    """The views a shadow has for `INSERT ... OVERRIDING SYSTEM VALUE` / `USER VALUE`
+    ("system" / "user" → view name). PostgreSQL accepts the clause on a view and hands
+    the values to its INSTEAD OF trigger unchanged, so the clause is told to the
+    trigger by which view the insert names (its argument): `T$system` lets explicit
+    values into GENERATED ALWAYS identity columns, `T$user` (no defaults on identity
+    columns) replaces every identity value with the sequence's next one. Only tables
+    where the clause changes anything have them."""
+    objects = overlay_objects(info.schema, info.table)
+    views = {}
+    if _identity_always(info):
+        views[OVERRIDING_SYSTEM] = objects.system_view
+    if any(c.identity for c in info.columns):
+        views[OVERRIDING_USER] = objects.user_view
+    return views
+
+
 def skip_views(info: TableInfo) -> dict[str, tuple[int, ...]]:
     """Each `T$skip...` view of a shadow → the indexes (in `info.unique`) of the unique
     rules it skips conflicting rows on. Deferrable rules cannot be arbiters."""
@@ -406,11 +426,15 @@ class _Generator:
         return (f"{self.q(NEXTVAL_FUNCTION)}({quote_literal(branch_seq)}, "
                 f"{quote_literal(qualified(seq_schema, seq_name))})")
 
-    def set_defaults(self, relation: str, for_view: bool, cut: bool = False) -> list[str]:
+    def set_defaults(self, relation: str, for_view: bool, cut: bool = False, identity: bool = True) -> list[str]:
+        """ALTER ... SET DEFAULT for `relation`'s columns (identity=False: not for
+        identity columns, which the trigger of `T$user` always fills itself)."""
         kind = "VIEW" if for_view else "TABLE"
         fills_identity = for_view or self.info.mode == "copy"
         out = []
         for column in self.info.columns:
+            if column.identity and not identity:
+                continue
             default = self.default_sql(column, fills_identity, cut)
             if default is not None and (not cut or column.sequence is not None):
                 out.append(f"ALTER {kind} {relation} ALTER COLUMN {quote_ident(column.name)} SET DEFAULT {default}")
@@ -453,8 +477,9 @@ class _Generator:
                           *(s + ";" for s in self.set_defaults(self.q(o.view), False, cut=True))]
         else:
             statements = [cut, f"TRUNCATE {self.q(o.rows)};"]
-            for view in [o.view, *skip_views(self.info)]:
-                statements += [s + ";" for s in self.set_defaults(self.q(view), True, cut=True)]
+            for view in [o.view, *skip_views(self.info), *overriding_views(self.info).values()]:
+                statements += [s + ";" for s in self.set_defaults(self.q(view), True, cut=True,
+                                                                  identity=view != o.user_view)]
         return "\n".join(statements) + "\nRETURN NULL;"
 
     # mode shadow ----------------------------------------------------------------------
@@ -511,6 +536,7 @@ class _Generator:
             ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {view} "
                        f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(o.statement_fn)}()")
         ddl += self.skip_ddl()
+        ddl += self.overriding_ddl()
         # Named like the foreign key, so SET CONSTRAINTS <name> IMMEDIATE finds it first
         # on the branch's search_path.
         for name in _deferred_names(info):
@@ -524,15 +550,29 @@ class _Generator:
         skips rows that conflict on the view's arbiter rules (trigger arguments)."""
         ddl = []
         for name, arbiters in skip_views(self.info).items():
-            skip = self.q(name)
-            ddl.append(f"CREATE VIEW {skip}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}")
-            ddl += self.set_defaults(skip, for_view=True)
-            args = ", ".join(quote_literal(str(i)) for i in arbiters)
-            ddl.append(f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {skip} "
-                       f"FOR EACH ROW EXECUTE FUNCTION {self.q(self.objects.skip_fn)}({args})")
-            if _has_foreign_keys(self.info):
-                ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT ON {skip} "
-                           f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.statement_fn)}()")
+            ddl += self.insert_view_ddl(name, self.objects.skip_fn, [str(i) for i in arbiters])
+        return ddl
+
+    def overriding_ddl(self) -> list[str]:
+        """The `T$system` / `T$user` views (overriding_views): the shadow again, whose
+        insert trigger is the shadow's own, told the clause by its argument."""
+        ddl = []
+        for clause, name in overriding_views(self.info).items():
+            ddl += self.insert_view_ddl(name, self.objects.insert_fn, [clause], identity=clause != OVERRIDING_USER)
+        return ddl
+
+    def insert_view_ddl(self, name: str, function: str, args: list[str], identity: bool = True) -> list[str]:
+        """A view that only takes INSERTs: the shadow again, with its defaults, and an
+        INSTEAD OF INSERT trigger calling `function` with `args` (plus the foreign key
+        work at the statement's end, as on the shadow)."""
+        view = self.q(name)
+        ddl = [f"CREATE VIEW {view}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}",
+               *self.set_defaults(view, for_view=True, identity=identity),
+               f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {view} FOR EACH ROW "
+               f"EXECUTE FUNCTION {self.q(function)}({', '.join(quote_literal(a) for a in args)})"]
+        if _has_foreign_keys(self.info):
+            ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT ON {view} "
+                       f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.statement_fn)}()")
         return ddl
 
     def shadow_functions(self) -> list[str]:
@@ -814,19 +854,28 @@ class _Generator:
     # identity and generated columns ---------------------------------------------------
 
     def identity_on_insert(self) -> str:
-        out = []
+        """GENERATED ALWAYS: a NULL (no default on the view) gets the next value, an
+        explicit one is refused (428C9) unless the insert came through `T$system`. Through
+        `T$user` every identity column takes the next value, whatever was given."""
+        always = []
         for c in _identity_always(self.info):
             col = quote_ident(c.name)
-            out.append(
+            always.append(
                 f"IF NEW.{col} IS NULL THEN\n  NEW.{col} := {self.nextval_sql(c)};\n"
-                f"ELSIF coalesce(current_setting({quote_literal(OVERRIDING_SYSTEM_VALUE_SETTING)}, true), '') <> 'on' THEN\n"
+                f"ELSIF NOT coalesce({quote_literal(OVERRIDING_SYSTEM)} = ANY (TG_ARGV), false) THEN\n"
                 + _indent(_raise("428C9", f'cannot insert a non-DEFAULT value into column "{c.name}"',
                                  detail=quote_literal(f'Column "{c.name}" is an identity column defined as GENERATED ALWAYS.'),
                                  hint="Use OVERRIDING SYSTEM VALUE to override.",
                                  schema=self.info.schema, table=self.info.table, column=c.name), 2)
                 + "\nEND IF;"
             )
-        return "\n".join(out)
+        identity = [c for c in self.info.columns if c.identity]
+        if not identity or self.info.mode == "copy":
+            return "\n".join(always)
+        user = "\n".join(f"NEW.{quote_ident(c.name)} := {self.nextval_sql(c)};" for c in identity)
+        # TG_ARGV is NULL, not empty, for a trigger without arguments.
+        return (f"IF coalesce({quote_literal(OVERRIDING_USER)} = ANY (TG_ARGV), false) THEN\n{_indent(user, 2)}\n"
+                + (f"ELSE\n{_indent(chr(10).join(always), 2)}\n" if always else "") + "END IF;")
 
     def identity_on_update(self) -> str:
         out = []

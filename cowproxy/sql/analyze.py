@@ -75,6 +75,14 @@ class OnConflict:
 
 
 @dataclass(frozen=True, slots=True)
+class Overriding:
+    """`INSERT INTO relation ... OVERRIDING SYSTEM VALUE | OVERRIDING USER VALUE`."""
+
+    relation: Relation
+    clause: str                            # "system" or "user"
+
+
+@dataclass(frozen=True, slots=True)
 class Truncate:
     relations: tuple[Relation, ...]
     cascade: bool = False
@@ -165,6 +173,7 @@ class Statement:
     advances_sequences: bool = False       # calls nextval() or setval()
     search_path_at: int = -1               # SET search_path: byte offset of its first schema
     on_conflicts: tuple[OnConflict, ...] = ()
+    overriding: tuple[Overriding, ...] = ()
     truncate: Truncate | None = None
     locked: tuple[Relation, ...] = ()      # tables a FOR UPDATE/SHARE clause locks (OF: those named)
     merges: tuple[Relation, ...] = ()      # MERGE targets
@@ -181,6 +190,7 @@ class SqlSyntaxError(Exception):
 
 
 _WRITE_NODES = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+_OVERRIDING = {"OVERRIDING_SYSTEM_VALUE": "system", "OVERRIDING_USER_VALUE": "user"}
 _TRANSACTION_NODES = {"TransactionStmt"}
 _SESSION_NODES = {
     "VariableSetStmt", "VariableShowStmt", "DiscardStmt", "PrepareStmt", "ExecuteStmt",
@@ -239,7 +249,8 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
         creates_temp=creates_temp, advances_sequences=walker.advances_sequences,
-        search_path_at=search_path_at, on_conflicts=tuple(walker.on_conflicts), truncate=truncate,
+        search_path_at=search_path_at, on_conflicts=tuple(walker.on_conflicts),
+        overriding=tuple(walker.overriding), truncate=truncate,
         locked=tuple(r for r in dict.fromkeys(walker.locked) if r.schema or r.name not in walker.cte_names),
         merges=tuple(walker.merges), location=location, length=length,
         user_functions=tuple(UserFunction(location, column) for location, column in walker.user_functions.items()),
@@ -347,6 +358,7 @@ class _Walker:
         self.locking = False
         self.advances_sequences = False
         self.on_conflicts: list[OnConflict] = []
+        self.overriding: list[Overriding] = []
         self.locked: list[Relation] = []
         self.merges: list[Relation] = []
         self.cte_names: set[str] = set()
@@ -368,6 +380,8 @@ class _Walker:
                             self.writes.append(_relation(target))
                             if key == "InsertStmt" and value.get("onConflictClause"):
                                 self.on_conflicts.append(_on_conflict(_relation(target), value["onConflictClause"]))
+                            if key == "InsertStmt" and value.get("override") in _OVERRIDING:
+                                self.overriding.append(Overriding(_relation(target), _OVERRIDING[value["override"]]))
                             elif key == "MergeStmt":
                                 self.merges.append(_relation(target))
                     elif key == "TruncateStmt":

@@ -19,7 +19,7 @@ from typing import Mapping
 from pglast import parser as pg_parser
 
 from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
-from cowproxy.branch.overlay import overlay_objects, skip_view_name
+from cowproxy.branch.overlay import OVERRIDING_SYSTEM, overlay_objects, skip_view_name
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.metrics import Metrics
 from cowproxy.sql.analyze import (Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape, analyze,
@@ -488,6 +488,26 @@ class BranchPolicy:
             splices.append(Splice(oc.location, spans.end_of(oc.location, "DO", "NOTHING"), ""))
         return splices
 
+    def _overriding_splices(self, st: Statement, spans: NameSpans, temp_tables: frozenset[str]) -> list[Splice]:
+        """`INSERT INTO t ... OVERRIDING SYSTEM VALUE` → `INSERT INTO "B"."t$system" ...`
+        (and `USER VALUE` → `t$user`): the view's insert trigger is told the clause
+        (branch/overlay.py `overriding_views`). Overlays made before those views existed,
+        and inserts that also have ON CONFLICT, keep the shadow, where the clause has
+        no effect."""
+        splices = []
+        with_conflict = {oc.relation.location for oc in st.on_conflicts}
+        for overriding in st.overriding:
+            rel = overriding.relation
+            table = self._production_table(rel, temp_tables)
+            if table is None or not self._is_shadow(table) or rel.location < 0 or rel.location in with_conflict:
+                continue
+            objects = overlay_objects(*table)
+            view = objects.system_view if overriding.clause == OVERRIDING_SYSTEM else objects.user_view
+            if view in self.layout.local_names:
+                start, end = spans.qualified_name(rel.location)
+                splices.append(Splice(start, end, self._own(view)))
+        return splices
+
     def _runtime_sequence_splices(self, st: Statement, spans: NameSpans) -> list[Splice]:
         """`nextval($1)` → `"B".cowproxy_seq_nextval($1) AS nextval`, and the like: the
         sequence is named only when the statement runs, so the overlay schema's stand-in
@@ -554,9 +574,10 @@ class BranchPolicy:
         splices: list[Splice] = []
         seen: set[int] = set()
         for st in statements:
-            if st.truncate is not None or st.on_conflicts:
+            if st.truncate is not None or st.on_conflicts or st.overriding:
                 spans = spans or NameSpans(sql)
-                targets = self._truncate_splices(st, spans, temp_tables) + self._on_conflict_splices(st, spans, temp_tables)
+                targets = (self._truncate_splices(st, spans, temp_tables) + self._on_conflict_splices(st, spans, temp_tables)
+                           + self._overriding_splices(st, spans, temp_tables))
                 splices += targets
                 seen.update(s.start for s in targets)
             for rel in (*st.reads, *st.writes):

@@ -141,3 +141,21 @@ def test_a_filled_rewrite_template_keeps_every_field_of_its_decision():
     assert all(getattr(full, f.name) != f.default for f in dataclasses.fields(Decision) if f.name != "sql")
     filled = RewriteTemplate(full, ("UPDATE t SET n = ", 0)).fill("x 42", [(2, 4)])
     assert filled == dataclasses.replace(full, sql="UPDATE t SET n = 42")
+
+
+def test_overriding_clauses_name_the_views_that_tell_the_insert_trigger():
+    shadow = {"accounts", "accounts$skip"}  # a shadow's own names (skip view: it is a shadow)
+    layout = BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
+                          overlays={("public", "accounts"): "cowproxy_b_alice"},
+                          local_names=frozenset(shadow | {"accounts$system", "accounts$user"}))
+    policy = BranchPolicy(layout, Metrics())
+    assert policy.decide("INSERT INTO accounts AS a (id) OVERRIDING SYSTEM VALUE VALUES (1) RETURNING a.id").sql == (
+        'INSERT INTO "cowproxy_b_alice"."accounts$system" AS a (id) OVERRIDING SYSTEM VALUE VALUES (1) RETURNING a.id')
+    assert policy.decide("INSERT INTO public.accounts (id) OVERRIDING USER VALUE SELECT 1").sql == (
+        'INSERT INTO "cowproxy_b_alice"."accounts$user" (id) OVERRIDING USER VALUE SELECT 1')
+    assert policy.decide("INSERT INTO accounts (id) VALUES (1)").action is Action.FORWARD
+    # An overlay made before those views existed keeps its shadow (the clause then changes nothing).
+    older = BranchPolicy(BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
+                                      overlays={("public", "accounts"): "cowproxy_b_alice"},
+                                      local_names=frozenset(shadow)), Metrics())
+    assert older.decide("INSERT INTO accounts (id) OVERRIDING SYSTEM VALUE VALUES (1)").action is Action.FORWARD
