@@ -476,7 +476,8 @@ class _Generator:
             statements = [cut, f"TRUNCATE {self.q(o.view)};",
                           *(s + ";" for s in self.set_defaults(self.q(o.view), False, cut=True))]
         else:
-            statements = [cut, f"TRUNCATE {self.q(o.rows)};"]
+            # The view first: readers lock it before the rows table, so must this.
+            statements = [self.shadow_view_sql(with_source=False) + ";", cut, f"TRUNCATE {self.q(o.rows)};"]
             for view in [o.view, *skip_views(self.info), *overriding_views(self.info).values()]:
                 statements += [s + ";" for s in self.set_defaults(self.q(view), True, cut=True,
                                                                   identity=view != o.user_view)]
@@ -511,16 +512,7 @@ class _Generator:
                 indexed.add(tuple(columns))
                 ddl.append(f"CREATE INDEX ON {rows} ({_cols(columns)})")
         ddl += self.live_ddl()
-        # The source's arm: a one-time filter on T$live, then an anti-join on the key
-        # that the planner turns into an index probe when the query names a key.
-        ddl.append(
-            f"CREATE VIEW {view}{self.view_options()} AS\n"
-            f"SELECT {_values('s', self.all_cols)} FROM {self.source} s\n"
-            f" WHERE {self.live()}\n"
-            f"   AND NOT EXISTS (SELECT 1 FROM {rows} r WHERE {_match('r', self.key, 's', self.key)})\n"
-            f"UNION ALL\n"
-            f"SELECT {_values('r', self.all_cols)} FROM {rows} r WHERE NOT r.{DELETED}"
-        )
+        ddl.append(self.shadow_view_sql(with_source=True))
         ddl += self.set_defaults(view, for_view=True)
         if _has_foreign_keys(info):
             # Rows are typed as the view's rows; UNLOGGED: nothing in it outlives a statement.
@@ -544,6 +536,22 @@ class _Generator:
                        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
                        f"EXECUTE FUNCTION {self.q(o.deferred_fn)}({quote_literal(name)})")
         return ddl
+
+    def shadow_view_sql(self, with_source: bool) -> str:
+        """The shadow view. The source's arm is an anti-join on the key, which the
+        planner turns into an index probe when the query names a key; TRUNCATE replaces
+        the view with the rows' arm alone (`truncate_body`). Replacing the view rather
+        than filtering on T$cut in every query saves the server a one-time filter per
+        read (~10 % of a prepared key lookup's throughput), and it is what a copy does:
+        TRUNCATE takes its table's ACCESS EXCLUSIVE lock, and so does the replacement."""
+        rows_arm = f"SELECT {_values('r', self.all_cols)} FROM {self.q(self.objects.rows)} r WHERE NOT r.{DELETED}"
+        head = f"CREATE OR REPLACE VIEW {self.q(self.objects.view)}{self.view_options()} AS\n"
+        if not with_source:
+            return head + rows_arm
+        return (head + f"SELECT {_values('s', self.all_cols)} FROM {self.source} s\n"
+                f" WHERE NOT EXISTS (SELECT 1 FROM {self.q(self.objects.rows)} r "
+                f"WHERE {_match('r', self.key, 's', self.key)})\n"
+                f"UNION ALL\n{rows_arm}")
 
     def skip_ddl(self) -> list[str]:
         """The `T$skip...` views: the shadow again, with defaults, whose insert trigger
