@@ -20,8 +20,17 @@ import asyncpg
 from cowproxy.branch.overlay import DELETED, overlay_objects
 from cowproxy.sql.upsert import ShadowTable
 
+_LENGTHLESS_TYPES = " ".join(f"WHEN {oid} THEN '{name}'" for oid, name in (
+    (1042, "pg_catalog.bpchar"), (1014, "pg_catalog.bpchar[]"), (1043, "pg_catalog.varchar"),
+    (1015, "pg_catalog.varchar[]"), (1560, 'pg_catalog."bit"'), (1561, 'pg_catalog."bit"[]'),
+    (1562, "pg_catalog.varbit"), (1563, "pg_catalog.varbit[]")))
+"""varchar(n), char(n), bit(n) and their arrays without the length: an explicit cast to
+the length would cut a longer value where an INSERT raises 22001 (the INSERT, or the
+UPDATE's SET, still applies the column's length)."""
+
 _SHADOW_COLUMNS_SQL = f"""
 SELECT r.source_schema, r.source_table, a.attname,
+       CASE a.atttypid {_LENGTHLESS_TYPES} ELSE pg_catalog.format_type(a.atttypid, a.atttypmod) END AS type,
        a.attgenerated <> '' AS generated,
        coalesce(p.attidentity <> '', false) AS identity,
        EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary
@@ -37,6 +46,18 @@ SELECT r.source_schema, r.source_table, a.attname,
   LEFT JOIN pg_catalog.pg_attribute p ON p.attrelid = pc.oid AND p.attname = a.attname AND NOT p.attisdropped
  WHERE a.attname <> '{DELETED}'
  ORDER BY r.source_schema, r.source_table, a.attnum
+"""
+
+_CONSTRAINTS_SQL = """
+SELECT r.source_schema, r.source_table, con.conname,
+       array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(attnum, n)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+              ORDER BY k.n)::text[] AS columns
+  FROM unnest($1::text[], $2::text[]) r(source_schema, source_table)
+  JOIN pg_catalog.pg_namespace n ON n.nspname = r.source_schema
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = r.source_table
+  JOIN pg_catalog.pg_constraint con ON con.conrelid = c.oid AND con.contype IN ('p', 'u')
+ ORDER BY con.conname
 """
 
 _UNSAFE_FUNCTIONS_SQL = "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v' OR proretset"
@@ -59,16 +80,21 @@ async def load_shadow_tables(conn: asyncpg.Connection, branch_schema: str,
     columns: dict[tuple[str, str], list[asyncpg.Record]] = {}
     for r in rows:
         columns.setdefault((r["source_schema"], r["source_table"]), []).append(r)
-    return {table: _shadow_table(cols) for table, cols in columns.items()}
+    constraints: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
+    for r in await conn.fetch(_CONSTRAINTS_SQL, [w[1] for w in wanted], [w[2] for w in wanted]):
+        constraints.setdefault((r["source_schema"], r["source_table"]), []).append((r["conname"], tuple(r["columns"])))
+    return {table: _shadow_table(cols, constraints.get(table, [])) for table, cols in columns.items()}
 
 
-def _shadow_table(columns: list[asyncpg.Record]) -> ShadowTable:
+def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tuple[str, ...]]]) -> ShadowTable:
     generated = frozenset(c["attname"] for c in columns if c["generated"])
     return ShadowTable(
         columns=tuple(c["attname"] for c in columns),
         key=tuple(c["attname"] for c in columns if c["in_key"]),
         generated=generated,
         guarded=generated | {c["attname"] for c in columns if c["indexed"] or c["identity"]},
+        types=tuple(c["type"] for c in columns),
+        constraints=tuple(constraints),
     )
 
 

@@ -157,6 +157,28 @@ class UpdateShape:
 
 
 @dataclass(frozen=True, slots=True)
+class ConflictUpdateShape:
+    """What `sql/on_conflict.py` needs to know of a top-level `INSERT ... ON CONFLICT
+    DO UPDATE` to run it on a shadow as an UPDATE and an INSERT, and every reason it
+    must not."""
+
+    relation: Relation
+    alias: str | None
+    columns: tuple[str, ...] | None        # the insert's column list; None: not given
+    source: str                            # "values", "select" or "default" (DEFAULT VALUES)
+    width: int | None                      # expressions per proposed row; None: not known (a `*`)
+    widths: tuple[int, ...]                # VALUES: items per row
+    defaults: tuple[tuple[bool, ...], ...]  # VALUES: which items are DEFAULT, row by row
+    has_with: bool                         # the INSERT's own WITH
+    has_where: bool                        # DO UPDATE ... WHERE
+    excluded: frozenset[str]               # columns named as excluded.column in SET and WHERE
+    excluded_row: bool                     # excluded.* or a whole-row excluded
+    outer_columns: tuple[tuple[str, int], ...]  # unqualified column references in SET and WHERE, not in subqueries
+    returning: bool
+    returning_options: bool                # RETURNING WITH (...): PostgreSQL 18
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """The analysis of one statement of a (possibly multi-statement) SQL string."""
 
@@ -182,7 +204,7 @@ class Statement:
     location: int = 0                      # byte span of the statement in the SQL string
     length: int = 0                        # 0: to the end of the string
     update_target: Relation | None = None  # a top-level UPDATE's table
-    body: Any = field(default=None, compare=False, repr=False)  # that UPDATE's parse tree (see update_shape)
+    body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's or INSERT's parse tree
 
 
 class SqlSyntaxError(Exception):
@@ -257,7 +279,7 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
                                      for location, name in walker.runtime_sequence_calls),
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
-        body=body if node == "UpdateStmt" else None,
+        body=body if node in ("UpdateStmt", "InsertStmt") else None,
     )
 
 
@@ -505,6 +527,62 @@ def update_shape(statement: Statement) -> UpdateShape | None:
     )
 
 
+def conflict_update_shape(statement: Statement) -> ConflictUpdateShape | None:
+    """The shape of a top-level `INSERT ... ON CONFLICT DO UPDATE`, for sql/on_conflict.py;
+    None for other statements (an upsert inside WITH among them)."""
+    body = statement.body
+    if statement.node != "InsertStmt" or body is None:
+        return None
+    clause = body.get("onConflictClause") or {}
+    if clause.get("action") != "ONCONFLICT_UPDATE":
+        return None
+    target = body.get("relation", {})
+    columns = tuple(raw.get("ResTarget", {}).get("name", "") for raw in body.get("cols", [])) or None
+    select = (body.get("selectStmt") or {}).get("SelectStmt")
+    widths: tuple[int, ...] = ()
+    defaults: tuple[tuple[bool, ...], ...] = ()
+    width: int | None
+    if select is None:
+        source, width = "default", 0
+    elif select.get("valuesLists") and select.get("op", "SETOP_NONE") == "SETOP_NONE" and not any(
+            select.get(k) for k in ("sortClause", "limitCount", "limitOffset", "withClause")):
+        source = "values"
+        rows = [v.get("List", {}).get("items", []) for v in select["valuesLists"]]
+        widths = tuple(len(row) for row in rows)
+        defaults = tuple(tuple("SetToDefault" in item for item in row) for row in rows)
+        width = widths[0]
+    else:
+        source, width = "select", _select_width(select)
+    refs = _References()
+    refs.walk([clause.get("targetList", []), clause.get("whereClause") or {}], count_functions=False)
+    returning_clause = body.get("returningClause") or {}
+    returning_exprs = returning_clause if isinstance(returning_clause, list) else returning_clause.get("exprs", [])
+    return ConflictUpdateShape(
+        relation=_relation(target), alias=(target.get("alias") or {}).get("aliasname"), columns=columns,
+        source=source, width=width, widths=widths, defaults=defaults, has_with=bool(body.get("withClause")),
+        has_where=bool(clause.get("whereClause")),
+        excluded=frozenset(column for qualifier, column in refs.pairs if qualifier == "excluded" and column),
+        excluded_row=any(q == "excluded" and c is None for q, c in refs.pairs) or "excluded" in refs.bare_names,
+        outer_columns=tuple(refs.outer_columns), returning=bool(returning_exprs),
+        returning_options=isinstance(returning_clause, dict) and bool(returning_clause.get("options")),
+    )
+
+
+def _select_width(select: dict[str, Any]) -> int | None:
+    """How many columns a SELECT (or set operation, or VALUES) yields, or None when a
+    `*` makes it depend on the catalog."""
+    while select.get("op", "SETOP_NONE") != "SETOP_NONE":
+        select = (select.get("larg") or {})
+    if select.get("valuesLists"):
+        return len(select["valuesLists"][0].get("List", {}).get("items", []))
+    targets = select.get("targetList", [])
+    for raw in targets:
+        fields = raw.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields", [])
+        if fields and "A_Star" in fields[-1]:
+            return None
+    return len(targets)
+
+
 class _References:
     """Column references and function calls inside expressions, subqueries included.
 
@@ -521,6 +599,7 @@ class _References:
         self.column_names: set[str] = set()
         self.stars: set[str] = set()
         self.parameters: list[int] = []
+        self.pairs: set[tuple[str, str | None]] = set()  # (qualifier, column or None for *) of `q.c`
         self.long_references = False
 
     def walk(self, node: Any, count_functions: bool) -> None:
@@ -558,6 +637,8 @@ class _References:
                 self.outer_columns.append((names[0], ref.get("location", -1)))
         elif len(names) >= 2 and names[0] is not None:
             self.qualifiers.add(names[0])
+            if len(names) == 2:
+                self.pairs.add((names[0], names[1]))
             if names[-1] is None:
                 self.stars.add(names[0])
 

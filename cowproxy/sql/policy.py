@@ -22,8 +22,10 @@ from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
 from cowproxy.branch.overlay import OVERRIDING_SYSTEM, overlay_objects, skip_view_name
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.metrics import Metrics
+from cowproxy.branch.sink import has_row_sink, row_sink_target
+from cowproxy.sql import on_conflict
 from cowproxy.sql.analyze import (Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape, analyze,
-                                  update_shape)
+                                  conflict_update_shape, update_shape)
 from cowproxy.sql.literals import number_spans
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
 from cowproxy.sql.upsert import UPDATE_TAG, ShadowTable, unsuitable, upsert_splice
@@ -50,7 +52,8 @@ class Decision:
     tags: tuple[str | None, ...] = ()
     """Command tags to show the client, one per statement of the SQL sent upstream: None
     keeps PostgreSQL's, "UPDATE" shows `UPDATE n` with PostgreSQL's row count (an UPDATE
-    sent as INSERT ... ON CONFLICT answers `INSERT 0 n`); () when nothing needs editing."""
+    sent as INSERT ... ON CONFLICT answers `INSERT 0 n`), "INSERT" shows `INSERT 0 n` (an
+    upsert with RETURNING sent as a SELECT answers `SELECT n`); () when nothing needs editing."""
 
 
 FORWARD_PASSTHROUGH = Decision(Action.FORWARD, "passthrough")
@@ -337,6 +340,7 @@ class BranchPolicy:
                 return Decision(Action.REFUSE, "refused", refusal=refusal)
         splices = self._splices(sql, statements, temp_tables)
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
+        splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         kind = _kind_label(statements, touches_overlay=bool(splices) or self._touches_overlay(statements))
         temps = tuple(name for st in statements for name in st.creates_temp)
         if splices:
@@ -456,10 +460,6 @@ class BranchPolicy:
             table = self._production_table(oc.relation, temp_tables)
             if table is None or not self._is_shadow(table):
                 continue
-            if oc.action == "update":
-                return Refusal("0A000", "INSERT ... ON CONFLICT DO UPDATE is not supported yet on a table the branch "
-                                        f'has changed ("{oc.relation.name}")',
-                               "Use ON CONFLICT DO NOTHING followed by an UPDATE.")
             if not oc.plain:
                 return Refusal("0A000", "ON CONFLICT with index expressions or a WHERE clause is not supported on a "
                                         f'table the branch has changed ("{oc.relation.name}")')
@@ -467,6 +467,10 @@ class BranchPolicy:
                 if oc.constraint is not None:
                     return Refusal("42704", f'constraint "{oc.constraint}" for table "{table[1]}" does not exist')
                 return Refusal("42P10", "there is no unique or exclusion constraint matching the ON CONFLICT specification")
+            if oc.action == "update":
+                refusal = self._conflict_update_refusal(st, oc, table)
+                if refusal:
+                    return refusal
         for rel in st.locked:
             table = self._production_table(rel, temp_tables)
             if table and self._is_shadow(table):
@@ -483,6 +487,8 @@ class BranchPolicy:
             table = self._production_table(oc.relation, temp_tables)
             if table is None or not self._is_shadow(table) or oc.relation.location < 0 or oc.location < 0:
                 continue
+            if oc.action == "update":
+                continue  # the whole statement is replaced: _conflict_updates
             start, end = spans.qualified_name(oc.relation.location)
             splices.append(Splice(start, end, self._own(_skip_view(table, oc))))
             splices.append(Splice(oc.location, spans.end_of(oc.location, "DO", "NOTHING"), ""))
@@ -559,6 +565,39 @@ class BranchPolicy:
         if info is None or shape is None or unsuitable(shape, info, self.layout.unsafe_functions) is not None:
             return None
         return table, shape
+
+    # INSERT ... ON CONFLICT DO UPDATE of a changed table (sql/on_conflict.py) -----------
+
+    def _conflict_update_refusal(self, st: Statement, oc: OnConflict, table: tuple[str, str]) -> Refusal | None:
+        shape = conflict_update_shape(st) if st.on_conflicts == (oc,) else None
+        return on_conflict.refusal(shape, oc, self.layout.shadow_tables.get(table), has_row_sink(self.layout.local_names))
+
+    def _conflict_updates(self, sql: str, statements: list[Statement], splices: list[Splice],
+                          tags: tuple[str | None, ...], temp_tables: frozenset[str]
+                          ) -> tuple[list[Splice], tuple[str | None, ...]]:
+        """Every top-level `INSERT ... ON CONFLICT DO UPDATE` of a shadow replaces its
+        statement's text with an INSERT and an UPDATE in CTEs (the name splices inside
+        it are applied to the pieces it copies); with RETURNING PostgreSQL answers
+        `SELECT n`, shown as `INSERT 0 n`."""
+        new_tags: list[str | None] = list(tags) if tags else [None] * len(statements)
+        spans: NameSpans | None = None
+        for n, st in enumerate(statements):
+            shape = conflict_update_shape(st)
+            if shape is None or st.on_conflicts != (st.on_conflicts[0],) or st.on_conflicts[0].location < 0:
+                continue
+            oc = st.on_conflicts[0]
+            table = self._production_table(oc.relation, temp_tables)
+            if table is None or not self._is_shadow(table):
+                continue
+            objects = overlay_objects(*table)
+            spans = spans or NameSpans(sql)
+            replacement = on_conflict.conflict_update_splice(
+                sql, st, shape, oc, self.layout.shadow_tables[table], self._own(objects.view),
+                self._own(_skip_view(table, oc)), row_sink_target(self.layout.schema), spans, splices)
+            splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+            if shape.returning:
+                new_tags[n] = on_conflict.INSERT_TAG
+        return splices, tuple(new_tags) if any(new_tags) else ()
 
     def _touches_overlay(self, statements: list[Statement]) -> bool:
         layout = self.layout

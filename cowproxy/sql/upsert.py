@@ -68,6 +68,13 @@ class ShadowTable:
     guarded: frozenset[str] = frozenset()
     """Columns an UPDATE may not set here: the key, unique rules, foreign keys (T$rows has
     an index on exactly those), identity and generated columns."""
+    types: tuple[str, ...] = ()
+    """Each column's type as SQL (same order as `columns`), for the casts of an
+    `INSERT ... ON CONFLICT DO UPDATE`'s proposed rows (sql/on_conflict.py); the length
+    of varchar, char and bit types is left out (an explicit cast would cut the value)."""
+    constraints: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(name, columns) of the table's primary key and unique constraints: the arbiter of
+    `ON CONFLICT ON CONSTRAINT name`."""
 
     @property
     def stored(self) -> tuple[str, ...]:

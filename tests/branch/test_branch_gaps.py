@@ -441,9 +441,36 @@ async def test_insert_on_conflict_do_nothing_skips_conflicting_rows(proxy, admin
     assert await production_state(admin) == before
 
 
+async def test_insert_on_conflict_do_update_in_every_protocol(proxy, admin, branches):
+    """SPEC §5.2: an upsert of a changed table updates the rows that conflict on the
+    arbiter and inserts the others, with PostgreSQL's tags, in the extended protocol
+    (asyncpg) and in a multi-statement simple query (psql); production is untouched."""
+    before = await production_state(admin)
+    branch = await branches()
+    conn = await on(proxy, branch)
+    try:
+        await conn.execute("UPDATE customers SET name = 'changed' WHERE id = 2")
+        upsert = ("INSERT INTO customers AS c (id, email, name) VALUES ($1, $2, $3), (2, 'c2@x.io', 'two'),"
+                  " (50, 'c50@x.io', 'fifty') ON CONFLICT (id) DO UPDATE SET name = c.name || '+' || excluded.name")
+        assert await conn.execute(upsert, 1, "c1@x.io", "one") == "INSERT 0 3"
+        rows = await conn.fetch(upsert + " RETURNING id, name", 1, "c1@x.io", "uno")
+        assert sorted(tuple(r) for r in rows) == [(1, "C1+one+uno"), (2, "changed+two+two"), (50, "fifty+fifty")]
+        assert (await conn.fetchrow("SELECT count(*), max(id) FROM customers")) == (6, 50)
+    finally:
+        await conn.close()
+    result = psql(proxy.dsn(branch),
+                  "INSERT INTO customers (id, email, name) VALUES (3, 'c3@x.io', 'three') ON CONFLICT (id)"
+                  " DO UPDATE SET name = excluded.name; SELECT name FROM customers WHERE id = 3;"
+                  " INSERT INTO customers (id, email, name) VALUES (3, 'c3@x.io', 'tres'), (51, 'c51@x.io', 'x')"
+                  " ON CONFLICT (email) DO UPDATE SET name = excluded.name RETURNING id, name")
+    first, *returned = result.stdout.split()
+    assert (first, sorted(returned)) == ("three", ["3|tres", "51|x"]), result.stdout  # RETURNING: any order
+    assert await production_state(admin) == before
+
+
 @pytest.mark.parametrize("sql, feature", [
-    ("INSERT INTO customers (id, email) VALUES (1, 'u@x.io') ON CONFLICT (id) DO UPDATE SET email = excluded.email",
-     "ON CONFLICT DO UPDATE"),
+    ("WITH u AS (INSERT INTO customers (id, email) VALUES (1, 'u@x.io') ON CONFLICT (id) DO UPDATE"
+     " SET email = excluded.email RETURNING id) SELECT * FROM u", "ON CONFLICT DO UPDATE"),
     ("MERGE INTO customers c USING (VALUES (1)) s(id) ON c.id = s.id WHEN MATCHED THEN UPDATE SET name = 'm'",
      "MERGE"),
     ("SELECT * FROM accounts WHERE id = 1 FOR UPDATE", "FOR UPDATE/SHARE"),

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from .harness import Case, Gap, Step, case
 
-ON_CONFLICT_GAP = Gap("INSERT ... ON CONFLICT DO UPDATE is refused on a branch (0A000): the shadow is a view, "
-                      "which supports no ON CONFLICT, and the upsert is not rewritten yet (DO NOTHING is)")
+EXCLUDED_DEFAULT_GAP = Gap("INSERT ... ON CONFLICT DO UPDATE reading EXCLUDED of a column the INSERT does not list "
+                           "(its default) is refused on a branch (0A000): the rewrite has no proposed value for it")
+UPSERT_IN_WITH_GAP = Gap("INSERT ... ON CONFLICT DO UPDATE inside WITH is refused on a branch (0A000): its rewrite is "
+                         "data-modifying CTEs, which PostgreSQL allows only at the top level")
 MERGE_GAP = Gap("MERGE into a table the branch changed is refused (0A000 \"not supported yet on a branch "
                 "that changed it\"): the shadow is a view and MERGE is not rewritten yet")
+
+OVERRIDING_WITH_CONFLICT_GAP = Gap(
+    "INSERT ... OVERRIDING SYSTEM VALUE ... ON CONFLICT on a changed table: the insert goes to a T$skip view, whose "
+    "trigger is not told the clause (only T$system is), so an explicit GENERATED ALWAYS value is refused with 428C9")
 
 CASES: tuple[Case, ...] = (
     # -- INSERT ------------------------------------------------------------------------------
@@ -143,12 +149,89 @@ CASES: tuple[Case, ...] = (
     case("on_conflict_do_update", "5.2",
          "INSERT INTO categories (id, name) VALUES (2, 'Office supplies'), (301, 'Toys') "
          "ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING id, name",
+         "INSERT INTO products (sku, name, price) VALUES ('SKU-00001', 'x', 1.00), "
+         "('SKU-00002', 'y', 1000.00), ('SKU-NEW-9', 'z', 3.50) ON CONFLICT (sku) DO UPDATE SET price = excluded.price "
+         "WHERE products.price < excluded.price",
+         "SELECT id, name FROM categories WHERE id IN (2, 301)",
+         "SELECT id, sku, name, price FROM products WHERE id IN (1, 2) OR sku = 'SKU-NEW-9' ORDER BY id",
+         "INSERT INTO products (sku, name, price) VALUES ('SKU-NEW-10', 'w', 4.50) RETURNING id",
+         asyncpg=True),
+    case("on_conflict_do_update_overriding_system_value", "5.2",
          "INSERT INTO products (id, sku, name, price) OVERRIDING SYSTEM VALUE VALUES (1, 'SKU-00001', 'x', 1.00), "
          "(2, 'SKU-00002', 'y', 1000.00) ON CONFLICT (id) DO UPDATE SET price = excluded.price "
          "WHERE products.price < excluded.price",
-         "SELECT id, name FROM categories WHERE id IN (2, 301)",
          "SELECT id, name, price FROM products WHERE id IN (1, 2) ORDER BY id",
-         gaps=(ON_CONFLICT_GAP,), asyncpg=True),
+         gaps=(OVERRIDING_WITH_CONFLICT_GAP,)),
+    case("on_conflict_do_update_parameters_alias_and_returning_star", "5.2",
+         ("INSERT INTO categories AS c (id, parent_id, name) VALUES (%s, %s, %s), (%s, NULL, %s) "
+          "ON CONFLICT (id) DO UPDATE SET name = excluded.name || %s, parent_id = c.parent_id RETURNING *",
+          (3, 1, "Outdoor living", 320, "Garage", " (renamed)")),
+         ("INSERT INTO public.categories (id, name) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE "
+          "SET name = categories.name || excluded.name RETURNING categories.*, length(name) AS n", (320, "+")),
+         "SELECT id, parent_id, name FROM categories WHERE id IN (3, 320) ORDER BY id",
+         asyncpg=True),
+    case("on_conflict_do_update_where_false_neither_inserts_nor_counts", "5.2",
+         "INSERT INTO categories (id, name) VALUES (4, 'never'), (330, 'Shed') "
+         "ON CONFLICT (id) DO UPDATE SET name = 'never' WHERE false RETURNING id, name",
+         "INSERT INTO categories (id, name) VALUES (5, 'never'), (6, 'never') "
+         "ON CONFLICT (id) DO UPDATE SET name = excluded.name WHERE categories.parent_id = 99",
+         "SELECT id, name FROM categories WHERE id IN (4, 5, 6, 330) ORDER BY id"),
+    case("on_conflict_do_update_on_a_non_key_arbiter", "5.2",
+         "INSERT INTO categories (id, parent_id, name) VALUES (340, 3, 'Office'), (341, 3, 'Sheds') "
+         "ON CONFLICT (name) DO UPDATE SET parent_id = excluded.parent_id RETURNING id, parent_id, name",
+         "INSERT INTO customers (name, email, country, created_at) VALUES "
+         "('Someone', (SELECT email FROM customers WHERE id = 9), 'IS', '2024-01-01') "
+         "ON CONFLICT ON CONSTRAINT customers_email_key DO UPDATE SET country = excluded.country, name = customers.name "
+         "RETURNING id, name, country",
+         "SELECT id, parent_id, name FROM categories WHERE name IN ('Office', 'Sheds') ORDER BY id",
+         "SELECT id, country FROM customers WHERE id = 9",
+         "SELECT count(*) FROM customers"),
+    case("on_conflict_do_update_from_a_select", "5.2",
+         "INSERT INTO categories (id, parent_id, name) SELECT id, parent_id, name || ' (copy)' FROM categories "
+         "WHERE id <= 3 UNION ALL SELECT 350, 1, 'From select' ON CONFLICT (id) DO UPDATE SET name = excluded.name "
+         "RETURNING id, name",
+         "WITH src (id, name) AS (VALUES (7, 'Pens'), (351, 'Erasers')) INSERT INTO categories (id, name) "
+         "SELECT id, name FROM src ON CONFLICT (id) DO UPDATE SET name = excluded.name || ' again'",
+         "SELECT id, parent_id, name FROM categories WHERE id <= 7 OR id >= 350 ORDER BY id"),
+    case("on_conflict_do_update_a_new_a_changed_and_a_production_row", "5.2",
+         "UPDATE categories SET name = 'Changed' WHERE id = 4",
+         "INSERT INTO categories (id, parent_id, name) VALUES (360, 2, 'Brand new')",
+         "INSERT INTO categories (id, parent_id, name) VALUES (4, 1, 'K2'), (5, 1, 'L2'), (360, 2, 'N2'), (361, 2, 'N3') "
+         "ON CONFLICT (id) DO UPDATE SET name = excluded.name || ' / ' || categories.name RETURNING id, parent_id, name",
+         "INSERT INTO categories (id, name) VALUES (4, 'K3'), (362, 'N4') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+         "SELECT id, parent_id, name FROM categories WHERE id IN (4, 5, 360, 361, 362) ORDER BY id",
+         "SELECT count(*) FROM categories"),
+    case("on_conflict_do_update_violations", "5.2",
+         "INSERT INTO categories (id, name) VALUES (2, 'x') ON CONFLICT (id) DO UPDATE SET parent_id = 9999",
+         "INSERT INTO categories (id, name) VALUES (2, 'Home') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+         "INSERT INTO categories (id, name) VALUES (370, 'Home') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+         "INSERT INTO tickets (id, subject, priority) VALUES (1, 's', 9) ON CONFLICT (id) DO UPDATE SET priority = 9",
+         "INSERT INTO tickets (id, subject, priority) VALUES (1, 's', 2) ON CONFLICT (id) DO UPDATE SET priority = 9",
+         "INSERT INTO categories (id, name) VALUES (8, 'a'), (8, 'b') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+         "INSERT INTO categories (id, name) VALUES (371, 'a'), (371, 'b') ON CONFLICT (id) DO UPDATE SET name = 'c'",
+         "INSERT INTO categories (id, name) VALUES (9, 'x') ON CONFLICT (id) DO UPDATE SET name = name",
+         "INSERT INTO categories (id, name) VALUES (9, 'x') ON CONFLICT DO UPDATE SET name = 'y'",
+         "INSERT INTO categories (id, name) VALUES (9, 'x') ON CONFLICT (parent_id) DO UPDATE SET name = 'y'",
+         "SELECT id, parent_id, name FROM categories WHERE id IN (2, 8, 9, 370, 371) ORDER BY id",
+         "SELECT id, priority FROM tickets WHERE id = 1"),
+    case("on_conflict_do_update_default_in_values_and_sequences", "5.2",
+         "INSERT INTO tickets (id, subject, priority) VALUES (1, DEFAULT, 4), (500, DEFAULT, 2) "
+         "ON CONFLICT (id) DO UPDATE SET priority = excluded.priority RETURNING id, subject, priority",
+         "INSERT INTO orders (customer_id) VALUES (3) RETURNING id, customer_id",
+         "INSERT INTO customers (name, email, created_at) VALUES ('Seq', 'seq@example.com', '2024-01-01'), "
+         "('Seq2', (SELECT email FROM customers WHERE id = 2), '2024-01-01') "
+         "ON CONFLICT (email) DO UPDATE SET name = excluded.name RETURNING id, name",
+         "INSERT INTO customers (name, email, created_at) VALUES ('Seq3', 'seq3@example.com', '2024-01-01') RETURNING id",
+         "SELECT id, subject, priority FROM tickets WHERE id IN (1, 500) ORDER BY id"),
+    case("on_conflict_do_update_excluded_of_an_unlisted_column", "5.2",
+         "INSERT INTO tickets (id, subject) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET priority = excluded.priority",
+         "SELECT id, subject, priority FROM tickets WHERE id = 1",
+         gaps=(EXCLUDED_DEFAULT_GAP,)),
+    case("on_conflict_do_update_inside_with", "5.2",
+         "WITH u AS (INSERT INTO categories (id, name) VALUES (2, 'Office 2') ON CONFLICT (id) DO UPDATE "
+         "SET name = excluded.name RETURNING id) SELECT count(*) FROM u",
+         "SELECT id, name FROM categories WHERE id = 2",
+         gaps=(UPSERT_IN_WITH_GAP,)),
     case("on_conflict_on_a_constraint_and_on_a_changed_row", "5.2",
          "INSERT INTO customers (name, email, created_at) VALUES ('Again', 'ada.lovelace.999@example.com', '2024-01-01'), "
          "('Mary Shaw Again', (SELECT email FROM customers WHERE id = 7), '2024-01-01') "
@@ -156,8 +239,7 @@ CASES: tuple[Case, ...] = (
          "UPDATE categories SET name = 'Outdoors' WHERE id = 3",
          "INSERT INTO categories (id, name) VALUES (3, 'Outside') ON CONFLICT (id) DO UPDATE SET name = categories.name || '!'",
          "SELECT country FROM customers WHERE id = 7",
-         "SELECT name FROM categories WHERE id = 3",
-         gaps=(ON_CONFLICT_GAP,)),
+         "SELECT name FROM categories WHERE id = 3"),
     # -- writable CTEs ---------------------------------------------------------------------------
     case("writable_ctes_delete_into_insert_and_update_counted", "5.2",
          "WITH closed AS (DELETE FROM tickets WHERE priority = 5 RETURNING customer_id, subject) "

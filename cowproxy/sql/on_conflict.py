@@ -1,0 +1,321 @@
+"""`INSERT ... ON CONFLICT DO UPDATE` on a table the branch changed, as one statement.
+
+The shadow is a view: PostgreSQL supports no ON CONFLICT on it (no arbiter index). DO
+NOTHING goes to a `T$skip...` view whose trigger skips conflicting rows (policy.py).
+DO UPDATE is that insert plus an UPDATE of the rows that conflict, in data-modifying
+CTEs of one statement, so both run on one snapshot and no DDL is needed:
+
+    INSERT INTO t AS a (k, c) VALUES (1, 'x'), ($1, 'y')
+      ON CONFLICT (k) DO UPDATE SET c = excluded.c || a.c WHERE a.c <> 'z' RETURNING a.k, a.c
+
+is sent as
+
+    WITH cowproxy_proposed ("k", "c") AS MATERIALIZED (
+           VALUES (CAST((1) AS integer), CAST(('x') AS text)), (CAST(($1) AS integer), ...)),
+         cowproxy_inserted AS (
+           INSERT INTO B."t$skip(k)" AS "a" ("k", "c") SELECT "k", "c" FROM cowproxy_proposed
+            WHERE <no arbiter value proposed twice> RETURNING "a".*),
+         cowproxy_updated AS (
+           UPDATE B."t" AS "a" SET c = excluded.c || a.c FROM cowproxy_proposed AS excluded
+            WHERE "a"."k" = excluded."k" AND (a.c <> 'z') RETURNING "a".*)
+    SELECT a.k, a.c FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"
+
+The proposal is evaluated once (MATERIALIZED: volatile functions, INSERT ... SELECT).
+The outer UNION ALL runs the INSERT to completion first: the skip view's trigger skips
+every row whose arbiter value exists (in production, the overlay or a row the statement
+inserted), so it inserts exactly the new keys, with the view's defaults for columns
+not listed. Then the UPDATE, whose scan uses the statement's snapshot, sees the rows
+that existed before the statement (not those just inserted) and updates, through the
+shadow's INSTEAD OF UPDATE trigger (constraints, foreign keys, concurrent writers as
+for any UPDATE), those a proposed row conflicts with and the WHERE accepts. A key SET
+by DO UPDATE cannot be taken for an insert afterwards (the insert ran first). The
+casts give each proposed value its column's type, as an INSERT's assignment does (and
+a bare `$n` that type); varchar/char/bit lengths are applied by the INSERT or the SET.
+
+PostgreSQL answers `SELECT n` with RETURNING: the tag is shown as `INSERT 0 n`
+(Decision.tags). Without RETURNING the statement ends in `INSERT INTO B.cowproxy_sink
+SELECT FROM cowproxy_inserted UNION ALL SELECT FROM cowproxy_updated` (branch/sink.py),
+which counts the rows and keeps none: `INSERT 0 n` as is.
+
+The same arbiter value proposed twice is PostgreSQL's 21000 ("ON CONFLICT DO UPDATE
+command cannot affect row a second time"); here a scalar subquery over the proposal
+that then returns two rows raises 21000 ("more than one row returned by a subquery used
+as an expression") before anything is written.
+
+What this cannot mean exactly is refused (`refusal`): EXCLUDED of a column the INSERT
+does not list (PostgreSQL gives it the column's default, computed only by the insert),
+a conflict target whose columns are not all listed, DEFAULT VALUES, DEFAULT in some
+VALUES rows but not all (a column DEFAULT in every row is left to the view's default),
+`INSERT ... SELECT *` without knowing the width, and an upsert inside WITH (data-
+modifying CTEs must be at the top level). Unqualified column names of the table in
+SET or WHERE are ambiguous in PostgreSQL (EXCLUDED has them too): 42702, as there.
+"""
+
+from __future__ import annotations
+
+from cowproxy.sql.analyze import ConflictUpdateShape, OnConflict, Refusal, Statement
+from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
+from cowproxy.sql.upsert import ShadowTable
+
+INSERT_TAG = "INSERT"
+
+PROPOSED, INSERTED, UPDATED = "cowproxy_proposed", "cowproxy_inserted", "cowproxy_updated"
+
+_COMMA, _SEMICOLON = "ASCII_44", "ASCII_59"
+_OPEN, _CLOSE = frozenset({"ASCII_40", "ASCII_91"}), frozenset({"ASCII_41", "ASCII_93"})
+_NOT_SUPPORTED = "0A000"
+
+
+def arbiter_columns(oc: OnConflict, table: ShadowTable) -> tuple[str, ...] | None:
+    """The columns a proposed row conflicts on: the target's, or its constraint's;
+    None if unknown (the skip view check answers 42704 / 42P10 first)."""
+    if oc.constraint is not None:
+        return next((columns for name, columns in table.constraints if name == oc.constraint), None)
+    return tuple(dict.fromkeys(oc.columns)) if oc.columns else None
+
+
+def proposal_columns(shape: ConflictUpdateShape, table: ShadowTable) -> tuple[str, ...]:
+    """The columns the INSERT gives values for, in its order."""
+    if shape.columns is not None:
+        return shape.columns
+    return table.columns[:shape.width or 0]
+
+
+def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTable | None,
+            has_sink: bool) -> Refusal | None:
+    """Why this upsert cannot be rewritten (PostgreSQL's own error where it has one),
+    or None."""
+    name = oc.relation.name
+    if oc.columns is None and oc.constraint is None:
+        return Refusal("42601", "ON CONFLICT DO UPDATE requires inference specification or constraint name",
+                       "For example, ON CONFLICT (column_name).")
+    if shape is None:
+        return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE inside WITH (or EXPLAIN) is not supported "
+                                       f'yet on a table the branch has changed ("{name}")',
+                       "Run the INSERT ... ON CONFLICT DO UPDATE as a statement of its own.")
+    if table is None or len(table.types) != len(table.columns):
+        return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE is not supported on this branch's "
+                                       f'overlay of "{name}"', "Reset the branch: cowproxy branch reset NAME.")
+    if not shape.returning and not has_sink:
+        return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE without RETURNING needs a branch made "
+                                       "by a newer cowproxy", "Reset the branch: cowproxy branch reset NAME.")
+    for column in shape.columns or ():
+        if column not in table.columns:
+            return Refusal("42703", f'column "{column}" of relation "{name}" does not exist')
+    if shape.columns is not None and len(set(shape.columns)) != len(shape.columns):
+        return Refusal("42701", f'column "{_first_repeated(shape.columns)}" specified more than once')
+    if shape.source == "default":
+        return Refusal(_NOT_SUPPORTED, "INSERT ... DEFAULT VALUES ON CONFLICT DO UPDATE is not supported on a "
+                                       f'table the branch has changed ("{name}")', "List the columns and values.")
+    if shape.width is None:
+        return Refusal(_NOT_SUPPORTED, "INSERT ... SELECT * ON CONFLICT DO UPDATE is not supported on a table the "
+                                       f'branch has changed ("{name}")', "Name the selected columns.")
+    expected = len(shape.columns) if shape.columns is not None else len(table.columns)
+    if any(w != shape.width for w in shape.widths):
+        return Refusal("42601", "VALUES lists must all be the same length")
+    if shape.width > expected:
+        return Refusal("42601", "INSERT has more expressions than target columns")
+    if shape.columns is not None and shape.width < expected:
+        return Refusal("42601", "INSERT has more target columns than expressions")
+    if shape.returning_options:
+        return Refusal(_NOT_SUPPORTED, "RETURNING WITH (...) is not supported in INSERT ... ON CONFLICT DO UPDATE "
+                                       "on a table the branch has changed")
+    columns = proposal_columns(shape, table)
+    for i, column in enumerate(columns):
+        flags = {row[i] for row in shape.defaults}
+        if flags == {True, False}:
+            return Refusal(_NOT_SUPPORTED, f'DEFAULT for column "{column}" in some VALUES rows but not all is not '
+                                           "supported in INSERT ... ON CONFLICT DO UPDATE on a table the branch "
+                                           f'has changed ("{name}")', "Write the default value itself.")
+    given = {c for i, c in enumerate(columns) if not any(row[i] for row in shape.defaults)}
+    arbiter = arbiter_columns(oc, table)
+    if arbiter is not None and not set(arbiter) <= given:
+        return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE that leaves a conflict target column to "
+                                       f'its default is not supported on a table the branch has changed ("{name}")',
+                       "Give the conflict target's columns values.")
+    if shape.excluded_row:
+        return Refusal(_NOT_SUPPORTED, "a whole-row reference to EXCLUDED is not supported on a table the branch "
+                                       f'has changed ("{name}")', "Name EXCLUDED's columns.")
+    missing = sorted(shape.excluded - given)
+    if missing:
+        return Refusal(_NOT_SUPPORTED, f'EXCLUDED."{missing[0]}" of a column the INSERT does not give a value is '
+                                       f'not supported on a table the branch has changed ("{name}")',
+                       "List the column in the INSERT, with its value.")
+    ambiguous = next((c for c, _ in shape.outer_columns if c in table.columns), None)
+    if ambiguous is not None:
+        return Refusal("42702", f'column reference "{ambiguous}" is ambiguous')
+    if (shape.alias or name) == "excluded":
+        return Refusal(_NOT_SUPPORTED, 'a target named "excluded" is not supported in INSERT ... ON CONFLICT DO '
+                                       "UPDATE on a table the branch has changed")
+    return None
+
+
+def _first_repeated(names: tuple[str, ...]) -> str:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return names[0]
+
+
+def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdateShape, oc: OnConflict,
+                           table: ShadowTable, view: str, skip: str, sink: str, spans: NameSpans,
+                           splices: list[Splice]) -> Splice:
+    """The splice that replaces `statement` (an upsert `refusal` accepted) with the
+    CTEs; `view`, `skip` and `sink` are the qualified shadow, skip view and row sink;
+    `splices` are the policy's name rewrites, applied to the pieces copied."""
+    end = statement.location + statement.length if statement.length else len(sql.encode())
+    tokens = spans.code_tokens(statement.location, end)
+    while tokens and tokens[-1][2] == _SEMICOLON:
+        tokens.pop()
+    at = {token[0]: i for i, token in enumerate(tokens)}
+    piece = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
+
+    # [WITH ...] INSERT INTO name [[AS] alias] [(columns)] [OVERRIDING ... VALUE] source ON CONFLICT
+    name_at = at[oc.relation.location]
+    with_text = ""
+    if shape.has_with:
+        insert_at = _at_depth_zero(tokens, 0, "INSERT")
+        with_text = piece(tokens[0][0], tokens[insert_at - 1][1]) + ", "
+    _, name_end = spans.qualified_name(oc.relation.location)
+    i = next(j for j in range(name_at, len(tokens)) if tokens[j][0] >= name_end)
+    if shape.alias is not None:
+        i += 2 if tokens[i][2] == "AS" else 1
+    if shape.columns is not None:
+        i = _closing(tokens, i) + 1
+    overriding = ""
+    if tokens[i][2] == "OVERRIDING":
+        overriding = " " + piece(tokens[i][0], tokens[i + 2][1])
+        i += 3
+    on_at = at[oc.location]
+    source_first, source_last = i, on_at - 1
+
+    set_at = next(j for j in range(on_at, len(tokens) - 2)
+                  if (tokens[j][2], tokens[j + 1][2], tokens[j + 2][2]) == ("DO", "UPDATE", "SET")) + 3
+    last = _clause_end(tokens, set_at)
+    set_list = piece(tokens[set_at][0], tokens[last][1])
+    rest = last + 1
+    condition = returning = ""
+    if rest < len(tokens) and tokens[rest][2] == "WHERE":
+        last = _clause_end(tokens, rest + 1)
+        condition = piece(tokens[rest + 1][0], tokens[last][1])
+        rest = last + 1
+    if rest < len(tokens) and tokens[rest][2] == "RETURNING":
+        returning = piece(tokens[rest + 1][0], tokens[-1][1])
+        rest = len(tokens)
+    if rest != len(tokens):
+        raise ValueError(f"unexpected {tokens[rest][2]} at byte {tokens[rest][0]}")
+
+    columns = proposal_columns(shape, table)
+    types = dict(zip(table.columns, table.types))
+    defaulted = {c for i, c in enumerate(columns) if shape.defaults and all(row[i] for row in shape.defaults)}
+    inserted = [c for c in columns if c not in defaulted]
+    if shape.source == "values":
+        proposal = _typed_values(sql, tokens, source_first, source_last, [types[c] for c in columns], splices)
+    else:
+        source = quote_ident("cowproxy_source")
+        casts = ", ".join(f"CAST({source}.{quote_ident(c)} AS {types[c]})" for c in columns)
+        proposal = (f"SELECT {casts} FROM ({piece(tokens[source_first][0], tokens[source_last][1])})"
+                    f" AS {source} ({_names(columns)})")
+
+    alias = quote_ident(shape.alias or oc.relation.name)
+    arbiter = arbiter_columns(oc, table) or ()
+    match = " AND ".join(f"{alias}.{quote_ident(c)} = excluded.{quote_ident(c)}" for c in arbiter)
+    dup = f"{quote_ident('cowproxy_dup')}"
+    not_null = " AND ".join(f"{dup}.{quote_ident(c)} IS NOT NULL" for c in arbiter)
+    twice = (f"(SELECT true FROM {PROPOSED} AS {dup}, (VALUES (1), (2)) AS cowproxy_twice (n)"
+             f" WHERE {not_null} GROUP BY {', '.join(f'{dup}.{quote_ident(c)}' for c in arbiter)}, cowproxy_twice.n"
+             f" HAVING count(*) > 1) IS NULL")
+    text = (
+        f"{'WITH ' if not with_text else with_text}{PROPOSED} ({_names(columns)}) AS MATERIALIZED ({proposal}),"
+        f" {INSERTED} AS (INSERT INTO {skip} AS {alias} ({_names(inserted)}){overriding}"
+        f" SELECT {_names(inserted)} FROM {PROPOSED} WHERE {twice} RETURNING {alias}.*),"
+        f" {UPDATED} AS (UPDATE {view} AS {alias} SET {set_list} FROM {PROPOSED} AS excluded WHERE {match}"
+        + (f" AND ({condition})" if condition else "") + f" RETURNING {alias}.*) "
+    )
+    if returning:
+        text += (f"SELECT {returning} FROM (SELECT * FROM {INSERTED} UNION ALL SELECT * FROM {UPDATED})"
+                 f" AS {alias}")
+    else:
+        text += f"INSERT INTO {sink} SELECT FROM {INSERTED} UNION ALL SELECT FROM {UPDATED}"
+    return Splice(tokens[0][0], tokens[-1][1], text)
+
+
+def _names(columns: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(map(quote_ident, columns))
+
+
+def _typed_values(sql: str, tokens: list[tuple[int, int, str]], first: int, last: int, types: list[str],
+                  splices: list[Splice]) -> str:
+    """`VALUES (a, b), ...` with each item cast to its column's type (DEFAULT → NULL:
+    the column is left to the view's default)."""
+    if tokens[first][2] != "VALUES":
+        raise ValueError(f"no VALUES at byte {tokens[first][0]}")
+    rows = []
+    i = first + 1
+    while i <= last:
+        if tokens[i][2] not in _OPEN:
+            raise ValueError(f"no ( at byte {tokens[i][0]}")
+        close = _closing(tokens, i)
+        items, start, depth = [], i + 1, 0
+        for j in range(i + 1, close + 1):
+            name = tokens[j][2]
+            if name in _OPEN:
+                depth += 1
+            elif name in _CLOSE and j != close:
+                depth -= 1
+            elif depth == 0 and (name == _COMMA or j == close):
+                items.append((start, j - 1))
+                start = j + 1
+        cast = []
+        for (a, b), type_sql in zip(items, types):
+            text = "NULL" if a == b and tokens[a][2] == "DEFAULT" else apply_within(sql, splices, tokens[a][0], tokens[b][1])
+            cast.append(f"CAST(({text}) AS {type_sql})")
+        rows.append(f"({', '.join(cast)})")
+        i = close + 1
+        if i <= last:
+            if tokens[i][2] != _COMMA:
+                raise ValueError(f"unexpected {tokens[i][2]} at byte {tokens[i][0]}")
+            i += 1
+    return "VALUES " + ", ".join(rows)
+
+
+def _closing(tokens: list[tuple[int, int, str]], open_at: int) -> int:
+    """Index of the token closing the parenthesis at `open_at`."""
+    depth = 0
+    for j in range(open_at, len(tokens)):
+        if tokens[j][2] in _OPEN:
+            depth += 1
+        elif tokens[j][2] in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return j
+    raise ValueError(f"no closing parenthesis for byte {tokens[open_at][0]}")
+
+
+def _at_depth_zero(tokens: list[tuple[int, int, str]], first: int, name: str) -> int:
+    depth = 0
+    for j in range(first, len(tokens)):
+        if tokens[j][2] in _OPEN:
+            depth += 1
+        elif tokens[j][2] in _CLOSE:
+            depth -= 1
+        elif depth == 0 and tokens[j][2] == name:
+            return j
+    raise ValueError(f"no {name} at depth 0")
+
+
+def _clause_end(tokens: list[tuple[int, int, str]], first: int) -> int:
+    """Index of the last token of the clause starting at `first`: before the next WHERE
+    or RETURNING outside parentheses and brackets, or the statement's last token."""
+    depth = 0
+    for j in range(first, len(tokens)):
+        name = tokens[j][2]
+        if name in _OPEN:
+            depth += 1
+        elif name in _CLOSE:
+            depth -= 1
+        elif depth == 0 and name in ("WHERE", "RETURNING") and j > first:
+            return j - 1
+    return len(tokens) - 1

@@ -1,0 +1,138 @@
+"""INSERT ... ON CONFLICT DO UPDATE of a changed table as an INSERT and an UPDATE in CTEs
+(sql/on_conflict.py): the text the rewriter makes, the tags it asks for, and what it
+refuses. What the text does on PostgreSQL is the conformance suite's `on_conflict_*`
+cases and tests/branch/test_branch_gaps.py."""
+
+import pytest
+
+from cowproxy.metrics import Metrics
+from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy
+from cowproxy.sql.upsert import ShadowTable
+
+SCHEMA = "cowproxy_b_alice"
+T = ShadowTable(columns=("k", "c", "n", "label"), key=("k",),
+                types=("integer", "text", "numeric(6,2)", "pg_catalog.varchar"),
+                constraints=(("t_c_key", ("c",)), ("t_pkey", ("k",))))
+NAMES = frozenset({"t", "t$live", "t$skip", "t$skip(k)", "t$skip(c)", "t$skip[t_c_key]", "t$skip[t_pkey]",
+                   "cowproxy_sink"})
+LAYOUT = BranchLayout(branch="alice", schema=SCHEMA, search_schemas=(SCHEMA,), overlays={("public", "t"): SCHEMA},
+                      local_names=NAMES, shadow_tables={("public", "t"): T})
+VIEW, SINK = f'"{SCHEMA}"."t"', f'"{SCHEMA}".cowproxy_sink'
+
+
+def _dup_check(column: str) -> str:
+    return (f'(SELECT true FROM cowproxy_proposed AS "cowproxy_dup", (VALUES (1), (2)) AS cowproxy_twice (n)'
+            f' WHERE "cowproxy_dup"."{column}" IS NOT NULL GROUP BY "cowproxy_dup"."{column}", cowproxy_twice.n'
+            f' HAVING count(*) > 1) IS NULL')
+
+
+@pytest.fixture
+def policy() -> BranchPolicy:
+    return BranchPolicy(LAYOUT, Metrics())
+
+
+def test_values_with_alias_parameters_where_and_returning(policy):
+    decision = policy.decide("INSERT INTO t AS a (k, c) VALUES (1, 'x'), ($1, 'y') ON CONFLICT (k) DO UPDATE"
+                             " SET c = EXCLUDED.c || a.c WHERE a.c <> 'z' RETURNING a.k, a.c")
+    assert decision.action is Action.REWRITE and decision.kind == "write" and decision.tags == ("INSERT",)
+    assert decision.sql == (
+        'WITH cowproxy_proposed ("k", "c") AS MATERIALIZED (VALUES (CAST((1) AS integer), CAST((\'x\') AS text)),'
+        ' (CAST(($1) AS integer), CAST((\'y\') AS text))),'
+        f' cowproxy_inserted AS (INSERT INTO "{SCHEMA}"."t$skip(k)" AS "a" ("k", "c")'
+        f' SELECT "k", "c" FROM cowproxy_proposed WHERE {_dup_check("k")} RETURNING "a".*),'
+        f' cowproxy_updated AS (UPDATE {VIEW} AS "a" SET c = EXCLUDED.c || a.c FROM cowproxy_proposed AS excluded'
+        ' WHERE "a"."k" = excluded."k" AND (a.c <> \'z\') RETURNING "a".*)'
+        ' SELECT a.k, a.c FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"')
+
+
+def test_without_returning_the_rows_go_to_the_sink_and_the_tag_stays(policy):
+    decision = policy.decide("INSERT INTO public.t VALUES (1, 'x', 2.5) ON CONFLICT ON CONSTRAINT t_c_key"
+                             " DO UPDATE SET n = t.n + excluded.n;")
+    assert decision.tags == ()
+    assert decision.sql == (
+        'WITH cowproxy_proposed ("k", "c", "n") AS MATERIALIZED (VALUES (CAST((1) AS integer),'
+        ' CAST((\'x\') AS text), CAST((2.5) AS numeric(6,2)))),'
+        f' cowproxy_inserted AS (INSERT INTO "{SCHEMA}"."t$skip[t_c_key]" AS "t" ("k", "c", "n")'
+        f' SELECT "k", "c", "n" FROM cowproxy_proposed WHERE {_dup_check("c")} RETURNING "t".*),'
+        f' cowproxy_updated AS (UPDATE {VIEW} AS "t" SET n = t.n + excluded.n FROM cowproxy_proposed AS excluded'
+        ' WHERE "t"."c" = excluded."c" RETURNING "t".*)'
+        f' INSERT INTO {SINK} SELECT FROM cowproxy_inserted UNION ALL SELECT FROM cowproxy_updated;')
+
+
+def test_a_select_is_the_proposal_and_the_inserts_own_with_comes_first(policy):
+    decision = policy.decide("WITH s AS (SELECT 1 AS k) INSERT INTO t (k, label) SELECT k, current_user FROM s"
+                             " ON CONFLICT (k) DO UPDATE SET label = excluded.label RETURNING *")
+    assert decision.sql.startswith(
+        'WITH s AS (SELECT 1 AS k), cowproxy_proposed ("k", "label") AS MATERIALIZED (SELECT'
+        ' CAST("cowproxy_source"."k" AS integer), CAST("cowproxy_source"."label" AS pg_catalog.varchar) FROM'
+        ' (SELECT k, (current_setting(\'cowproxy.client_user\')::name) AS "current_user" FROM s)'
+        ' AS "cowproxy_source" ("k", "label")),')
+    assert decision.sql.endswith('SELECT * FROM (SELECT * FROM cowproxy_inserted UNION ALL'
+                                 ' SELECT * FROM cowproxy_updated) AS "t"')
+    assert decision.tags == ("INSERT",)
+
+
+def test_a_column_default_in_every_row_is_left_to_the_view(policy):
+    sql = policy.decide("INSERT INTO t (k, c, n) VALUES (1, DEFAULT, 2), (3, DEFAULT, 4) ON CONFLICT (k)"
+                        " DO UPDATE SET n = excluded.n").sql
+    assert 'VALUES (CAST((1) AS integer), CAST((NULL) AS text), CAST((2) AS numeric(6,2))),' in sql
+    assert f'INSERT INTO "{SCHEMA}"."t$skip(k)" AS "t" ("k", "n") SELECT "k", "n" FROM cowproxy_proposed' in sql
+
+
+def test_each_statement_of_a_multi_statement_query_gets_its_tag(policy):
+    decision = policy.decide("SELECT 1; INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'a' RETURNING k;"
+                             " INSERT INTO t (k) VALUES (2) ON CONFLICT (k) DO UPDATE SET c = 'b'")
+    assert decision.tags == (None, "INSERT", None)
+    assert decision.sql.startswith("SELECT 1; WITH cowproxy_proposed")
+    assert decision.sql.count("WITH cowproxy_proposed") == 2 and decision.sql.endswith("cowproxy_updated")
+
+
+def test_numbers_only_variants_share_a_template_and_keep_their_values(policy):
+    """The rewrite's own numbers (the duplicate check's VALUES (1), (2)) are not the
+    client's: a template fills in only the client's."""
+    policy.decide("INSERT INTO t (k, n) VALUES (1, 1.5) ON CONFLICT (k) DO UPDATE SET n = 7 WHERE t.n < 3")
+    second_text = "INSERT INTO t (k, n) VALUES (5, 2.5) ON CONFLICT (k) DO UPDATE SET n = 8 WHERE t.n < 4"
+    hits = policy.metrics.rewrite_cache["hit"]
+    second = policy.decide(second_text)
+    assert policy.metrics.rewrite_cache["hit"] == hits + 1
+    assert second == BranchPolicy(LAYOUT, Metrics()).decide(second_text)
+    assert "CAST((5) AS integer), CAST((2.5) AS numeric(6,2))" in second.sql and "(VALUES (1), (2))" in second.sql
+
+
+@pytest.mark.parametrize("sql, sqlstate, words", [
+    ("INSERT INTO t (k) VALUES (1) ON CONFLICT DO UPDATE SET c = 'x'", "42601", "inference specification"),
+    ("INSERT INTO t (k) VALUES (1) ON CONFLICT (n) DO UPDATE SET c = 'x'", "42P10", "no unique"),
+    ("INSERT INTO t (k) VALUES (1) ON CONFLICT ON CONSTRAINT nope DO UPDATE SET c = 'x'", "42704", "nope"),
+    ("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = c", "42702", 'column reference "c"'),
+    ("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = excluded.c", "0A000", 'EXCLUDED."c"'),
+    ("INSERT INTO t (k, c) VALUES (1, 'a') ON CONFLICT (k) DO UPDATE SET c = (excluded).c", "0A000", "whole-row"),
+    ("INSERT INTO t (c) VALUES ('a') ON CONFLICT (k) DO UPDATE SET c = 'x'", "0A000", "conflict target"),
+    ("INSERT INTO t (k, c) VALUES (1, DEFAULT), (2, 'b') ON CONFLICT (k) DO UPDATE SET c = 'x'", "0A000", "DEFAULT"),
+    ("INSERT INTO t DEFAULT VALUES ON CONFLICT (k) DO UPDATE SET c = 'x'", "0A000", "DEFAULT VALUES"),
+    ("INSERT INTO t SELECT * FROM t ON CONFLICT (k) DO UPDATE SET c = 'x'", "0A000", "SELECT *"),
+    ("INSERT INTO t (k, nope) VALUES (1, 2) ON CONFLICT (k) DO UPDATE SET c = 'x'", "42703", '"nope"'),
+    ("INSERT INTO t (k) VALUES (1, 2) ON CONFLICT (k) DO UPDATE SET c = 'x'", "42601", "more expressions"),
+    ("INSERT INTO t (k, c) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x'", "42601", "more target columns"),
+    ("WITH u AS (INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x' RETURNING k) SELECT * FROM u",
+     "0A000", "inside WITH"),
+])
+def test_what_cannot_be_rewritten_exactly_is_refused(policy, sql, sqlstate, words):
+    decision = policy.decide(sql)
+    assert decision.action is Action.REFUSE and decision.refusal.sqlstate == sqlstate
+    assert words in decision.refusal.message
+
+
+def test_without_a_sink_only_returning_upserts_are_rewritten():
+    policy = BranchPolicy(BranchLayout(branch="alice", schema=SCHEMA, search_schemas=(SCHEMA,),
+                                       overlays={("public", "t"): SCHEMA}, local_names=NAMES - {"cowproxy_sink"},
+                                       shadow_tables={("public", "t"): T}), Metrics())
+    refused = policy.decide("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x'")
+    assert refused.action is Action.REFUSE and refused.refusal.sqlstate == "0A000"
+    assert "reset" in refused.refusal.hint
+    assert policy.decide("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x' RETURNING k").action \
+        is Action.REWRITE
+
+
+def test_do_nothing_keeps_the_skip_view_splice(policy):
+    assert policy.decide("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO NOTHING").sql == \
+        f'INSERT INTO "{SCHEMA}"."t$skip(k)" (k) VALUES (1) '
