@@ -20,7 +20,7 @@ from cowproxy.branch import catalog
 from cowproxy.branch.introspect import referencing_tables
 from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, schema_for
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS_PROBE
-from cowproxy.branch.shadows import load_shadow_tables, unsafe_function_names
+from cowproxy.branch.shadows import load_shadow_tables, unsafe_function_names, volatile_function_names
 from cowproxy.metrics import Metrics
 from cowproxy.sql.policy import BranchLayout, BranchPolicy, Decision
 
@@ -196,4 +196,5 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         shadow_tables=await load_shadow_tables(
             conn, chain[0].schema_name, [key for key, schema in overlays.items() if schema == chain[0].schema_name]),
         unsafe_functions=await unsafe_function_names(conn),
+        volatile_functions=await volatile_function_names(conn),
     )

@@ -61,6 +61,7 @@ SELECT r.source_schema, r.source_table, con.conname,
 """
 
 _UNSAFE_FUNCTIONS_SQL = "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v' OR proretset"
+_VOLATILE_FUNCTIONS_SQL = "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v'"
 
 
 async def load_shadow_tables(conn: asyncpg.Connection, branch_schema: str,
@@ -103,3 +104,10 @@ async def unsafe_function_names(conn: asyncpg.Connection) -> frozenset[str]:
     upsert evaluates SET and WHERE twice for rows already in T$rows, and a set-returning
     function in SET would make rows: such calls keep the trigger path."""
     return frozenset(r["proname"] for r in await conn.fetch(_UNSAFE_FUNCTIONS_SQL))
+
+
+async def volatile_function_names(conn: asyncpg.Connection) -> frozenset[str]:
+    """Names of the database's volatile functions (any overload). A MERGE sent as several
+    CTEs evaluates its source and conditions once per CTE (sql/merge.py): such calls
+    there are refused."""
+    return frozenset(r["proname"] for r in await conn.fetch(_VOLATILE_FUNCTIONS_SQL))

@@ -179,6 +179,34 @@ class ConflictUpdateShape:
 
 
 @dataclass(frozen=True, slots=True)
+class MergeClause:
+    """One `WHEN [NOT] MATCHED [AND condition] THEN action` of a MERGE, in order."""
+
+    matched: bool                          # WHEN MATCHED; False: WHEN NOT MATCHED [BY TARGET]
+    action: str                            # "update", "delete", "insert" or "nothing"
+    has_condition: bool
+    by_source: bool = False                # WHEN NOT MATCHED BY SOURCE: PostgreSQL 17
+    overriding: bool = False               # INSERT ... OVERRIDING SYSTEM|USER VALUE
+    insert_columns: int = 0                # INSERT (a, b): 2; 0 when no column list
+    defaults: tuple[bool, ...] = ()        # INSERT ... VALUES: which items are DEFAULT; () for DEFAULT VALUES
+
+
+@dataclass(frozen=True, slots=True)
+class MergeShape:
+    """What `sql/merge.py` needs of a top-level MERGE to write it as data-modifying CTEs;
+    the clauses' text is cut from the statement by its tokens."""
+
+    relation: Relation
+    alias: str | None
+    has_with: bool
+    recursive: bool                        # WITH RECURSIVE: PostgreSQL refuses it for MERGE (42601)
+    condition_at: int                      # the smallest byte offset inside the ON condition
+    clauses: tuple[MergeClause, ...]
+    functions: frozenset[str]              # functions called in the source, ON and WHEN conditions
+    returning: bool                        # MERGE ... RETURNING: PostgreSQL 17
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """The analysis of one statement of a (possibly multi-statement) SQL string."""
 
@@ -204,7 +232,7 @@ class Statement:
     location: int = 0                      # byte span of the statement in the SQL string
     length: int = 0                        # 0: to the end of the string
     update_target: Relation | None = None  # a top-level UPDATE's table
-    body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's or INSERT's parse tree
+    body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's or MERGE's parse tree
 
 
 class SqlSyntaxError(Exception):
@@ -249,7 +277,10 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
     catalog_writes = [w for w in writes if w.schema in CATALOG_SCHEMAS]
     if catalog_writes and refusal is None:
         refusal = Refusal("42501", f'cannot write to system catalog "{catalog_writes[0].schema}.{catalog_writes[0].name}"')
-    reads = tuple(r for r in walker.relations if r not in writes)
+    # Another mention of a written table is a read (`INSERT INTO public.t SELECT ... FROM
+    # public.t`): every mention of a changed table is rewritten, not only the written one.
+    written_at = {w.location for w in writes}
+    reads = tuple(r for r in walker.relations if r.location not in written_at or r.location < 0 and r not in writes)
     kind = _kind_of(node, body, bool(writes))
     creates: tuple[Relation, ...] = ()
     creates_temp: tuple[str, ...] = ()
@@ -279,7 +310,7 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
                                      for location, name in walker.runtime_sequence_calls),
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
-        body=body if node in ("UpdateStmt", "InsertStmt") else None,
+        body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt") else None,
     )
 
 
@@ -581,6 +612,57 @@ def _select_width(select: dict[str, Any]) -> int | None:
         if fields and "A_Star" in fields[-1]:
             return None
     return len(targets)
+
+
+_MERGE_ACTIONS = {"CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_INSERT": "insert", "CMD_NOTHING": "nothing"}
+
+
+def merge_shape(statement: Statement) -> MergeShape | None:
+    """The shape of a top-level MERGE, for sql/merge.py; None for other statements."""
+    if statement.node != "MergeStmt" or statement.body is None:
+        return None
+    body = statement.body
+    target = body.get("relation", {})
+    clauses = []
+    conditions = []
+    for raw in body.get("mergeWhenClauses", []):
+        clause = raw.get("MergeWhenClause", {})
+        kind = clause.get("matchKind", "MERGE_WHEN_MATCHED")
+        values = clause.get("values", [])
+        if clause.get("condition"):
+            conditions.append(clause["condition"])
+        clauses.append(MergeClause(
+            matched=kind == "MERGE_WHEN_MATCHED", action=_MERGE_ACTIONS.get(clause.get("commandType", ""), "?"),
+            has_condition=bool(clause.get("condition")), by_source=kind == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE",
+            overriding=clause.get("override", "OVERRIDING_NOT_SET") != "OVERRIDING_NOT_SET",
+            insert_columns=len(clause.get("targetList", [])) if clause.get("commandType") == "CMD_INSERT" else 0,
+            defaults=tuple("SetToDefault" in v for v in values)))
+    refs = _References()
+    refs.walk([body.get("sourceRelation", {}), body.get("joinCondition", {}), conditions], count_functions=True)
+    return MergeShape(
+        relation=_relation(target), alias=(target.get("alias") or {}).get("aliasname"),
+        has_with=bool(body.get("withClause")), recursive=bool((body.get("withClause") or {}).get("recursive")),
+        condition_at=_first_location(body.get("joinCondition", {})),
+        clauses=tuple(clauses), functions=frozenset(refs.functions),
+        returning=bool(body.get("returningList") or body.get("returningClause")),
+    )
+
+
+def _first_location(node: Any) -> int:
+    """The smallest location in a subtree: at or after the start of its text (an
+    operator's node has its operator's location; its operands come first)."""
+    found = -1
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            location = item.get("location")
+            if isinstance(location, int) and location >= 0 and (found < 0 or location < found):
+                found = location
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 class _References:

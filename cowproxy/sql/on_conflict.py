@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from cowproxy.sql.analyze import ConflictUpdateShape, OnConflict, Refusal, Statement
 from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
-from cowproxy.sql.upsert import ShadowTable
+from cowproxy.sql.upsert import ShadowTable, clause_end
 
 INSERT_TAG = "INSERT"
 
@@ -193,12 +193,12 @@ def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdate
 
     set_at = next(j for j in range(on_at, len(tokens) - 2)
                   if (tokens[j][2], tokens[j + 1][2], tokens[j + 2][2]) == ("DO", "UPDATE", "SET")) + 3
-    last = _clause_end(tokens, set_at)
+    last = clause_end(tokens, set_at)
     set_list = piece(tokens[set_at][0], tokens[last][1])
     rest = last + 1
     condition = returning = ""
     if rest < len(tokens) and tokens[rest][2] == "WHERE":
-        last = _clause_end(tokens, rest + 1)
+        last = clause_end(tokens, rest + 1)
         condition = piece(tokens[rest + 1][0], tokens[last][1])
         rest = last + 1
     if rest < len(tokens) and tokens[rest][2] == "RETURNING":
@@ -304,18 +304,3 @@ def _at_depth_zero(tokens: list[tuple[int, int, str]], first: int, name: str) ->
         elif depth == 0 and tokens[j][2] == name:
             return j
     raise ValueError(f"no {name} at depth 0")
-
-
-def _clause_end(tokens: list[tuple[int, int, str]], first: int) -> int:
-    """Index of the last token of the clause starting at `first`: before the next WHERE
-    or RETURNING outside parentheses and brackets, or the statement's last token."""
-    depth = 0
-    for j in range(first, len(tokens)):
-        name = tokens[j][2]
-        if name in _OPEN:
-            depth += 1
-        elif name in _CLOSE:
-            depth -= 1
-        elif depth == 0 and name in ("WHERE", "RETURNING") and j > first:
-            return j - 1
-    return len(tokens) - 1

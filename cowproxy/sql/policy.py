@@ -21,12 +21,13 @@ from pglast import parser as pg_parser
 from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
 from cowproxy.branch.overlay import OVERRIDING_SYSTEM, overlay_objects, skip_view_name
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
-from cowproxy.metrics import Metrics
 from cowproxy.branch.sink import has_row_sink, row_sink_target
+from cowproxy.metrics import Metrics
 from cowproxy.sql import on_conflict
-from cowproxy.sql.analyze import (Kind, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape, analyze,
-                                  conflict_update_shape, update_shape)
+from cowproxy.sql.analyze import (Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
+                                  analyze, conflict_update_shape, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
+from cowproxy.sql.merge import MERGE_TAG, merge_splice, unsuitable as merge_unsuitable
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
 from cowproxy.sql.upsert import UPDATE_TAG, ShadowTable, unsuitable, upsert_splice
 
@@ -71,7 +72,8 @@ class BranchLayout:
     foreign keys reference it (TRUNCATE needs them). `shadow_tables` describes the
     shadows in the branch's own schema (an UPDATE of one may become an upsert into its
     rows table, sql/upsert.py); `unsafe_functions` names the volatile and set-returning
-    functions of the database (None: not known, every call counts as one).
+    functions of the database, `volatile_functions` the volatile ones (sql/merge.py)
+    (None: not known, every call counts as one).
     """
 
     branch: str
@@ -87,6 +89,7 @@ class BranchLayout:
 
     shadow_tables: Mapping[tuple[str, str], ShadowTable] = field(default_factory=dict)
     unsafe_functions: frozenset[str] | None = None
+    volatile_functions: frozenset[str] | None = None
 
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
@@ -341,6 +344,7 @@ class BranchPolicy:
         splices = self._splices(sql, statements, temp_tables)
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
+        splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
         kind = _kind_label(statements, touches_overlay=bool(splices) or self._touches_overlay(statements))
         temps = tuple(name for st in statements for name in st.creates_temp)
         if splices:
@@ -454,8 +458,9 @@ class BranchPolicy:
         for rel in st.merges:
             table = self._production_table(rel, temp_tables)
             if table and self._is_shadow(table):
-                return Refusal("0A000", f'MERGE into "{rel.name}" is not supported yet on a branch that changed it',
-                               "Use INSERT, UPDATE and DELETE (or INSERT ... ON CONFLICT DO NOTHING).")
+                refusal = self._merge_refusal(st, rel, table)
+                if refusal:
+                    return refusal
         for oc in st.on_conflicts:
             table = self._production_table(oc.relation, temp_tables)
             if table is None or not self._is_shadow(table):
@@ -598,6 +603,49 @@ class BranchPolicy:
             if shape.returning:
                 new_tags[n] = on_conflict.INSERT_TAG
         return splices, tuple(new_tags) if any(new_tags) else ()
+
+    # MERGE into a changed table as data-modifying CTEs (sql/merge.py) ----------------------
+
+    def _merge_refusal(self, st: Statement, rel: Relation, table: tuple[str, str]) -> Refusal | None:
+        shape = merge_shape(st)
+        if shape is None or shape.relation.location != rel.location:
+            return Refusal("0A000", f'MERGE into "{rel.name}" inside another statement (EXPLAIN, PREPARE) is not '
+                                    "supported on a branch that changed it", "Run the MERGE as a statement of its own.")
+        return merge_unsuitable(shape, rel.name, self.layout.shadow_tables.get(table),
+                                has_row_sink(self.layout.local_names), self.layout.volatile_functions)
+
+    def _merges(self, sql: str, statements: list[Statement], splices: list[Splice], tags: tuple[str | None, ...],
+                temp_tables: frozenset[str]) -> tuple[list[Splice], tuple[str | None, ...]]:
+        """Every top-level MERGE into a shadow (which `_shadow_refusal` let through) replaces
+        its statement's text with data-modifying CTEs; PostgreSQL answers `INSERT 0 n`,
+        shown as `MERGE n`."""
+        merged: list[str | None] = list(tags) or [None] * len(statements)
+        spans: NameSpans | None = None
+        for n, st in enumerate(statements):
+            target = self._merge_target(st, temp_tables)
+            if target is None:
+                continue
+            table, shape = target
+            spans = spans or NameSpans(sql)
+            try:
+                replacement = merge_splice(sql, st, shape, self.layout.shadow_tables[table],
+                                           row_sink_target(self.layout.schema), spans, splices)
+            except ValueError:
+                replacement = None  # sent as written: PostgreSQL refuses MERGE into a view (0A000)
+            if replacement is None:
+                continue
+            splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+            merged[n] = MERGE_TAG
+        return splices, tuple(merged) if any(merged) else ()
+
+    def _merge_target(self, st: Statement, temp_tables: frozenset[str]) -> tuple[tuple[str, str], MergeShape] | None:
+        shape = merge_shape(st)
+        if shape is None:
+            return None
+        table = self._production_table(shape.relation, temp_tables)
+        if table is None or not self._is_shadow(table) or table not in self.layout.shadow_tables:
+            return None
+        return table, shape
 
     def _touches_overlay(self, statements: list[Statement]) -> bool:
         layout = self.layout

@@ -146,14 +146,14 @@ def upsert_splice(sql: str, statement: Statement, shape: UpdateShape, table: Sha
                 raise ValueError(f"no comma before the SET target at byte {shape.items[n + 1].location}")
             last = following - 2
         else:
-            last = _clause_end(tokens, i + 2)
+            last = clause_end(tokens, i + 2)
         expressions[item.column] = piece(tokens[i + 2][0], tokens[last][1])
     set_list = piece(shape.items[0].location, tokens[last][1])
     rest = last + 1
 
     condition = returning = ""
     if rest < len(tokens) and tokens[rest][2] == "WHERE":
-        last = _clause_end(tokens, rest + 1)
+        last = clause_end(tokens, rest + 1)
         condition = piece(tokens[rest + 1][0], tokens[last][1])
         rest = last + 1
     if rest < len(tokens) and tokens[rest][2] == "RETURNING":
@@ -179,7 +179,7 @@ def upsert_splice(sql: str, statement: Statement, shape: UpdateShape, table: Sha
     return Splice(tokens[0][0], tokens[-1][1], text)
 
 
-def _clause_end(tokens: list[tuple[int, int, str]], first: int) -> int:
+def clause_end(tokens: list[tuple[int, int, str]], first: int) -> int:
     """Index of the last token of the clause starting at `first`: before the next WHERE
     or RETURNING outside parentheses and brackets, or the statement's last token."""
     depth = 0

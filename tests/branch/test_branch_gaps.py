@@ -471,8 +471,6 @@ async def test_insert_on_conflict_do_update_in_every_protocol(proxy, admin, bran
 @pytest.mark.parametrize("sql, feature", [
     ("WITH u AS (INSERT INTO customers (id, email) VALUES (1, 'u@x.io') ON CONFLICT (id) DO UPDATE"
      " SET email = excluded.email RETURNING id) SELECT * FROM u", "ON CONFLICT DO UPDATE"),
-    ("MERGE INTO customers c USING (VALUES (1)) s(id) ON c.id = s.id WHEN MATCHED THEN UPDATE SET name = 'm'",
-     "MERGE"),
     ("SELECT * FROM accounts WHERE id = 1 FOR UPDATE", "FOR UPDATE/SHARE"),
     ("SELECT a.id FROM accounts a JOIN customers c ON c.id = a.id FOR SHARE OF a", "FOR UPDATE/SHARE"),
 ])

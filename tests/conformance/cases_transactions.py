@@ -46,6 +46,10 @@ UPDATE_AFTER_SNAPSHOT = (
     "SELECT priority FROM tickets WHERE id = 5",
 )
 """A repeatable-read transaction updating a row changed after its snapshot: 40001."""
+MERGE_RECHECK_GAP = Gap(
+    "a MERGE on a branch that waited for a row another transaction updated and committed fails with 40001 "
+    "(its UPDATE runs through the shadow's trigger), where PostgreSQL re-evaluates the row's WHEN clauses "
+    "on the new version (READ COMMITTED)")
 
 CASES: tuple[Case, ...] = (
     # -- one session -------------------------------------------------------------------------
@@ -226,6 +230,27 @@ CASES: tuple[Case, ...] = (
          s1("INSERT INTO categories (id, name) VALUES (41, 'second')", blocks=True),
          "ROLLBACK",
          s1("SELECT name FROM categories WHERE id = 41")),
+    case("concurrent_merges_inserting_one_key", "5.5",
+         "BEGIN",
+         "MERGE INTO categories c USING (VALUES (44, 'first')) s(id, name) ON c.id = s.id "
+         "WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.name)",
+         s1("MERGE INTO categories c USING (VALUES (44, 'second')) s(id, name) ON c.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.name)",
+            blocks=True),
+         "COMMIT",
+         s1("SELECT name FROM categories WHERE id = 44"),
+         s1("MERGE INTO categories c USING (VALUES (44, 'second')) s(id, name) ON c.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.name)"),
+         "SELECT name FROM categories WHERE id = 44"),
+    case("concurrent_merge_waits_for_an_update_of_its_row", "5.5",
+         "UPDATE tickets SET priority = 1 WHERE id = 10",
+         "BEGIN",
+         "UPDATE tickets SET priority = 2 WHERE id = 10",
+         s1("MERGE INTO tickets t USING (VALUES (10)) s(id) ON t.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET priority = t.priority + 1", blocks=True),
+         "COMMIT",
+         s1("SELECT priority FROM tickets WHERE id = 10"),
+         gaps=(MERGE_RECHECK_GAP,)),
     case("concurrent_inserts_of_one_unique_email", "5.5",
          "BEGIN",
          "INSERT INTO customers (name, email, created_at) VALUES ('one', 'race@example.com', '2024-01-01')",

@@ -1,0 +1,225 @@
+"""MERGE into a changed table as data-modifying CTEs (sql/merge.py): the text the
+rewriter makes, its tag, and every MERGE it refuses or leaves alone. What the text does
+on PostgreSQL is the conformance suite's `merge_*` cases (tests/conformance/cases_writes.py)."""
+
+import pytest
+
+from cowproxy.metrics import Metrics
+from cowproxy.sql.analyze import analyze, merge_shape
+from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy
+from cowproxy.sql.upsert import ShadowTable
+
+SCHEMA = "cowproxy_b_alice"
+T = ShadowTable(columns=("id", "x", "p", "note"), key=("id",))
+LINES = ShadowTable(columns=("order_id", "line_no", "qty"), key=("order_id", "line_no"))
+LAYOUT = BranchLayout(
+    branch="alice", schema=SCHEMA, search_schemas=(SCHEMA, "cowproxy_b_base"),
+    overlays={("public", "t"): SCHEMA, ("public", "lines"): SCHEMA, ("public", "events"): SCHEMA,
+              ("public", "history"): "cowproxy_b_base"},
+    local_names=frozenset({"t", "t$live", "t$skip", "lines", "lines$live", "lines$skip", "events", "events$live",
+                           "history", "history$live", "history$skip", "cowproxy_sink"}),
+    shadow_tables={("public", "t"): T, ("public", "lines"): LINES},
+    volatile_functions=frozenset({"random", "nextval", "clock_timestamp"}),
+)
+SINK = f'"{SCHEMA}".cowproxy_sink'
+VIEW = f'"{SCHEMA}"."t"'
+
+
+@pytest.fixture
+def policy() -> BranchPolicy:
+    return BranchPolicy(LAYOUT, Metrics())
+
+
+def test_the_example_of_the_module_becomes_one_cte_per_clause(policy):
+    decision = policy.decide(
+        "MERGE INTO t AS a USING src AS s ON a.id = s.id"
+        " WHEN MATCHED AND a.p = 1 THEN UPDATE SET x = s.x"
+        " WHEN MATCHED THEN DELETE"
+        " WHEN NOT MATCHED AND s.x > 0 THEN INSERT (id, x) VALUES (s.id, s.x)")
+    assert decision.action is Action.REWRITE and decision.kind == "write" and decision.tags == ("MERGE",)
+    choice = "(CASE WHEN (a.p = 1) THEN 1 ELSE 2 END)"
+    assert decision.sql == (
+        "WITH cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN (SELECT 1 UNION ALL SELECT 1) END AS e"
+        f' FROM src AS s JOIN t AS "a" ON (a.id = s.id) WHERE {choice} IN (1, 2) GROUP BY "a"."id"),'
+        f' cowproxy_m1 AS (UPDATE t AS "a" SET x = s.x FROM src AS s WHERE (a.id = s.id) AND {choice} = 1 RETURNING 1),'
+        f' cowproxy_m2 AS (DELETE FROM t AS "a" USING src AS s WHERE (a.id = s.id) AND {choice} = 2 RETURNING 1),'
+        " cowproxy_m3 AS (INSERT INTO t (id, x) SELECT s.id, s.x FROM src AS s"
+        ' WHERE NOT EXISTS (SELECT FROM t AS "a" WHERE (a.id = s.id)) AND (s.x > 0) RETURNING 1)'
+        f" INSERT INTO {SINK} SELECT FROM cowproxy_m0 WHERE e IS NOT NULL UNION ALL SELECT FROM cowproxy_m1"
+        " UNION ALL SELECT FROM cowproxy_m2 UNION ALL SELECT FROM cowproxy_m3")
+    assert policy.decide("MERGE INTO t AS a USING src AS s ON a.id = s.id"
+                         " WHEN MATCHED AND a.p = 1 THEN UPDATE SET x = s.x"
+                         " WHEN MATCHED THEN DELETE"
+                         " WHEN NOT MATCHED AND s.x > 0 THEN INSERT (id, x) VALUES (s.id, s.x)") is decision  # cached
+
+
+def test_a_qualified_target_without_alias_keeps_its_name_as_alias_and_loses_only(policy):
+    sql = ("MERGE INTO ONLY public.t USING public.t AS s ON t.id = s.id + 1 /* é: not inside a piece */"
+           " WHEN MATCHED THEN UPDATE SET note = s.note, (x, p) = (s.x, DEFAULT);")
+    decision = policy.decide(sql)
+    assert decision.sql == (
+        "WITH cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN (SELECT 1 UNION ALL SELECT 1) END AS e"
+        f' FROM {VIEW} AS s JOIN {VIEW} AS "t" ON (t.id = s.id + 1) GROUP BY "t"."id"),'
+        f' cowproxy_m1 AS (UPDATE {VIEW} AS "t" SET note = s.note, (x, p) = (s.x, DEFAULT) FROM {VIEW} AS s'
+        " WHERE (t.id = s.id + 1) RETURNING 1)"
+        f" INSERT INTO {SINK} SELECT FROM cowproxy_m0 WHERE e IS NOT NULL UNION ALL SELECT FROM cowproxy_m1;")
+
+
+def test_a_composite_key_groups_the_check_and_comments_and_parameters_are_copied(policy):
+    sql = ("MERGE INTO lines l USING (VALUES ($1::int, $2::int)) v(o, n) -- source\n"
+           " ON l.order_id = v.o -- order\n AND l.line_no = v.n /* line */ WHEN MATCHED THEN DELETE")
+    text = policy.decide(sql).sql
+    assert 'GROUP BY "l"."order_id", "l"."line_no"' in text
+    assert text.count("(VALUES ($1::int, $2::int)) v(o, n) JOIN") == 1
+    assert "USING (VALUES ($1::int, $2::int)) v(o, n) WHERE (l.order_id = v.o -- order\n AND l.line_no = v.n)" in text
+
+
+def test_every_mention_of_a_changed_table_is_rewritten_not_only_the_written_one(policy):
+    """A schema-qualified source naming the target's table reads the branch's rows."""
+    assert policy.decide("INSERT INTO public.t SELECT * FROM public.t").sql == (
+        f"INSERT INTO {VIEW} SELECT * FROM {VIEW}")
+    text = policy.decide("MERGE INTO public.t USING public.t s ON t.id = s.id + 1 WHEN MATCHED THEN DELETE").sql
+    assert "public" not in text
+
+
+def test_with_clauses_come_first(policy):
+    text = policy.decide("WITH src AS (SELECT 1 AS id), more AS (SELECT 2) MERGE INTO t USING src ON t.id = src.id"
+                         " WHEN NOT MATCHED THEN INSERT (id) VALUES (src.id)").sql
+    assert text.startswith("WITH src AS (SELECT 1 AS id), more AS (SELECT 2), cowproxy_m1 AS (INSERT INTO t (id)"
+                           " SELECT src.id FROM src WHERE NOT EXISTS")
+
+
+@pytest.mark.parametrize("action, insert", [
+    ("INSERT VALUES (s.id, s.x)", "INSERT INTO t SELECT s.id, s.x FROM"),
+    ("INSERT DEFAULT VALUES", "INSERT INTO t SELECT FROM"),
+    ("INSERT (id, note) VALUES (s.id, DEFAULT)", "INSERT INTO t (id) SELECT s.id FROM"),
+    ("INSERT VALUES (s.id, DEFAULT, $1)", 'INSERT INTO t ("id", "p") SELECT s.id, $1 FROM'),
+    ("INSERT (x, note) VALUES (DEFAULT, DEFAULT)", "INSERT INTO t SELECT FROM"),
+    ("INSERT (id, x) VALUES (s.id)", "INSERT INTO t (id, x) SELECT s.id FROM"),  # PostgreSQL's 42601, as written
+])
+def test_insert_forms(policy, action, insert):
+    text = policy.decide(f"MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED THEN {action}").sql
+    assert f"cowproxy_m1 AS ({insert} src s WHERE NOT EXISTS" in text
+
+
+def test_clauses_that_do_nothing_keep_their_conditions_in_the_text(policy):
+    """Their `$n` must reach the server, and a row they take is no other clause's."""
+    text = policy.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED AND t.x > $1 THEN DO NOTHING"
+                         " WHEN NOT MATCHED AND s.x > $2 THEN DO NOTHING").sql
+    assert text == (
+        'WITH cowproxy_m0 AS (SELECT FROM src s JOIN t AS "t" ON (t.id = s.id)'
+        " WHERE false AND (CASE WHEN (t.x > $1) THEN 1 ELSE 0 END) IS NULL),"
+        " cowproxy_n0 AS (SELECT FROM src s WHERE false AND (CASE WHEN (s.x > $2) THEN 2 ELSE 0 END) IS NULL"
+        ' AND NOT EXISTS (SELECT FROM t AS "t" WHERE (t.id = s.id)))'
+        f" INSERT INTO {SINK} SELECT FROM cowproxy_m0 UNION ALL SELECT FROM cowproxy_n0")
+    only = policy.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED AND s.x > 0 THEN DO NOTHING"
+                         " WHEN MATCHED THEN UPDATE SET x = 0").sql
+    assert "WHERE (CASE WHEN (s.x > 0) THEN 1 ELSE 2 END) IN (2) GROUP BY" in only
+    assert "WHERE (t.id = s.id) AND (CASE WHEN (s.x > 0) THEN 1 ELSE 2 END) = 2 RETURNING 1" in only
+
+
+def test_a_case_inside_a_condition_does_not_end_it(policy):
+    text = policy.decide("MERGE INTO t USING src s ON CASE WHEN s.id > 0 THEN t.id = s.id END"
+                         " WHEN MATCHED AND CASE WHEN t.p = 1 THEN true ELSE false END THEN DELETE").sql
+    assert "ON (CASE WHEN s.id > 0 THEN t.id = s.id END) WHERE (CASE WHEN t.p = 1 THEN true ELSE false END)" in text
+
+
+def test_a_join_as_source_keeps_its_own_on(policy):
+    text = policy.decide("MERGE INTO t USING a JOIN b ON a.k = b.k ON t.id = a.id WHEN MATCHED THEN DELETE").sql
+    assert 'DELETE FROM t AS "t" USING a JOIN b ON a.k = b.k WHERE (t.id = a.id) RETURNING 1' in text
+
+
+def test_tags_of_a_multi_statement_string(policy):
+    decision = policy.decide("SELECT 1; MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE; SELECT 2")
+    assert decision.tags == (None, "MERGE", None)
+    assert decision.sql.startswith("SELECT 1; WITH cowproxy_m0 AS (") and decision.sql.endswith("; SELECT 2")
+
+
+@pytest.mark.parametrize("sql, sqlstate, words", [
+    ("MERGE INTO t USING (SELECT random() AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE", "0A000", "volatile"),
+    ("MERGE INTO t USING src s ON t.id = s.id AND clock_timestamp() > now() WHEN MATCHED THEN DELETE",
+     "0A000", "volatile"),
+    ("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED AND nextval('q') > 1 THEN INSERT DEFAULT VALUES",
+     "0A000", "volatile"),
+    ("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED THEN INSERT (id) OVERRIDING SYSTEM VALUE VALUES (1)",
+     "0A000", "OVERRIDING"),
+    ("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE WHEN MATCHED AND s.x = 1 THEN DO NOTHING",
+     "42601", "unreachable WHEN clause"),
+    ("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED THEN DO NOTHING WHEN MATCHED THEN DELETE"
+     " WHEN NOT MATCHED THEN DO NOTHING", "42601", "unreachable WHEN clause"),
+    ("WITH RECURSIVE r AS (SELECT 1 AS id) MERGE INTO t USING r ON t.id = r.id WHEN MATCHED THEN DELETE",
+     "42601", "WITH RECURSIVE"),
+    ("EXPLAIN MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE", "0A000", "inside another statement"),
+])
+def test_refusals(policy, sql, sqlstate, words):
+    decision = policy.decide(sql)
+    assert decision.action is Action.REFUSE and decision.refusal.sqlstate == sqlstate
+    assert words in decision.refusal.message
+
+
+def test_volatile_functions_in_set_and_values_run_once_per_row_and_are_fine(policy):
+    decision = policy.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = random() * 10"
+                             " WHEN NOT MATCHED THEN INSERT (id, x) VALUES (nextval('q'), random())")
+    assert decision.action is Action.REWRITE
+    assert 'UPDATE t AS "t" SET x = random() * 10 FROM src s WHERE (t.id = s.id) RETURNING 1' in decision.sql
+    assert "INSERT INTO t (id, x) SELECT nextval('q'), random() FROM src s WHERE NOT EXISTS" in decision.sql
+
+
+def test_unknown_volatility_refuses_every_call_in_the_source():
+    bare = BranchPolicy(BranchLayout(**{**LAYOUT.__dict__, "volatile_functions": None}), Metrics())
+    assert bare.decide("MERGE INTO t USING (SELECT abs(-1) AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE").action \
+        is Action.REFUSE
+    assert bare.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = abs(s.x)").action \
+        is Action.REWRITE
+
+
+def test_a_branch_without_a_row_sink_is_told_to_reset():
+    old = BranchPolicy(BranchLayout(**{**LAYOUT.__dict__, "local_names": LAYOUT.local_names - {"cowproxy_sink"}}),
+                       Metrics())
+    refusal = old.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE").refusal
+    assert refusal.sqlstate == "0A000" and "cowproxy branch reset" in refusal.hint
+
+
+@pytest.mark.parametrize("sql", [
+    "MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE RETURNING t.id",
+    "MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE",
+    "MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED BY TARGET THEN INSERT DEFAULT VALUES",
+])
+def test_syntax_newer_than_postgresql_16_is_sent_as_written(policy, sql):
+    """PostgreSQL 15 and 16 answer 42601 as on a copy; 17 merges into the view itself."""
+    decision = policy.decide(sql)
+    assert decision.action is Action.FORWARD and decision.tags == ()
+
+
+def test_other_targets(policy):
+    assert policy.decide("MERGE INTO history USING src s ON history.id = s.id WHEN MATCHED THEN DELETE").action \
+        is Action.MATERIALIZE  # a parent's shadow: the branch's own overlay first
+    assert policy.decide("MERGE INTO fresh USING src s ON fresh.id = s.id WHEN MATCHED THEN DELETE").action \
+        is Action.MATERIALIZE
+    copied = policy.decide("MERGE INTO events e USING src s ON e.id = s.id WHEN MATCHED THEN DELETE")
+    assert copied.action is Action.FORWARD and copied.tags == ()  # a copied (keyless) table: PostgreSQL merges
+    temp = policy.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE", frozenset({"t"}))
+    assert temp.action is Action.FORWARD
+
+
+def test_texts_that_differ_in_numbers_share_one_rewrite_template(policy):
+    first = "MERGE INTO t USING (VALUES (1, 2)) s(id, x) ON t.id = s.id WHEN MATCHED AND s.x > 3 THEN DELETE"
+    second = "MERGE INTO t USING (VALUES (10, 20)) s(id, x) ON t.id = s.id WHEN MATCHED AND s.x > 30 THEN DELETE"
+    policy.decide(first)
+    hits = policy.metrics.rewrite_cache["hit"]
+    decision = policy.decide(second)
+    assert policy.metrics.rewrite_cache["hit"] == hits + 1
+    assert decision == BranchPolicy(LAYOUT, Metrics()).decide(second)
+    assert decision.sql.count("(VALUES (10, 20))") == 2 and "(s.x > 30)" in decision.sql
+
+
+def test_the_shape_of_a_merge():
+    (st,) = analyze("WITH w AS (SELECT 1) MERGE INTO public.t AS a USING w ON ((a.id) = 1)"
+                    " WHEN MATCHED AND a.p > 0 THEN UPDATE SET x = 1 WHEN NOT MATCHED THEN INSERT (id, x)"
+                    " VALUES (1, DEFAULT) WHEN MATCHED THEN DO NOTHING")
+    shape = merge_shape(st)
+    assert (shape.relation.schema, shape.relation.name, shape.alias, shape.has_with) == ("public", "t", "a", True)
+    assert [(c.matched, c.action, c.has_condition) for c in shape.clauses] == [
+        (True, "update", True), (False, "insert", False), (True, "nothing", False)]
+    assert shape.clauses[1].insert_columns == 2 and shape.clauses[1].defaults == (False, True)
+    assert st.location + shape.condition_at > 0 and merge_shape(analyze("SELECT 1")[0]) is None
