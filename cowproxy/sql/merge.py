@@ -10,7 +10,7 @@ PostgreSQL 15 and 16 cannot MERGE into a view. So
 
 is sent as
 
-    WITH cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN (SELECT 1 UNION ALL SELECT 1) END AS e
+    WITH cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN B.cowproxy_raise('21000', ...) END AS e
                            FROM src AS s JOIN t AS "a" ON (a.id = s.id)
                           WHERE (CASE WHEN (a.p = 1) THEN 1 ELSE 2 END) IN (1, 2) GROUP BY "a"."id"),
          cowproxy_m1 AS (UPDATE t AS "a" SET x = s.x FROM src AS s
@@ -34,9 +34,8 @@ and DELETE.
 A target row that two source rows would UPDATE or DELETE: PostgreSQL raises 21000
 (`MERGE command cannot affect row a second time`) where UPDATE ... FROM would quietly
 take one. `cowproxy_m0` counts, per target key, the pairs that take an UPDATE or DELETE
-clause and, for a key counted twice, evaluates a scalar subquery that returns two rows:
-21000 too, with PostgreSQL's message for that (`more than one row returned by a
-subquery used as an expression`). When no clause of a kind acts, a CTE that returns
+clause and, for a key counted twice, calls the overlay schema's `cowproxy_raise`
+(branch/sink.py): 21000 with PostgreSQL's message and hint. When no clause of a kind acts, a CTE that returns
 nothing still carries that kind's conditions, so every `$n` of the statement is in the
 text sent (with the type it had).
 
@@ -53,6 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cowproxy.branch.sink import raise_call
 from cowproxy.sql.analyze import MergeClause, MergeShape, Refusal, Statement
 from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
 from cowproxy.sql.upsert import ShadowTable
@@ -64,7 +64,6 @@ _OPEN_PAREN = "ASCII_40"
 _OPEN = frozenset({"ASCII_40", "ASCII_91", "CASE"})      # ( [ CASE
 _CLOSE = frozenset({"ASCII_41", "ASCII_93", "END_P"})    # ) ] END
 _MODIFY = frozenset({"update", "delete"})
-_CARDINALITY_ERROR = "(SELECT 1 UNION ALL SELECT 1)"
 """A scalar subquery returning two rows: evaluating it raises 21000."""
 
 
@@ -293,7 +292,9 @@ def _statement(ctes: str, target: str, alias: str, source: str, on: str, clauses
             else:
                 where = f" WHERE ({_choice(matched)}) IN ({', '.join(map(str, modifying))})"
             key = ", ".join(f"{alias}.{quote_ident(c)}" for c in table.key)
-            parts.append(f"cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN {_CARDINALITY_ERROR} END AS e"
+            second_time = raise_call(sink, "21000", "MERGE command cannot affect row a second time",
+                                     "Ensure that not more than one source row matches any one target row.")
+            parts.append(f"cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN {second_time} END AS e"
                          f" FROM {source} JOIN {target_as} ON ({on}){where} GROUP BY {key})")
             reads.append("SELECT FROM cowproxy_m0 WHERE e IS NOT NULL")
         else:

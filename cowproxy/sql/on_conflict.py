@@ -38,9 +38,8 @@ SELECT FROM cowproxy_inserted UNION ALL SELECT FROM cowproxy_updated` (branch/si
 which counts the rows and keeps none: `INSERT 0 n` as is.
 
 The same arbiter value proposed twice is PostgreSQL's 21000 ("ON CONFLICT DO UPDATE
-command cannot affect row a second time"); here a scalar subquery over the proposal
-that then returns two rows raises 21000 ("more than one row returned by a subquery used
-as an expression") before anything is written.
+command cannot affect row a second time"), raised with its message and hint by the
+overlay schema's `cowproxy_raise` (branch/sink.py) before anything is written.
 
 What this cannot mean exactly is refused (`refusal`): EXCLUDED of a column the INSERT
 does not list (PostgreSQL gives it the column's default, computed only by the insert),
@@ -55,6 +54,7 @@ from __future__ import annotations
 
 from cowproxy.sql.analyze import ConflictUpdateShape, OnConflict, Refusal, Statement
 from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
+from cowproxy.branch.sink import raise_call
 from cowproxy.sql.upsert import ShadowTable, clause_end
 
 INSERT_TAG = "INSERT"
@@ -96,9 +96,9 @@ def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTabl
     if table is None or len(table.types) != len(table.columns):
         return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE is not supported on this branch's "
                                        f'overlay of "{name}"', "Reset the branch: cowproxy branch reset NAME.")
-    if not shape.returning and not has_sink:
-        return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE without RETURNING needs a branch made "
-                                       "by a newer cowproxy", "Reset the branch: cowproxy branch reset NAME.")
+    if not has_sink:
+        return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE needs a branch made by a newer cowproxy",
+                       "Reset the branch: cowproxy branch reset NAME.")
     for column in shape.columns or ():
         if column not in table.columns:
             return Refusal("42703", f'column "{column}" of relation "{name}" does not exist')
@@ -224,9 +224,12 @@ def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdate
     match = " AND ".join(f"{alias}.{quote_ident(c)} = excluded.{quote_ident(c)}" for c in arbiter)
     dup = f"{quote_ident('cowproxy_dup')}"
     not_null = " AND ".join(f"{dup}.{quote_ident(c)} IS NOT NULL" for c in arbiter)
-    twice = (f"(SELECT true FROM {PROPOSED} AS {dup}, (VALUES (1), (2)) AS cowproxy_twice (n)"
-             f" WHERE {not_null} GROUP BY {', '.join(f'{dup}.{quote_ident(c)}' for c in arbiter)}, cowproxy_twice.n"
-             f" HAVING count(*) > 1) IS NULL")
+    second_time = raise_call(sink, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time",
+                             "Ensure that no rows proposed for insertion within the same command have duplicate "
+                             "constrained values.")
+    twice = (f"NOT EXISTS (SELECT FROM {PROPOSED} AS {dup}"
+             f" WHERE {not_null} GROUP BY {', '.join(f'{dup}.{quote_ident(c)}' for c in arbiter)}"
+             f" HAVING CASE WHEN count(*) > 1 THEN {second_time} ELSE false END)")
     text = (
         f"{'WITH ' if not with_text else with_text}{PROPOSED} ({_names(columns)}) AS MATERIALIZED ({proposal}),"
         f" {INSERTED} AS (INSERT INTO {skip} AS {alias} ({_names(inserted)}){overriding}"

@@ -468,6 +468,31 @@ async def test_insert_on_conflict_do_update_in_every_protocol(proxy, admin, bran
     assert await production_state(admin) == before
 
 
+async def test_a_row_affected_a_second_time_gets_postgres_own_error(proxy, admin, branches):
+    """An upsert proposing one key twice, and a MERGE matching one target row twice: on
+    a changed table too, PostgreSQL's 21000 with its message and hint, and nothing
+    written (the rewrites raise it through the overlay schema's cowproxy_raise)."""
+    before = await production_state(admin)
+    conn = await on(proxy, await branches())
+    try:
+        await conn.execute("UPDATE customers SET name = 'changed' WHERE id = 2")
+        with pytest.raises(asyncpg.CardinalityViolationError) as upsert:
+            await conn.execute("INSERT INTO customers (id, email, name) VALUES (2, 'a@x.io', 'a'), (2, 'b@x.io', 'b')"
+                               " ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+        assert upsert.value.args[0] == "ON CONFLICT DO UPDATE command cannot affect row a second time"
+        assert upsert.value.hint == ("Ensure that no rows proposed for insertion within the same command have "
+                                     "duplicate constrained values.")
+        with pytest.raises(asyncpg.CardinalityViolationError) as merge:
+            await conn.execute("MERGE INTO customers c USING (VALUES (2), (2)) s(id) ON c.id = s.id"
+                               " WHEN MATCHED THEN UPDATE SET name = 'merged'")
+        assert merge.value.args[0] == "MERGE command cannot affect row a second time"
+        assert merge.value.hint == "Ensure that not more than one source row matches any one target row."
+        assert await conn.fetchval("SELECT name FROM customers WHERE id = 2") == "changed"
+    finally:
+        await conn.close()
+    assert await production_state(admin) == before
+
+
 @pytest.mark.parametrize("sql, feature", [
     ("WITH u AS (INSERT INTO customers (id, email) VALUES (1, 'u@x.io') ON CONFLICT (id) DO UPDATE"
      " SET email = excluded.email RETURNING id) SELECT * FROM u", "ON CONFLICT DO UPDATE"),
