@@ -59,7 +59,7 @@ from cowproxy.sql.upsert import ShadowTable, clause_end
 
 INSERT_TAG = "INSERT"
 
-PROPOSED, INSERTED, UPDATED = "cowproxy_proposed", "cowproxy_inserted", "cowproxy_updated"
+PROPOSED, INSERTED, UPDATED, LOST = "cowproxy_proposed", "cowproxy_inserted", "cowproxy_updated", "cowproxy_lost"
 
 _COMMA, _SEMICOLON = "ASCII_44", "ASCII_59"
 _OPEN, _CLOSE = frozenset({"ASCII_40", "ASCII_91"}), frozenset({"ASCII_41", "ASCII_93"})
@@ -235,14 +235,33 @@ def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdate
         f" {INSERTED} AS (INSERT INTO {skip} AS {alias} ({_names(inserted)}){overriding}"
         f" SELECT {_names(inserted)} FROM {PROPOSED} WHERE {twice} RETURNING {alias}.*),"
         f" {UPDATED} AS (UPDATE {view} AS {alias} SET {set_list} FROM {PROPOSED} AS excluded WHERE {match}"
-        + (f" AND ({condition})" if condition else "") + f" RETURNING {alias}.*) "
+        + (f" AND ({condition})" if condition else "") + f" RETURNING {alias}.*),"
+        f" {_lost(view, arbiter, sink)} "
     )
     if returning:
         text += (f"SELECT {returning} FROM (SELECT * FROM {INSERTED} UNION ALL SELECT * FROM {UPDATED})"
-                 f" AS {alias}")
+                 f" AS {alias} WHERE NOT EXISTS (SELECT FROM {LOST})")
     else:
-        text += f"INSERT INTO {sink} SELECT FROM {INSERTED} UNION ALL SELECT FROM {UPDATED}"
+        text += f"INSERT INTO {sink} SELECT FROM {INSERTED} UNION ALL SELECT FROM {UPDATED} UNION ALL SELECT FROM {LOST}"
     return Splice(tokens[0][0], tokens[-1][1], text)
+
+
+def _lost(view: str, arbiter: tuple[str, ...], sink: str) -> str:
+    """The CTE that fails the statement (40001) if a proposed row was neither inserted
+    nor updatable: the skip view's trigger saw it conflict with a row a concurrent
+    transaction committed while the insert waited, which the UPDATE's snapshot cannot
+    see. PostgreSQL would wait and update that row; silently doing neither is not an
+    option, and 40001 is what drivers and ORMs retry."""
+    def same(left: str) -> str:
+        return " AND ".join(f"{left}.{quote_ident(c)} = p.{quote_ident(c)}" for c in arbiter)
+
+    concurrent = raise_call(sink, "40001", "could not serialize access due to concurrent update",
+                            "Another transaction inserted a row with the same key meanwhile: retry the statement.")
+    given = " AND ".join(f"p.{quote_ident(c)} IS NOT NULL" for c in arbiter)
+    return (f"{LOST} AS (SELECT FROM {PROPOSED} AS p WHERE {given}"
+            f" AND NOT EXISTS (SELECT FROM {INSERTED} AS i WHERE {same('i')})"
+            f" AND NOT EXISTS (SELECT FROM {view} AS v WHERE {same('v')})"
+            f" HAVING CASE WHEN count(*) > 0 THEN {concurrent} ELSE false END)")
 
 
 def _names(columns: list[str] | tuple[str, ...]) -> str:

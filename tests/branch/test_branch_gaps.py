@@ -468,6 +468,29 @@ async def test_insert_on_conflict_do_update_in_every_protocol(proxy, admin, bran
     assert await production_state(admin) == before
 
 
+async def test_an_upsert_racing_a_concurrent_insert_of_its_key_fails_loudly(proxy, branches):
+    """SPEC §5.5, §8: an upsert whose new key another transaction inserts (and commits)
+    while the upsert waits for it. PostgreSQL would then update that row; the branch's
+    rewrite cannot see it from its snapshot, and rather than neither insert nor update
+    it, fails with 40001 (retryable). If the other transaction rolls back, the upsert
+    inserts, as on PostgreSQL."""
+    first, second = await two_writers(proxy, branches, touched_before=False)
+    upsert = "INSERT INTO accounts (id, owner, balance) VALUES ({}, 'u', 7) ON CONFLICT (id) DO UPDATE SET balance = 8"
+    try:
+        outcome = await race(first, second, "INSERT INTO accounts (id, owner, balance) VALUES (900, 'f', 1)", upsert.format(900))
+        assert isinstance(outcome, asyncpg.SerializationError), outcome
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 900") == 1
+        assert await second.execute(upsert.format(900)) == "INSERT 0 1"  # retried: updates, as on PostgreSQL
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 900") == 8
+        outcome = await race(first, second, "INSERT INTO accounts (id, owner, balance) VALUES (901, 'f', 1)", upsert.format(901),
+                             commit=False)
+        assert outcome == "INSERT 0 1"
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 901") == 7
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_a_row_affected_a_second_time_gets_postgres_own_error(proxy, admin, branches):
     """An upsert proposing one key twice, and a MERGE matching one target row twice: on
     a changed table too, PostgreSQL's 21000 with its message and hint, and nothing

@@ -28,6 +28,16 @@ def _dup_check(column: str) -> str:
             f' have duplicate constrained values.\') ELSE false END)')
 
 
+def _lost(column: str) -> str:
+    """The check that fails with 40001 when a concurrent insert made a row neither insertable nor updatable."""
+    return (f'cowproxy_lost AS (SELECT FROM cowproxy_proposed AS p WHERE p."{column}" IS NOT NULL'
+            f' AND NOT EXISTS (SELECT FROM cowproxy_inserted AS i WHERE i."{column}" = p."{column}")'
+            f' AND NOT EXISTS (SELECT FROM {VIEW} AS v WHERE v."{column}" = p."{column}")'
+            f' HAVING CASE WHEN count(*) > 0 THEN "{SCHEMA}".cowproxy_raise(\'40001\', \'could not serialize access'
+            f' due to concurrent update\', \'Another transaction inserted a row with the same key meanwhile: retry'
+            f' the statement.\') ELSE false END)')
+
+
 @pytest.fixture
 def policy() -> BranchPolicy:
     return BranchPolicy(LAYOUT, Metrics())
@@ -43,8 +53,9 @@ def test_values_with_alias_parameters_where_and_returning(policy):
         f' cowproxy_inserted AS (INSERT INTO "{SCHEMA}"."t$skip(k)" AS "a" ("k", "c")'
         f' SELECT "k", "c" FROM cowproxy_proposed WHERE {_dup_check("k")} RETURNING "a".*),'
         f' cowproxy_updated AS (UPDATE {VIEW} AS "a" SET c = EXCLUDED.c || a.c FROM cowproxy_proposed AS excluded'
-        ' WHERE "a"."k" = excluded."k" AND (a.c <> \'z\') RETURNING "a".*)'
-        ' SELECT a.k, a.c FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"')
+        f' WHERE "a"."k" = excluded."k" AND (a.c <> \'z\') RETURNING "a".*), {_lost("k")}'
+        ' SELECT a.k, a.c FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"'
+        ' WHERE NOT EXISTS (SELECT FROM cowproxy_lost)')
 
 
 def test_without_returning_the_rows_go_to_the_sink_and_the_tag_stays(policy):
@@ -57,8 +68,9 @@ def test_without_returning_the_rows_go_to_the_sink_and_the_tag_stays(policy):
         f' cowproxy_inserted AS (INSERT INTO "{SCHEMA}"."t$skip[t_c_key]" AS "t" ("k", "c", "n")'
         f' SELECT "k", "c", "n" FROM cowproxy_proposed WHERE {_dup_check("c")} RETURNING "t".*),'
         f' cowproxy_updated AS (UPDATE {VIEW} AS "t" SET n = t.n + excluded.n FROM cowproxy_proposed AS excluded'
-        ' WHERE "t"."c" = excluded."c" RETURNING "t".*)'
-        f' INSERT INTO {SINK} SELECT FROM cowproxy_inserted UNION ALL SELECT FROM cowproxy_updated;')
+        f' WHERE "t"."c" = excluded."c" RETURNING "t".*), {_lost("c")}'
+        f' INSERT INTO {SINK} SELECT FROM cowproxy_inserted UNION ALL SELECT FROM cowproxy_updated'
+        ' UNION ALL SELECT FROM cowproxy_lost;')
 
 
 def test_a_select_is_the_proposal_and_the_inserts_own_with_comes_first(policy):
@@ -70,7 +82,7 @@ def test_a_select_is_the_proposal_and_the_inserts_own_with_comes_first(policy):
         ' (SELECT k, (current_setting(\'cowproxy.client_user\')::name) AS "current_user" FROM s)'
         ' AS "cowproxy_source" ("k", "label")),')
     assert decision.sql.endswith('SELECT * FROM (SELECT * FROM cowproxy_inserted UNION ALL'
-                                 ' SELECT * FROM cowproxy_updated) AS "t"')
+                                 ' SELECT * FROM cowproxy_updated) AS "t" WHERE NOT EXISTS (SELECT FROM cowproxy_lost)')
     assert decision.tags == ("INSERT",)
 
 
@@ -86,7 +98,7 @@ def test_each_statement_of_a_multi_statement_query_gets_its_tag(policy):
                              " INSERT INTO t (k) VALUES (2) ON CONFLICT (k) DO UPDATE SET c = 'b'")
     assert decision.tags == (None, "INSERT", None)
     assert decision.sql.startswith("SELECT 1; WITH cowproxy_proposed")
-    assert decision.sql.count("WITH cowproxy_proposed") == 2 and decision.sql.endswith("cowproxy_updated")
+    assert decision.sql.count("WITH cowproxy_proposed") == 2 and decision.sql.endswith("UNION ALL SELECT FROM cowproxy_lost")
 
 
 def test_numbers_only_variants_share_a_template_and_keep_their_values(policy):
