@@ -58,7 +58,8 @@ class BranchRouter:
         async def materialize(decision: Decision) -> None:
             await self.registry.materialize(state, decision)
 
-        return StatementGate(state.policy, stats, version=lambda: state.version, materialize=materialize)
+        return StatementGate(state.policy, stats, version=lambda: state.version, materialize=materialize,
+                             autoprepare=True)
 
 
 def _search_path_sql(state: BranchState) -> str:

@@ -11,18 +11,24 @@ slow path (`translate`), a coroutine that may wait for the control plane.
 Refusals are executed upstream, not answered by the proxy: the statement is replaced
 by a `DO` block that raises the refusal's SQLSTATE and message. So the error arrives in
 its place in a pipeline, and the upstream transaction fails exactly as it would have.
+
+On a branch a `Parse ""` of a statement over a shadow is prepared under a name of the
+proxy's own, and the Binds and Describes of the unnamed statement renamed to it
+(`autoprepared`, proxy/autoprepare.py): PostgreSQL then stops parsing and planning the
+shadow views for every execution.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, Sequence
 
 from cowproxy import logs
-from cowproxy.protocol.messages import PARSE, QUERY, encode_parse, encode_query
+from cowproxy.protocol.messages import BIND, CLOSE, DESCRIBE, PARSE, QUERY, encode_parse, encode_query
+from cowproxy.proxy.autoprepare import AutoPrepared
 from cowproxy.sql.analyze import Refusal
-from cowproxy.sql.policy import Action, Decision
+from cowproxy.sql.policy import Action, Decision, Prepared
 from cowproxy.sql.rewrite import quote_literal
 
 _PARSE_HEAD = struct.Struct("!h")
@@ -81,7 +87,8 @@ class StatementGate:
 
     def __init__(self, policy: StatementPolicy, statements: dict[tuple[str, str], int],
                  version: Callable[[], int] = lambda: 0,
-                 materialize: Callable[[Decision], Awaitable[None]] | None = None) -> None:
+                 materialize: Callable[[Decision], Awaitable[None]] | None = None,
+                 autoprepare: bool = False) -> None:
         self.policy = policy
         self.temp_tables: frozenset[str] = frozenset()
         self._statements = statements
@@ -91,6 +98,8 @@ class StatementGate:
         self.rewrites: list[tuple[int, bytes, tuple[str | None, ...]]] = []
         """After `scan`: (frame index, bytes to send instead, command tags to show) of
         the frames before the cut that are rewritten rather than forwarded."""
+        self.autoprepared: AutoPrepared | None = AutoPrepared() if autoprepare else None
+        """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
 
     @property
     def current_version(self) -> int:
@@ -103,38 +112,82 @@ class StatementGate:
 
     def scan(self, buf: bytes, frames: list[tuple[int, int, int]]) -> int:
         """Decide frames while they are plain forwards or immediate rewrites (listed in
-        `rewrites`); return the index of the first frame that needs the slow path, or
-        len(frames)."""
+        `rewrites`, with the frames auto-prepare renames); return the index of the first
+        frame that needs the slow path, or len(frames)."""
         if self.rewrites:
             self.rewrites = []
         if self.plans_stale:
             return 0  # the slow path discards cached plans first
         policy, temps, stats, label = self.policy, self.temp_tables, self._statements, self.policy.label
+        prepared = self.autoprepared
         for index, (msg_type, start, end) in enumerate(frames):
             if msg_type != QUERY and msg_type != PARSE:
+                if prepared is not None and prepared.alias is not None and (
+                        msg_type == BIND or msg_type == DESCRIBE or msg_type == CLOSE):
+                    renamed = prepared.rename(msg_type, buf, start, end)
+                    if renamed is not None:
+                        self.rewrites.append((index, renamed, ()))
                 continue
             sql = frame_sql(msg_type, buf, start, end)
             if sql is None:
+                if prepared is not None and (msg_type == QUERY or start < end and buf[start] == 0):
+                    prepared.alias = None
                 continue
             decision = policy.decide(sql, temps)
             if decision.creates_temp:
                 return index
             if decision.action is Action.REWRITE:
-                self.rewrites.append((index, _rewritten(msg_type, buf, start, end, decision), decision.tags))
+                out = None
+                if prepared is not None:
+                    out = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                if out is None:
+                    out = _rewritten(msg_type, buf, start, end, decision)
+                self.rewrites.append((index, out, decision.tags))
             elif decision.action is not Action.FORWARD:
                 return index
+            elif prepared is not None and (prepared.alias is not None or decision.preparable or decision.prepared):
+                out = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                if out is not None:
+                    self.rewrites.append((index, out, ()))
             stats[(label, decision.kind)] += 1
         return len(frames)
+
+    @staticmethod
+    def _unnamed(prepared: AutoPrepared, msg_type: int, buf: bytes, start: int, end: int, sql: str,
+                 decision: Decision, chunk: Sequence[tuple[int, int, int]], index: int) -> bytes | None:
+        """Auto-prepare bookkeeping for a Query or Parse frame (client text `sql`) going
+        upstream; the frame to send instead of a `Parse ""` of a statement over a shadow,
+        or None. `chunk[:index]`: the frames before it that the relay has not accounted
+        yet (the fast path's chunk)."""
+        if decision.prepared:
+            prepared.forget(decision.prepared is Prepared.DROPPED)
+        if msg_type == PARSE and buf[start] == 0:
+            if decision.preparable and decision.action is Action.REWRITE:
+                assert decision.sql is not None
+                return prepared.parse(decision.sql, buf, start, end, chunk, index)
+            if decision.preparable and decision.action is Action.FORWARD:
+                return prepared.parse(sql, buf, start, end, chunk, index)
+            prepared.alias = None
+        elif msg_type == QUERY:
+            prepared.alias = None  # a simple Query destroys the unnamed statement
+        return None
 
     async def translate(self, msg_type: int, buf: bytes, start: int, end: int) -> tuple[bytes, tuple[str | None, ...]]:
         """The bytes to send upstream for one frame (slow path; may wait for the
         control plane to create overlays), and the command tags the client must see
         instead of PostgreSQL's, one per statement (`Decision.tags`; usually none)."""
         raw = bytes(buf[start - 5:end])
+        prepared = self.autoprepared
         if msg_type != QUERY and msg_type != PARSE:
+            if prepared is not None and prepared.alias is not None:
+                renamed = prepared.rename(msg_type, buf, start, end)
+                if renamed is not None:
+                    return renamed, ()
             return raw, ()
         sql = frame_sql(msg_type, buf, start, end)
         if sql is None:
+            if prepared is not None and (msg_type == QUERY or start < end and buf[start] == 0):
+                prepared.alias = None
             return raw, ()
         decision = self.policy.decide(sql, self.temp_tables)
         if decision.action is Action.MATERIALIZE and self._materialize is not None:
@@ -150,10 +203,14 @@ class StatementGate:
                     logs.event("overlay_still_missing", logging.WARNING, branch=self.policy.label,
                                tables=[f"{r.schema}.{r.name}" for r in decision.materialize],
                                layout_version=self.current_version)
-                    decision = Decision(Action.FORWARD, decision.kind)
+                    decision = Decision(Action.FORWARD, decision.kind, prepared=decision.prepared)
         self._statements[(self.policy.label, decision.kind)] += 1
         if decision.creates_temp:
             self.temp_tables = self.temp_tables | frozenset(decision.creates_temp)
+        if prepared is not None:
+            out = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, (), 0)
+            if out is not None:
+                return out, decision.tags
         if decision.action is Action.REWRITE:
             return _rewritten(msg_type, buf, start, end, decision), decision.tags
         if decision.action is Action.REFUSE:

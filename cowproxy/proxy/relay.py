@@ -98,6 +98,8 @@ class Relay:
         self.copy_syncs = 0                      # Syncs since the last Execute/Query, before CopyDone
         self.copy_end_sent = False               # CopyDone/CopyFail sent since the last Execute/Query
         self.cycle_failed = False                # an ErrorResponse came since the last ReadyForQuery
+        self.failed_since_idle = False           # an ErrorResponse came since pending_ready was last 0
+        self.statement_gone = False              # ... saying a prepared statement is gone or changed (26000, 0A000)
         self.editor: Any = None                  # ResponseEditor, while rewritten statements' tags need editing
         self.idle_editor: Any = None             # the same editor between engagements (made once)
         self.error_filter: Any = None            # (chunk, events) -> chunk: the route's error rewrites
@@ -288,13 +290,24 @@ class Relay:
                 self.copy_in = not self.copy_end_sent
             else:
                 self.cycle_failed = True
+                self.failed_since_idle = True
                 fields = decode_error_fields(body)
                 self.errors[fields.sqlstate] += 1
+                if fields.sqlstate == "26000" or fields.sqlstate == "0A000":
+                    self.statement_gone = True
                 if fields.severity == "FATAL" or fields.severity == "PANIC":
                     self.fatal_relayed = True
 
     def request_done(self, t0: float) -> None:
-        """The upstream answered everything sent: wake a waiter, record the latency."""
+        """The upstream answered everything sent: settle the gate's auto-prepared
+        statements (proxy/autoprepare.py), wake a waiter, record the latency."""
+        gate = self.gate
+        if gate is not None:
+            prepared = gate.autoprepared
+            if prepared is not None:
+                prepared.settle(self.failed_since_idle, self.statement_gone, self.mid_extended)
+        self.failed_since_idle = False
+        self.statement_gone = False
         waiter = self.idle_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -602,6 +602,8 @@ class ClientSession(asyncio.Protocol):
         relay = self.relay
         if self.route is not None and self.route.gate is not None:
             relay.gate = self.route.gate(self._stats)
+            if relay.gate.autoprepared is not None:
+                relay.gate.autoprepared.relay = relay  # reads pending_ready and tx_status
         if self.route is not None:
             relay.error_filter = self.route.error_filter
         relay.tx_status = rfq_body[:1]

@@ -232,6 +232,7 @@ class Statement:
     location: int = 0                      # byte span of the statement in the SQL string
     length: int = 0                        # 0: to the end of the string
     update_target: Relation | None = None  # a top-level UPDATE's table
+    drops_prepared: str = ""               # "all": DISCARD ALL, DEALLOCATE ALL; "one": DEALLOCATE name
     body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's or MERGE's parse tree
 
 
@@ -294,6 +295,11 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
     search_path_at = -1
     if node == "VariableSetStmt" and body.get("name") == "search_path" and body.get("kind") == "VAR_SET_VALUE":
         search_path_at = min((_location(arg) for arg in body.get("args", [])), default=-1)
+    drops_prepared = ""
+    if node == "DeallocateStmt":
+        drops_prepared = "all" if body.get("isall") or not body.get("name") else "one"
+    elif node == "DiscardStmt" and body.get("target") == "DISCARD_ALL":
+        drops_prepared = "all"
     truncate = None
     if node == "TruncateStmt":
         truncate = Truncate(tuple(_relation(r["RangeVar"]) for r in body.get("relations", [])),
@@ -310,7 +316,7 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
                                      for location, name in walker.runtime_sequence_calls),
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
-        body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt") else None,
+        body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt") else None, drops_prepared=drops_prepared,
     )
 
 

@@ -42,6 +42,15 @@ class Action(enum.Enum):
     MATERIALIZE = "materialize"
 
 
+class Prepared(enum.IntEnum):
+    """What a statement does to the session's server-side prepared statements, which
+    the gate makes of rewritten unnamed statements (proxy/autoprepare.py)."""
+
+    KEPT = 0
+    STALE = 1      # DDL, DEALLOCATE name: one may be gone, or return other columns
+    DROPPED = 2    # DISCARD ALL, DEALLOCATE ALL: all are gone
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: Action
@@ -55,6 +64,10 @@ class Decision:
     keeps PostgreSQL's, "UPDATE" shows `UPDATE n` with PostgreSQL's row count (an UPDATE
     sent as INSERT ... ON CONFLICT answers `INSERT 0 n`), "INSERT" shows `INSERT 0 n` (an
     upsert with RETURNING sent as a SELECT answers `SELECT n`); () when nothing needs editing."""
+    prepared: Prepared = Prepared.KEPT
+    preparable: bool = False
+    """One plannable statement over a shadow (or the branch's own tables): worth a
+    server-side prepared statement when the client sends it unnamed (proxy/autoprepare.py)."""
 
 
 FORWARD_PASSTHROUGH = Decision(Action.FORWARD, "passthrough")
@@ -183,7 +196,8 @@ class RewriteTemplate:
         numbers = [sql[start:end] for start, end in spans]
         d = self.decision  # field by field: dataclasses.replace costs more than the join
         return Decision(action=d.action, kind=d.kind, sql="".join(p if isinstance(p, str) else numbers[p] for p in self.parts),
-                        refusal=d.refusal, materialize=d.materialize, creates_temp=d.creates_temp, tags=d.tags)
+                        refusal=d.refusal, materialize=d.materialize, creates_temp=d.creates_temp, tags=d.tags,
+                        prepared=d.prepared, preparable=d.preparable)
 
 
 class DecisionCache:
@@ -336,7 +350,8 @@ class BranchPolicy:
                 if self._needs_overlay(rel, temp_tables):
                     missing.append(rel)
         if missing:
-            return Decision(Action.MATERIALIZE, "write", materialize=tuple(dict.fromkeys(missing)))
+            return Decision(Action.MATERIALIZE, "write", materialize=tuple(dict.fromkeys(missing)),
+                            prepared=_prepared_effect(statements))
         for st in statements:
             refusal = self._shadow_refusal(st, temp_tables)
             if refusal:
@@ -345,11 +360,15 @@ class BranchPolicy:
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
-        kind = _kind_label(statements, touches_overlay=bool(splices) or self._touches_overlay(statements))
+        touches_overlay = bool(splices) or self._touches_overlay(statements)
+        kind = _kind_label(statements, touches_overlay)
         temps = tuple(name for st in statements for name in st.creates_temp)
+        prepared = _prepared_effect(statements)
+        preparable = touches_overlay and len(statements) == 1 and _plannable(statements[0])
         if splices:
-            return Decision(Action.REWRITE, kind, sql=apply(sql, splices), creates_temp=temps, tags=tags)
-        return Decision(Action.FORWARD, kind, creates_temp=temps)
+            return Decision(Action.REWRITE, kind, sql=apply(sql, splices), creates_temp=temps, tags=tags,
+                            prepared=prepared, preparable=preparable)
+        return Decision(Action.FORWARD, kind, creates_temp=temps, prepared=prepared, preparable=preparable)
 
     def _needs_overlay(self, rel: Relation, temp_tables: frozenset[str]) -> bool:
         """A written production table without an overlay in the branch's *own* schema
@@ -718,6 +737,23 @@ def user_function_splices(sql: str, statements: list[Statement], spans: NameSpan
 
 def _skip_view(table: tuple[str, str], oc: OnConflict) -> str:
     return skip_view_name(*table, columns=oc.columns, constraint=oc.constraint)
+
+
+_PLANNABLE_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
+
+
+def _plannable(st: Statement) -> bool:
+    """A query PostgreSQL plans (not a utility statement, not SELECT INTO)."""
+    return st.node in _PLANNABLE_NODES and (st.kind is Kind.READ or st.kind is Kind.WRITE) and not st.creates_temp \
+        and not st.creates
+
+
+def _prepared_effect(statements: list[Statement]) -> Prepared:
+    if any(st.drops_prepared == "all" for st in statements):
+        return Prepared.DROPPED
+    if any(st.drops_prepared or st.kind is Kind.DDL for st in statements):
+        return Prepared.STALE
+    return Prepared.KEPT
 
 
 def _kind_label(statements: list[Statement], touches_overlay: bool) -> str:

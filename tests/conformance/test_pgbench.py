@@ -61,6 +61,17 @@ def run_pgbench(pg, port: int, dbname: str, *args: str) -> subprocess.CompletedP
         capture_output=True, text=True, timeout=240)
 
 
+async def pgbench_production(pg, admin: asyncpg.Connection, template: str, production: str,
+                             tablespace: str | None = None) -> None:
+    """Database `template` loaded by `pgbench -i -s 1`, and `production` made from it."""
+    where = f' TABLESPACE "{tablespace}"' if tablespace else ""
+    await admin.execute(f'CREATE DATABASE "{template}"{where}')
+    init = run_pgbench(pg, pg.port, template, "-i", "-s", "1", "-q")
+    assert init.returncode == 0, init.stderr
+    await close_to_connections(admin, template)
+    await admin.execute(f'CREATE DATABASE "{production}" TEMPLATE "{template}"')
+
+
 def pgbench_counts(output: str) -> dict[str, int]:
     """What pgbench's summary reports: transactions processed, failed, retried."""
     assert "number of transactions actually processed" in output, output
@@ -89,13 +100,8 @@ async def bench(pg):
     try:
         await drop_leftovers(admin, PREFIX)
         async with memory_tablespace(pg, admin, f"{PREFIX}space") as tablespace:
-            where = f' TABLESPACE "{tablespace}"' if tablespace else ""
-            await admin.execute(f'CREATE DATABASE "{TEMPLATE}"{where}')
             try:
-                init = run_pgbench(pg, pg.port, TEMPLATE, "-i", "-s", "1", "-q")
-                assert init.returncode == 0, init.stderr
-                await close_to_connections(admin, TEMPLATE)
-                await admin.execute(f'CREATE DATABASE "{PRODUCTION}" TEMPLATE "{TEMPLATE}"')
+                await pgbench_production(pg, admin, TEMPLATE, PRODUCTION, tablespace)
                 conn = await asyncpg.connect(pg.dsn(PRODUCTION))
                 try:
                     await catalog.ensure_catalog(conn)

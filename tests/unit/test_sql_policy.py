@@ -134,10 +134,11 @@ def test_a_filled_rewrite_template_keeps_every_field_of_its_decision():
     import dataclasses
 
     from cowproxy.sql.analyze import Refusal, Relation
-    from cowproxy.sql.policy import Decision, RewriteTemplate
+    from cowproxy.sql.policy import Decision, Prepared, RewriteTemplate
 
     full = Decision(Action.REWRITE, "write", sql=None, refusal=Refusal("0A000", "m"),
-                    materialize=(Relation("public", "t"),), creates_temp=("tmp",), tags=("UPDATE",))
+                    materialize=(Relation("public", "t"),), creates_temp=("tmp",), tags=("UPDATE",),
+                    prepared=Prepared.STALE, preparable=True)
     assert all(getattr(full, f.name) != f.default for f in dataclasses.fields(Decision) if f.name != "sql")
     filled = RewriteTemplate(full, ("UPDATE t SET n = ", 0)).fill("x 42", [(2, 4)])
     assert filled == dataclasses.replace(full, sql="UPDATE t SET n = 42")

@@ -1,0 +1,180 @@
+"""Server-side prepared statements for a branch session's unnamed statements over shadows.
+
+Why: on a branch a changed table is a shadow view (production UNION ALL the overlay's
+rows), and PostgreSQL parses, rewrites and plans the unnamed statement afresh on every
+Parse: about 137 µs of server CPU per statement over a shadow, so a client that sends
+`Parse ""` for every execution (pgbench -M extended, psycopg without prepare, JDBC
+below prepareThreshold) ran at half the pass-through rate where one that prepares its
+statements kept two thirds. So the gate prepares such statements itself, under names
+of its own, without changing a byte of what the client sees. Which ones:
+`Decision.preparable`, one plannable statement over a shadow, whether the gate rewrites
+it (qualified names, an UPDATE sent as an upsert) or not (unqualified names reach the
+shadow through search_path).
+
+* First sight of such a `Parse ""` (key: the SQL sent upstream, rewritten or not, and
+  the parameter type OIDs): it goes upstream as `Parse "cowproxy_ap_<n>"`. The client
+  gets the one ParseComplete (or the error) it expects. The entry is *pending* until
+  the session is next idle (`settle`): with no ErrorResponse since, the statement
+  exists (confirmed); after one it may not, so the entry is dropped (a statement that
+  did get created stays unused on the server, counted against `LIMIT`).
+* Confirmed: the Parse goes upstream as `Parse "" ""`, an empty statement PostgreSQL
+  answers with ParseComplete and never plans. In a failed transaction the client's
+  Parse would fail with 25P02 where the empty one succeeds; when the upstream may be in
+  one (a request in flight, the last ReadyForQuery said E, or a Sync earlier in the
+  same chunk) it goes as `Parse "" "SELECT"`, which fails exactly like the client's.
+* Either way the client's unnamed statement *is* that server statement (`alias`) until
+  the next Parse of "" or Query (both replace the unnamed statement) or Close of
+  statement "" (forwarded, so a later Bind fails with 26000 as on PostgreSQL); meanwhile
+  Bind and Describe of statement "" are renamed (`rename`).
+
+The session's own prepared statements are untouched; DISCARD ALL and DEALLOCATE drop
+the proxy's too, and DDL may change what they return (a new table can hide another in
+search_path, which PostgreSQL's plan cache does not notice), so such a statement
+empties the map (`forget`; `Decision.prepared` says which). A prepared statement that
+PostgreSQL finds gone (26000) or whose result type changed under it (0A000) empties it
+too, after the one error the client then sees. Never a Close: its CloseComplete would
+reach the client. So the number of statements made is bounded per session (`LIMIT`,
+until a DISCARD ALL / DEALLOCATE ALL); past it, Parses go upstream as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from cowproxy.protocol.messages import BIND, CLOSE, DESCRIBE, FUNCTION_CALL, PARSE, QUERY, SYNC, encode_parse, frame
+
+LIMIT = 256
+"""Statements one session may have made (each holds its query trees and plans in the backend)."""
+
+NAME_PREFIX = "cowproxy_ap_"
+
+_EMPTY_PARSE = encode_parse("", "")
+_FAILING_PARSE = encode_parse("", "SELECT")
+"""Cheap like the empty statement, but refused in a failed transaction like any other."""
+
+_STATEMENT_UNNAMED = b"S\x00"   # Describe / Close body of statement ""
+
+
+class _Entry:
+    __slots__ = ("alias", "confirmed")
+
+    def __init__(self, alias: bytes) -> None:
+        self.alias = alias          # the server statement's name and its zero byte
+        self.confirmed = False
+
+
+class AutoPrepared:
+    """One session's map from rewritten unnamed statements to server statements.
+
+    `relay` is the session's `Relay` (read: `pending_ready`, `tx_status`), attached when
+    the session enters READY."""
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        self.limit = limit
+        self.alias: bytes | None = None
+        """The server statement (name and zero byte) the client's unnamed statement is, or None."""
+        self.relay: Any = None
+        self._entries: dict[tuple[str, bytes], _Entry] = {}
+        self._pending: list[tuple[str, bytes]] = []
+        self._made = 0              # statements made since the last DISCARD ALL / DEALLOCATE ALL
+        self._serial = 0            # never reused: a dropped entry's statement may still exist
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def parse(self, sql: str, buf: bytes, start: int, end: int,
+              chunk: Sequence[tuple[int, int, int]] = (), index: int = 0) -> bytes | None:
+        """The frame to send for a `Parse ""` (body `buf[start:end]`) whose SQL for the
+        upstream is `sql`, or None: send it as `Parse ""` (the alias is cleared then).
+        `chunk[:index]`: frames before it that the relay has not accounted yet."""
+        try:
+            sql_end = buf.index(b"\x00", start + 1, end)
+        except ValueError:
+            self.alias = None
+            return None
+        types = bytes(buf[sql_end + 1:end])
+        key = (sql, types)
+        relay = self.relay
+        entry = self._entries.get(key)
+        if entry is None:
+            if self._made >= self.limit or relay.tx_status == b"E" and not relay.pending_ready:
+                # (in a failed transaction the Parse fails: it would only burn a name)
+                self.alias = None
+                return None
+            self._serial += 1
+            self._made += 1
+            entry = _Entry(f"{NAME_PREFIX}{self._serial}".encode() + b"\x00")
+            self._entries[key] = entry
+            self._pending.append(key)
+            self.alias = entry.alias
+            return frame(PARSE, entry.alias + sql.encode() + b"\x00" + types)
+        if not entry.confirmed:
+            self.alias = None  # its Parse is still unanswered: it may yet fail
+            return None
+        self.alias = entry.alias
+        if relay.pending_ready or relay.tx_status == b"E" or _closes_cycle(chunk, index):
+            return _FAILING_PARSE
+        return _EMPTY_PARSE
+
+    def rename(self, msg_type: int, buf: bytes, start: int, end: int) -> bytes | None:
+        """While `alias` is set: a Bind or Describe of statement "" as the frame naming
+        the server statement instead, or None to forward the frame as it is (a Close of
+        statement "" clears the alias)."""
+        alias = self.alias
+        if alias is None:
+            return None
+        if msg_type == BIND:
+            try:
+                portal_end = buf.index(b"\x00", start, end)
+            except ValueError:
+                return None  # malformed: PostgreSQL refuses it
+            if portal_end + 1 >= end or buf[portal_end + 1] != 0:
+                return None  # a named statement
+            return frame(BIND, bytes(buf[start:portal_end + 1]) + alias + bytes(buf[portal_end + 2:end]))
+        if end - start != 2 or bytes(buf[start:end]) != _STATEMENT_UNNAMED:
+            return None
+        if msg_type == DESCRIBE:
+            return frame(DESCRIBE, b"S" + alias)
+        if msg_type == CLOSE:
+            self.alias = None
+        return None
+
+    def settle(self, error: bool, stale: bool, mid_cycle: bool) -> None:
+        """The session is idle (nothing sent is unanswered, except the messages since
+        the last Sync when `mid_cycle`). `error`: an ErrorResponse came since it was last
+        idle; `stale`: one said a prepared statement is gone or changed its result type."""
+        if stale:
+            self._entries.clear()
+            self._pending.clear()
+            return
+        pending = self._pending
+        if not pending:
+            return
+        if error:
+            for key in pending:
+                self._entries.pop(key, None)
+            pending.clear()
+        elif not mid_cycle:
+            for key in pending:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.confirmed = True
+            pending.clear()
+
+    def forget(self, all_dropped: bool) -> None:
+        """A statement that drops (DISCARD ALL, DEALLOCATE) or may change (DDL) server
+        statements passed the gate: prepare afresh from now on. `all_dropped`: every
+        named statement of the session is gone (DISCARD ALL, DEALLOCATE ALL)."""
+        self._entries.clear()
+        self._pending.clear()
+        if all_dropped:
+            self._made = 0
+
+
+def _closes_cycle(frames: Sequence[tuple[int, int, int]], count: int) -> bool:
+    """Whether one of the first `count` frames ends a request (its answer may leave a failed transaction)."""
+    for i in range(count):
+        msg_type = frames[i][0]
+        if msg_type == SYNC or msg_type == QUERY or msg_type == FUNCTION_CALL:
+            return True
+    return False

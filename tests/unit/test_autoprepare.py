@@ -1,0 +1,235 @@
+"""The statement gate's auto-prepare (proxy/autoprepare.py) on byte frames: which bytes
+go upstream for a client's extended-protocol chunk on a branch, through the fast path
+(`scan`, spliced as `Relay.forward_before` splices) and the slow path (`translate`).
+Integration tests against PostgreSQL: tests/branch/test_autoprepare.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from types import SimpleNamespace
+
+from cowproxy.metrics import Metrics
+from cowproxy.protocol.framing import FrontendFramer
+from cowproxy.protocol.messages import (
+    encode_bind,
+    encode_close,
+    encode_describe,
+    encode_execute,
+    encode_parse,
+    encode_query,
+    encode_sync,
+)
+from cowproxy.proxy.autoprepare import AutoPrepared
+from cowproxy.proxy.gate import StatementGate
+from cowproxy.sql.policy import BranchLayout, BranchPolicy, ProductionPolicy
+
+LAYOUT = BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
+                      overlays={("public", "accounts"): "cowproxy_b_alice"})
+READ = "SELECT * FROM public.accounts WHERE id = $1"
+READ_REWRITTEN = 'SELECT * FROM "cowproxy_b_alice"."accounts" WHERE id = $1'
+PLAIN = "SELECT * FROM public.other WHERE id = $1"
+S = encode_sync()
+
+
+def branch_gate(limit: int = 256) -> tuple[StatementGate, SimpleNamespace]:
+    gate = StatementGate(BranchPolicy(LAYOUT, Metrics()), Counter(), autoprepare=True)
+    assert gate.autoprepared is not None
+    gate.autoprepared.limit = limit
+    relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
+    gate.autoprepared.relay = relay
+    return gate, relay
+
+
+def upstream_bytes(gate: StatementGate, *frames: bytes) -> bytes:
+    """What the fast path sends for one chunk (all frames must pass it)."""
+    buf, parsed = FrontendFramer().feed(b"".join(frames))
+    assert gate.scan(buf, parsed) == len(parsed)
+    pieces, pos = [], 0
+    rewrites = {index: out for index, out, _tags in gate.rewrites}
+    for index, (_type, start, end) in enumerate(parsed):
+        if index in rewrites:
+            pieces += [buf[pos:start - 5], rewrites[index]]
+            pos = end
+    pieces.append(buf[pos:])
+    return b"".join(pieces)
+
+
+def translated(gate: StatementGate, *frames: bytes) -> bytes:
+    """What the slow path sends for the same frames, one at a time."""
+    buf, parsed = FrontendFramer().feed(b"".join(frames))
+
+    async def run() -> bytes:
+        return b"".join([(await gate.translate(t, buf, s, e))[0] for t, s, e in parsed])
+    return asyncio.run(run())
+
+
+def statement(sql: str, types: tuple[int, ...] = ()) -> tuple[bytes, ...]:
+    """pgbench -M extended's frames for one statement."""
+    return (encode_parse("", sql, types), encode_bind("", "", (b"1",)), encode_describe(b"P", ""),
+            encode_execute(""), S)
+
+
+def settle(gate: StatementGate, error: bool = False, stale: bool = False, mid_cycle: bool = False) -> None:
+    assert gate.autoprepared is not None
+    gate.autoprepared.settle(error, stale, mid_cycle)
+
+
+def test_first_sight_prepares_under_a_name_then_confirmed_sends_an_empty_parse():
+    gate, _relay = branch_gate()
+    first = upstream_bytes(gate, *statement(READ))
+    assert first == b"".join((encode_parse("cowproxy_ap_1", READ_REWRITTEN), encode_bind("", "cowproxy_ap_1", (b"1",)),
+                              encode_describe(b"P", ""), encode_execute(""), S))
+    settle(gate)
+    again = upstream_bytes(gate, *statement(READ))
+    assert again == b"".join((encode_parse("", ""), encode_bind("", "cowproxy_ap_1", (b"1",)),
+                              encode_describe(b"P", ""), encode_execute(""), S))
+
+
+def test_a_pending_statement_is_not_used_and_an_error_drops_it():
+    gate, _relay = branch_gate()
+    upstream_bytes(gate, *statement(READ))
+    # Not settled yet (pipelined): the plain rewrite, as without auto-prepare.
+    assert upstream_bytes(gate, *statement(READ)) == b"".join(
+        (encode_parse("", READ_REWRITTEN), encode_bind("", "", (b"1",)), encode_describe(b"P", ""), encode_execute(""), S))
+    settle(gate, error=True)
+    assert upstream_bytes(gate, *statement(READ))[:40].startswith(encode_parse("cowproxy_ap_2", READ_REWRITTEN)[:40])
+    settle(gate, mid_cycle=True)  # frames after the last Sync may still fail: stays pending
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", READ_REWRITTEN))
+    settle(gate)
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", "") + encode_bind("", "cowproxy_ap_2", (b"1",)))
+
+
+def test_where_the_transaction_may_have_failed_the_parse_is_one_that_fails_there_too():
+    gate, relay = branch_gate()
+    upstream_bytes(gate, *statement(READ))
+    settle(gate)
+    relay.tx_status = b"E"
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", "SELECT"))
+    relay.tx_status, relay.pending_ready = b"T", 1
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", "SELECT"))
+    relay.pending_ready = 0
+    # A Sync earlier in the same chunk: its request may leave the transaction failed.
+    out = upstream_bytes(gate, *statement(PLAIN), *statement(READ))
+    assert encode_parse("", "SELECT") + encode_bind("", "cowproxy_ap_1", (b"1",)) in out
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", "") + encode_bind("", "cowproxy_ap_1", (b"1",)))
+
+
+def test_no_first_sight_in_a_failed_transaction():
+    gate, relay = branch_gate()
+    relay.tx_status = b"E"
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", READ_REWRITTEN))
+    assert gate.autoprepared is not None and len(gate.autoprepared) == 0
+
+
+def test_the_alias_lasts_until_the_unnamed_statement_is_replaced_or_closed():
+    gate, _relay = branch_gate()
+    upstream_bytes(gate, *statement(READ))
+    settle(gate)
+    out = upstream_bytes(gate, encode_parse("", READ), encode_describe(b"S", ""), encode_bind("p", "", (b"1",)),
+                         encode_bind("", "named", (b"1",)), encode_describe(b"S", "named"), S)
+    assert out == b"".join((encode_parse("", ""), encode_describe(b"S", "cowproxy_ap_1"),
+                            encode_bind("p", "cowproxy_ap_1", (b"1",)), encode_bind("", "named", (b"1",)),
+                            encode_describe(b"S", "named"), S))
+    # A named Parse leaves the unnamed statement alone.
+    out = upstream_bytes(gate, encode_parse("named", PLAIN), encode_bind("", "", (b"1",)), S)
+    assert out == encode_parse("named", PLAIN) + encode_bind("", "cowproxy_ap_1", (b"1",)) + S
+    # Close S "" goes upstream as sent; from then on Bind "" fails as on PostgreSQL (26000).
+    out = upstream_bytes(gate, encode_close(b"S", ""), encode_bind("", "", (b"1",)), S)
+    assert out == encode_close(b"S", "") + encode_bind("", "", (b"1",)) + S
+    # A forwarded Parse "" replaces the unnamed statement; so does a Query.
+    upstream_bytes(gate, encode_parse("", READ), S)
+    assert upstream_bytes(gate, encode_parse("", PLAIN), encode_bind("", "", ()), S) == \
+        encode_parse("", PLAIN) + encode_bind("", "", ()) + S
+    upstream_bytes(gate, encode_parse("", READ), S)
+    assert upstream_bytes(gate, encode_query("SELECT 1"), encode_bind("", "", ()), S) == \
+        encode_query("SELECT 1") + encode_bind("", "", ()) + S
+
+
+def test_the_key_is_the_text_and_the_parameter_types():
+    gate, _relay = branch_gate()
+    upstream_bytes(gate, *statement(READ))
+    assert upstream_bytes(gate, *statement(READ, (23,))).startswith(encode_parse("cowproxy_ap_2", READ_REWRITTEN, (23,)))
+    settle(gate)
+    assert encode_bind("", "cowproxy_ap_2", (b"1",)) in upstream_bytes(gate, *statement(READ, (23,)))
+    assert encode_bind("", "cowproxy_ap_1", (b"1",)) in upstream_bytes(gate, *statement(READ))
+
+
+def test_discard_all_deallocate_and_ddl_forget_the_statements():
+    gate, _relay = branch_gate()
+    for sql, name in [("DISCARD ALL", 2), ("DEALLOCATE ALL", 3), ("DEALLOCATE foo", 4),
+                      ("CREATE INDEX ON other (id)", 5), ("DISCARD PLANS", None)]:
+        upstream_bytes(gate, *statement(READ))
+        settle(gate)
+        upstream_bytes(gate, encode_query(sql))
+        expected = encode_parse("", "") if name is None else encode_parse(f"cowproxy_ap_{name}", READ_REWRITTEN)
+        assert upstream_bytes(gate, *statement(READ)).startswith(expected), sql
+        settle(gate)
+
+
+def test_a_statement_found_gone_or_changed_empties_the_map():
+    gate, _relay = branch_gate()
+    upstream_bytes(gate, *statement(READ))
+    settle(gate)
+    settle(gate, error=True, stale=True)
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("cowproxy_ap_2", READ_REWRITTEN))
+
+
+def test_past_the_limit_parses_go_upstream_as_before_until_discard_all():
+    gate, _relay = branch_gate(limit=2)
+    for n in range(3):
+        upstream_bytes(gate, *statement(f"{READ} AND {n} = {n}"))
+        settle(gate)
+    assert upstream_bytes(gate, *statement(f"{READ} AND 2 = 2")).startswith(
+        encode_parse("", f'{READ_REWRITTEN} AND 2 = 2'))
+    upstream_bytes(gate, encode_query("DISCARD ALL"))
+    assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("cowproxy_ap_3", READ_REWRITTEN))
+
+
+def test_forwarded_statements_and_production_sessions_keep_their_bytes():
+    gate, _relay = branch_gate()
+    chunk = statement(PLAIN)
+    assert upstream_bytes(gate, *chunk) == b"".join(chunk)
+    production = StatementGate(ProductionPolicy(Metrics()), Counter())
+    assert production.autoprepared is None
+    assert upstream_bytes(production, *statement(READ)) == b"".join(statement(READ))
+
+
+def test_the_slow_path_renames_as_the_fast_path_does():
+    fast, _ = branch_gate()
+    slow, _ = branch_gate()
+    chunks = [statement(READ), (encode_parse("", READ), encode_describe(b"S", ""), encode_bind("", "", (b"1",)), S),
+              (encode_close(b"S", ""), encode_bind("", "", ()), S), statement(PLAIN), statement(READ)]
+    for chunk in chunks:
+        assert translated(slow, *chunk) == upstream_bytes(fast, *chunk)
+        settle(fast)
+        settle(slow)
+
+
+def test_malformed_frames_are_forwarded_for_postgres_to_refuse():
+    prepared = AutoPrepared()
+    prepared.alias = b"cowproxy_ap_1\x00"
+    for body in (b"no terminator", b"portal\x00", b"\x00"):
+        assert prepared.rename(ord("B"), body, 0, len(body)) is None
+
+
+def test_unqualified_statements_over_a_shadow_are_prepared_too():
+    """No rewrite needed (search_path finds the shadow), but the same planning cost."""
+    gate, _relay = branch_gate()
+    sql = "SELECT * FROM accounts WHERE id = $1"
+    assert upstream_bytes(gate, *statement(sql)).startswith(
+        encode_parse("cowproxy_ap_1", sql) + encode_bind("", "cowproxy_ap_1", (b"1",)))
+    settle(gate)
+    assert upstream_bytes(gate, *statement(sql)).startswith(encode_parse("", "") + encode_bind("", "cowproxy_ap_1", (b"1",)))
+
+
+def test_only_one_plannable_statement_over_a_shadow_is_preparable():
+    policy = BranchPolicy(LAYOUT, Metrics())
+    for sql in (READ, "SELECT * FROM accounts", "UPDATE accounts SET n = $1 WHERE id = $2",
+                "INSERT INTO accounts VALUES ($1)", "DELETE FROM public.accounts WHERE id = $1",
+                "WITH a AS (SELECT * FROM accounts) SELECT count(*) FROM a"):
+        assert policy.decide(sql).preparable, sql
+    for sql in (PLAIN, "SELECT 1", "SELECT * FROM accounts; SELECT 1", "SET search_path = public",
+                "COPY accounts TO STDOUT", "EXPLAIN SELECT * FROM accounts", "CREATE TABLE x AS SELECT * FROM accounts",
+                "DECLARE c CURSOR FOR SELECT * FROM accounts", "DO $$ BEGIN END $$"):
+        assert not policy.decide(sql).preparable, sql
