@@ -10,6 +10,7 @@ elsewhere (the CLI, other proxy replicas) through LISTEN cowproxy_catalog.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -146,12 +147,15 @@ class BranchRegistry:
     async def materialize(self, state: BranchState, decision: Decision) -> None:
         """Create overlays for the production tables `decision` writes, then reload."""
         from cowproxy.branch.materialize import materialize_tables
+        from cowproxy.branch.references import ensure_references
 
         async with state.lock:  # one session of this proxy at a time per branch
             await self.start()
             assert self._pool is not None
             async with self._pool.acquire() as conn:
                 created = await materialize_tables(conn, state.chain, decision.materialize, PRODUCTION_SCHEMAS)
+                if decision.references:
+                    await ensure_references(conn, state.chain, decision.references)
             if created:
                 logs.event("overlay_created", branch=state.branch.name,
                            tables=[f"{s}.{t}" for s, t in created])
@@ -197,4 +201,31 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
             conn, chain[0].schema_name, [key for key, schema in overlays.items() if schema == chain[0].schema_name]),
         unsafe_functions=await unsafe_function_names(conn),
         volatile_functions=await volatile_function_names(conn),
+        referenced_columns=await referenced_column_sets_of(conn, chain[0].schema_name, overlays),
     )
+
+
+async def referenced_column_sets_of(conn: asyncpg.Connection, schema: str,
+                                    overlays: dict[tuple[str, str], str]) -> dict[tuple[str, str], frozenset[tuple[str, ...]]]:
+    """The column sets of the branch's own shadows that its tables may reference
+    (branch/references.py): the arguments of their referenced triggers."""
+    from cowproxy.branch.overlay import overlay_objects
+    from cowproxy.branch.references import REFERENCED_TRIGGER
+
+    views = {}
+    for key, owner in overlays.items():
+        if owner == schema:
+            try:
+                views[overlay_objects(*key).view] = key
+            except ValueError:
+                continue
+    rows = await conn.fetch(
+        "SELECT c.relname, t.tgargs FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'v' AND t.tgname = $2", schema, REFERENCED_TRIGGER)
+    found: dict[tuple[str, str], frozenset[tuple[str, ...]]] = {}
+    for r in rows:
+        key = views.get(r["relname"])
+        if key is not None:
+            found[key] = frozenset(tuple(json.loads(a)) for a in bytes(r["tgargs"]).decode().split("\x00") if a)
+    return found

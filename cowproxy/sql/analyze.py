@@ -83,6 +83,23 @@ class Overriding:
 
 
 @dataclass(frozen=True, slots=True)
+class ForeignKeyClause:
+    """A FOREIGN KEY / REFERENCES clause of a CREATE TABLE (column- or table-level)."""
+
+    location: int                          # byte offset where the clause starts (at CONSTRAINT if named)
+    parent: Relation                       # the referenced table
+    columns: tuple[str, ...]               # the referencing columns
+    ref_columns: tuple[str, ...] | None    # None: the parent's primary key
+    name: str | None                       # CONSTRAINT name, if given
+    match: str = "s"                       # pg_constraint.confmatchtype: s, f, p
+    on_delete: str = "a"                   # pg_constraint.confdeltype: a, r, c, n, d
+    on_update: str = "a"
+    delete_set_columns: bool = False       # ON DELETE SET NULL (cols): PostgreSQL 15+
+    deferrable: bool = False
+    column_level: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Truncate:
     relations: tuple[Relation, ...]
     cascade: bool = False
@@ -233,6 +250,7 @@ class Statement:
     length: int = 0                        # 0: to the end of the string
     update_target: Relation | None = None  # a top-level UPDATE's table
     drops_prepared: str = ""               # "all": DISCARD ALL, DEALLOCATE ALL; "one": DEALLOCATE name
+    foreign_keys: tuple[ForeignKeyClause, ...] = ()  # CREATE TABLE's FOREIGN KEY / REFERENCES clauses
     body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's or MERGE's parse tree
 
 
@@ -304,7 +322,9 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
     if node == "TruncateStmt":
         truncate = Truncate(tuple(_relation(r["RangeVar"]) for r in body.get("relations", [])),
                             cascade=body.get("behavior") == "DROP_CASCADE")
+    foreign_keys = _foreign_keys(body) if node == "CreateStmt" else ()
     return Statement(
+        foreign_keys=foreign_keys,
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
         creates_temp=creates_temp, advances_sequences=walker.advances_sequences,
@@ -318,6 +338,43 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
         body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt") else None, drops_prepared=drops_prepared,
     )
+
+
+def _names(items: list[dict[str, Any]] | None) -> tuple[str, ...]:
+    return tuple(item.get("String", {}).get("sval", "") for item in items or ())
+
+
+def _foreign_keys(body: dict[str, Any]) -> tuple[ForeignKeyClause, ...]:
+    """The FOREIGN KEY and REFERENCES clauses of a CREATE TABLE, in text order."""
+    found: list[ForeignKeyClause] = []
+    for element in body.get("tableElts", []):
+        if "ColumnDef" in element:
+            column = element["ColumnDef"]
+            constraints = [(c["Constraint"], (column.get("colname", ""),), True)
+                           for c in column.get("constraints", []) if "Constraint" in c]
+            # DEFERRABLE / INITIALLY DEFERRED after a column's REFERENCES are nodes of their own
+            for i, (con, _, _) in enumerate(constraints):
+                if con.get("contype") in ("CONSTR_ATTR_DEFERRABLE", "CONSTR_ATTR_DEFERRED"):
+                    for earlier, _, _ in reversed(constraints[:i]):
+                        if earlier.get("contype") == "CONSTR_FOREIGN":
+                            earlier["deferrable"] = True
+                            break
+        elif "Constraint" in element:
+            constraints = [(element["Constraint"], None, False)]
+        else:
+            continue
+        for con, columns, column_level in constraints:
+            if con.get("contype") != "CONSTR_FOREIGN" or not con.get("pktable"):
+                continue
+            ref = _names(con.get("pk_attrs"))
+            found.append(ForeignKeyClause(
+                location=con.get("location", -1), parent=_relation(con["pktable"]),
+                columns=columns if columns is not None else _names(con.get("fk_attrs")),
+                ref_columns=ref or None, name=con.get("conname"), match=con.get("fk_matchtype", "s"),
+                on_delete=con.get("fk_del_action", "a"), on_update=con.get("fk_upd_action", "a"),
+                delete_set_columns=bool(con.get("fk_del_set_cols")), deferrable=bool(con.get("deferrable")),
+                column_level=column_level))
+    return tuple(sorted(found, key=lambda fk: fk.location))
 
 
 def _location(node: dict[str, Any]) -> int:

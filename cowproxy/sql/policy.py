@@ -23,8 +23,8 @@ from cowproxy.branch.overlay import OVERRIDING_SYSTEM, overlay_objects, skip_vie
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.branch.sink import has_row_sink, row_sink_target
 from cowproxy.metrics import Metrics
-from cowproxy.sql import on_conflict
-from cowproxy.sql.analyze import (Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
+from cowproxy.sql import on_conflict, references
+from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
                                   analyze, conflict_update_shape, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
 from cowproxy.sql.merge import MERGE_TAG, merge_splice, unsuitable as merge_unsuitable
@@ -65,6 +65,9 @@ class Decision:
     sent as INSERT ... ON CONFLICT answers `INSERT 0 n`), "INSERT" shows `INSERT 0 n` (an
     upsert with RETURNING sent as a SELECT answers `SELECT n`); () when nothing needs editing."""
     prepared: Prepared = Prepared.KEPT
+    references: tuple[tuple[tuple[str, str], tuple[str, ...] | None], ...] = ()
+    """(production table, referenced columns or None for its key) a CREATE TABLE's foreign
+    keys need check functions for first (branch/references.py), with MATERIALIZE."""
     preparable: bool = False
     """One plannable statement over a shadow (or the branch's own tables): worth a
     server-side prepared statement when the client sends it unnamed (proxy/autoprepare.py)."""
@@ -103,6 +106,8 @@ class BranchLayout:
     shadow_tables: Mapping[tuple[str, str], ShadowTable] = field(default_factory=dict)
     unsafe_functions: frozenset[str] | None = None
     volatile_functions: frozenset[str] | None = None
+    referenced_columns: Mapping[tuple[str, str], frozenset[tuple[str, ...]]] = field(default_factory=dict)
+    """Column sets of the branch's own shadows that have check functions (branch/references.py)."""
 
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
@@ -197,6 +202,7 @@ class RewriteTemplate:
         d = self.decision  # field by field: dataclasses.replace costs more than the join
         return Decision(action=d.action, kind=d.kind, sql="".join(p if isinstance(p, str) else numbers[p] for p in self.parts),
                         refusal=d.refusal, materialize=d.materialize, creates_temp=d.creates_temp, tags=d.tags,
+                        references=d.references,
                         prepared=d.prepared, preparable=d.preparable)
 
 
@@ -349,14 +355,21 @@ class BranchPolicy:
             for rel in (*st.writes, *st.locked, *self._truncate_cascade(st, temp_tables)):
                 if self._needs_overlay(rel, temp_tables):
                     missing.append(rel)
-        if missing:
-            return Decision(Action.MATERIALIZE, "write", materialize=tuple(dict.fromkeys(missing)),
+        requests: list[tuple[tuple[str, str], tuple[str, ...] | None]] = []
+        for st in statements:
+            refusal = self._reference_needs(st, temp_tables, missing, requests)
+            if refusal:
+                return Decision(Action.REFUSE, "refused", refusal=refusal)
+        if missing or requests:
+            return Decision(Action.MATERIALIZE, "ddl" if not missing else "write",
+                            materialize=tuple(dict.fromkeys(missing)), references=tuple(dict.fromkeys(requests)),
                             prepared=_prepared_effect(statements))
         for st in statements:
             refusal = self._shadow_refusal(st, temp_tables)
             if refusal:
                 return Decision(Action.REFUSE, "refused", refusal=refusal)
         splices = self._splices(sql, statements, temp_tables)
+        splices = self._reference_splices(sql, statements, splices, temp_tables)
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
@@ -410,6 +423,68 @@ class BranchPolicy:
     def _is_shadow(self, table: tuple[str, str]) -> bool:
         """A shadow view (mode shadow), which needs the rewrites; a copied table does not."""
         return skip_view_name(*table) in self.layout.local_names
+
+    # CREATE TABLE ... REFERENCES a production table (sql/references.py) -----------------
+
+    def _production_parents(self, st: Statement, temp_tables: frozenset[str]
+                            ) -> list[tuple[ForeignKeyClause, tuple[str, str]]]:
+        """The foreign keys of a CREATE TABLE of the branch's own that reference production
+        tables (a table the branch created, or the new table itself, is referenced natively)."""
+        if not st.foreign_keys or st.creates_temp or not st.creates:
+            return []
+        created = st.creates[0]
+        if created.schema is not None and created.schema not in self.layout.search_schemas:
+            return []
+        found = []
+        for fk in st.foreign_keys:
+            if fk.parent.schema is None and fk.parent.name == created.name:
+                continue
+            table = self._production_table(fk.parent, temp_tables)
+            if table is not None:
+                found.append((fk, table))
+        return found
+
+    def _reference_needs(self, st: Statement, temp_tables: frozenset[str], missing: list[Relation],
+                         requests: list[tuple[tuple[str, str], tuple[str, ...] | None]]) -> Refusal | None:
+        """What the control plane must make before such a CREATE TABLE: the parent's own
+        shadow (`missing`) and its check function (`requests`); or why it cannot."""
+        for fk, table in self._production_parents(st, temp_tables):
+            refusal = references.unsupported(fk)
+            if refusal:
+                return refusal
+            if self._needs_overlay(fk.parent, temp_tables):
+                missing.append(fk.parent)
+                requests.append((table, fk.ref_columns))
+                continue
+            shadow = self.layout.shadow_tables.get(table)
+            if shadow is None:
+                continue  # a copied (keyless) table is a table of the branch's: referenced natively
+            ref, refusal = references.referenced_columns(fk, shadow)
+            if refusal:
+                return refusal
+            if ref not in self.layout.referenced_columns.get(table, frozenset()):
+                requests.append((table, ref))
+        return None
+
+    def _reference_splices(self, sql: str, statements: list[Statement], splices: list[Splice],
+                           temp_tables: frozenset[str]) -> list[Splice]:
+        spans: NameSpans | None = None
+        for st in statements:
+            parents = self._production_parents(st, temp_tables)
+            taken = {fk.name for fk in st.foreign_keys if fk.name}
+            for fk, table in parents:
+                shadow = self.layout.shadow_tables.get(table)
+                if shadow is None:
+                    continue
+                ref, _ = references.referenced_columns(fk, shadow)
+                assert ref is not None
+                name = references.constraint_name(st.creates[0].name, fk, taken)
+                taken.add(name)
+                spans = spans or NameSpans(sql)
+                replacement = references.check_splice(spans, fk, name, st.creates[0].name, table, shadow, ref,
+                                                      self.layout.schema)
+                splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+        return splices
 
     # TRUNCATE (SPEC §5.2) -------------------------------------------------------------
 

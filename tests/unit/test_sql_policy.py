@@ -138,7 +138,7 @@ def test_a_filled_rewrite_template_keeps_every_field_of_its_decision():
 
     full = Decision(Action.REWRITE, "write", sql=None, refusal=Refusal("0A000", "m"),
                     materialize=(Relation("public", "t"),), creates_temp=("tmp",), tags=("UPDATE",),
-                    prepared=Prepared.STALE, preparable=True)
+                    prepared=Prepared.STALE, preparable=True, references=((("public", "t"), None),))
     assert all(getattr(full, f.name) != f.default for f in dataclasses.fields(Decision) if f.name != "sql")
     filled = RewriteTemplate(full, ("UPDATE t SET n = ", 0)).fill("x 42", [(2, 4)])
     assert filled == dataclasses.replace(full, sql="UPDATE t SET n = 42")
