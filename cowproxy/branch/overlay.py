@@ -78,6 +78,15 @@ STORED = "cowproxy_stored"          # the row as written to $rows (generated col
 QUEUED = "cowproxy_queued"          # a $pending row: (op, old, new)
 OLD_ROW = "cowproxy_old"            # OLD as a whole row (a bare OLD would mean a column named "old")
 DELETED = "cowproxy_deleted"        # the column of $rows that makes a row a deletion marker
+SEEN = "cowproxy_seen"              # T$lock: the row as the locking statement saw it
+LOCKED = "cowproxy_locked"          # T$lock: its row in $rows, once locked
+LOCK_MODE = "cowproxy_mode"
+LOCK_WAIT = "cowproxy_wait"
+LOCK_TIMEOUT = "cowproxy_lock_timeout"
+LOCK_MODES = ("update", "no key update", "share", "key share")
+"""T$lock's modes, strongest first (PostgreSQL's FOR UPDATE, FOR NO KEY UPDATE, ...)."""
+LOCK_WAITS = ("wait", "nowait", "skip")
+"""T$lock's wait policies: block, NOWAIT, SKIP LOCKED."""
 QUEUED_OLD = f"({QUEUED}.old)"
 QUEUED_NEW = f"({QUEUED}.new)"
 
@@ -113,6 +122,7 @@ class OverlayObjects:
     after_fn: str      # mode copy: foreign keys
     system_view: str   # INSERT ... OVERRIDING SYSTEM VALUE (tables with GENERATED ALWAYS identity)
     user_view: str     # INSERT ... OVERRIDING USER VALUE (tables with identity columns)
+    lock_fn: str       # SELECT ... FOR UPDATE/SHARE of the shadow: claims and locks one row
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,7 +137,7 @@ def overlay_objects(schema: str, table: str) -> OverlayObjects:
             ("insert_fn", "$insert"), ("update_fn", "$update"), ("delete_fn", "$delete"),
             ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
             ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),
-            ("system_view", "$system"), ("user_view", "$user"),
+            ("system_view", "$system"), ("user_view", "$user"), ("lock_fn", "$lock"),
         )},
     )
 
@@ -597,10 +607,70 @@ class _Generator:
         if _has_foreign_keys(self.info):
             functions.append(_plpgsql(self.q(o.statement_fn), self.statement_body(),
                                       declare=f"{QUEUED} {self.q(o.pending)};"))
+        functions.append(self.lock_function())
         if _deferred_names(self.info):
             functions.append(_plpgsql(self.q(o.deferred_fn), self.deferred_body(),
                                       declare=f"{QUEUED} {self.q(o.pending)} := NEW;"))
         return functions
+
+    def lock_function(self) -> str:
+        """`B."T$lock"(seen B."T", mode text, wait text) RETURNS boolean`: one row of a
+        `SELECT ... FOR <mode> [NOWAIT | SKIP LOCKED]` on the shadow (sql/row_locks.py
+        calls it where PostgreSQL's LockRows runs). Every writer of a key goes through
+        its row in $rows, so locking a row is: make sure it is in $rows (a production
+        row is claimed by inserting the version the statement saw; it no longer follows
+        production), then lock that row. True: locked, and still the row the statement
+        saw. False: skipped (SKIP LOCKED, deleted meanwhile, or changed by this very
+        statement), as PostgreSQL skips such rows. Changed by another transaction that
+        committed after the statement's snapshot: 40001 (READ COMMITTED would re-check
+        the new version and return it; the statement's values are already computed),
+        except under SKIP LOCKED, which skips it (a queue worker takes the next job
+        instead of failing: SKIP LOCKED promises no consistent view). NOWAIT: 55P03.
+        An uncommitted claim (or insert) of the key by another transaction is waited
+        for, or with NOWAIT / SKIP LOCKED given 1 ms (`lock_timeout`) before failing or
+        skipping, since ON CONFLICT DO NOTHING cannot be told not to wait."""
+        o = self.objects
+        rows = self.q(o.rows)
+        match = _match("r", self.key, SEEN, self.key)
+        table = self.info.table
+        nowait_failure = _raise("55P03", f'could not obtain lock on row in relation "{table}"')
+        claim = self.insert_row(SEEN, returning=False)
+        bounded = (f"{LOCK_TIMEOUT} := pg_catalog.current_setting('lock_timeout');\n"
+                   f"BEGIN\n"
+                   f"  PERFORM pg_catalog.set_config('lock_timeout', '1ms', true);\n"
+                   f"{_indent(claim, 2)}\n"
+                   f"  PERFORM pg_catalog.set_config('lock_timeout', {LOCK_TIMEOUT}, true);\n"
+                   f"EXCEPTION WHEN lock_not_available THEN\n"
+                   f"  IF {LOCK_WAIT} = 'skip' THEN\n    RETURN false;\n  END IF;\n"
+                   f"{_indent(nowait_failure, 2)}\n"
+                   f"END;")
+        locks = []
+        for mode in LOCK_MODES:
+            for wait, clause in (("wait", ""), ("nowait", " NOWAIT"), ("skip", " SKIP LOCKED")):
+                locks.append(f"{LOCK_MODE} = {quote_literal(mode)} AND {LOCK_WAIT} = {quote_literal(wait)} THEN\n"
+                             f"  SELECT r.* INTO {LOCKED} FROM {rows} r WHERE {match} FOR {mode.upper()}{clause};")
+        lock = "IF " + "\nELSIF ".join(locks) + "\nELSE\n  RAISE EXCEPTION 'unknown lock %, %', " \
+            f"{LOCK_MODE}, {LOCK_WAIT};\nEND IF;"
+        seen_again = f"ROW({_values(LOCKED, self.all_cols)}) OPERATOR(pg_catalog.*=) {SEEN}"
+        mine = f"{_xmin_status(f'SELECT r.xmin FROM {rows} r WHERE {match}')} = 'in progress'"
+        failure = _raise("40001", _SERIALIZATION_FAILURE,
+                         detail=quote_literal(f'Another transaction changed a row of "{table}" '
+                                              f"that this statement locks."),
+                         hint="Retry the transaction.", schema=self.info.schema, table=table)
+        body = "\n".join([
+            f"IF NOT EXISTS (SELECT 1 FROM {rows} r WHERE {match}) THEN",
+            f"  IF {LOCK_WAIT} = 'wait' THEN\n{_indent(claim, 4)}\n  ELSE\n{_indent(bounded, 4)}\n  END IF;",
+            "END IF;",
+            lock,
+            f"IF NOT FOUND OR {LOCKED}.{DELETED} THEN\n  RETURN false;\nEND IF;",
+            f"IF {seen_again} THEN\n  RETURN true;\nEND IF;",
+            f"IF {mine} OR {LOCK_WAIT} = 'skip' THEN\n  RETURN false;\nEND IF;",
+            failure,
+        ])
+        return (f"CREATE OR REPLACE FUNCTION {self.q(o.lock_fn)}({SEEN} {self.q(o.view)}, {LOCK_MODE} text, "
+                f"{LOCK_WAIT} text) RETURNS boolean LANGUAGE plpgsql AS $cowproxy$\n"
+                f"#variable_conflict use_column\nDECLARE\n  {LOCKED} {rows};\n  {LOCK_TIMEOUT} text;\n"
+                f"BEGIN\n{_indent(body, 2)}\nEND\n$cowproxy$")
 
     def deferred_body(self) -> str:
         """One queued row, at commit (or SET CONSTRAINTS ... IMMEDIATE), for the foreign

@@ -60,6 +60,12 @@ SELECT r.source_schema, r.source_table, con.conname,
  ORDER BY con.conname
 """
 
+_LOCK_FUNCTIONS_SQL = """
+SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = $1 AND p.proname = ANY ($2::text[])
+"""
+"""The shadows' T$lock functions (overlays made before they existed have none)."""
+
 _UNSAFE_FUNCTIONS_SQL = "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v' OR proretset"
 _VOLATILE_FUNCTIONS_SQL = "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v'"
 
@@ -84,10 +90,14 @@ async def load_shadow_tables(conn: asyncpg.Connection, branch_schema: str,
     constraints: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
     for r in await conn.fetch(_CONSTRAINTS_SQL, [w[1] for w in wanted], [w[2] for w in wanted]):
         constraints.setdefault((r["source_schema"], r["source_table"]), []).append((r["conname"], tuple(r["columns"])))
-    return {table: _shadow_table(cols, constraints.get(table, [])) for table, cols in columns.items()}
+    lock_functions = {r["proname"] for r in await conn.fetch(_LOCK_FUNCTIONS_SQL, branch_schema,
+                                                              [overlay_objects(w[1], w[2]).lock_fn for w in wanted])}
+    return {table: _shadow_table(cols, constraints.get(table, []), overlay_objects(*table).lock_fn in lock_functions)
+            for table, cols in columns.items()}
 
 
-def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tuple[str, ...]]]) -> ShadowTable:
+def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tuple[str, ...]]],
+                  lockable: bool) -> ShadowTable:
     generated = frozenset(c["attname"] for c in columns if c["generated"])
     return ShadowTable(
         columns=tuple(c["attname"] for c in columns),
@@ -96,6 +106,7 @@ def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tu
         guarded=generated | {c["attname"] for c in columns if c["indexed"] or c["identity"]},
         types=tuple(c["type"] for c in columns),
         constraints=tuple(constraints),
+        lockable=lockable,
     )
 
 

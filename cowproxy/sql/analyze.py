@@ -251,7 +251,7 @@ class Statement:
     update_target: Relation | None = None  # a top-level UPDATE's table
     drops_prepared: str = ""               # "all": DISCARD ALL, DEALLOCATE ALL; "one": DEALLOCATE name
     foreign_keys: tuple[ForeignKeyClause, ...] = ()  # CREATE TABLE's FOREIGN KEY / REFERENCES clauses
-    body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's or MERGE's parse tree
+    body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's, MERGE's or locking SELECT's parse tree
 
 
 class SqlSyntaxError(Exception):
@@ -336,7 +336,8 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
                                      for location, name in walker.runtime_sequence_calls),
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
-        body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt") else None, drops_prepared=drops_prepared,
+        body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt") or node == "SelectStmt" and walker.locking
+        else None, drops_prepared=drops_prepared,
     )
 
 
@@ -705,13 +706,13 @@ def merge_shape(statement: Statement) -> MergeShape | None:
     return MergeShape(
         relation=_relation(target), alias=(target.get("alias") or {}).get("aliasname"),
         has_with=bool(body.get("withClause")), recursive=bool((body.get("withClause") or {}).get("recursive")),
-        condition_at=_first_location(body.get("joinCondition", {})),
+        condition_at=first_location(body.get("joinCondition", {})),
         clauses=tuple(clauses), functions=frozenset(refs.functions),
         returning=bool(body.get("returningList") or body.get("returningClause")),
     )
 
 
-def _first_location(node: Any) -> int:
+def first_location(node: Any) -> int:
     """The smallest location in a subtree: at or after the start of its text (an
     operator's node has its operator's location; its operands come first)."""
     found = -1

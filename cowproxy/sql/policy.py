@@ -23,7 +23,7 @@ from cowproxy.branch.overlay import OVERRIDING_SYSTEM, overlay_objects, skip_vie
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.branch.sink import has_row_sink, row_sink_target
 from cowproxy.metrics import Metrics
-from cowproxy.sql import on_conflict, references
+from cowproxy.sql import on_conflict, references, row_locks
 from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
                                   analyze, conflict_update_shape, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
@@ -373,6 +373,7 @@ class BranchPolicy:
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
+        splices = self._row_locks(sql, statements, splices, temp_tables)
         touches_overlay = bool(splices) or self._touches_overlay(statements)
         kind = _kind_label(statements, touches_overlay)
         temps = tuple(name for st in statements for name in st.creates_temp)
@@ -570,13 +571,36 @@ class BranchPolicy:
                 refusal = self._conflict_update_refusal(st, oc, table)
                 if refusal:
                     return refusal
-        for rel in st.locked:
-            table = self._production_table(rel, temp_tables)
-            if table and self._is_shadow(table):
-                return Refusal("0A000", f'SELECT ... FOR UPDATE/SHARE of "{rel.name}" is not supported yet on a '
-                                        "table the branch has changed",
-                               "Drop the locking clause, or use UPDATE ... RETURNING to change the rows.")
-        return None
+        plan = row_locks.lock_plan(st, lambda rel: self._lockable_shadow(rel, temp_tables)) if st.locked else None
+        return plan if isinstance(plan, Refusal) else None
+
+    # SELECT ... FOR UPDATE/SHARE of a changed table (sql/row_locks.py) --------------------
+
+    def _lockable_shadow(self, rel: Relation, temp_tables: frozenset[str]) -> row_locks.Shadow | None:
+        """A shadow `rel` names, as the row-lock rewrite needs it; None: a real table
+        (PostgreSQL locks it), a temp table, a view."""
+        table = self._production_table(rel, temp_tables)
+        if table is None or not self._is_shadow(table):
+            return None
+        objects = overlay_objects(*table)
+        info = self.layout.shadow_tables.get(table) if self.layout.overlays.get(table) == self.layout.schema else None
+        function = self._own(objects.lock_fn) if info and info.lockable else None
+        return row_locks.Shadow(self._own(objects.view), function, info.columns if info else ())
+
+    def _row_locks(self, sql: str, statements: list[Statement], splices: list[Splice],
+                   temp_tables: frozenset[str]) -> list[Splice]:
+        """Every top-level SELECT whose locking clauses cover shadows (which
+        `_shadow_refusal` let through) replaces its text with the wrapper that calls
+        their T$lock functions."""
+        spans: NameSpans | None = None
+        for st in statements:
+            plan = row_locks.lock_plan(st, lambda rel: self._lockable_shadow(rel, temp_tables)) if st.locked else None
+            if not isinstance(plan, row_locks.LockPlan):
+                continue
+            spans = spans or NameSpans(sql)
+            replacement = row_locks.row_lock_splice(sql, st, plan, spans, splices)
+            splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+        return splices
 
     def _on_conflict_splices(self, st: Statement, spans: NameSpans, temp_tables: frozenset[str]) -> list[Splice]:
         """`INSERT INTO t ... ON CONFLICT (k) DO NOTHING` → `INSERT INTO "B"."t$skip(k)" ...`:

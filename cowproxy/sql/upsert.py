@@ -75,6 +75,8 @@ class ShadowTable:
     constraints: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(name, columns) of the table's primary key and unique constraints: the arbiter of
     `ON CONFLICT ON CONSTRAINT name`."""
+    lockable: bool = False
+    """The overlay has `T$lock` (SELECT ... FOR UPDATE/SHARE, sql/row_locks.py); older ones do not."""
 
     @property
     def stored(self) -> tuple[str, ...]:

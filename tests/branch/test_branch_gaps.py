@@ -519,8 +519,8 @@ async def test_a_row_affected_a_second_time_gets_postgres_own_error(proxy, admin
 @pytest.mark.parametrize("sql, feature", [
     ("WITH u AS (INSERT INTO customers (id, email) VALUES (1, 'u@x.io') ON CONFLICT (id) DO UPDATE"
      " SET email = excluded.email RETURNING id) SELECT * FROM u", "ON CONFLICT DO UPDATE"),
-    ("SELECT * FROM accounts WHERE id = 1 FOR UPDATE", "FOR UPDATE/SHARE"),
-    ("SELECT a.id FROM accounts a JOIN customers c ON c.id = a.id FOR SHARE OF a", "FOR UPDATE/SHARE"),
+    ("SELECT * FROM (SELECT * FROM accounts WHERE id = 1 FOR UPDATE) a", "FOR UPDATE/SHARE inside a subquery"),
+    ("SELECT a.id FROM accounts a JOIN events e ON e.at = a.id FOR SHARE", "FOR UPDATE/SHARE that also covers"),
 ])
 async def test_what_a_shadow_cannot_serve_yet_fails_with_0a000_naming_it(proxy, admin, branches, sql, feature):
     """SPEC §5/§6: refused loudly, naming the feature, never a confusing view error, a
@@ -555,6 +555,94 @@ async def test_for_update_locks_rows_of_tables_the_branch_copied_or_created(prod
             await reader.fetch("SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
     finally:
         await reader.close()
+
+
+async def test_for_update_locks_the_branchs_rows_and_never_production(proxy, admin, branches):
+    """SPEC §5.5, §6: a locking SELECT on a branch locks the rows in the branch's
+    overlay (a production row is claimed into it first); production's rows carry no row
+    lock (xmax stays 0, and production itself can lock them NOWAIT), and the branch's
+    backend holds nothing but AccessShareLock on production's tables."""
+    before = await production_state(admin)
+    branch = await branches()
+    conn, other = await on(proxy, branch), await on(proxy, branch)
+    try:
+        await conn.execute("BEGIN")
+        locked = await conn.fetch("SELECT a.id, a.owner, a.balance FROM accounts a WHERE a.id <= 3 ORDER BY a.id"
+                                  " FOR UPDATE")
+        assert [tuple(r) for r in locked] == [(i, f"owner{i}", 100) for i in (1, 2, 3)]
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        modes = await admin.fetch("SELECT DISTINCT l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                                  " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                                  " WHERE l.pid = $1 AND n.nspname = 'public'", pid)
+        assert {r["mode"] for r in modes} == {"AccessShareLock"}
+        assert {r["xmax"] for r in await admin.fetch("SELECT xmax::text FROM public.accounts WHERE id <= 3")} == {"0"}
+        async with admin.transaction():
+            assert len(await admin.fetch("SELECT id FROM public.accounts WHERE id <= 3 FOR UPDATE NOWAIT")) == 3
+        with pytest.raises(asyncpg.LockNotAvailableError) as nowait:
+            await other.fetch("SELECT id FROM accounts WHERE id = 2 FOR SHARE NOWAIT")
+        assert nowait.value.message == 'could not obtain lock on row in relation "accounts"'
+        assert [r["id"] for r in await other.fetch(
+            "SELECT id FROM accounts ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 2")] == [4, 5]
+        await conn.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 1")
+        await conn.execute("COMMIT")
+        assert await other.fetchval("SELECT balance FROM accounts WHERE id = 1 FOR KEY SHARE") == 99
+    finally:
+        await conn.close()
+        await other.close()
+    assert await production_state(admin) == before
+
+
+async def test_skip_locked_workers_take_every_job_exactly_once(proxy, admin, branches):
+    """SPEC §5.5: the job-queue pattern (`FOR UPDATE SKIP LOCKED LIMIT 1`, then mark the
+    job) with three concurrent workers on one branch: every job is done once, none
+    twice, and no worker fails (a row another worker changed meanwhile is skipped, as
+    SKIP LOCKED may)."""
+    branch = await branches()
+    workers = [await on(proxy, branch) for _ in range(3)]
+    done: list[tuple[int, int]] = []
+
+    async def work(n: int, conn: asyncpg.Connection) -> None:
+        while True:
+            async with conn.transaction():
+                job = await conn.fetchval("SELECT id FROM orders WHERE status = 'new' ORDER BY id"
+                                          " FOR UPDATE SKIP LOCKED LIMIT 1")
+                if job is None:
+                    return
+                await conn.execute("UPDATE orders SET status = $1 WHERE id = $2", f"done by {n}", job)
+                done.append((job, n))
+            await asyncio.sleep(0)
+
+    try:
+        await asyncio.gather(*(work(n, conn) for n, conn in enumerate(workers)))
+        assert sorted(job for job, _ in done) == list(range(1, 11))
+        rows = await workers[0].fetch("SELECT id, status FROM orders ORDER BY id")
+        assert [(r["id"], r["status"]) for r in rows] == sorted((job, f"done by {n}") for job, n in done)
+    finally:
+        for conn in workers:
+            await conn.close()
+
+
+async def test_a_lock_waiting_for_a_row_changed_meanwhile_fails_with_40001(proxy, branches):
+    """SPEC §5.5, the documented difference: PostgreSQL (READ COMMITTED) would return
+    the row's new version; the branch cannot re-check the statement, so it fails with
+    40001 (retry) rather than return values the row no longer has."""
+    branch = await branches()
+    writer, locker = await on(proxy, branch), await on(proxy, branch)
+    try:
+        await writer.execute("BEGIN")
+        await writer.execute("UPDATE accounts SET balance = 7 WHERE id = 9")
+        waiting = asyncio.ensure_future(locker.fetch("SELECT id, balance FROM accounts WHERE id = 9 FOR UPDATE"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await writer.execute("COMMIT")
+        with pytest.raises(asyncpg.SerializationError) as failed:
+            await waiting
+        assert failed.value.detail == 'Another transaction changed a row of "accounts" that this statement locks.'
+        assert [tuple(r) for r in await locker.fetch("SELECT id, balance FROM accounts WHERE id = 9 FOR UPDATE")] \
+            == [(9, 7)]
+    finally:
+        await writer.close()
+        await locker.close()
 
 
 # -- SPEC §5.1: production views and SQL functions over changed tables ---------------------

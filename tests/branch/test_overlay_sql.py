@@ -905,3 +905,47 @@ async def test_concurrent_writers_of_one_row_wait_and_never_lose_an_update(world
             await conn.execute("DELETE FROM counters WHERE id > 9000; DELETE FROM users WHERE id > 9100")
         await second_branch.close()
         await second_copy.close()
+
+
+async def test_lock_function_claims_a_row_and_locks_it_like_a_table_row(world):
+    """`T$lock(seen, mode, wait)` (SELECT ... FOR UPDATE/SHARE of a shadow): a production
+    row is claimed into T$rows as the statement saw it and locked there, so its lock
+    conflicts as a table row's would: NOWAIT raises 55P03 naming the table, SKIP LOCKED
+    skips, shared modes share once the row is in T$rows. A row whose stored version is
+    not the one the statement saw fails with 40001 (skipped under SKIP LOCKED); a row
+    deleted meanwhile is skipped. Production's row is never locked."""
+    s = quote_ident(world.branch.schema)
+    lock = f'{s}."products$lock"'
+    first, second = world.branch.conn, await connect_branch(world.pg, world.prod_db, world.branch)
+    call = f"SELECT {lock}(p, $2, $3) FROM {s}.products p WHERE p.id = $1"
+    try:
+        wanted = await first.fetchval(f"SELECT min(id) FROM {s}.products"
+                                      f' WHERE id NOT IN (SELECT id FROM {s}."products$rows")')
+        assert wanted is not None
+        async with first.transaction():
+            assert await first.fetchval(call, wanted, "update", "wait") is True
+            assert await first.fetchval(f'SELECT count(*) FROM {s}."products$rows" WHERE id = $1', wanted) == 1
+            mine = await first.fetchval("SELECT pg_current_xact_id()::text")
+            assert await world.admin.fetchval("SELECT xmax::text FROM public.products WHERE id = $1", wanted) != mine
+            with pytest.raises(asyncpg.LockNotAvailableError) as nowait:  # claimed, not committed yet
+                await second.fetchval(call, wanted, "key share", "nowait")
+            assert nowait.value.message == 'could not obtain lock on row in relation "products"'
+            assert await second.fetchval(call, wanted, "key share", "skip") is False
+        async with first.transaction():
+            assert await first.fetchval(call, wanted, "share", "wait") is True
+            assert await second.fetchval(call, wanted, "share", "nowait") is True  # both share it
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await second.fetchval(call, wanted, "no key update", "nowait")
+            assert await second.fetchval(call, wanted, "update", "skip") is False
+        stale = (f"SELECT {lock}(ROW(p.id, p.sku, p.price, p.stock + 1, p.gross)::{s}.products, $2, 'wait')"
+                 f" FROM {s}.products p WHERE p.id = $1")
+        with pytest.raises(asyncpg.SerializationError):
+            await first.fetchval(stale, wanted, "update")
+        assert await first.fetchval(stale.replace("'wait'", "'skip'"), wanted, "update") is False
+        async with first.transaction():
+            row = await first.fetchval(f"INSERT INTO {s}.counters (hits) VALUES (1) RETURNING counters")
+            await first.execute(f"DELETE FROM {s}.counters WHERE id = $1", row["id"])
+            assert await first.fetchval(f'SELECT {s}."counters$lock"($1::{s}.counters, \'update\', \'wait\')',
+                                        tuple(row.values())) is False
+    finally:
+        await second.close()

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from .harness import Case, Gap, Step, case
 
-ROW_LOCK_GAP = Gap("SELECT ... FOR UPDATE / FOR SHARE / FOR NO KEY UPDATE is refused on a branch (0A000), "
-                   "for changed and unchanged tables alike, where a copy locks and returns the rows")
+ROW_LOCK_RECHECK_GAP = Gap(
+    "SELECT ... FOR UPDATE on a branch that waited for a row another transaction changed and committed fails "
+    "with 40001 (the statement's values are computed before the lock), where PostgreSQL's READ COMMITTED "
+    "re-checks the new version and returns it")
 STALE_SNAPSHOT_GAP = Gap(
     "SERIALIZABLE write skew across a table's first write on the branch commits: the transactions read "
     "the production table before its overlay existed, so PostgreSQL's SSI cannot connect those reads to "
@@ -294,7 +296,7 @@ CASES: tuple[Case, ...] = (
          "SELECT id FROM tickets WHERE id IN (10, 12) ORDER BY id FOR SHARE",
          "SELECT id FROM tickets WHERE id IN (10, 12) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED",
          "COMMIT",
-         gaps=(ROW_LOCK_GAP,)),
+         asyncpg=True),
     case("select_for_update_blocks_a_concurrent_update_and_nowait", "5.5",
          "UPDATE tickets SET priority = 2 WHERE id IN (4, 7)",
          "BEGIN",
@@ -307,5 +309,52 @@ CASES: tuple[Case, ...] = (
          "UPDATE tickets SET priority = priority + 1 WHERE id = 7",
          "COMMIT",
          s1("SELECT priority FROM tickets WHERE id = 7"),
-         gaps=(ROW_LOCK_GAP,)),
+         asyncpg=True),
+    case("skip_locked_queue_sessions_take_different_rows", "5.5",
+         "BEGIN",
+         s1("BEGIN"),
+         "SELECT id, subject FROM tickets WHERE priority >= 1 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1",
+         s1("SELECT id, subject FROM tickets WHERE priority >= 1 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"),
+         s1("SELECT * FROM tickets t ORDER BY t.id LIMIT 2 OFFSET 1 FOR NO KEY UPDATE OF t SKIP LOCKED"),
+         "UPDATE tickets SET priority = 5 WHERE id = 1",
+         "COMMIT",
+         s1("UPDATE tickets SET subject = 'taken' WHERE id IN (2, 3)"),
+         s1("COMMIT"),
+         "SELECT id, priority, subject FROM tickets WHERE id <= 5 ORDER BY id",
+         asyncpg=True),
+    case("for_share_blocks_writers_not_sharers_nowait_fails", "5.5",
+         "UPDATE tickets SET priority = 2 WHERE id IN (3, 5)",
+         "BEGIN",
+         "SELECT id, priority FROM tickets WHERE id IN (3, 5) ORDER BY id FOR SHARE",
+         s1("SELECT id FROM tickets WHERE id = 3 FOR UPDATE NOWAIT"),
+         s1("SELECT id FROM tickets WHERE id BETWEEN 2 AND 6 ORDER BY id FOR NO KEY UPDATE SKIP LOCKED"),
+         s1("SELECT id FROM tickets WHERE id = 3 FOR KEY SHARE"),
+         s1("SELECT t.id, c.name FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = 5 "
+            "FOR SHARE OF t"),
+         s1("UPDATE tickets SET priority = 4 WHERE id = 5", blocks=True),
+         "COMMIT",
+         s1("SELECT id, priority FROM tickets WHERE id IN (3, 5) ORDER BY id"),
+         asyncpg=True),
+    case("lock_then_update_and_a_waiting_update_sees_it", "5.5",
+         "BEGIN",
+         "SELECT id, priority FROM tickets WHERE id = 8 FOR UPDATE",
+         s1("UPDATE tickets SET priority = priority + 1 WHERE id = 8", blocks=True),
+         "UPDATE tickets SET priority = 1 WHERE id = 8",
+         "COMMIT",
+         s1("SELECT priority FROM tickets WHERE id = 8"),
+         asyncpg=True),
+    case("lock_skips_a_row_deleted_while_waiting", "5.5",
+         "BEGIN",
+         "DELETE FROM tickets WHERE id = 9",
+         s1("SELECT id, subject FROM tickets WHERE id IN (9, 10) ORDER BY id FOR UPDATE", blocks=True),
+         "COMMIT",
+         s1("SELECT count(*) FROM tickets WHERE id IN (9, 10)"),
+         asyncpg=True),
+    case("lock_waits_for_a_row_changed_meanwhile", "5.5",
+         "BEGIN",
+         "UPDATE tickets SET priority = 1 WHERE id = 11",
+         s1("SELECT id, priority FROM tickets WHERE id = 11 FOR UPDATE", blocks=True),
+         "COMMIT",
+         s1("SELECT priority FROM tickets WHERE id = 11"),
+         gaps=(ROW_LOCK_RECHECK_GAP,)),
 )

@@ -1,0 +1,382 @@
+"""`SELECT ... FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE` of tables the branch changed.
+
+A shadow is a view over production UNION ALL its rows table: PostgreSQL would lock
+nothing useful through it (and take a lock on the production table). Every writer of
+a key goes through its row in `T$rows`, so locking a shadow's row is locking that row,
+claimed first if it is still production's: the overlay's `T$lock(seen, mode, wait)`
+function does both (branch/overlay.py `lock_function`). This module moves the call to
+where PostgreSQL's LockRows node runs: after WHERE, joins and ORDER BY, below LIMIT and
+OFFSET, so only the rows the query returns (and those OFFSET passes over) are locked,
+rows skipped by SKIP LOCKED or deleted meanwhile do not count towards the LIMIT, and
+locks are taken in the ORDER BY's order:
+
+    [WITH ...] SELECT <list> FROM <from> WHERE <cond> ORDER BY <order>
+               LIMIT n OFFSET m FOR UPDATE OF t SKIP LOCKED
+
+is sent as
+
+    [WITH ...] SELECT cowproxy_locking.c1 AS "<name of column 1>", ...
+      FROM (SELECT <list>, ROW(t.*)::B."t" FROM <from> WHERE <cond> ORDER BY <order> OFFSET 0)
+           AS cowproxy_locking (c1, ..., l1)
+     WHERE B."t$lock"(cowproxy_locking.l1, 'update', 'skip') LIMIT n OFFSET m
+
+`OFFSET 0` keeps the planner from merging the subquery into the outer query (which
+could evaluate the lock call before the sort, on every matching row). The outer list
+gives each column the name PostgreSQL gives it in the client's statement, so it needs
+the names: written with AS, or a column reference, function call, cast, ... (PostgreSQL's
+FigureColname), and `*` of shadows (their columns are known). Every statement this cannot
+serve exactly is refused with 0A000 naming the feature: a locking clause that also covers
+a table that is not a shadow (a copied or branch-created table, a subquery), locking
+inside a subquery or CTE, `*` of a table whose columns the layout does not know, an output
+column whose name cannot be told; and, with PostgreSQL's own messages, what it refuses
+itself: UNION/INTERSECT/EXCEPT, DISTINCT, GROUP BY, HAVING, window functions, the nullable
+side of an outer join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cowproxy.sql.analyze import Refusal, Relation, Statement, _relation, first_location
+from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident, quote_literal
+
+SUBQUERY = "cowproxy_locking"
+
+STRENGTHS = {"LCS_FORKEYSHARE": "key share", "LCS_FORSHARE": "share", "LCS_FORNOKEYUPDATE": "no key update",
+             "LCS_FORUPDATE": "update"}
+_STRENGTH_ORDER = ("key share", "share", "no key update", "update")  # weakest first
+WAITS = {"LockWaitBlock": "wait", "LockWaitSkip": "skip", "LockWaitError": "nowait"}
+_WAIT_ORDER = ("wait", "skip", "nowait")  # PostgreSQL: NOWAIT wins over SKIP LOCKED, which wins over waiting
+
+_TAIL_KEYWORDS = frozenset({"LIMIT", "OFFSET", "FETCH", "FOR"})
+_OPEN, _CLOSE = frozenset({"ASCII_40", "ASCII_91"}), frozenset({"ASCII_41", "ASCII_93"})
+_SEMICOLON = "ASCII_59"
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """What the policy tells of one relation a locking SELECT names: a shadow of the
+    branch's own (qualified view and T$lock function; function None: the overlay was
+    made before T$lock existed)."""
+
+    view: str
+    function: str | None
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _FromItem:
+    alias: str
+    relation: Relation | None      # None: a subquery, function, VALUES, ...
+    nullable: bool                 # on the nullable side of an outer join
+    column_aliases: tuple[str, ...] = ()
+    shadow: Shadow | None = None
+
+
+@dataclass(frozen=True)
+class _Lock:
+    item: _FromItem
+    mode: str
+    wait: str
+
+
+@dataclass(frozen=True)
+class LockPlan:
+    """A locking SELECT that `row_lock_splice` can write: the shadows to lock (in FROM
+    order) and the output column names."""
+
+    locks: tuple[_Lock, ...]
+    names: tuple[str, ...]
+
+
+Classify = Callable[[Relation], "Shadow | None"]
+
+
+def _refusal(feature: str, hint: str | None = None) -> Refusal:
+    return Refusal("0A000", f"SELECT ... FOR UPDATE/SHARE {feature} is not supported on tables the branch has changed",
+                   hint)
+
+
+def lock_plan(st: Statement, classify: Classify) -> LockPlan | Refusal | None:
+    """How to lock the shadows `st`'s locking clauses cover; None when they cover none
+    (PostgreSQL locks the branch's own tables itself); a Refusal when it cannot be
+    done exactly. `classify` tells a shadow (of the branch's own schema) from the rest."""
+    shadows_locked = [rel for rel in st.locked if classify(rel) is not None]
+    if not shadows_locked:
+        return None
+    body = st.body if st.node == "SelectStmt" else None
+    if not body or not body.get("lockingClause"):
+        return _refusal("inside a subquery, CTE or other statement", "Lock the rows in a top-level SELECT.")
+    items = _from_items(body.get("fromClause", []), classify)
+    locks: dict[str, _Lock] = {}
+    strength_label = "FOR UPDATE"
+    for clause in body["lockingClause"]:
+        lc = clause.get("LockingClause", {})
+        mode = STRENGTHS.get(lc.get("strength", ""), "update")
+        wait = WAITS.get(lc.get("waitPolicy", ""), "wait")
+        strength_label = "FOR " + mode.upper()
+        named = [rv.get("RangeVar", {}).get("relname") for rv in lc.get("lockedRels", [])]
+        for item in items:
+            if named and item.alias not in named:
+                continue
+            if item.shadow is None:
+                return _refusal("that also covers a table the branch has not changed, a subquery or a function",
+                                "Name only the changed tables with FOR UPDATE OF, or lock in separate statements.")
+            previous = locks.get(item.alias)
+            if previous is None:
+                locks[item.alias] = _Lock(item, mode, wait)
+            else:  # PostgreSQL takes the strongest lock, and NOWAIT over SKIP LOCKED over waiting
+                locks[item.alias] = _Lock(item, max(mode, previous.mode, key=_STRENGTH_ORDER.index),
+                                          max(wait, previous.wait, key=_WAIT_ORDER.index))
+    locations = {lock.item.relation.location for lock in locks.values() if lock.item.relation}
+    if not locks or any(rel.location not in locations for rel in shadows_locked):
+        return _refusal("inside a subquery or CTE", "Lock the rows in a top-level SELECT.")
+    refusal = _postgres_refusal(body, strength_label, locks)
+    if refusal:
+        return refusal
+    if any(lock.item.shadow is not None and lock.item.shadow.function is None for lock in locks.values()):
+        return _refusal("on an overlay made by an older cowproxy", "Reset the branch: cowproxy branch reset NAME.")
+    names = _output_names(body, items)
+    if isinstance(names, Refusal):
+        return names
+    return LockPlan(tuple(locks.values()), tuple(names))
+
+
+def _postgres_refusal(body: dict[str, Any], strength: str, locks: dict[str, _Lock]) -> Refusal | None:
+    """What PostgreSQL itself refuses with a locking clause (its messages), and what
+    the wrapper cannot keep."""
+    if body.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return Refusal("0A000", f"{strength} is not allowed with UNION/INTERSECT/EXCEPT")
+    for key, what in (("distinctClause", "DISTINCT clause"), ("groupClause", "GROUP BY clause"),
+                      ("havingClause", "HAVING clause")):
+        if body.get(key):
+            return Refusal("0A000", f"{strength} is not allowed with {what}")
+    if _has_window_function(body.get("targetList", [])):
+        return Refusal("0A000", f"{strength} is not allowed with window functions")
+    if any(lock.item.nullable for lock in locks.values()):
+        return Refusal("0A000", f"{strength} cannot be applied to the nullable side of an outer join")
+    if body.get("intoClause"):
+        return _refusal("INTO")
+    if body.get("limitOption") == "LIMIT_OPTION_WITH_TIES":
+        return _refusal("with FETCH ... WITH TIES")
+    return None
+
+
+def _has_window_function(node: Any) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "FuncCall" in item and item["FuncCall"].get("over"):
+                return True
+            if "SubLink" in item:
+                continue  # a window function of a subquery is the subquery's
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _from_items(from_clause: list[Any], classify: Classify) -> list[_FromItem]:
+    """The FROM list's items in order (through joins), with the outer joins' nullable sides."""
+    items: list[_FromItem] = []
+
+    def visit(node: dict[str, Any], nullable: bool) -> None:
+        (kind, value), = node.items()
+        if kind == "RangeVar":
+            relation = _relation(value)
+            alias = value.get("alias") or {}
+            items.append(_FromItem(alias.get("aliasname") or value["relname"], relation, nullable,
+                                   _names(alias.get("colnames", [])), classify(relation)))
+        elif kind == "JoinExpr":
+            join = value.get("jointype", "JOIN_INNER")
+            visit(value["larg"], nullable or join in ("JOIN_RIGHT", "JOIN_FULL"))
+            visit(value["rarg"], nullable or join in ("JOIN_LEFT", "JOIN_FULL"))
+            if value.get("alias"):
+                items.append(_FromItem(value["alias"].get("aliasname", ""), None, nullable))
+        else:
+            alias = (value.get("alias") or {}) if isinstance(value, dict) else {}
+            items.append(_FromItem(alias.get("aliasname", ""), None, nullable))
+
+    for node in from_clause:
+        visit(node, False)
+    return items
+
+
+def _names(nodes: list[Any]) -> tuple[str, ...]:
+    return tuple(n.get("String", {}).get("sval", "") for n in nodes)
+
+
+# output column names (PostgreSQL's FigureColname) --------------------------------------
+
+_SQL_VALUE_FUNCTIONS = {
+    "SVFOP_CURRENT_DATE": "current_date", "SVFOP_CURRENT_TIME": "current_time",
+    "SVFOP_CURRENT_TIME_N": "current_time", "SVFOP_CURRENT_TIMESTAMP": "current_timestamp",
+    "SVFOP_CURRENT_TIMESTAMP_N": "current_timestamp", "SVFOP_LOCALTIME": "localtime",
+    "SVFOP_LOCALTIME_N": "localtime", "SVFOP_LOCALTIMESTAMP": "localtimestamp",
+    "SVFOP_LOCALTIMESTAMP_N": "localtimestamp", "SVFOP_CURRENT_ROLE": "current_role",
+    "SVFOP_CURRENT_USER": "current_user", "SVFOP_USER": "user", "SVFOP_SESSION_USER": "session_user",
+    "SVFOP_CURRENT_CATALOG": "current_catalog", "SVFOP_CURRENT_SCHEMA": "current_schema",
+}
+_UNNAMED = frozenset({"A_Const", "ParamRef", "BoolExpr", "NullTest", "BooleanTest", "A_Expr"})
+
+
+def _output_names(body: dict[str, Any], items: list[_FromItem]) -> list[str] | Refusal:
+    names: list[str] = []
+    for target in body.get("targetList", []):
+        res = target.get("ResTarget", {})
+        if res.get("name"):
+            names.append(res["name"])
+            continue
+        val = res.get("val") or {}
+        star = _star(val)
+        if star is not None:
+            expanded = _expand(star, items)
+            if expanded is None:
+                return _refusal("with * of a table the branch has not changed, a join with USING, or a subquery",
+                                "List the columns instead of *.")
+            names += expanded
+            continue
+        strength, name = _figure(val)
+        if strength < 0:
+            return _refusal("with an output column whose name cannot be told", "Name the column with AS.")
+        names.append(name or "?column?")
+    return names
+
+
+def _star(val: dict[str, Any]) -> str | None:
+    """'' for `*`, the qualifier for `x.*`, None for anything else."""
+    fields = val.get("ColumnRef", {}).get("fields", []) if "ColumnRef" in val else []
+    if not fields or "A_Star" not in fields[-1]:
+        return None
+    qualifier = _names(fields[:-1])
+    return qualifier[-1] if qualifier else ""
+
+
+def _expand(qualifier: str, items: list[_FromItem]) -> list[str] | None:
+    chosen = [item for item in items if not qualifier or item.alias == qualifier]
+    if not chosen or (qualifier and len(chosen) != 1):
+        return None
+    names: list[str] = []
+    for item in chosen:
+        if item.shadow is None:
+            return None
+        columns = list(item.shadow.columns)
+        columns[:len(item.column_aliases)] = item.column_aliases
+        names += columns
+    return names
+
+
+def _figure(node: dict[str, Any]) -> tuple[int, str | None]:
+    """(strength, name) as PostgreSQL's FigureColnameInternal: 2 a real name, 1 a
+    fallback (a type's name, "case"), 0 none ("?column?"); -1: a node not known here."""
+    if not node:
+        return 0, None
+    (kind, value), = node.items()
+    if kind == "ColumnRef":
+        fields = value.get("fields", [])
+        last = fields[-1] if fields else {}
+        return (2, last["String"]["sval"]) if "String" in last else (0, None)
+    if kind == "A_Indirection":
+        indirection = value.get("indirection", [])
+        last = indirection[-1] if indirection else {}
+        if "String" in last:
+            return 2, last["String"]["sval"]
+        return _figure(value.get("arg") or {})
+    if kind == "FuncCall":
+        names = _names(value.get("funcname", []))
+        return (2, names[-1]) if names else (0, None)
+    if kind == "TypeCast":
+        strength, name = _figure(value.get("arg") or {})
+        if strength < 0:
+            return strength, name
+        if strength <= 1:
+            type_names = _names(value.get("typeName", {}).get("names", []))
+            if type_names:
+                return 1, type_names[-1]
+        return strength, name
+    if kind == "CollateClause":
+        return _figure(value.get("arg") or {})
+    if kind == "CaseExpr":
+        strength, name = _figure(value.get("defresult") or {})
+        return (strength, name) if strength > 1 or strength < 0 else (1, "case")
+    if kind == "A_ArrayExpr":
+        return 2, "array"
+    if kind == "RowExpr":
+        return 2, "row"
+    if kind == "CoalesceExpr":
+        return 2, "coalesce"
+    if kind == "MinMaxExpr":
+        return 2, "greatest" if value.get("op") == "IS_GREATEST" else "least"
+    if kind == "SQLValueFunction":
+        name = _SQL_VALUE_FUNCTIONS.get(value.get("op", ""))
+        return (2, name) if name else (-1, None)
+    if kind == "SubLink":
+        link = value.get("subLinkType")
+        if link == "EXISTS_SUBLINK":
+            return 2, "exists"
+        if link == "ARRAY_SUBLINK":
+            return 2, "array"
+        if link == "EXPR_SUBLINK":
+            targets = value.get("subselect", {}).get("SelectStmt", {}).get("targetList", [])
+            if targets:
+                res = targets[0].get("ResTarget", {})
+                return (2, res["name"]) if res.get("name") else _figure(res.get("val") or {})
+        return 0, None
+    if kind == "A_Expr" and value.get("kind") == "AEXPR_NULLIF":
+        return 2, "nullif"
+    if kind in _UNNAMED:
+        return 0, None
+    return -1, None
+
+
+# the text -------------------------------------------------------------------------------------
+
+
+def row_lock_splice(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, splices: list[Splice]) -> Splice:
+    """The splice replacing `st` (a top-level locking SELECT `lock_plan` accepted) with
+    the wrapper; `splices` are the policy's name rewrites, applied to the pieces copied."""
+    end = st.location + st.length if st.length else len(sql.encode())
+    tokens = spans.code_tokens(st.location, end)
+    while tokens and tokens[-1][2] == _SEMICOLON:
+        tokens.pop()
+    depth, depths = 0, []
+    for token in tokens:
+        if token[2] in _CLOSE:
+            depth -= 1
+        depths.append(depth)
+        if token[2] in _OPEN:
+            depth += 1
+    piece = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
+
+    select = next(i for i, t in enumerate(tokens) if depths[i] == 0 and t[2] == "SELECT")
+    first_item = first_location(st.body.get("fromClause", []))
+    from_at = max(i for i, t in enumerate(tokens) if depths[i] == 0 and t[2] == "FROM" and t[0] < first_item)
+    tail = next((i for i in range(from_at, len(tokens)) if depths[i] == 0 and tokens[i][2] in _TAIL_KEYWORDS),
+                len(tokens))
+    # LIMIT / OFFSET / FETCH go outside (in their order), the locking clauses go.
+    limits: list[str] = []
+    i = tail
+    while i < len(tokens):
+        j = next((k for k in range(i + 1, len(tokens)) if depths[k] == 0 and tokens[k][2] in _TAIL_KEYWORDS),
+                 len(tokens))
+        if tokens[i][2] != "FOR":
+            limits.append(piece(tokens[i][0], tokens[j - 1][1]))
+        i = j
+
+    columns = [f"cowproxy_{n}" for n in range(1, len(plan.names) + 1)]
+    lock_columns = [f"cowproxy_lock_{n}" for n in range(1, len(plan.locks) + 1)]
+    seen = [f"ROW({quote_ident(lock.item.alias)}.*)::{lock.item.shadow.view}" for lock in plan.locks
+            if lock.item.shadow is not None]
+    inner = (piece(tokens[select][0], tokens[from_at - 1][1]) + ", " + ", ".join(seen) + " "
+             + piece(tokens[from_at][0], tokens[tail - 1][1]) + " OFFSET 0")
+    outer_list = ", ".join(f"{SUBQUERY}.{c} AS {quote_ident(name)}" for c, name in zip(columns, plan.names))
+    calls = " AND ".join(
+        f"{lock.item.shadow.function}({SUBQUERY}.{column}, {quote_literal(lock.mode)}, {quote_literal(lock.wait)})"
+        for lock, column in zip(plan.locks, lock_columns) if lock.item.shadow is not None)
+    prefix = piece(tokens[0][0], tokens[select - 1][1]) + " " if select > 0 else ""
+    text = (f"{prefix}SELECT {outer_list} FROM ({inner}) AS {SUBQUERY} ({', '.join(columns + lock_columns)})"
+            f" WHERE {calls}" + "".join(" " + limit for limit in limits))
+    return Splice(tokens[0][0], tokens[-1][1], text)

@@ -1,0 +1,110 @@
+"""SELECT ... FOR UPDATE/SHARE of a changed table (sql/row_locks.py): the text the
+rewriter makes, the column names it gives, and what it refuses. What the text does on
+PostgreSQL is tests/branch/test_branch_gaps.py and the conformance cases of §5.5."""
+
+import pytest
+
+from cowproxy.metrics import Metrics
+from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy
+from cowproxy.sql.upsert import ShadowTable
+
+SCHEMA = "cowproxy_b_alice"
+JOBS = ShadowTable(columns=("id", "state", "payload"), key=("id",), lockable=True)
+WORKERS = ShadowTable(columns=("id", "name"), key=("id",), lockable=True)
+LAYOUT = BranchLayout(
+    branch="alice", schema=SCHEMA, search_schemas=(SCHEMA,),
+    overlays={("public", "jobs"): SCHEMA, ("public", "workers"): SCHEMA, ("public", "events"): SCHEMA,
+              ("public", "legacy"): SCHEMA},
+    local_names=frozenset({"jobs", "jobs$live", "jobs$skip", "workers", "workers$live", "workers$skip",
+                           "events", "events$live", "legacy", "legacy$live", "legacy$skip", "mine"}),
+    shadow_tables={("public", "jobs"): JOBS, ("public", "workers"): WORKERS,
+                   ("public", "legacy"): ShadowTable(columns=("id",), key=("id",))},
+)
+JOBS_VIEW, JOBS_LOCK = f'"{SCHEMA}"."jobs"', f'"{SCHEMA}"."jobs$lock"'
+
+
+@pytest.fixture
+def policy() -> BranchPolicy:
+    return BranchPolicy(LAYOUT, Metrics())
+
+
+def test_the_queue_pattern_locks_after_order_by_and_before_limit(policy):
+    decision = policy.decide("SELECT * FROM jobs WHERE state = 'new' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1;")
+    assert decision.action is Action.REWRITE and decision.preparable
+    assert decision.sql == (
+        'SELECT cowproxy_locking.cowproxy_1 AS "id", cowproxy_locking.cowproxy_2 AS "state",'
+        ' cowproxy_locking.cowproxy_3 AS "payload"'
+        f' FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW} FROM jobs WHERE state = \'new\' ORDER BY id OFFSET 0)'
+        ' AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_lock_1)'
+        f" WHERE {JOBS_LOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'skip') LIMIT 1;")
+
+
+def test_with_joins_offsets_parameters_and_several_clauses(policy):
+    decision = policy.decide(
+        "WITH w AS (SELECT 1) SELECT j.id, w2.name, j.id::text, 1, $1::int, (SELECT 2) AS two"
+        " FROM public.jobs j JOIN workers w2 ON w2.id = j.id WHERE j.id > $2 ORDER BY 1"
+        " OFFSET 1 LIMIT 2 FOR SHARE OF j FOR NO KEY UPDATE OF j, w2 NOWAIT")
+    assert decision.sql == (
+        'WITH w AS (SELECT 1) SELECT cowproxy_locking.cowproxy_1 AS "id", cowproxy_locking.cowproxy_2 AS "name",'
+        ' cowproxy_locking.cowproxy_3 AS "id", cowproxy_locking.cowproxy_4 AS "?column?",'
+        ' cowproxy_locking.cowproxy_5 AS "int4", cowproxy_locking.cowproxy_6 AS "two"'
+        ' FROM (SELECT j.id, w2.name, j.id::text, 1, $1::int, (SELECT 2) AS two,'
+        f' ROW("j".*)::{JOBS_VIEW}, ROW("w2".*)::"{SCHEMA}"."workers"'
+        f' FROM {JOBS_VIEW} j JOIN workers w2 ON w2.id = j.id WHERE j.id > $2 ORDER BY 1 OFFSET 0)'
+        ' AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_4, cowproxy_5, cowproxy_6,'
+        ' cowproxy_lock_1, cowproxy_lock_2)'
+        f" WHERE {JOBS_LOCK}(cowproxy_locking.cowproxy_lock_1, 'no key update', 'nowait')"
+        f' AND "{SCHEMA}"."workers$lock"(cowproxy_locking.cowproxy_lock_2, \'no key update\', \'nowait\')'
+        " OFFSET 1 LIMIT 2")
+
+
+@pytest.mark.parametrize("target, name", [
+    ("j.state", "state"), ("upper(j.state)", "upper"), ("j.state::varchar", "state"), ("'x'::text", "text"),
+    ("CASE WHEN true THEN 1 END", "case"), ("coalesce(j.state, '')", "coalesce"), ("j.id + 1", "?column?"),
+    ("EXISTS (SELECT 1)", "exists"), ("(SELECT w.name FROM workers w LIMIT 1)", "name"),
+    ("current_date", "current_date"), ("j.*", None), ("j.state AS \"Mixed Case\"", "Mixed Case"),
+])
+def test_output_columns_keep_postgresqls_names(policy, target, name):
+    sql = policy.decide(f"SELECT {target} FROM jobs j FOR UPDATE").sql
+    assert sql is not None
+    if name is None:
+        assert sql.startswith('SELECT cowproxy_locking.cowproxy_1 AS "id", cowproxy_locking.cowproxy_2 AS "state"')
+    else:
+        assert sql.startswith(f'SELECT cowproxy_locking.cowproxy_1 AS "{name.replace(chr(34), chr(34) * 2)}" FROM')
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("SELECT * FROM (SELECT * FROM jobs FOR UPDATE) s", "inside a subquery"),
+    ("WITH q AS (SELECT * FROM jobs FOR UPDATE) SELECT * FROM q", "inside a subquery"),
+    ("EXPLAIN SELECT * FROM jobs FOR UPDATE", "inside a subquery"),
+    ("SELECT * FROM jobs, events FOR UPDATE", "also covers a table"),
+    ("SELECT * FROM jobs j, (SELECT 1) s FOR UPDATE", "also covers a table"),
+    ("SELECT * FROM jobs j, events e FOR UPDATE OF j", "with * of a table"),
+    ("SELECT DISTINCT state FROM jobs FOR UPDATE", "FOR UPDATE is not allowed with DISTINCT clause"),
+    ("SELECT state FROM jobs GROUP BY state FOR SHARE", "FOR SHARE is not allowed with GROUP BY clause"),
+    ("SELECT rank() OVER () FROM jobs FOR KEY SHARE", "FOR KEY SHARE is not allowed with window functions"),
+    ("SELECT w.id FROM workers w LEFT JOIN jobs j ON true FOR UPDATE OF j",
+     "FOR UPDATE cannot be applied to the nullable side of an outer join"),
+    ("SELECT id FROM jobs ORDER BY id FETCH FIRST 1 ROW WITH TIES FOR UPDATE", "WITH TIES"),
+    ("SELECT * FROM legacy FOR UPDATE", "cowproxy branch reset"),
+    ("SELECT xmlroot(NULL, version '1') FROM jobs FOR UPDATE", "name cannot be told"),
+])
+def test_what_cannot_be_locked_exactly_is_refused(policy, sql, message):
+    decision = policy.decide(sql)
+    assert decision.action is Action.REFUSE and decision.refusal.sqlstate == "0A000"
+    assert message in decision.refusal.message + (decision.refusal.hint or "")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM events FOR UPDATE",                 # a copied (keyless) table: PostgreSQL locks it
+    "SELECT * FROM mine FOR UPDATE",                   # the branch's own table
+    "SELECT e.at FROM events e, jobs j FOR UPDATE OF e",
+])
+def test_locks_of_real_tables_are_left_to_postgresql(policy, sql):
+    assert policy.decide(sql).action is Action.FORWARD
+
+
+def test_a_table_without_an_overlay_gets_one_first(policy):
+    decision = policy.decide("SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
+    assert decision.action is Action.MATERIALIZE
+    assert [r.name for r in decision.materialize] == ["accounts"]
