@@ -5,8 +5,9 @@ Why: on a branch the proxy rewrites some statements into another kind (a keyed
 PostgreSQL answers with the tag of what it ran ("INSERT 0 3") where the client must see
 the tag of what it sent ("UPDATE 3"). `ResponseEditor` follows the answer stream while
 such statements are in flight and rewrites exactly their tags. Every other byte is
-forwarded the moment it arrives; only an incomplete CommandComplete (a few bytes) is
-held back until it is whole. Rows are never decoded.
+forwarded the moment it arrives; only an incomplete CommandComplete (a few bytes), or
+ParseComplete, BindComplete, CloseComplete, is held back until it is whole. Rows are
+never decoded.
 
 The editor walks headers with the session's own `BackendScanner` (one walk, one walking
 state), so the session can hand the stream over and take it back at any time the editor
@@ -75,6 +76,20 @@ from cowproxy.protocol.messages import (
 TagEdit = str | None
 """The command verb the client should see ("UPDATE"), or None to keep PostgreSQL's tag."""
 
+STANDIN: Final = "\x00standin"
+"""The first edit of a Query the gate sent upstream as extended-protocol messages
+instead (proxy/autoprepare.py `query`), one of STANDIN + "" / PARSE / CLOSE / CLOSE +
+PARSE: Close S "" (with CLOSE), Parse of a named statement (with PARSE), Bind "",
+Describe P "" (if it returns rows), Execute "", Sync. The client sees what its Query
+would have answered: the completions of the Close, Parse and Bind are removed, the
+RowDescription, rows, notices and errors pass, and the CommandComplete takes the
+second edit (if any)."""
+PARSE_STEP: Final = "+parse"
+CLOSE_STEP: Final = "+close"
+
+_DROP: Final = ""
+"""What `_settle` returns for an answer to remove."""
+
 EditsFor = Callable[[int, int, int], Sequence[TagEdit]]
 """`edits_for(msg_type, body_start, body_end)`: the edits for a Query or Parse frame."""
 
@@ -114,17 +129,18 @@ def _edited_body(body: bytes, verb: str) -> bytes:
 class _Sent:
     """One client message (or stand-in) still waiting for the answer that settles it."""
 
-    __slots__ = ("kind", "name", "other", "edit", "edits", "index", "edit_count", "held", "failed")
+    __slots__ = ("kind", "name", "other", "edit", "edits", "index", "edit_count", "held", "failed", "hidden")
 
     def __init__(self, kind: int, name: str = "", other: str = "", edit: TagEdit = None,
-                 edits: Sequence[TagEdit] = ()) -> None:
+                 edits: Sequence[TagEdit] = (), hidden: bool = False) -> None:
         self.kind = kind          # the message type, or _EARLIER / _OPEN
         self.name = name          # statement (Parse, Close S), portal (Bind, Execute, Close P)
         self.other = other        # Bind: its statement; Close: "S" or "P"
-        self.edit = edit          # Parse: the edit its portals' Executes get
+        self.edit = edit          # Parse: the edit its portals' Executes get; Execute: its own
         self.edits = edits        # Query: one edit per statement
         self.index = 0            # Query: statements answered so far; _EARLIER: cycles left
-        self.edit_count = int(edit is not None) + int(any(e is not None for e in edits))
+        self.hidden = hidden      # a stand-in's Close, Parse or Bind: its completion is removed
+        self.edit_count = int(edit is not None) + int(any(e is not None for e in edits)) + int(hidden)
         self.held: list[_Sent] = []   # _OPEN: the messages seen in the open cycle
         self.failed = False           # _OPEN: an error came in this cycle
 
@@ -132,6 +148,8 @@ class _Sent:
 _EARLIER: Final = -1  # cycles sent before `engage`: answers pass, ReadyForQuery counts
 _OPEN: Final = -2     # the extended-protocol cycle `engage` found begun (see there)
 _CLOSES_CYCLE: Final = frozenset({SYNC, QUERY, FUNCTION_CALL})
+_HELD_TYPES: Final = frozenset({COMMAND_COMPLETE, PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE})
+"""Answers held back until whole: the editor may rewrite or remove them."""
 
 
 class ResponseEditor:
@@ -197,10 +215,21 @@ class ResponseEditor:
     # ---------------------------------------------------------------- client side
 
     def sent_query(self, edits: Sequence[TagEdit]) -> None:
-        """A Query: `edits[i]` for its i-th statement (`()`: none)."""
+        """A Query: `edits[i]` for its i-th statement (`()`: none); or, when `edits[0]`
+        starts with STANDIN, the extended-protocol messages sent in its place."""
         if self._open is not None:
             if not self._open.failed:
                 self._open = None  # its ReadyForQuery ends the open cycle
+            return
+        first = edits[0] if edits else None
+        if first is not None and first.startswith(STANDIN):
+            if CLOSE_STEP in first:
+                self._push(_Sent(CLOSE, "", "S", hidden=True))
+            if PARSE_STEP in first:
+                self._push(_Sent(PARSE, _NO_NAME, hidden=True))
+            self._push(_Sent(BIND, "", _NO_NAME, hidden=True))
+            self._push(_Sent(EXECUTE, "", edit=edits[1] if len(edits) > 1 else None))
+            self._push(_Sent(SYNC))
             return
         self._push(_Sent(QUERY, edits=tuple(edits)))
 
@@ -295,16 +324,22 @@ class ResponseEditor:
                 if verb is not None:
                     end += len(held)
                     start = end - 5 - len(body)
-                    edited = _edited_body(body, verb)
-                    if start >= 0 and edited != body:  # (start < 0: began before engage)
+                    if start < 0:
+                        pass  # began before engage: already forwarded
+                    elif verb == _DROP:
                         out.append(buf[pos:start])
-                        out.append(frame(COMMAND_COMPLETE, edited))
                         pos = end
+                    else:
+                        edited = _edited_body(body, verb)
+                        if edited != body:
+                            out.append(buf[pos:start])
+                            out.append(frame(COMMAND_COMPLETE, edited))
+                            pos = end
             if msg_type in caller_interest:
                 caller_events.append((msg_type, body))
         stop = len(buf)
         msg_type, seen = scanner.unfinished
-        if msg_type == COMMAND_COMPLETE:
+        if msg_type in _HELD_TYPES:
             stop = max(pos, stop - seen)
         self._held = buf[stop:]
         if pos == 0 and stop == len(buf):
@@ -335,7 +370,7 @@ class ResponseEditor:
                 if msg_type != COMMAND_COMPLETE:
                     return None
                 self._forget_discarded(body)
-                return self._portals.get(head.name)
+                return head.edit if head.edit is not None else self._portals.get(head.name)
             if kind == QUERY and msg_type != PORTAL_SUSPENDED:
                 index = head.index
                 head.index = index + 1
@@ -361,7 +396,7 @@ class ResponseEditor:
               or msg_type == CLOSE_COMPLETE and kind == CLOSE):
             self._pop()
             self._apply(head)
-            return None
+            return _DROP if head.hidden else None
         raise self._out_of_step(msg_type, head)
 
     def _apply(self, sent: _Sent) -> None:

@@ -27,6 +27,33 @@ shadow through search_path).
   statement "" (forwarded, so a later Bind fails with 26000 as on PostgreSQL); meanwhile
   Bind and Describe of statement "" are renamed (`rename`).
 
+The simple protocol (`query`): a Query whose one statement is such a statement inlines
+its values (`... WHERE aid = 4711`), a new text per execution. Its numbers that are
+values become parameters of a statement prepared for its literal shape
+(sql/parameterize.py; key: the shape of the SQL sent upstream and the parameters' types,
+`int4`, `int8` or `numeric` as PostgreSQL types each literal), and the Query goes
+upstream as a *stand-in*: the extended-protocol messages `[Close S ""] [Parse
+"cowproxy_sp_<n>"] Bind "" Describe P "" Execute "" Sync` (Describe only if it returns
+rows; Close only if the client may have an unnamed statement, which a Query drops), the
+values in text format as PostgreSQL reads the literals. The response editor removes the
+completions of Close, Parse and Bind (protocol/responses.py STANDIN), so the client gets
+the bytes its Query would have got: RowDescription before execution, rows as they come,
+an error after some rows, 25P02 in a failed transaction (from the Bind), the tag (edited
+as the rewrite needs). Not `PREPARE ...; EXECUTE`: EXECUTE runs the statement to the end
+into a tuplestore before it sends its RowDescription, so a statement failing halfway
+would lose the RowDescription and rows the client would have got first.
+
+* First sight of a shape: the Query goes as it is; the entry is pending (`settle`). So
+  a statement that fails at parse analysis fails as the client's own text, with its
+  error position, not as the Parse of the parameterized text.
+* Seen once without error: the stand-in with the Parse. Pending again: an error since
+  drops the entry, and the next sight starts afresh under a new name (the statement may
+  exist). The Parse is sent only when nothing is in flight before it and the
+  transaction has not failed (else it would only burn a name).
+* Confirmed: the stand-in without the Parse.
+Never inside an extended-protocol cycle (messages since the last Sync): the editor passes
+such a cycle's answers unedited, and the server may be skipping messages to a Sync.
+
 The session's own prepared statements are untouched; DISCARD ALL and DEALLOCATE drop
 the proxy's too, and DDL may change what they return (a new table can hide another in
 search_path, which PostgreSQL's plan cache does not notice), so such a statement
@@ -39,14 +66,22 @@ until a DISCARD ALL / DEALLOCATE ALL); past it, Parses go upstream as before.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Sequence
 
-from cowproxy.protocol.messages import BIND, CLOSE, DESCRIBE, FUNCTION_CALL, PARSE, QUERY, SYNC, encode_parse, frame
+from cowproxy.protocol.messages import (BIND, CLOSE, DESCRIBE, EXECUTE, FUNCTION_CALL, PARSE, QUERY, SYNC, encode_close,
+                                        encode_describe, encode_execute, encode_parse, encode_sync, frame)
+from cowproxy.protocol.responses import CLOSE_STEP, PARSE_STEP, STANDIN
+from cowproxy.sql.parameterize import blanked, bound, parameterized, parameters
+from cowproxy.sql.policy import literal_spans
 
 LIMIT = 256
 """Statements one session may have made (each holds its query trees and plans in the backend)."""
 
 NAME_PREFIX = "cowproxy_ap_"
+SIMPLE_PREFIX = "cowproxy_sp_"
+SEEN_LIMIT = 4 * LIMIT
+"""Literal shapes one session remembers (seen, pending or prepared)."""
 
 _EMPTY_PARSE = encode_parse("", "")
 _FAILING_PARSE = encode_parse("", "SELECT")
@@ -54,13 +89,27 @@ _FAILING_PARSE = encode_parse("", "SELECT")
 
 _STATEMENT_UNNAMED = b"S\x00"   # Describe / Close body of statement ""
 
+_CLOSE_STATEMENT = encode_close(b"S", "")
+_TAIL = encode_execute("") + encode_sync()
+_ROWS_TAIL = encode_describe(b"P", "") + _TAIL
+_STANDIN_PARSE = STANDIN + PARSE_STEP
+_STANDIN_CLOSE = STANDIN + CLOSE_STEP
+_STANDIN_CLOSE_PARSE = STANDIN + CLOSE_STEP + PARSE_STEP
+_COUNT = struct.Struct("!h")
+_OID = struct.Struct("!I")
+_LENGTH = struct.Struct("!i")
+_TYPE_OIDS = {"int4": 23, "int8": 20, "numeric": 1700}
+
 
 class _Entry:
     __slots__ = ("alias", "confirmed")
 
     def __init__(self, alias: bytes) -> None:
         self.alias = alias          # the server statement's name and its zero byte
-        self.confirmed = False
+        self.confirmed = False      # (simple protocol: its name, b"" while only seen)
+
+
+_EXTENDED = frozenset({PARSE, BIND, DESCRIBE, CLOSE, EXECUTE})
 
 
 class AutoPrepared:
@@ -74,8 +123,11 @@ class AutoPrepared:
         self.alias: bytes | None = None
         """The server statement (name and zero byte) the client's unnamed statement is, or None."""
         self.relay: Any = None
-        self._entries: dict[tuple[str, bytes], _Entry] = {}
-        self._pending: list[tuple[str, bytes]] = []
+        self._entries: dict[tuple[str, bytes] | tuple[str, tuple[str, ...]], _Entry] = {}
+        """Parse: (SQL, parameter type OIDs); Query: (literal shape, `bound` key)."""
+        self._pending: list[tuple[str, bytes] | tuple[str, tuple[str, ...]]] = []
+        self.unnamed_parsed = False
+        """A `Parse ""` went upstream since the last Query: the client may have an unnamed statement."""
         self._made = 0              # statements made since the last DISCARD ALL / DEALLOCATE ALL
         self._serial = 0            # never reused: a dropped entry's statement may still exist
 
@@ -115,6 +167,55 @@ class AutoPrepared:
         if relay.pending_ready or relay.tx_status == b"E" or _closes_cycle(chunk, index):
             return _FAILING_PARSE
         return _EMPTY_PARSE
+
+    def query(self, sql: str, tags: tuple[str | None, ...], chunk: Sequence[tuple[int, int, int]] = (),
+              index: int = 0) -> tuple[bytes, tuple[str | None, ...]] | None:
+        """The frames to send for a simple Query whose one statement goes upstream as
+        `sql` (`tags`: its tag edits), with the tag edits of the Query (a stand-in's);
+        or None: send it as it is. `chunk[:index]`: frames before it the relay has not
+        accounted yet."""
+        spans = literal_spans(sql)
+        if not spans:
+            return None
+        shape = blanked(sql, spans)
+        params = parameters(shape)
+        if params is None:
+            return None
+        values = bound(sql, spans, params)
+        if values is None:
+            return None
+        types, args, literal = values
+        key = (shape, types)
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) < SEEN_LIMIT:
+                entry = _Entry(b"")
+                self._entries[key] = entry
+                self._pending.append(key)
+            return None
+        if not entry.confirmed:
+            return None  # seen or prepared in a request still unanswered: it may yet fail
+        relay = self.relay
+        if _mid_extended(relay.mid_extended, chunk, index):
+            return None  # the editor passes such a cycle's answers unedited
+        edit = tags[0] if tags else None
+        close = self.unnamed_parsed
+        if entry.alias:
+            return (_standin(close, b"", entry.alias, args, params.rows),
+                    (_STANDIN_CLOSE if close else STANDIN, edit))
+        if (self._made >= self.limit or relay.tx_status == b"E" or relay.pending_ready
+                or _closes_cycle(chunk, index)):
+            return None  # (the transaction may fail before it: the Parse would only burn a name)
+        self._serial += 1
+        self._made += 1
+        entry.alias = f"{SIMPLE_PREFIX}{self._serial}".encode() + b"\x00"
+        entry.confirmed = False
+        self._pending.append(key)
+        oids = tuple(_TYPE_OIDS[t] for t, as_written in zip(types, literal) if not as_written)
+        parse = frame(PARSE, entry.alias + parameterized(sql, spans, params, literal).encode() + b"\x00"
+                      + _COUNT.pack(len(oids)) + b"".join(_OID.pack(oid) for oid in oids))
+        return (_standin(close, parse, entry.alias, args, params.rows),
+                (_STANDIN_CLOSE_PARSE if close else _STANDIN_PARSE, edit))
 
     def rename(self, msg_type: int, buf: bytes, start: int, end: int) -> bytes | None:
         """While `alias` is set: a Bind or Describe of statement "" as the frame naming
@@ -169,6 +270,28 @@ class AutoPrepared:
         self._pending.clear()
         if all_dropped:
             self._made = 0
+
+
+def _standin(close: bool, parse: bytes, alias: bytes, args: list[bytes], rows: bool) -> bytes:
+    """The extended-protocol messages that answer like a simple Query of the statement
+    `alias` with parameters `args` (responses.py STANDIN). `close`: the client may have
+    an unnamed statement, which a Query drops; so does Close S ""."""
+    values = b"".join([_LENGTH.pack(len(arg)) + arg for arg in args])
+    bind_body = b"\x00" + alias + b"\x00\x00" + _COUNT.pack(len(args)) + values + b"\x00\x00"
+    return b"".join((_CLOSE_STATEMENT if close else b"", parse, b"B", _LENGTH.pack(4 + len(bind_body)), bind_body,
+                     _ROWS_TAIL if rows else _TAIL))
+
+
+def _mid_extended(before: bool, frames: Sequence[tuple[int, int, int]], count: int) -> bool:
+    """Whether extended-protocol messages precede the frame at `count` since the last
+    Sync or Query (`before`: so it stood before `frames`)."""
+    for i in range(count - 1, -1, -1):
+        msg_type = frames[i][0]
+        if msg_type in _EXTENDED:
+            return True
+        if msg_type == SYNC or msg_type == QUERY:
+            return False
+    return before
 
 
 def _closes_cycle(frames: Sequence[tuple[int, int, int]], count: int) -> bool:

@@ -15,7 +15,9 @@ its place in a pipeline, and the upstream transaction fails exactly as it would 
 On a branch a `Parse ""` of a statement over a shadow is prepared under a name of the
 proxy's own, and the Binds and Describes of the unnamed statement renamed to it
 (`autoprepared`, proxy/autoprepare.py): PostgreSQL then stops parsing and planning the
-shadow views for every execution.
+shadow views for every execution. A simple Query of such a statement goes as
+extended-protocol messages binding its numbers to a statement the proxy prepared for its
+literal shape, answered to the client as the Query would be (`AutoPrepared.query`).
 """
 
 from __future__ import annotations
@@ -137,39 +139,52 @@ class StatementGate:
             if decision.creates_temp:
                 return index
             if decision.action is Action.REWRITE:
-                out = None
+                sent = None
                 if prepared is not None:
-                    out = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
-                if out is None:
-                    out = _rewritten(msg_type, buf, start, end, decision)
-                self.rewrites.append((index, out, decision.tags))
+                    sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                if sent is None:
+                    sent = (_rewritten(msg_type, buf, start, end, decision), decision.tags)
+                self.rewrites.append((index, sent[0], sent[1]))
             elif decision.action is not Action.FORWARD:
                 return index
-            elif prepared is not None and (prepared.alias is not None or decision.preparable or decision.prepared):
-                out = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
-                if out is not None:
-                    self.rewrites.append((index, out, ()))
+            elif prepared is not None:
+                if prepared.alias is not None or decision.preparable or decision.prepared:
+                    sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                    if sent is not None:
+                        self.rewrites.append((index, sent[0], sent[1]))
+                elif msg_type == PARSE and buf[start] == 0:
+                    prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
             stats[(label, decision.kind)] += 1
         return len(frames)
 
     @staticmethod
     def _unnamed(prepared: AutoPrepared, msg_type: int, buf: bytes, start: int, end: int, sql: str,
-                 decision: Decision, chunk: Sequence[tuple[int, int, int]], index: int) -> bytes | None:
+                 decision: Decision, chunk: Sequence[tuple[int, int, int]], index: int
+                 ) -> tuple[bytes, tuple[str | None, ...]] | None:
         """Auto-prepare bookkeeping for a Query or Parse frame (client text `sql`) going
-        upstream; the frame to send instead of a `Parse ""` of a statement over a shadow,
-        or None. `chunk[:index]`: the frames before it that the relay has not accounted
-        yet (the fast path's chunk)."""
+        upstream; the frame to send instead of a `Parse ""` or a simple Query of a
+        statement over a shadow, with the tag edits of its answer, or None.
+        `chunk[:index]`: the frames before it that the relay has not accounted yet (the
+        fast path's chunk)."""
         if decision.prepared:
             prepared.forget(decision.prepared is Prepared.DROPPED)
         if msg_type == PARSE and buf[start] == 0:
+            prepared.unnamed_parsed = True
             if decision.preparable and decision.action is Action.REWRITE:
                 assert decision.sql is not None
-                return prepared.parse(decision.sql, buf, start, end, chunk, index)
+                out = prepared.parse(decision.sql, buf, start, end, chunk, index)
+                return (out, decision.tags) if out is not None else None
             if decision.preparable and decision.action is Action.FORWARD:
-                return prepared.parse(sql, buf, start, end, chunk, index)
+                out = prepared.parse(sql, buf, start, end, chunk, index)
+                return (out, decision.tags) if out is not None else None
             prepared.alias = None
         elif msg_type == QUERY:
             prepared.alias = None  # a simple Query destroys the unnamed statement
+            sent = None
+            if decision.preparable and (decision.action is Action.REWRITE or decision.action is Action.FORWARD):
+                sent = prepared.query(decision.sql if decision.sql is not None else sql, decision.tags, chunk, index)
+            prepared.unnamed_parsed = False
+            return sent
         return None
 
     async def translate(self, msg_type: int, buf: bytes, start: int, end: int) -> tuple[bytes, tuple[str | None, ...]]:
@@ -208,9 +223,9 @@ class StatementGate:
         if decision.creates_temp:
             self.temp_tables = self.temp_tables | frozenset(decision.creates_temp)
         if prepared is not None:
-            out = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, (), 0)
-            if out is not None:
-                return out, decision.tags
+            sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, (), 0)
+            if sent is not None:
+                return sent
         if decision.action is Action.REWRITE:
             return _rewritten(msg_type, buf, start, end, decision), decision.tags
         if decision.action is Action.REFUSE:

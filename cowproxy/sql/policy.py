@@ -148,6 +148,22 @@ def _number_spans(sql: str) -> list[tuple[int, int]] | None:
     return [(t.start, t.end + 1) for t in tokens if t.name in _NUMBER_TOKENS]
 
 
+_last_spans: tuple[str, list[tuple[int, int]] | None] = ("", [])
+
+
+def literal_spans(sql: str) -> list[tuple[int, int]] | None:
+    """`_number_spans` for the gate's simple-protocol auto-prepare (proxy/autoprepare.py),
+    which asks for the text the decision cache has just scanned when it is forwarded as
+    written: that one is remembered (by identity, the same str object), not scanned twice."""
+    global _last_spans
+    last = _last_spans
+    if last[0] is sql:
+        return last[1]
+    spans = _number_spans(sql)
+    _last_spans = (sql, spans)
+    return spans
+
+
 def _with_numbers(sql: str, spans: list[tuple[int, int]], numbers: list[str]) -> str:
     out, pos = [], 0
     for (start, end), number in zip(spans, numbers):
@@ -221,7 +237,7 @@ class DecisionCache:
         if isinstance(hit, Decision):  # the exact-text cache holds decisions only
             self.metrics.rewrite_cache["hit"] += 1
             return hit, None
-        spans = _number_spans(sql)
+        spans = literal_spans(sql)
         shape = _with_numbers(sql, spans, ["0"] * len(spans)) if spans else None
         if shape is not None:
             hit = self.shapes.hit(shape)

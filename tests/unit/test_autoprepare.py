@@ -233,3 +233,130 @@ def test_only_one_plannable_statement_over_a_shadow_is_preparable():
                 "COPY accounts TO STDOUT", "EXPLAIN SELECT * FROM accounts", "CREATE TABLE x AS SELECT * FROM accounts",
                 "DECLARE c CURSOR FOR SELECT * FROM accounts", "DO $$ BEGIN END $$"):
         assert not policy.decide(sql).preparable, sql
+
+
+# -- the simple protocol ----------------------------------------------------------------
+
+def lookup(aid: int) -> bytes:
+    return encode_query(f"SELECT * FROM public.accounts WHERE id = {aid}")
+
+
+LOOKUP_PREPARED = 'SELECT * FROM "cowproxy_b_alice"."accounts" WHERE id = $1'
+
+
+def frames_of(data: bytes) -> list[tuple[str, bytes]]:
+    buf, parsed = FrontendFramer().feed(data)
+    return [(chr(t), bytes(buf[s:e])) for t, s, e in parsed]
+
+
+def standin(parse: bytes, statement: str, *params: bytes, rows: bool = True, close: bool = False
+            ) -> list[tuple[str, bytes]]:
+    return frames_of((encode_close(b"S", "") if close else b"") + parse + encode_bind("", statement, params)
+                     + (encode_describe(b"P", "") if rows else b"") + encode_execute("") + S)
+
+
+def query_tags(gate: StatementGate) -> tuple:
+    return gate.rewrites[0][2] if gate.rewrites else ()
+
+
+def test_a_simple_query_is_seen_then_prepared_then_executed():
+    gate, _relay = branch_gate()
+    first = upstream_bytes(gate, lookup(4711))
+    assert first == encode_query(f'SELECT * FROM "cowproxy_b_alice"."accounts" WHERE id = 4711')  # as written
+    settle(gate)
+    second = upstream_bytes(gate, lookup(5))
+    assert frames_of(second) == standin(encode_parse("cowproxy_sp_1", LOOKUP_PREPARED, (23,)), "cowproxy_sp_1", b"5")
+    assert query_tags(gate) == ("\x00standin+parse", None)
+    assert upstream_bytes(gate, lookup(6)) == encode_query(f'SELECT * FROM "cowproxy_b_alice"."accounts" WHERE id = 6')
+    settle(gate)
+    assert frames_of(upstream_bytes(gate, lookup(7))) == standin(b"", "cowproxy_sp_1", b"7")
+    assert query_tags(gate) == ("\x00standin", None)
+    assert frames_of(translated(gate, lookup(7))) == standin(b"", "cowproxy_sp_1", b"7")
+    # after a Parse "" (the client's unnamed statement, which a Query drops): Close S "" first
+    out = upstream_bytes(gate, encode_parse("", "SELECT 1"), S, lookup(8))
+    assert frames_of(out)[2:] == standin(b"", "cowproxy_sp_1", b"8", close=True)
+    assert query_tags(gate) == ("\x00standin+close", None)
+    assert frames_of(upstream_bytes(gate, lookup(9))) == standin(b"", "cowproxy_sp_1", b"9")
+    # another parameter type is another statement, seen first
+    assert upstream_bytes(gate, lookup(5000000000)).startswith(b"Q")
+    settle(gate)
+    assert b"cowproxy_sp_2" in upstream_bytes(gate, lookup(5000000001))
+
+
+def test_a_statement_without_rows_has_no_describe():
+    """A simple Query of an UPDATE answers no RowDescription: no Describe (whose NoData
+    the client would see); with RETURNING it does."""
+    gate, _relay = branch_gate()
+    update = "UPDATE public.accounts SET balance = balance + {} WHERE id = {}"
+    for returning in ("", " RETURNING balance"):
+        for delta, aid in ((1, 2), (3, 4)):
+            upstream_bytes(gate, encode_query(update.format(delta, aid) + returning))
+            settle(gate)
+        out = frames_of(upstream_bytes(gate, encode_query(update.format(5, 6) + returning)))
+        assert [t for t, _ in out] == (["B", "D", "E", "S"] if returning else ["B", "E", "S"])
+        assert out[0][1].endswith(b"\x00\x02\x00\x00\x00\x015\x00\x00\x00\x016\x00\x00")  # two text values
+
+
+def test_an_error_in_the_round_drops_the_shape_and_names_are_not_reused():
+    gate, _relay = branch_gate()
+    upstream_bytes(gate, lookup(1))
+    settle(gate, error=True)          # first sight failed: not even seen
+    upstream_bytes(gate, lookup(2))
+    settle(gate)
+    assert b"cowproxy_sp_1" in upstream_bytes(gate, lookup(3))
+    settle(gate, error=True)          # the Parse or the statement failed
+    assert upstream_bytes(gate, lookup(4)).startswith(b"Q")
+    settle(gate)
+    assert b"cowproxy_sp_2" in upstream_bytes(gate, lookup(5))
+
+
+def test_no_parse_where_the_transaction_may_fail_first_nor_inside_an_extended_cycle():
+    gate, relay = branch_gate()
+    upstream_bytes(gate, lookup(1))
+    settle(gate)
+    relay.tx_status = b"E"
+    assert upstream_bytes(gate, lookup(2)).startswith(b"Q")
+    relay.tx_status, relay.pending_ready = b"T", 1
+    assert upstream_bytes(gate, lookup(2)).startswith(b"Q")
+    relay.pending_ready = 0
+    chunk = upstream_bytes(gate, encode_query("SELECT 1/0"), lookup(2))
+    assert b"cowproxy_sp" not in chunk
+    chunk = upstream_bytes(gate, encode_parse("", "SELECT 1"), encode_bind("", "", ()), lookup(2))
+    assert b"cowproxy_sp" not in chunk
+    relay.mid_extended = True
+    assert upstream_bytes(gate, lookup(2)).startswith(b"Q")
+    relay.mid_extended = False
+    assert b"cowproxy_sp_1" in upstream_bytes(gate, lookup(2))
+    settle(gate)
+    assert b"cowproxy_sp_1" in upstream_bytes(gate, encode_parse("", "SELECT 1"), S, lookup(3))  # executing is fine
+    relay.mid_extended = True   # but not inside a cycle: its BindComplete could not be hidden
+    assert upstream_bytes(gate, lookup(3)).startswith(b"Q")
+
+
+def test_simple_statements_are_forgotten_and_bounded_like_the_others():
+    gate, _relay = branch_gate(limit=1)
+    for aid in (1, 2):
+        upstream_bytes(gate, lookup(aid))
+        settle(gate)
+    assert b"cowproxy_sp_1" in upstream_bytes(gate, lookup(3))
+    settle(gate)
+    other = "SELECT id FROM public.accounts WHERE id < {}"
+    for n in (1, 2):
+        assert upstream_bytes(gate, encode_query(other.format(n))).startswith(b"Q")  # past the limit
+        settle(gate)
+    upstream_bytes(gate, encode_query("DEALLOCATE ALL"))
+    assert len(gate.autoprepared) == 0
+    for n in (3, 4):
+        upstream_bytes(gate, encode_query(other.format(n)))
+        settle(gate)
+    assert b"cowproxy_sp_2" in upstream_bytes(gate, encode_query(other.format(5)))
+
+
+def test_multi_statement_and_unparameterizable_queries_are_left_alone():
+    gate, _relay = branch_gate()
+    for _ in range(3):
+        for sql in ("SELECT * FROM public.accounts WHERE id = 1; SELECT 2", "SELECT * FROM public.accounts ORDER BY 1",
+                    "SELECT * FROM public.accounts WHERE id = $1 + 1"):
+            out = upstream_bytes(gate, encode_query(sql))
+            assert out.startswith(b"Q") and b"cowproxy_sp" not in out
+            settle(gate)

@@ -39,7 +39,9 @@ from cowproxy.protocol.messages import (
     encode_sync,
     frame,
 )
-from cowproxy.protocol.responses import ResponseEditor, edited_tag
+from cowproxy.protocol.messages import ERROR_RESPONSE, decode_error_fields
+from cowproxy.protocol.responses import CLOSE_STEP, PARSE_STEP, STANDIN, ResponseEditor, edited_tag
+from cowproxy.proxy.autoprepare import _standin
 
 from .streams import cut
 from .strategies import BOUNDED, cut_points
@@ -465,3 +467,53 @@ def test_engage_refuses_to_drop_edits_in_flight():
     editor.sent_parse("s", "UPDATE")
     with pytest.raises(RuntimeError):
         editor.engage(0)
+
+
+# -- a simple Query sent as extended-protocol messages (proxy/autoprepare.py) ------------
+
+def without_source(data: bytes) -> list:
+    """Messages, with an error's fields but those naming the server's source code (F, L, R)."""
+    return [(t, sorted((k, v) for k, v in decode_error_fields(body).fields.items() if k not in "FLR"))
+            if t == ERROR_RESPONSE else (t, body) for t, body in messages(data)]
+
+
+def standin_editor(first: str, edit: str | None) -> ResponseEditor:
+    editor = new_editor()
+    editor.sent_query((first, edit))
+    return editor
+
+
+def test_a_standin_answers_exactly_like_the_query_it_replaces(wire):
+    """The gate may send a simple Query as Close, Parse, Bind, Describe, Execute, Sync of
+    a prepared statement: through the editor the client gets the Query's own
+    answer, byte for byte, even cut into single bytes; rows, an error in the middle of
+    them, a tag edit, and a failed transaction."""
+    wire.send(encode_query("INSERT INTO t SELECT g, g FROM generate_series(1, 4) g"))
+    wire.read(READY_FOR_QUERY)
+    cases = [  # (Query, statement, parameters, returns rows, edit)
+        ("SELECT k, v FROM t WHERE k >= 2 ORDER BY k", "SELECT k, v FROM t WHERE k >= $1 ORDER BY k", (b"2",), True, None),
+        ("SELECT k, 10 / (k - 3) FROM t ORDER BY k", "SELECT k, $1 / (k - $2) FROM t ORDER BY k", (b"10", b"3"), True,
+         None),
+        (UPSERT.replace("$1", "3"), UPSERT, (b"3",), False, "UPDATE"),
+        ("UPDATE t SET v = v + -1 WHERE k = 2", "UPDATE t SET v = v + $1 WHERE k = $2", (b"-1", b"2"), False, None),
+    ]
+    for serial, (query, statement, params, rows, edit) in enumerate(cases):
+        expected = wire.exchange(encode_query(query), cycles=1)[1]
+        if edit is not None:
+            expected = expected.replace(b"INSERT 0 3", b"UPDATE 3").replace(b"C\x00\x00\x00\x0f", b"C\x00\x00\x00\x0d")
+        alias = f"sp{serial}".encode() + b"\x00"
+        parse = encode_parse(alias[:-1].decode(), statement, (23,) * len(params))
+        for first, close, parse_frame in ((STANDIN + PARSE_STEP, False, parse), (STANDIN, False, b""),
+                                          (STANDIN + CLOSE_STEP, True, b"")):
+            answer = wire.exchange(_standin(close, parse_frame, alias, list(params), rows), cycles=1)[1]
+            assert run(standin_editor(first, edit), [answer])[0] == expected, query
+            editor = standin_editor(first, edit)
+            assert run(editor, [answer[i:i + 1] for i in range(len(answer))])[0] == expected, query
+            assert editor.idle
+    wire.exchange(encode_query("BEGIN"), encode_query("SELECT 1/0"), cycles=2)
+    expected = wire.exchange(encode_query("SELECT k FROM t WHERE k = 1"), cycles=1)[1]
+    answer = wire.exchange(_standin(True, b"", b"sp0\x00", [b"1"], True), cycles=1)[1]
+    edited = run(standin_editor(STANDIN + CLOSE_STEP, None), [answer])[0]
+    assert without_source(edited) == without_source(expected)
+    assert decode_error_fields(messages(edited)[0][1]).sqlstate == "25P02"
+    wire.exchange(encode_query("ROLLBACK"), cycles=1)
