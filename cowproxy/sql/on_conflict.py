@@ -55,7 +55,7 @@ from __future__ import annotations
 from cowproxy.sql.analyze import ConflictUpdateShape, OnConflict, Refusal, Statement
 from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
 from cowproxy.branch.sink import raise_call
-from cowproxy.sql.upsert import ShadowTable, clause_end
+from cowproxy.sql.upsert import ShadowTable, clause_end, trailing_where
 
 INSERT_TAG = "INSERT"
 
@@ -196,11 +196,8 @@ def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdate
     last = clause_end(tokens, set_at)
     set_list = piece(tokens[set_at][0], tokens[last][1])
     rest = last + 1
-    condition = returning = ""
-    if rest < len(tokens) and tokens[rest][2] == "WHERE":
-        last = clause_end(tokens, rest + 1)
-        condition = piece(tokens[rest + 1][0], tokens[last][1])
-        rest = last + 1
+    returning = ""
+    condition, rest = trailing_where(tokens, rest, piece)
     if rest < len(tokens) and tokens[rest][2] == "RETURNING":
         returning = piece(tokens[rest + 1][0], tokens[-1][1])
         rest = len(tokens)

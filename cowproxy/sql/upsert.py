@@ -42,6 +42,7 @@ evaluate them for rows already in T$rows).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cowproxy.branch.overlay import DELETED
@@ -153,11 +154,8 @@ def upsert_splice(sql: str, statement: Statement, shape: UpdateShape, table: Sha
     set_list = piece(shape.items[0].location, tokens[last][1])
     rest = last + 1
 
-    condition = returning = ""
-    if rest < len(tokens) and tokens[rest][2] == "WHERE":
-        last = clause_end(tokens, rest + 1)
-        condition = piece(tokens[rest + 1][0], tokens[last][1])
-        rest = last + 1
+    returning = ""
+    condition, rest = trailing_where(tokens, rest, piece)
     if rest < len(tokens) and tokens[rest][2] == "RETURNING":
         columns = ", ".join(f"{alias_sql}.{quote_ident(c)}" for c in table.columns)
         stars = []
@@ -179,6 +177,16 @@ def upsert_splice(sql: str, statement: Statement, shape: UpdateShape, table: Sha
             + f" WHERE NOT {alias_sql}.{DELETED}" + (f" AND ({condition})" if condition else "")
             + (f" RETURNING {returning}" if returning else ""))
     return Splice(tokens[0][0], tokens[-1][1], text)
+
+
+def trailing_where(tokens: list[tuple[int, int, str]], rest: int, piece: Callable[[int, int], str]
+                   ) -> tuple[str, int]:
+    """The condition of a WHERE clause starting at token `rest` (its text by `piece`), or
+    "" if none starts there; and the index of the token after it."""
+    if rest < len(tokens) and tokens[rest][2] == "WHERE":
+        last = clause_end(tokens, rest + 1)
+        return piece(tokens[rest + 1][0], tokens[last][1]), last + 1
+    return "", rest
 
 
 def clause_end(tokens: list[tuple[int, int, str]], first: int) -> int:
