@@ -54,15 +54,15 @@ from dataclasses import dataclass
 
 from cowproxy.branch.sink import raise_call
 from cowproxy.sql.analyze import MergeClause, MergeShape, Refusal, Statement
-from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
+from cowproxy.sql.rewrite import CLOSING, OPENING, NameSpans, Splice, apply_within, nesting, quote_ident
 from cowproxy.sql.upsert import ShadowTable
 
 MERGE_TAG = "MERGE"
 
-_SEMICOLON, _COMMA = "ASCII_59", "ASCII_44"
+_COMMA = "ASCII_44"
 _OPEN_PAREN = "ASCII_40"
-_OPEN = frozenset({"ASCII_40", "ASCII_91", "CASE"})      # ( [ CASE
-_CLOSE = frozenset({"ASCII_41", "ASCII_93", "END_P"})    # ) ] END
+_OPEN = OPENING | {"CASE"}      # ( [ CASE
+_CLOSE = CLOSING | {"END_P"}    # ) ] END
 _MODIFY = frozenset({"update", "delete"})
 """A scalar subquery returning two rows: evaluating it raises 21000."""
 
@@ -117,14 +117,7 @@ class _Tokens:
 
     def __init__(self, sql: str, tokens: list[tuple[int, int, str]], splices: list[Splice]) -> None:
         self.sql, self.tokens, self.splices = sql, tokens, splices
-        self.depth: list[int] = []
-        depth = 0
-        for _start, _end, name in tokens:
-            if name in _CLOSE:
-                depth -= 1
-            self.depth.append(depth)
-            if name in _OPEN:
-                depth += 1
+        self.depth = nesting(tokens, _OPEN, _CLOSE)
 
     def name(self, i: int) -> str:
         return self.tokens[i][2] if i < len(self.tokens) else ""
@@ -174,10 +167,7 @@ def merge_splice(sql: str, statement: Statement, shape: MergeShape, table: Shado
     and PostgreSQL refuses a MERGE into a view with 0A000)."""
     if newer_syntax(shape):
         return None
-    end = statement.location + statement.length if statement.length else len(sql.encode())
-    raw = spans.code_tokens(statement.location, end)
-    while raw and raw[-1][2] == _SEMICOLON:
-        raw.pop()
+    raw = spans.statement_tokens(statement.location, statement.length)
     t = _Tokens(sql, raw, splices)
 
     ctes = ""

@@ -53,7 +53,7 @@ SET or WHERE are ambiguous in PostgreSQL (EXCLUDED has them too): 42702, as ther
 from __future__ import annotations
 
 from cowproxy.sql.analyze import ConflictUpdateShape, OnConflict, Refusal, Statement
-from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
+from cowproxy.sql.rewrite import CLOSING, OPENING, NameSpans, Splice, apply_within, quote_ident
 from cowproxy.branch.sink import raise_call
 from cowproxy.sql.upsert import ShadowTable, clause_end, trailing_where
 
@@ -61,8 +61,7 @@ INSERT_TAG = "INSERT"
 
 PROPOSED, INSERTED, UPDATED, LOST = "cowproxy_proposed", "cowproxy_inserted", "cowproxy_updated", "cowproxy_lost"
 
-_COMMA, _SEMICOLON = "ASCII_44", "ASCII_59"
-_OPEN, _CLOSE = frozenset({"ASCII_40", "ASCII_91"}), frozenset({"ASCII_41", "ASCII_93"})
+_COMMA = "ASCII_44"
 _NOT_SUPPORTED = "0A000"
 
 
@@ -165,10 +164,7 @@ def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdate
     """The splice that replaces `statement` (an upsert `refusal` accepted) with the
     CTEs; `view`, `skip` and `sink` are the qualified shadow, skip view and row sink;
     `splices` are the policy's name rewrites, applied to the pieces copied."""
-    end = statement.location + statement.length if statement.length else len(sql.encode())
-    tokens = spans.code_tokens(statement.location, end)
-    while tokens and tokens[-1][2] == _SEMICOLON:
-        tokens.pop()
+    tokens = spans.statement_tokens(statement.location, statement.length)
     at = {token[0]: i for i, token in enumerate(tokens)}
     piece = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
 
@@ -274,15 +270,15 @@ def _typed_values(sql: str, tokens: list[tuple[int, int, str]], first: int, last
     rows = []
     i = first + 1
     while i <= last:
-        if tokens[i][2] not in _OPEN:
+        if tokens[i][2] not in OPENING:
             raise ValueError(f"no ( at byte {tokens[i][0]}")
         close = _closing(tokens, i)
         items, start, depth = [], i + 1, 0
         for j in range(i + 1, close + 1):
             name = tokens[j][2]
-            if name in _OPEN:
+            if name in OPENING:
                 depth += 1
-            elif name in _CLOSE and j != close:
+            elif name in CLOSING and j != close:
                 depth -= 1
             elif depth == 0 and (name == _COMMA or j == close):
                 items.append((start, j - 1))
@@ -304,9 +300,9 @@ def _closing(tokens: list[tuple[int, int, str]], open_at: int) -> int:
     """Index of the token closing the parenthesis at `open_at`."""
     depth = 0
     for j in range(open_at, len(tokens)):
-        if tokens[j][2] in _OPEN:
+        if tokens[j][2] in OPENING:
             depth += 1
-        elif tokens[j][2] in _CLOSE:
+        elif tokens[j][2] in CLOSING:
             depth -= 1
             if depth == 0:
                 return j
@@ -316,9 +312,9 @@ def _closing(tokens: list[tuple[int, int, str]], open_at: int) -> int:
 def _at_depth_zero(tokens: list[tuple[int, int, str]], first: int, name: str) -> int:
     depth = 0
     for j in range(first, len(tokens)):
-        if tokens[j][2] in _OPEN:
+        if tokens[j][2] in OPENING:
             depth += 1
-        elif tokens[j][2] in _CLOSE:
+        elif tokens[j][2] in CLOSING:
             depth -= 1
         elif depth == 0 and tokens[j][2] == name:
             return j

@@ -13,7 +13,26 @@ from dataclasses import dataclass
 from pglast import parser as pg_parser
 
 _DOT = "ASCII_46"
+_SEMICOLON = "ASCII_59"
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+
+OPENING = frozenset({"ASCII_40", "ASCII_91"})   # ( [
+CLOSING = frozenset({"ASCII_41", "ASCII_93"})   # ) ]
+Token = tuple[int, int, str]
+"""(start byte, end byte, scanner name) of one token."""
+
+
+def nesting(tokens: list[Token], opening: frozenset[str] = OPENING, closing: frozenset[str] = CLOSING) -> list[int]:
+    """Each token's depth inside brackets; a bracket itself stands at the outer depth.
+    The statement rewrites cut clauses at depth 0 (sql/merge.py, sql/row_locks.py)."""
+    depths, depth = [], 0
+    for _start, _end, name in tokens:
+        if name in closing:
+            depth -= 1
+        depths.append(depth)
+        if name in opening:
+            depth += 1
+    return depths
 
 
 def quote_ident(name: str) -> str:
@@ -88,6 +107,15 @@ class NameSpans:
                 if depth == 0:
                     return end
         raise ValueError(f"no closing parenthesis for the call at byte {location}")
+
+    def statement_tokens(self, location: int, length: int) -> list[Token]:
+        """The code tokens of the statement at `location` (`length` bytes, 0: to the end
+        of the text), without the semicolons that close it: what a statement rewrite
+        cuts into pieces."""
+        tokens = self.code_tokens(location, location + length if length else 1 << 62)
+        while tokens and tokens[-1][2] == _SEMICOLON:
+            tokens.pop()
+        return tokens
 
     def code_tokens(self, start: int, end: int) -> list[tuple[int, int, str]]:
         """(start, end, scanner name) of every token beginning in [start, end), comments

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cowproxy.sql.analyze import Refusal, Relation, Statement, _relation, first_location
-from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident, quote_literal
+from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, nesting, quote_ident, quote_literal
 
 SUBQUERY = "cowproxy_locking"
 
@@ -51,8 +51,6 @@ WAITS = {"LockWaitBlock": "wait", "LockWaitSkip": "skip", "LockWaitError": "nowa
 _WAIT_ORDER = ("wait", "skip", "nowait")  # PostgreSQL: NOWAIT wins over SKIP LOCKED, which wins over waiting
 
 _TAIL_KEYWORDS = frozenset({"LIMIT", "OFFSET", "FETCH", "FOR"})
-_OPEN, _CLOSE = frozenset({"ASCII_40", "ASCII_91"}), frozenset({"ASCII_41", "ASCII_93"})
-_SEMICOLON = "ASCII_59"
 
 
 @dataclass(frozen=True)
@@ -338,17 +336,8 @@ def _figure(node: dict[str, Any]) -> tuple[int, str | None]:
 def row_lock_splice(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, splices: list[Splice]) -> Splice:
     """The splice replacing `st` (a top-level locking SELECT `lock_plan` accepted) with
     the wrapper; `splices` are the policy's name rewrites, applied to the pieces copied."""
-    end = st.location + st.length if st.length else len(sql.encode())
-    tokens = spans.code_tokens(st.location, end)
-    while tokens and tokens[-1][2] == _SEMICOLON:
-        tokens.pop()
-    depth, depths = 0, []
-    for token in tokens:
-        if token[2] in _CLOSE:
-            depth -= 1
-        depths.append(depth)
-        if token[2] in _OPEN:
-            depth += 1
+    tokens = spans.statement_tokens(st.location, st.length)
+    depths = nesting(tokens)
     piece = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
 
     select = next(i for i, t in enumerate(tokens) if depths[i] == 0 and t[2] == "SELECT")

@@ -47,15 +47,14 @@ from dataclasses import dataclass
 
 from cowproxy.branch.overlay import DELETED
 from cowproxy.sql.analyze import Statement, UpdateShape
-from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, quote_ident
+from cowproxy.sql.rewrite import CLOSING, OPENING, NameSpans, Splice, apply_within, quote_ident
 
 UPDATE_TAG = "UPDATE"
 
 SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
 _SPECIAL_QUALIFIERS = frozenset({"excluded", "old", "new"})
 
-_EQUALS, _COMMA, _SEMICOLON, _STAR = "ASCII_61", "ASCII_44", "ASCII_59", "ASCII_42"
-_OPEN, _CLOSE = frozenset({"ASCII_40", "ASCII_91"}), frozenset({"ASCII_41", "ASCII_93"})
+_EQUALS, _COMMA, _STAR = "ASCII_61", "ASCII_44", "ASCII_42"
 
 
 @dataclass(frozen=True)
@@ -123,10 +122,7 @@ def upsert_splice(sql: str, statement: Statement, shape: UpdateShape, table: Sha
     """The splice that replaces `statement` (an UPDATE of shape `shape` that `unsuitable`
     accepted) in `sql` with the upsert; `rows` and `view` are the qualified T$rows and
     shadow view; `splices` are the policy's name rewrites, applied to the pieces copied."""
-    end = statement.location + statement.length if statement.length else len(sql.encode())
-    tokens = spans.code_tokens(statement.location, end)
-    while tokens and tokens[-1][2] == _SEMICOLON:
-        tokens.pop()
+    tokens = spans.statement_tokens(statement.location, statement.length)
     at = {token[0]: i for i, token in enumerate(tokens)}
     alias_sql = quote_ident(shape.alias or shape.relation.name)
     # In DO UPDATE, EXCLUDED has the table's columns too: an unqualified name would be
@@ -195,9 +191,9 @@ def clause_end(tokens: list[tuple[int, int, str]], first: int) -> int:
     depth = 0
     for j in range(first, len(tokens)):
         name = tokens[j][2]
-        if name in _OPEN:
+        if name in OPENING:
             depth += 1
-        elif name in _CLOSE:
+        elif name in CLOSING:
             depth -= 1
         elif depth == 0 and name in ("WHERE", "RETURNING") and j > first:
             return j - 1
