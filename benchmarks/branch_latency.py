@@ -10,6 +10,10 @@ one client, so the numbers are latencies rather than throughput:
 - `accounts, simple`: the same with `-M simple`: PostgreSQL parses and plans the
   statement every time, and planning the view is where a changed table costs most;
 - `accounts, changed rows`: prepared, aid a multiple of 100: rows in the overlay;
+- `accounts, next page`: prepared keyset pagination, `WHERE aid > :aid ORDER BY aid
+  LIMIT 20`: the shadow view sorts every row after :aid; the branch route sends the
+  view's two arms each sorted and limited (sql/ordered_limit.py), so `direct as branch`
+  against `branch` shows what that rewrite saves;
 - `tellers`: prepared `SELECT tbalance FROM pgbench_tellers WHERE tid = :tid`:
   untouched.
 
@@ -66,6 +70,9 @@ LOOKUPS = (
     Lookup("accounts_simple", "accounts (changed table), any row, -M simple", ANY_ACCOUNT, mode="simple"),
     Lookup("accounts_changed", "accounts (changed table), changed rows",
            "\\set aid 100 * random(1, {accounts} / 100)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"),
+    Lookup("accounts_page", "accounts (changed table), next page of 20 in key order",
+           "\\set aid random(1, {accounts})\nSELECT aid, abalance FROM pgbench_accounts WHERE aid > :aid "
+           "ORDER BY aid LIMIT 20;\n"),
     Lookup("tellers", "tellers (untouched table)",
            "\\set tid random(1, {tellers})\nSELECT tbalance FROM pgbench_tellers WHERE tid = :tid;\n"),
 )

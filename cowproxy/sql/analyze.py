@@ -251,7 +251,7 @@ class Statement:
     update_target: Relation | None = None  # a top-level UPDATE's table
     drops_prepared: str = ""               # "all": DISCARD ALL, DEALLOCATE ALL; "one": DEALLOCATE name
     foreign_keys: tuple[ForeignKeyClause, ...] = ()  # CREATE TABLE's FOREIGN KEY / REFERENCES clauses
-    body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's, MERGE's or locking SELECT's parse tree
+    body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's, MERGE's, locking or ORDER BY ... LIMIT SELECT's parse tree
 
 
 class SqlSyntaxError(Exception):
@@ -336,7 +336,8 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
                                      for location, name in walker.runtime_sequence_calls),
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
-        body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt") or node == "SelectStmt" and walker.locking
+        body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt")
+        or node == "SelectStmt" and (walker.locking or body.get("limitCount") and body.get("sortClause"))
         else None, drops_prepared=drops_prepared,
     )
 

@@ -23,7 +23,7 @@ from cowproxy.branch.overlay import OVERRIDING_SYSTEM, overlay_objects, skip_vie
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.branch.sink import has_row_sink, row_sink_target
 from cowproxy.metrics import Metrics
-from cowproxy.sql import on_conflict, references, row_locks
+from cowproxy.sql import on_conflict, ordered_limit, references, row_locks
 from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
                                   analyze, conflict_update_shape, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
@@ -390,6 +390,7 @@ class BranchPolicy:
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
         splices = self._row_locks(sql, statements, splices, temp_tables)
+        splices = self._ordered_limits(sql, statements, splices, temp_tables)
         touches_overlay = bool(splices) or self._touches_overlay(statements)
         kind = _kind_label(statements, touches_overlay)
         temps = tuple(name for st in statements for name in st.creates_temp)
@@ -616,6 +617,30 @@ class BranchPolicy:
             spans = spans or NameSpans(sql)
             replacement = row_locks.row_lock_splice(sql, st, plan, spans, splices)
             splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+        return splices
+
+    # SELECT ... ORDER BY ... LIMIT n of a changed table (sql/ordered_limit.py) -----------
+
+    def _ordered_limits(self, sql: str, statements: list[Statement], splices: list[Splice],
+                        temp_tables: frozenset[str]) -> list[Splice]:
+        """Every top-level `SELECT ... FROM shadow ... ORDER BY ... LIMIT n` the module
+        accepts reads the view's two arms sorted and limited, not the view."""
+        if len(self.layout.search_schemas) != 1:
+            return splices  # a stacked branch's shadows read its parent's views
+        spans: NameSpans | None = None
+        for st in statements:
+            rel = ordered_limit.candidate(st)
+            table = self._production_table(rel, temp_tables) if rel is not None else None
+            info = self.layout.shadow_tables.get(table) if table is not None and self._is_shadow(table) else None
+            if table is None or info is None or not info.key:
+                continue
+            objects = overlay_objects(*table)
+            arms = ordered_limit.Arms(info, f"{quote_ident(table[0])}.{quote_ident(table[1])}",
+                                      self._own(objects.rows), self._own(objects.cut))
+            spans = spans or NameSpans(sql)
+            replacement = ordered_limit.ordered_limit_splice(sql, st, arms, self.layout.unsafe_functions, spans, splices)
+            if replacement is not None:
+                splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
         return splices
 
     def _on_conflict_splices(self, st: Statement, spans: NameSpans, temp_tables: frozenset[str]) -> list[Splice]:

@@ -688,3 +688,65 @@ async def test_a_view_copy_follows_production_redefining_the_view(proxy, admin, 
     finally:
         await conn.close()
         await admin.execute("DROP VIEW account_customers")
+
+
+# -- SPEC §5.1: ORDER BY ... LIMIT over a changed table (sql/ordered_limit.py) ---------------
+
+
+async def test_a_page_in_key_order_reads_each_arm_sorted_and_limited(proxy, admin, branches):
+    """The upstream runs the two arms, each sorted and limited (a Merge Append that stops
+    after the page), not the view (which sorts the whole table); the page is the
+    branch's."""
+    before = await production_state(admin)
+    conn = await on(proxy, await branches())
+    try:
+        await conn.execute("INSERT INTO accounts VALUES (0, 'zero', 1), (25, 'late', 1)")
+        await conn.execute("DELETE FROM accounts WHERE id IN (1, 19)")
+        await conn.execute("UPDATE accounts SET balance = 7 WHERE id = 2")
+        page = "SELECT id, balance FROM accounts WHERE balance > $1 ORDER BY id LIMIT $2 OFFSET $3"
+        assert [tuple(r) for r in await conn.fetch(page, 0, 3, 0)] == [(0, 1), (2, 7), (3, 100)]
+        assert [r["id"] for r in await conn.fetch(page, 0, 2, 18)] == [20, 25]
+        assert [r["id"] for r in await conn.fetch("SELECT id FROM accounts ORDER BY id DESC LIMIT 3")] == [25, 20, 18]
+    finally:
+        await conn.close()
+    assert await production_state(admin) == before
+
+
+async def test_the_upstream_runs_a_page_as_two_sorted_limited_arms(proxy, admin, branches):
+    """What is sent is the two arms, and PostgreSQL merges them in index order: no
+    sort of the table (a page of the view costs a sort of every row)."""
+    await admin.execute("CREATE TABLE pages (id int PRIMARY KEY, v int NOT NULL);"
+                        " INSERT INTO pages SELECT i, i % 7 FROM generate_series(1, 20000) i; ANALYZE pages")
+    conn = await on(proxy, await branches())
+    try:
+        await conn.execute("UPDATE pages SET v = -1 WHERE id % 100 = 0")
+        page = "SELECT id, v FROM pages WHERE v <> $1 ORDER BY id DESC LIMIT $2"
+        assert [tuple(r) for r in await conn.fetch(page, 3, 3)] == [(20000, -1), (19999, 0), (19998, 6)]
+        sent = await conn.fetchval("SELECT statement FROM pg_prepared_statements WHERE statement LIKE '%pages$cut%'")
+        assert sent and sent.count("ORDER BY id DESC LIMIT $2") == 3, sent
+        await admin.execute(f"SET ROLE {quote_ident(await conn.fetchval('SELECT current_user'))}")
+        try:
+            plan = "\n".join(r[0] for r in await admin.fetch("EXPLAIN " + sent.replace("$1", "3").replace("$2", "3")))
+        finally:
+            await admin.execute("RESET ROLE")
+        assert "Merge Append" in plan and "Sort" not in plan.replace("Sort Key", ""), plan
+    finally:
+        await conn.close()
+
+
+async def test_a_page_after_truncate_in_a_transaction_shows_only_the_branchs_rows(proxy, branches):
+    """TRUNCATE on a branch hides production's rows (T$cut); a page read by the arms
+    honours it inside the transaction, and a rollback brings production's rows back."""
+    conn = await on(proxy, await branches())
+    try:
+        await conn.execute("UPDATE accounts SET balance = 1 WHERE id = 3")
+        page = "SELECT id FROM accounts ORDER BY id LIMIT 3"
+        async with conn.transaction():
+            await conn.execute("TRUNCATE accounts")
+            await conn.execute("INSERT INTO accounts VALUES (7, 'seven', 7), (40, 'forty', 40)")
+            assert [r["id"] for r in await conn.fetch(page)] == [7, 40]
+            await conn.execute("SELECT 1/0")
+    except asyncpg.DivisionByZeroError:
+        assert [r["id"] for r in await conn.fetch(page)] == [1, 2, 3]
+    finally:
+        await conn.close()
