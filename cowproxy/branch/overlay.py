@@ -123,6 +123,7 @@ class OverlayObjects:
     system_view: str   # INSERT ... OVERRIDING SYSTEM VALUE (tables with GENERATED ALWAYS identity)
     user_view: str     # INSERT ... OVERRIDING USER VALUE (tables with identity columns)
     lock_fn: str       # SELECT ... FOR UPDATE/SHARE of the shadow: claims and locks one row
+    propose_fn: str    # INSERT ... ON CONFLICT DO UPDATE: the proposed row, identity filled in
 
 
 @functools.lru_cache(maxsize=4096)
@@ -138,23 +139,36 @@ def overlay_objects(schema: str, table: str) -> OverlayObjects:
             ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
             ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),
             ("system_view", "$system"), ("user_view", "$user"), ("lock_fn", "$lock"),
+            ("propose_fn", "$propose"),
         )},
     )
 
 
 def skip_view_name(schema: str, table: str, columns: Iterable[str] | None = None,
-                   constraint: str | None = None) -> str:
+                   constraint: str | None = None, overriding: str = "") -> str:
     """The view that takes `INSERT INTO schema.table ... ON CONFLICT <target> DO NOTHING`:
     `T$skip` without a target, `T$skip(a,b)` for `ON CONFLICT (b, a)` (PostgreSQL infers
     the arbiter from the set of columns), `T$skip[name]` for `ON CONFLICT ON CONSTRAINT
     name`. The proxy derives the name from the statement; a target no unique rule
-    matches names a view that does not exist."""
+    matches names a view that does not exist. `overriding="system"`: the variant whose
+    trigger keeps explicit GENERATED ALWAYS identity values (`T$skip(a,b)$system`,
+    skip_views)."""
     base = _base_name(schema, table)
+    tail = f"${overriding}" if overriding else ""
     if constraint is not None:
-        return _suffixed(base, f"$skip[{constraint}]")
+        return _suffixed(base, f"$skip[{constraint}]{tail}")
     if columns is not None:
-        return _suffixed(base, "$skip(" + ",".join(sorted(set(columns))) + ")")
-    return _suffixed(base, "$skip")
+        return _suffixed(base, "$skip(" + ",".join(sorted(set(columns))) + ")" + tail)
+    return _suffixed(base, "$skip" + tail)
+
+
+PROPOSAL_SUFFIX = "$proposal"
+
+
+def proposal_view_name(schema: str, table: str, overriding: str = "") -> str:
+    """The view an `INSERT ... ON CONFLICT DO UPDATE` computes its proposed rows with
+    (proposal_views): `T$proposal`, `T$proposal$system`, `T$proposal$user`."""
+    return _suffixed(_base_name(schema, table), PROPOSAL_SUFFIX + (f"${overriding}" if overriding else ""))
 
 
 def _base_name(schema: str, table: str) -> str:
@@ -317,16 +331,34 @@ def overriding_views(info: TableInfo) -> dict[str, str]:
     return views
 
 
-def skip_views(info: TableInfo) -> dict[str, tuple[int, ...]]:
+def skip_views(info: TableInfo, overriding: str = "") -> dict[str, tuple[int, ...]]:
     """Each `T$skip...` view of a shadow → the indexes (in `info.unique`) of the unique
-    rules it skips conflicting rows on. Deferrable rules cannot be arbiters."""
+    rules it skips conflicting rows on. Deferrable rules cannot be arbiters.
+    `overriding="system"`: the `T$skip...$system` variants, which tables with a
+    GENERATED ALWAYS identity column have (none otherwise)."""
+    if overriding and not _identity_always(info):
+        return {}
     rules = [(i, r) for i, r in enumerate(info.unique) if not r.deferrable]
-    views = {skip_view_name(info.schema, info.table): tuple(i for i, _ in rules)}
+    views = {skip_view_name(info.schema, info.table, overriding=overriding): tuple(i for i, _ in rules)}
     for i, rule in rules:
-        by_columns = skip_view_name(info.schema, info.table, columns=rule.columns)
+        by_columns = skip_view_name(info.schema, info.table, columns=rule.columns, overriding=overriding)
         views[by_columns] = tuple(j for j, r in rules if set(r.columns) == set(rule.columns))
         if rule.is_constraint:
-            views[skip_view_name(info.schema, info.table, constraint=rule.name)] = (i,)
+            views[skip_view_name(info.schema, info.table, constraint=rule.name, overriding=overriding)] = (i,)
+    return views
+
+
+def proposal_views(info: TableInfo) -> dict[str, str]:
+    """The views that compute the rows an `INSERT ... ON CONFLICT DO UPDATE` proposes
+    (sql/on_conflict.py): clause ("", "system", "user") → view name. Each is the shadow
+    again with its defaults, whose INSTEAD OF INSERT trigger fills in identity columns
+    as the INSERT's clause says and returns the row without storing it: so the row's
+    defaults are evaluated once, by PostgreSQL, as an INSERT into the table evaluates
+    them, and EXCLUDED can read every column. Those rows then go to a skip view with
+    every value explicit: the `$system` variant where the table has a GENERATED ALWAYS
+    identity column (the proposal computed it)."""
+    views = {"": proposal_view_name(info.schema, info.table)}
+    views.update({clause: proposal_view_name(info.schema, info.table, clause) for clause in overriding_views(info)})
     return views
 
 
@@ -488,9 +520,16 @@ class _Generator:
         else:
             # The view first: readers lock it before the rows table, so must this.
             statements = [self.shadow_view_sql(with_source=False) + ";", cut, f"TRUNCATE {self.q(o.rows)};"]
+            user_views = {o.user_view, proposal_view_name(self.info.schema, self.info.table, OVERRIDING_USER)}
             for view in [o.view, *skip_views(self.info), *overriding_views(self.info).values()]:
                 statements += [s + ";" for s in self.set_defaults(self.q(view), True, cut=True,
-                                                                  identity=view != o.user_view)]
+                                                                  identity=view not in user_views)]
+            # Overlays made before these views existed get this function too (a
+            # neighbor's new overlay rewrites it): IF EXISTS.
+            for view in [*skip_views(self.info, OVERRIDING_SYSTEM), *proposal_views(self.info).values()]:
+                statements += [s.replace("ALTER VIEW ", "ALTER VIEW IF EXISTS ", 1) + ";"
+                               for s in self.set_defaults(self.q(view), True, cut=True,
+                                                          identity=view not in user_views)]
         return "\n".join(statements) + "\nRETURN NULL;"
 
     # mode shadow ----------------------------------------------------------------------
@@ -539,6 +578,7 @@ class _Generator:
                        f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(o.statement_fn)}()")
         ddl += self.skip_ddl()
         ddl += self.overriding_ddl()
+        ddl += self.proposal_ddl()
         # Named like the foreign key, so SET CONSTRAINTS <name> IMMEDIATE finds it first
         # on the branch's search_path.
         for name in _deferred_names(info):
@@ -569,7 +609,26 @@ class _Generator:
         ddl = []
         for name, arbiters in skip_views(self.info).items():
             ddl += self.insert_view_ddl(name, self.objects.skip_fn, [str(i) for i in arbiters])
+        for name, arbiters in skip_views(self.info, OVERRIDING_SYSTEM).items():
+            ddl += self.insert_view_ddl(name, self.objects.skip_fn, [*(str(i) for i in arbiters), OVERRIDING_SYSTEM])
         return ddl
+
+    def proposal_ddl(self) -> list[str]:
+        """The `T$proposal...` views (proposal_views): no foreign key work, nothing is stored."""
+        ddl = []
+        for clause, name in proposal_views(self.info).items():
+            view = self.q(name)
+            ddl += [f"CREATE VIEW {view}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}",
+                    *self.set_defaults(view, for_view=True, identity=clause != OVERRIDING_USER),
+                    f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {view} FOR EACH ROW "
+                    f"EXECUTE FUNCTION {self.q(self.objects.propose_fn)}({quote_literal(clause) if clause else ''})"]
+        return ddl
+
+    def propose_body(self) -> str:
+        """A proposed row: identity and generated columns as the insert's trigger takes
+        them (the same 428C9 errors), then returned, not stored."""
+        parts = [self.identity_on_insert(), self.generated_on_insert(), "RETURN NEW;"]
+        return "\n".join(p for p in parts if p)
 
     def overriding_ddl(self) -> list[str]:
         """The `T$system` / `T$user` views (overriding_views): the shadow again, whose
@@ -600,6 +659,7 @@ class _Generator:
         functions = [
             _plpgsql(self.q(o.insert_fn), self.insert_body(), declare=stored),
             _plpgsql(self.q(o.skip_fn), self.skip_body(), declare=stored),
+            _plpgsql(self.q(o.propose_fn), self.propose_body()),
             _plpgsql(self.q(o.update_fn), self.update_body(), declare=f"{stored}\n  {old_row}"),
             _plpgsql(self.q(o.delete_fn), self.delete_body(), declare=old_row),
             _plpgsql(self.q(o.truncate_fn), self.truncate_body()),

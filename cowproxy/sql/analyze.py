@@ -193,6 +193,18 @@ class ConflictUpdateShape:
     outer_columns: tuple[tuple[str, int], ...]  # unqualified column references in SET and WHERE, not in subqueries
     returning: bool
     returning_options: bool                # RETURNING WITH (...): PostgreSQL 18
+    overriding: str = ""                   # OVERRIDING SYSTEM | USER VALUE: "system", "user"
+
+
+@dataclass(frozen=True, slots=True)
+class CteUpsert:
+    """An `INSERT ... ON CONFLICT DO UPDATE` that is a CTE of a statement's own WITH."""
+
+    shape: ConflictUpdateShape
+    name: str                              # the CTE's name
+    name_location: int                     # byte offset of the CTE's name
+    location: int                          # the INSERT's byte span, inside the CTE's parentheses
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +350,7 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
         body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt")
         or node == "SelectStmt" and (walker.locking or body.get("limitCount") and body.get("sortClause"))
-        else None, drops_prepared=drops_prepared,
+        or node in _CTE_UPSERT_NODES and walker.on_conflicts else None, drops_prepared=drops_prepared,
     )
 
 
@@ -623,12 +635,61 @@ def update_shape(statement: Statement) -> UpdateShape | None:
     )
 
 
+_CTE_UPSERT_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
+"""Statements whose own WITH list can hold an upsert the rewrite lifts (sql/on_conflict.py)."""
+
+
 def conflict_update_shape(statement: Statement) -> ConflictUpdateShape | None:
     """The shape of a top-level `INSERT ... ON CONFLICT DO UPDATE`, for sql/on_conflict.py;
-    None for other statements (an upsert inside WITH among them)."""
+    None for other statements (an upsert inside WITH among them: cte_conflict_update)."""
     body = statement.body
     if statement.node != "InsertStmt" or body is None:
         return None
+    return _conflict_update_shape(body)
+
+
+def cte_conflict_update(statement: Statement, tokens: list[tuple[int, int, str]] | None = None) -> CteUpsert | None:
+    """The upsert among the CTEs of the statement's own WITH list (`tokens`: the
+    statement's code tokens, for the span of the CTE's query), or None. Upserts nested
+    deeper are not found (PostgreSQL allows data-modifying statements only there, or
+    refuses them itself). Without `tokens`, the span is not looked for (location -1)."""
+    if statement.node not in _CTE_UPSERT_NODES or statement.body is None:
+        return None
+    ctes = (statement.body.get("withClause") or {}).get("ctes", [])
+    for raw in ctes:
+        cte = raw.get("CommonTableExpr", {})
+        insert = (cte.get("ctequery") or {}).get("InsertStmt")
+        if insert is None or (insert.get("onConflictClause") or {}).get("action") != "ONCONFLICT_UPDATE":
+            continue
+        shape = _conflict_update_shape(insert)
+        if shape is not None and tokens is None:
+            return CteUpsert(shape, cte.get("ctename", ""), cte.get("location", -1), -1, 0)
+        name_at = next((i for i, t in enumerate(tokens) if t[0] == cte.get("location", -1)), None)
+        if shape is None or name_at is None:
+            return None
+        # name [(columns)] AS [NOT] [MATERIALIZED] ( query )
+        open_at = next((i for i in range(name_at, len(tokens)) if tokens[i][2] == "AS"), None)
+        while open_at is not None and open_at < len(tokens) and tokens[open_at][2] != "ASCII_40":
+            open_at += 1
+        if open_at is None or open_at >= len(tokens):
+            return None
+        depth, close_at = 0, None
+        for j in range(open_at, len(tokens)):
+            if tokens[j][2] in ("ASCII_40", "ASCII_91"):
+                depth += 1
+            elif tokens[j][2] in ("ASCII_41", "ASCII_93"):
+                depth -= 1
+                if depth == 0:
+                    close_at = j
+                    break
+        if close_at is None or close_at == open_at + 1:
+            return None
+        start = tokens[open_at + 1][0]
+        return CteUpsert(shape, cte.get("ctename", ""), tokens[name_at][0], start, tokens[close_at][0] - start)
+    return None
+
+
+def _conflict_update_shape(body: dict[str, Any]) -> ConflictUpdateShape | None:
     clause = body.get("onConflictClause") or {}
     if clause.get("action") != "ONCONFLICT_UPDATE":
         return None
@@ -661,6 +722,7 @@ def conflict_update_shape(statement: Statement) -> ConflictUpdateShape | None:
         excluded_row=any(q == "excluded" and c is None for q, c in refs.pairs) or "excluded" in refs.bare_names,
         outer_columns=tuple(refs.outer_columns), returning=bool(returning_exprs),
         returning_options=isinstance(returning_clause, dict) and bool(returning_clause.get("options")),
+        overriding=_OVERRIDING.get(body.get("override", ""), ""),
     )
 
 

@@ -41,18 +41,36 @@ The same arbiter value proposed twice is PostgreSQL's 21000 ("ON CONFLICT DO UPD
 command cannot affect row a second time"), raised with its message and hint by the
 overlay schema's `cowproxy_raise` (branch/sink.py) before anything is written.
 
-What this cannot mean exactly is refused (`refusal`): EXCLUDED of a column the INSERT
-does not list (PostgreSQL gives it the column's default, computed only by the insert),
-a conflict target whose columns are not all listed, DEFAULT VALUES, DEFAULT in some
-VALUES rows but not all (a column DEFAULT in every row is left to the view's default),
-`INSERT ... SELECT *` without knowing the width, and an upsert inside WITH (data-
-modifying CTEs must be at the top level). Unqualified column names of the table in
-SET or WHERE are ambiguous in PostgreSQL (EXCLUDED has them too): 42702, as there.
+Overlays made with the `T$proposal` views (branch/overlay.py `proposal_views`) compute
+the proposal as `INSERT INTO B."t$proposal..." (<the INSERT's columns>) <its source>
+RETURNING *`: the view has the shadow's defaults and a trigger that fills identity
+columns (as the INSERT's OVERRIDING clause says, hence one view per clause) and stores
+nothing, so PostgreSQL itself evaluates every default once per proposed row, DEFAULT
+items, DEFAULT VALUES and `SELECT *` included, with an INSERT's assignment casts, and
+EXCLUDED has every column. The rows then go to the skip view with every stored column
+given (its `$system` variant where a GENERATED ALWAYS identity column was filled in).
+
+An upsert that is a CTE of the statement's own WITH list has its CTEs put into that list
+before it, and becomes `SELECT <RETURNING> FROM <inserted and updated rows>` (T$proposal
+overlays only). The UPDATE's one-time filter counts every row the INSERT returned and
+reads `cowproxy_lost`, so the INSERT runs first whatever reads what.
+
+What this cannot mean exactly is refused (`refusal`): EXCLUDED of a generated column
+(PostgreSQL computes it in the proposed row; here T$rows computes it on insert), a
+whole-row EXCLUDED, two upserts in one statement, an upsert nested deeper than the
+statement's own WITH list or having a WITH of its own there, EXPLAIN; on overlays made
+before the proposal views also EXCLUDED of a column the INSERT does not give, a conflict
+target column left to its default, DEFAULT in some VALUES rows but not all, DEFAULT
+VALUES, `INSERT ... SELECT *`, OVERRIDING and any upsert inside WITH (hint: reset).
+Unqualified column names of the table in SET or WHERE are ambiguous in PostgreSQL
+(EXCLUDED has them too): 42702, as there.
 """
 
 from __future__ import annotations
 
-from cowproxy.sql.analyze import ConflictUpdateShape, OnConflict, Refusal, Statement
+from dataclasses import dataclass
+
+from cowproxy.sql.analyze import ConflictUpdateShape, CteUpsert, OnConflict, Refusal, Statement
 from cowproxy.sql.rewrite import CLOSING, OPENING, NameSpans, Splice, apply_within, quote_ident
 from cowproxy.branch.sink import raise_call
 from cowproxy.sql.upsert import ShadowTable, clause_end, trailing_where
@@ -81,9 +99,11 @@ def proposal_columns(shape: ConflictUpdateShape, table: ShadowTable) -> tuple[st
 
 
 def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTable | None,
-            has_sink: bool) -> Refusal | None:
+            has_sink: bool, has_proposal: bool = False) -> Refusal | None:
     """Why this upsert cannot be rewritten (PostgreSQL's own error where it has one),
-    or None."""
+    or None. `has_proposal`: the overlay has the `T$proposal` views, which evaluate the
+    proposed rows' defaults (branch/overlay.py `proposal_views`); overlays made before
+    them refuse what needs those."""
     name = oc.relation.name
     if oc.columns is None and oc.constraint is None:
         return Refusal("42601", "ON CONFLICT DO UPDATE requires inference specification or constraint name",
@@ -103,22 +123,28 @@ def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTabl
             return Refusal("42703", f'column "{column}" of relation "{name}" does not exist')
     if shape.columns is not None and len(set(shape.columns)) != len(shape.columns):
         return Refusal("42701", f'column "{_first_repeated(shape.columns)}" specified more than once')
-    if shape.source == "default":
+    reset = "Reset the branch (cowproxy branch reset NAME): its overlay of this table predates support for it."
+    if shape.source == "default" and not has_proposal:
         return Refusal(_NOT_SUPPORTED, "INSERT ... DEFAULT VALUES ON CONFLICT DO UPDATE is not supported on a "
-                                       f'table the branch has changed ("{name}")', "List the columns and values.")
-    if shape.width is None:
+                                       f'table the branch has changed ("{name}")', reset)
+    if shape.width is None and not has_proposal:
         return Refusal(_NOT_SUPPORTED, "INSERT ... SELECT * ON CONFLICT DO UPDATE is not supported on a table the "
-                                       f'branch has changed ("{name}")', "Name the selected columns.")
+                                       f'branch has changed ("{name}")', reset)
     expected = len(shape.columns) if shape.columns is not None else len(table.columns)
     if any(w != shape.width for w in shape.widths):
         return Refusal("42601", "VALUES lists must all be the same length")
-    if shape.width > expected:
+    if shape.width is not None and shape.width > expected:
         return Refusal("42601", "INSERT has more expressions than target columns")
-    if shape.columns is not None and shape.width < expected:
+    if shape.columns is not None and shape.width is not None and shape.width < expected:
         return Refusal("42601", "INSERT has more target columns than expressions")
     if shape.returning_options:
         return Refusal(_NOT_SUPPORTED, "RETURNING WITH (...) is not supported in INSERT ... ON CONFLICT DO UPDATE "
                                        "on a table the branch has changed")
+    if has_proposal:
+        return _common_refusal(shape, name, table)
+    if shape.overriding:
+        return Refusal(_NOT_SUPPORTED, f"INSERT ... OVERRIDING {shape.overriding.upper()} VALUE ... ON CONFLICT DO "
+                                       f'UPDATE is not supported on a table the branch has changed ("{name}")', reset)
     columns = proposal_columns(shape, table)
     for i, column in enumerate(columns):
         flags = {row[i] for row in shape.defaults}
@@ -132,14 +158,23 @@ def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTabl
         return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE that leaves a conflict target column to "
                                        f'its default is not supported on a table the branch has changed ("{name}")',
                        "Give the conflict target's columns values.")
-    if shape.excluded_row:
-        return Refusal(_NOT_SUPPORTED, "a whole-row reference to EXCLUDED is not supported on a table the branch "
-                                       f'has changed ("{name}")', "Name EXCLUDED's columns.")
     missing = sorted(shape.excluded - given)
     if missing:
         return Refusal(_NOT_SUPPORTED, f'EXCLUDED."{missing[0]}" of a column the INSERT does not give a value is '
-                                       f'not supported on a table the branch has changed ("{name}")',
-                       "List the column in the INSERT, with its value.")
+                                       f'not supported on a table the branch has changed ("{name}")', reset)
+    return _common_refusal(shape, name, table)
+
+
+def _common_refusal(shape: ConflictUpdateShape, name: str, table: ShadowTable) -> Refusal | None:
+    """What both forms of the rewrite refuse in SET and WHERE."""
+    if shape.excluded_row:
+        return Refusal(_NOT_SUPPORTED, "a whole-row reference to EXCLUDED is not supported on a table the branch "
+                                       f'has changed ("{name}")', "Name EXCLUDED's columns.")
+    generated = sorted(shape.excluded & table.generated)
+    if generated:
+        # PostgreSQL computes it in the proposed row; the proposal leaves it to T$rows.
+        return Refusal(_NOT_SUPPORTED, f'EXCLUDED."{generated[0]}" of a generated column is not supported on a table '
+                                       f'the branch has changed ("{name}")', "Write its expression over EXCLUDED's columns.")
     ambiguous = next((c for c, _ in shape.outer_columns if c in table.columns), None)
     if ambiguous is not None:
         return Refusal("42702", f'column reference "{ambiguous}" is ambiguous')
@@ -160,20 +195,61 @@ def _first_repeated(names: tuple[str, ...]) -> str:
 
 def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdateShape, oc: OnConflict,
                            table: ShadowTable, view: str, skip: str, sink: str, spans: NameSpans,
-                           splices: list[Splice]) -> Splice:
+                           splices: list[Splice], proposal: str | None = None) -> Splice:
     """The splice that replaces `statement` (an upsert `refusal` accepted) with the
-    CTEs; `view`, `skip` and `sink` are the qualified shadow, skip view and row sink;
-    `splices` are the policy's name rewrites, applied to the pieces copied."""
+    CTEs; `view`, `skip` and `sink` are the qualified shadow, skip view and row sink,
+    `proposal` the `T$proposal...` view (None: an overlay without them: the proposal is
+    the INSERT's own values, cast); `splices` are the policy's name rewrites, applied to
+    the pieces copied."""
     tokens = spans.statement_tokens(statement.location, statement.length)
+    parts = _rewrite(sql, tokens, shape, oc, table, view, skip, sink, spans, splices, proposal)
+    text = f"{'WITH ' if not parts.own_with else parts.own_with + ', '}{parts.ctes} "
+    if parts.returning:
+        text += f"SELECT {parts.returning} FROM {parts.rows}"
+    else:
+        text += f"INSERT INTO {sink} SELECT FROM {INSERTED} UNION ALL SELECT FROM {UPDATED}"
+    return Splice(tokens[0][0], tokens[-1][1], text)
+
+
+def cte_conflict_update_splices(sql: str, cte: CteUpsert, oc: OnConflict, table: ShadowTable, view: str,
+                                skip: str, sink: str, spans: NameSpans, splices: list[Splice],
+                                proposal: str) -> list[Splice]:
+    """An upsert that is a CTE of the statement's own WITH (`WITH u AS (INSERT ... ON
+    CONFLICT DO UPDATE ... RETURNING ...) SELECT ... FROM u`): its CTEs go into that WITH
+    list just before it, and it becomes `SELECT <RETURNING> FROM <the rows inserted and
+    updated>`. The insert and the update are data-modifying CTEs of the top level, so
+    they run whether or not the statement reads `u`, as PostgreSQL runs `u`."""
+    tokens = spans.statement_tokens(cte.location, cte.length)
+    parts = _rewrite(sql, tokens, cte.shape, oc, table, view, skip, sink, spans, splices, proposal)
+    if parts.returning:
+        query = f"SELECT {parts.returning} FROM {parts.rows}"
+    else:
+        # Only a statement that reads it evaluates it: PostgreSQL's error for that.
+        query = "SELECT " + raise_call(sink, "0A000", f'WITH query "{cte.name}" does not have a RETURNING clause', "")
+    return [Splice(cte.name_location, cte.name_location, parts.ctes + ", "),
+            Splice(tokens[0][0], tokens[-1][1], query)]
+
+
+@dataclass(frozen=True)
+class _Parts:
+    own_with: str    # the INSERT's own `WITH ...` (without a comma), or ""
+    ctes: str        # the rewrite's CTEs, comma-separated, without WITH
+    returning: str   # the RETURNING list, or ""
+    rows: str        # the rows inserted, then those updated, aliased as the target
+
+
+def _rewrite(sql: str, tokens: list[tuple[int, int, str]], shape: ConflictUpdateShape, oc: OnConflict,
+             table: ShadowTable, view: str, skip: str, sink: str, spans: NameSpans, splices: list[Splice],
+             proposal: str | None) -> _Parts:
     at = {token[0]: i for i, token in enumerate(tokens)}
     piece = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
 
     # [WITH ...] INSERT INTO name [[AS] alias] [(columns)] [OVERRIDING ... VALUE] source ON CONFLICT
     name_at = at[oc.relation.location]
-    with_text = ""
+    own_with = ""
     if shape.has_with:
         insert_at = _at_depth_zero(tokens, 0, "INSERT")
-        with_text = piece(tokens[0][0], tokens[insert_at - 1][1]) + ", "
+        own_with = piece(tokens[0][0], tokens[insert_at - 1][1])
     _, name_end = spans.qualified_name(oc.relation.location)
     i = next(j for j in range(name_at, len(tokens)) if tokens[j][0] >= name_end)
     if shape.alias is not None:
@@ -200,17 +276,26 @@ def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdate
     if rest != len(tokens):
         raise ValueError(f"unexpected {tokens[rest][2]} at byte {tokens[rest][0]}")
 
-    columns = proposal_columns(shape, table)
-    types = dict(zip(table.columns, table.types))
-    defaulted = {c for i, c in enumerate(columns) if shape.defaults and all(row[i] for row in shape.defaults)}
-    inserted = [c for c in columns if c not in defaulted]
-    if shape.source == "values":
-        proposal = _typed_values(sql, tokens, source_first, source_last, [types[c] for c in columns], splices)
+    source_text = piece(tokens[source_first][0], tokens[source_last][1])
+    if proposal is not None:
+        # The proposal view evaluates every default once per row, as the INSERT would,
+        # and returns whole rows: the insert then gives every stored column explicitly.
+        listed = f" ({_names(shape.columns)})" if shape.columns is not None else ""
+        proposed = f"{PROPOSED} AS (INSERT INTO {proposal}{listed} {source_text} RETURNING *)"
+        inserted = list(table.stored)
+        overriding = ""
     else:
-        source = quote_ident("cowproxy_source")
-        casts = ", ".join(f"CAST({source}.{quote_ident(c)} AS {types[c]})" for c in columns)
-        proposal = (f"SELECT {casts} FROM ({piece(tokens[source_first][0], tokens[source_last][1])})"
-                    f" AS {source} ({_names(columns)})")
+        columns = proposal_columns(shape, table)
+        types = dict(zip(table.columns, table.types))
+        defaulted = {c for i, c in enumerate(columns) if shape.defaults and all(row[i] for row in shape.defaults)}
+        inserted = [c for c in columns if c not in defaulted]
+        if shape.source == "values":
+            values = _typed_values(sql, tokens, source_first, source_last, [types[c] for c in columns], splices)
+        else:
+            source = quote_ident("cowproxy_source")
+            casts = ", ".join(f"CAST({source}.{quote_ident(c)} AS {types[c]})" for c in columns)
+            values = f"SELECT {casts} FROM ({source_text}) AS {source} ({_names(columns)})"
+        proposed = f"{PROPOSED} ({_names(columns)}) AS MATERIALIZED ({values})"
 
     alias = quote_ident(shape.alias or oc.relation.name)
     arbiter = arbiter_columns(oc, table) or ()
@@ -223,20 +308,21 @@ def conflict_update_splice(sql: str, statement: Statement, shape: ConflictUpdate
     twice = (f"NOT EXISTS (SELECT FROM {PROPOSED} AS {dup}"
              f" WHERE {not_null} GROUP BY {', '.join(f'{dup}.{quote_ident(c)}' for c in arbiter)}"
              f" HAVING CASE WHEN count(*) > 1 THEN {second_time} ELSE false END)")
-    text = (
-        f"{'WITH ' if not with_text else with_text}{PROPOSED} ({_names(columns)}) AS MATERIALIZED ({proposal}),"
+    # Before the UPDATE changes anything, a one-time filter counts every row the INSERT
+    # returned and reads cowproxy_lost: so the INSERT has run to completion first,
+    # whichever of them the statement reads first (or neither: PostgreSQL then runs the
+    # later CTE first), and a lost row always fails the statement.
+    ctes = (
+        f"{proposed},"
         f" {INSERTED} AS (INSERT INTO {skip} AS {alias} ({_names(inserted)}){overriding}"
         f" SELECT {_names(inserted)} FROM {PROPOSED} WHERE {twice} RETURNING {alias}.*),"
-        f" {UPDATED} AS (UPDATE {view} AS {alias} SET {set_list} FROM {PROPOSED} AS excluded WHERE {match}"
-        + (f" AND ({condition})" if condition else "") + f" RETURNING {alias}.*),"
-        f" {_lost(view, arbiter, sink)} "
+        f" {_lost(view, arbiter, sink)},"
+        f" {UPDATED} AS (UPDATE {view} AS {alias} SET {set_list} FROM {PROPOSED} AS excluded"
+        f" WHERE (SELECT count(*) FROM {INSERTED}) + (SELECT count(*) FROM {LOST}) >= 0 AND {match}"
+        + (f" AND ({condition})" if condition else "") + f" RETURNING {alias}.*)"
     )
-    if returning:
-        text += (f"SELECT {returning} FROM (SELECT * FROM {INSERTED} UNION ALL SELECT * FROM {UPDATED})"
-                 f" AS {alias} WHERE NOT EXISTS (SELECT FROM {LOST})")
-    else:
-        text += f"INSERT INTO {sink} SELECT FROM {INSERTED} UNION ALL SELECT FROM {UPDATED} UNION ALL SELECT FROM {LOST}"
-    return Splice(tokens[0][0], tokens[-1][1], text)
+    rows = f"(SELECT * FROM {INSERTED} UNION ALL SELECT * FROM {UPDATED}) AS {alias}"
+    return _Parts(own_with, ctes, returning, rows)
 
 
 def _lost(view: str, arbiter: tuple[str, ...], sink: str) -> str:

@@ -19,13 +19,13 @@ from typing import Mapping
 from pglast import parser as pg_parser
 
 from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
-from cowproxy.branch.overlay import OVERRIDING_SYSTEM, overlay_objects, skip_view_name
+from cowproxy.branch.overlay import OVERRIDING_SYSTEM, OVERRIDING_USER, overlay_objects, proposal_view_name, skip_view_name
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.branch.sink import has_row_sink, row_sink_target
 from cowproxy.metrics import Metrics
 from cowproxy.sql import on_conflict, ordered_limit, references, row_locks
 from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
-                                  analyze, conflict_update_shape, merge_shape, update_shape)
+                                  analyze, conflict_update_shape, cte_conflict_update, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
 from cowproxy.sql.merge import MERGE_TAG, merge_splice, unsuitable as merge_unsuitable
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
@@ -588,6 +588,13 @@ class BranchPolicy:
                 refusal = self._conflict_update_refusal(st, oc, table)
                 if refusal:
                     return refusal
+            elif any(o.clause == OVERRIDING_USER and o.relation.location == oc.relation.location
+                     for o in st.overriding) and overlay_objects(*table).user_view in self.layout.local_names:
+                # The skip views have no USER VALUE variant: their trigger would keep the
+                # client's identity values, where PostgreSQL replaces them.
+                return Refusal("0A000", "INSERT ... OVERRIDING USER VALUE ... ON CONFLICT DO NOTHING is not supported "
+                                        f'on a table the branch has changed ("{oc.relation.name}") when it has an '
+                                        "identity column", "Leave out the identity columns instead of OVERRIDING USER VALUE.")
         plan = row_locks.lock_plan(st, lambda rel: self._lockable_shadow(rel, temp_tables)) if st.locked else None
         return plan if isinstance(plan, Refusal) else None
 
@@ -654,16 +661,23 @@ class BranchPolicy:
             if oc.action == "update":
                 continue  # the whole statement is replaced: _conflict_updates
             start, end = spans.qualified_name(oc.relation.location)
-            splices.append(Splice(start, end, self._own(_skip_view(table, oc))))
+            view = _skip_view(table, oc)
+            # OVERRIDING SYSTEM VALUE: the variant whose trigger keeps GENERATED ALWAYS values.
+            system = skip_view_name(*table, columns=oc.columns, constraint=oc.constraint, overriding=OVERRIDING_SYSTEM)
+            if system in self.layout.local_names and any(
+                    o.clause == OVERRIDING_SYSTEM and o.relation.location == oc.relation.location for o in st.overriding):
+                view = system
+            splices.append(Splice(start, end, self._own(view)))
             splices.append(Splice(oc.location, spans.end_of(oc.location, "DO", "NOTHING"), ""))
         return splices
 
     def _overriding_splices(self, st: Statement, spans: NameSpans, temp_tables: frozenset[str]) -> list[Splice]:
         """`INSERT INTO t ... OVERRIDING SYSTEM VALUE` → `INSERT INTO "B"."t$system" ...`
         (and `USER VALUE` → `t$user`): the view's insert trigger is told the clause
-        (branch/overlay.py `overriding_views`). Overlays made before those views existed,
-        and inserts that also have ON CONFLICT, keep the shadow, where the clause has
-        no effect."""
+        (branch/overlay.py `overriding_views`). Overlays made before those views existed
+        keep the shadow, where the clause has no effect; inserts that also have ON
+        CONFLICT go to a skip view (its `$system` variant for SYSTEM VALUE, where there
+        is one: `_on_conflict_splices`) or are rewritten whole (DO UPDATE)."""
         splices = []
         with_conflict = {oc.relation.location for oc in st.on_conflicts}
         for overriding in st.overriding:
@@ -734,7 +748,31 @@ class BranchPolicy:
 
     def _conflict_update_refusal(self, st: Statement, oc: OnConflict, table: tuple[str, str]) -> Refusal | None:
         shape = conflict_update_shape(st) if st.on_conflicts == (oc,) else None
-        return on_conflict.refusal(shape, oc, self.layout.shadow_tables.get(table), has_row_sink(self.layout.local_names))
+        proposal = self._has_proposal(table)
+        if shape is None and st.on_conflicts == (oc,) and proposal:
+            cte = cte_conflict_update(st)
+            shape = cte.shape if cte is not None and not cte.shape.has_with else None
+        return on_conflict.refusal(shape, oc, self.layout.shadow_tables.get(table),
+                                   has_row_sink(self.layout.local_names), proposal)
+
+    def _has_proposal(self, table: tuple[str, str]) -> bool:
+        """The branch's own overlay of `table` has the `T$proposal` views (newer overlays)."""
+        return (self.layout.overlays.get(table) == self.layout.schema
+                and proposal_view_name(*table) in self.layout.local_names)
+
+    def _upsert_views(self, table: tuple[str, str], oc: OnConflict, overriding: str) -> tuple[str | None, str]:
+        """The proposal view for the INSERT's OVERRIDING clause (None: an overlay without
+        them) and the skip view the proposed rows go to, qualified: the `$system`
+        variant where the table has one (a GENERATED ALWAYS identity column the proposal
+        filled in)."""
+        if not self._has_proposal(table):
+            return None, self._own(_skip_view(table, oc))
+        names = self.layout.local_names
+        proposal = proposal_view_name(*table, overriding) if overriding else ""
+        proposal = proposal if proposal in names else proposal_view_name(*table)
+        system = skip_view_name(*table, columns=oc.columns, constraint=oc.constraint, overriding=OVERRIDING_SYSTEM)
+        skip = system if system in names else _skip_view(table, oc)
+        return self._own(proposal), self._own(skip)
 
     def _conflict_updates(self, sql: str, statements: list[Statement], splices: list[Splice],
                           tags: tuple[str | None, ...], temp_tables: frozenset[str]
@@ -746,21 +784,35 @@ class BranchPolicy:
         new_tags: list[str | None] = list(tags) if tags else [None] * len(statements)
         spans: NameSpans | None = None
         for n, st in enumerate(statements):
-            shape = conflict_update_shape(st)
-            if shape is None or st.on_conflicts != (st.on_conflicts[0],) or st.on_conflicts[0].location < 0:
+            if len(st.on_conflicts) != 1 or st.on_conflicts[0].location < 0 or st.on_conflicts[0].action != "update":
                 continue
             oc = st.on_conflicts[0]
             table = self._production_table(oc.relation, temp_tables)
             if table is None or not self._is_shadow(table):
                 continue
+            shape = conflict_update_shape(st)
             objects = overlay_objects(*table)
             spans = spans or NameSpans(sql)
-            replacement = on_conflict.conflict_update_splice(
-                sql, st, shape, oc, self.layout.shadow_tables[table], self._own(objects.view),
-                self._own(_skip_view(table, oc)), row_sink_target(self.layout.schema), spans, splices)
-            splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
-            if shape.returning:
-                new_tags[n] = on_conflict.INSERT_TAG
+            sink = row_sink_target(self.layout.schema)
+            if shape is not None:
+                proposal, skip = self._upsert_views(table, oc, shape.overriding)
+                replacement = on_conflict.conflict_update_splice(
+                    sql, st, shape, oc, self.layout.shadow_tables[table], self._own(objects.view),
+                    skip, sink, spans, splices, proposal)
+                splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+                if shape.returning:
+                    new_tags[n] = on_conflict.INSERT_TAG
+                continue
+            cte = cte_conflict_update(st, spans.statement_tokens(st.location, st.length))
+            if cte is None or cte.location < 0:
+                continue
+            proposal, skip = self._upsert_views(table, oc, cte.shape.overriding)
+            assert proposal is not None  # _shadow_refusal refused it otherwise
+            replacements = on_conflict.cte_conflict_update_splices(
+                sql, cte, oc, self.layout.shadow_tables[table], self._own(objects.view), skip, sink, spans,
+                splices, proposal)
+            inner = replacements[1]
+            splices = [s for s in splices if not inner.start <= s.start < inner.end] + replacements
         return splices, tuple(new_tags) if any(new_tags) else ()
 
     # MERGE into a changed table as data-modifying CTEs (sql/merge.py) ----------------------

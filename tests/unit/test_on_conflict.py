@@ -3,6 +3,8 @@
 refuses. What the text does on PostgreSQL is the conformance suite's `on_conflict_*`
 cases and tests/branch/test_branch_gaps.py."""
 
+from dataclasses import replace
+
 import pytest
 
 from cowproxy.metrics import Metrics
@@ -38,6 +40,10 @@ def _lost(column: str) -> str:
             f' the statement.\') ELSE false END)')
 
 
+_INSERT_FIRST = "(SELECT count(*) FROM cowproxy_inserted) + (SELECT count(*) FROM cowproxy_lost) >= 0"
+"""The UPDATE's one-time filter: the INSERT runs to completion, and lost rows fail, first."""
+
+
 @pytest.fixture
 def policy() -> BranchPolicy:
     return BranchPolicy(LAYOUT, Metrics())
@@ -51,11 +57,10 @@ def test_values_with_alias_parameters_where_and_returning(policy):
         'WITH cowproxy_proposed ("k", "c") AS MATERIALIZED (VALUES (CAST((1) AS integer), CAST((\'x\') AS text)),'
         ' (CAST(($1) AS integer), CAST((\'y\') AS text))),'
         f' cowproxy_inserted AS (INSERT INTO "{SCHEMA}"."t$skip(k)" AS "a" ("k", "c")'
-        f' SELECT "k", "c" FROM cowproxy_proposed WHERE {_dup_check("k")} RETURNING "a".*),'
+        f' SELECT "k", "c" FROM cowproxy_proposed WHERE {_dup_check("k")} RETURNING "a".*), {_lost("k")},'
         f' cowproxy_updated AS (UPDATE {VIEW} AS "a" SET c = EXCLUDED.c || a.c FROM cowproxy_proposed AS excluded'
-        f' WHERE "a"."k" = excluded."k" AND (a.c <> \'z\') RETURNING "a".*), {_lost("k")}'
-        ' SELECT a.k, a.c FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"'
-        ' WHERE NOT EXISTS (SELECT FROM cowproxy_lost)')
+        f' WHERE {_INSERT_FIRST} AND "a"."k" = excluded."k" AND (a.c <> \'z\') RETURNING "a".*)'
+        ' SELECT a.k, a.c FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"')
 
 
 def test_without_returning_the_rows_go_to_the_sink_and_the_tag_stays(policy):
@@ -66,11 +71,10 @@ def test_without_returning_the_rows_go_to_the_sink_and_the_tag_stays(policy):
         'WITH cowproxy_proposed ("k", "c", "n") AS MATERIALIZED (VALUES (CAST((1) AS integer),'
         ' CAST((\'x\') AS text), CAST((2.5) AS numeric(6,2)))),'
         f' cowproxy_inserted AS (INSERT INTO "{SCHEMA}"."t$skip[t_c_key]" AS "t" ("k", "c", "n")'
-        f' SELECT "k", "c", "n" FROM cowproxy_proposed WHERE {_dup_check("c")} RETURNING "t".*),'
+        f' SELECT "k", "c", "n" FROM cowproxy_proposed WHERE {_dup_check("c")} RETURNING "t".*), {_lost("c")},'
         f' cowproxy_updated AS (UPDATE {VIEW} AS "t" SET n = t.n + excluded.n FROM cowproxy_proposed AS excluded'
-        f' WHERE "t"."c" = excluded."c" RETURNING "t".*), {_lost("c")}'
-        f' INSERT INTO {SINK} SELECT FROM cowproxy_inserted UNION ALL SELECT FROM cowproxy_updated'
-        ' UNION ALL SELECT FROM cowproxy_lost;')
+        f' WHERE {_INSERT_FIRST} AND "t"."c" = excluded."c" RETURNING "t".*)'
+        f' INSERT INTO {SINK} SELECT FROM cowproxy_inserted UNION ALL SELECT FROM cowproxy_updated;')
 
 
 def test_a_select_is_the_proposal_and_the_inserts_own_with_comes_first(policy):
@@ -82,7 +86,7 @@ def test_a_select_is_the_proposal_and_the_inserts_own_with_comes_first(policy):
         ' (SELECT k, (current_setting(\'cowproxy.client_user\')::name) AS "current_user" FROM s)'
         ' AS "cowproxy_source" ("k", "label")),')
     assert decision.sql.endswith('SELECT * FROM (SELECT * FROM cowproxy_inserted UNION ALL'
-                                 ' SELECT * FROM cowproxy_updated) AS "t" WHERE NOT EXISTS (SELECT FROM cowproxy_lost)')
+                                 ' SELECT * FROM cowproxy_updated) AS "t"')
     assert decision.tags == ("INSERT",)
 
 
@@ -98,7 +102,7 @@ def test_each_statement_of_a_multi_statement_query_gets_its_tag(policy):
                              " INSERT INTO t (k) VALUES (2) ON CONFLICT (k) DO UPDATE SET c = 'b'")
     assert decision.tags == (None, "INSERT", None)
     assert decision.sql.startswith("SELECT 1; WITH cowproxy_proposed")
-    assert decision.sql.count("WITH cowproxy_proposed") == 2 and decision.sql.endswith("UNION ALL SELECT FROM cowproxy_lost")
+    assert decision.sql.count("WITH cowproxy_proposed") == 2 and decision.sql.endswith("UNION ALL SELECT FROM cowproxy_updated")
 
 
 def test_numbers_only_variants_share_a_template_and_keep_their_values(policy):
@@ -150,3 +154,109 @@ def test_without_a_sink_upserts_are_refused_with_a_hint_to_reset():
 def test_do_nothing_keeps_the_skip_view_splice(policy):
     assert policy.decide("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO NOTHING").sql == \
         f'INSERT INTO "{SCHEMA}"."t$skip(k)" (k) VALUES (1) '
+
+
+# -- overlays with the T$proposal views (branch/overlay.py proposal_views) ----------------
+
+G = ShadowTable(columns=("id", "sku", "qty", "doubled"), key=("id",), generated=frozenset({"doubled"}),
+                types=("integer", "text", "integer", "integer"), constraints=(("g_pkey", ("id",)), ("g_sku_key", ("sku",))))
+NEW_NAMES = NAMES | frozenset({
+    "t$proposal", "g", "g$live", "g$skip", "g$skip(id)", "g$skip(sku)", "g$skip(id)$system", "g$skip(sku)$system",
+    "g$proposal", "g$proposal$system", "g$proposal$user"})
+NEW_LAYOUT = BranchLayout(branch="alice", schema=SCHEMA, search_schemas=(SCHEMA,),
+                          overlays={("public", "t"): SCHEMA, ("public", "g"): SCHEMA}, local_names=NEW_NAMES,
+                          shadow_tables={("public", "t"): T, ("public", "g"): G})
+
+
+@pytest.fixture
+def new_policy() -> BranchPolicy:
+    return BranchPolicy(NEW_LAYOUT, Metrics())
+
+
+def test_the_proposal_view_evaluates_the_inserts_own_source_and_every_column_goes_to_the_skip_view(new_policy):
+    decision = new_policy.decide("INSERT INTO t AS a (k, c) VALUES (1, DEFAULT), ($1, 'y') ON CONFLICT (k) DO UPDATE"
+                                 " SET n = excluded.n, label = excluded.label RETURNING a.k")
+    assert decision.action is Action.REWRITE and decision.tags == ("INSERT",)
+    assert decision.sql == (
+        f'WITH cowproxy_proposed AS (INSERT INTO "{SCHEMA}"."t$proposal" ("k", "c") VALUES (1, DEFAULT), ($1, \'y\')'
+        ' RETURNING *),'
+        f' cowproxy_inserted AS (INSERT INTO "{SCHEMA}"."t$skip(k)" AS "a" ("k", "c", "n", "label")'
+        f' SELECT "k", "c", "n", "label" FROM cowproxy_proposed WHERE {_dup_check("k")} RETURNING "a".*), {_lost("k")},'
+        f' cowproxy_updated AS (UPDATE {VIEW} AS "a" SET n = excluded.n, label = excluded.label'
+        f' FROM cowproxy_proposed AS excluded WHERE {_INSERT_FIRST} AND "a"."k" = excluded."k" RETURNING "a".*)'
+        ' SELECT a.k FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"')
+
+
+@pytest.mark.parametrize("sql, proposal", [
+    ("INSERT INTO t DEFAULT VALUES ON CONFLICT (k) DO UPDATE SET c = 'x'", '"t$proposal" DEFAULT VALUES RETURNING *'),
+    ("INSERT INTO t SELECT * FROM t ON CONFLICT (k) DO UPDATE SET c = 'x'", '"t$proposal" SELECT * FROM t RETURNING *'),
+    ("INSERT INTO t (c) VALUES ('a') ON CONFLICT (k) DO UPDATE SET c = excluded.k::text",
+     '"t$proposal" ("c") VALUES (\'a\') RETURNING *'),
+])
+def test_defaults_default_values_and_select_star_are_the_proposal_views_to_compute(new_policy, sql, proposal):
+    decision = new_policy.decide(sql)
+    assert decision.action is Action.REWRITE, decision
+    assert f'WITH cowproxy_proposed AS (INSERT INTO "{SCHEMA}".{proposal}),' in decision.sql
+
+
+@pytest.mark.parametrize("clause, proposal", [("", "g$proposal"), (" OVERRIDING SYSTEM VALUE", "g$proposal$system"),
+                                              (" OVERRIDING USER VALUE", "g$proposal$user")])
+def test_identity_is_filled_in_by_the_proposal_and_kept_by_the_system_skip_view(new_policy, clause, proposal):
+    sql = new_policy.decide(f"INSERT INTO g (id, sku, qty){clause} VALUES (1, 'a', 2) ON CONFLICT (sku)"
+                            " DO UPDATE SET qty = excluded.qty + excluded.id").sql
+    assert f'INSERT INTO "{SCHEMA}"."{proposal}" ("id", "sku", "qty") VALUES (1, \'a\', 2) RETURNING *' in sql
+    assert f'INSERT INTO "{SCHEMA}"."g$skip(sku)$system" AS "g" ("id", "sku", "qty") SELECT' in sql
+    assert "OVERRIDING" not in sql
+
+
+def test_do_nothing_with_overriding_user_value_on_an_identity_table_is_refused(new_policy):
+    """The skip views have no USER VALUE variant: the client's identity values would be
+    kept where PostgreSQL replaces them."""
+    names = NEW_NAMES | {"g$user"}
+    policy = BranchPolicy(replace(NEW_LAYOUT, local_names=names), Metrics())
+    refused = policy.decide("INSERT INTO g (id, sku, qty) OVERRIDING USER VALUE VALUES (1, 'a', 2)"
+                            " ON CONFLICT (sku) DO NOTHING")
+    assert refused.action is Action.REFUSE and refused.refusal.sqlstate == "0A000"
+    assert "OVERRIDING USER VALUE" in refused.refusal.message
+    kept = policy.decide("INSERT INTO g (id, sku, qty) OVERRIDING SYSTEM VALUE VALUES (1, 'a', 2) ON CONFLICT (sku) DO NOTHING")
+    assert kept.action is Action.REWRITE
+
+
+def test_an_upsert_in_the_statements_with_list_is_lifted_before_it(new_policy):
+    decision = new_policy.decide("WITH s AS (SELECT 1 AS k), u (key) AS (INSERT INTO t (k, c) SELECT k, 'x' FROM s"
+                                 " ON CONFLICT (k) DO UPDATE SET c = excluded.c RETURNING k) SELECT count(*) FROM u")
+    assert decision.action is Action.REWRITE and decision.tags == ()
+    assert decision.sql.startswith(
+        f'WITH s AS (SELECT 1 AS k), cowproxy_proposed AS (INSERT INTO "{SCHEMA}"."t$proposal" ("k", "c")'
+        " SELECT k, 'x' FROM s RETURNING *), cowproxy_inserted AS (")
+    assert decision.sql.endswith(
+        ' u (key) AS (SELECT k FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated)'
+        ' AS "t") SELECT count(*) FROM u')
+
+
+def test_an_upsert_in_with_without_returning_errs_only_where_it_is_read(new_policy):
+    sql = new_policy.decide("WITH u AS (INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x')"
+                            " SELECT 1").sql
+    assert sql.endswith(f' u AS (SELECT "{SCHEMA}".cowproxy_raise(\'0A000\', \'WITH query "u" does not have a'
+                        " RETURNING clause', '')) SELECT 1")
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("INSERT INTO g (id, sku) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET qty = excluded.doubled",
+     'EXCLUDED."doubled" of a generated column'),
+    ("WITH a AS (INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x' RETURNING k),"
+     " b AS (INSERT INTO t (k) VALUES (2) ON CONFLICT (k) DO UPDATE SET c = 'y' RETURNING k) SELECT * FROM a, b",
+     "inside WITH"),
+    ("WITH u AS (WITH s AS (SELECT 1) INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x' RETURNING k)"
+     " SELECT * FROM u", "inside WITH"),
+    ("EXPLAIN INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x'", "inside WITH"),
+])
+def test_what_the_proposal_cannot_mean_exactly_is_still_refused(new_policy, sql, words):
+    decision = new_policy.decide(sql)
+    assert decision.action is Action.REFUSE and decision.refusal.sqlstate == "0A000", decision
+    assert words in decision.refusal.message
+
+
+def test_overriding_with_do_update_needs_the_proposal_views(policy):
+    refused = policy.decide("INSERT INTO t (k) OVERRIDING USER VALUE VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x'")
+    assert refused.action is Action.REFUSE and refused.refusal.sqlstate == "0A000" and "reset" in refused.refusal.hint
