@@ -22,7 +22,10 @@ is sent as
           ORDER BY <order> LIMIT (n)::bigint + (m)::bigint)
       ) AS a ORDER BY <order> LIMIT n OFFSET m
 
-The first n + m rows in order are among each arm's first n + m. The `T$cut` test is
+The first n + m rows in order are among each arm's first n + m. A locking SELECT (the
+job-queue pattern, `... ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1`) gets the same FROM,
+inside sql/row_locks.py's wrapper, with arms that are sorted but not limited
+(`LOCKING_ARM_LIMIT`): the merge still stops after the rows the locks take. The `T$cut` test is
 what a TRUNCATE on the branch does to the view (it drops the production arm). The
 client's own text of the condition and the order is copied (names already rewritten by
 the policy's splices), so parameters and literals reach the upstream as written.
@@ -32,7 +35,7 @@ single shadow of the branch's own (a stacked branch's shadows read a parent's vi
 which has the same problem one level down), ORDER BY plain columns of the table, a
 LIMIT (or FETCH FIRST) that is not ALL, and nothing that works on the rows before the
 limit or depends on how many rows are read: no DISTINCT, GROUP BY, HAVING, window
-functions, locking clause (sql/row_locks.py), WITH, set operations, volatile or
+functions, WITH, set operations, volatile or
 set-returning functions, whole-row or system-column references, or a $n used twice
 (its inferred type could change with the order the text is read). Everything else
 reads the view, correctly and as fast as before.
@@ -51,8 +54,14 @@ from cowproxy.sql.row_locks import _has_window_function
 from cowproxy.sql.upsert import SYSTEM_COLUMNS, ShadowTable
 
 _CLAUSES_READING_ALL_ROWS = ("withClause", "intoClause", "distinctClause", "groupClause", "groupingSets",
-                             "havingClause", "windowClause", "lockingClause", "valuesLists")
-_TAIL_KEYWORDS = frozenset({"LIMIT", "OFFSET", "FETCH"})
+                             "havingClause", "windowClause", "valuesLists")
+_TAIL_KEYWORDS = frozenset({"LIMIT", "OFFSET", "FETCH", "FOR"})
+LOCKING_ARM_LIMIT = "(SELECT NULL::bigint)"
+"""The arms' LIMIT under a locking clause: rows SKIP LOCKED passes over, or deleted
+while the lock waited, do not count towards the statement's LIMIT, so no bound is
+exact. NULL is no limit; written as a subquery it is not a constant, so the planner
+still plans each arm for a fraction of its rows (ordered index scans the merge stops
+early) rather than for all of them (a sort)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,7 @@ def ordered_limit_splice(sql: str, st: Statement, arms: Arms, unsafe_functions: 
     where_at = next((i for i in top if first < i < order_at and tokens[i][2] == "WHERE"), None)
     tail = next((i for i in top if i > order_at and tokens[i][2] in _TAIL_KEYWORDS), len(tokens))
     piece: Callable[[int, int], str] = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
-    limit = _arm_limit(tokens, top, tail, piece)
+    limit = LOCKING_ARM_LIMIT if body.get("lockingClause") else _arm_limit(tokens, top, tail, piece)
     if limit is None:
         return None
     condition = piece(tokens[where_at + 1][0], tokens[order_at - 1][1]) if where_at is not None else None
@@ -169,6 +178,8 @@ def _arm_limit(tokens: list[Token], top: list[int], tail: int, piece: Callable[[
     for n, at in enumerate(clauses):
         stop = clauses[n + 1] if n + 1 < len(clauses) else len(tokens)
         words = [t[2] for t in tokens[at:stop]]
+        if words[0] == "FOR":
+            continue
         if words[0] == "LIMIT":
             count = piece(tokens[at + 1][0], tokens[stop - 1][1])
         elif words[0] == "OFFSET":

@@ -389,8 +389,9 @@ class BranchPolicy:
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
-        splices = self._row_locks(sql, statements, splices, temp_tables)
+        # A page's arms first: the row-lock wrapper copies the FROM they replace.
         splices = self._ordered_limits(sql, statements, splices, temp_tables)
+        splices = self._row_locks(sql, statements, splices, temp_tables)
         touches_overlay = bool(splices) or self._touches_overlay(statements)
         kind = _kind_label(statements, touches_overlay)
         temps = tuple(name for st in statements for name in st.creates_temp)

@@ -3,6 +3,8 @@ makes, and every shape it leaves to the shadow view. What the text returns on
 PostgreSQL is the conformance suite's "pages_..." cases; that the upstream runs it is
 tests/branch/test_ordered_limit.py."""
 
+from dataclasses import replace
+
 import pytest
 
 from cowproxy.metrics import Metrics
@@ -88,7 +90,6 @@ def test_numbers_of_one_shape_share_the_template(policy):
     "SELECT id FROM jobs ORDER BY id",
     "SELECT id FROM jobs LIMIT 3",
     "WITH w AS (SELECT 1) SELECT id FROM jobs ORDER BY id LIMIT 3",
-    "SELECT id FROM jobs ORDER BY id LIMIT 3 FOR UPDATE",                    # sql/row_locks.py
     "SELECT j.id FROM jobs j JOIN pairs p ON p.a = j.id ORDER BY j.id LIMIT 3",
     "SELECT id FROM ONLY jobs ORDER BY id LIMIT 3",
     "SELECT x FROM jobs AS j (x) ORDER BY x LIMIT 3",
@@ -99,6 +100,16 @@ def test_numbers_of_one_shape_share_the_template(policy):
 def test_other_shapes_keep_the_view(policy, sql):
     decision = policy.decide(sql)
     assert "UNION ALL (SELECT" not in (decision.sql or ""), decision.sql
+
+
+def test_a_locking_page_gets_sorted_arms_without_a_bound_inside_the_lock_wrapper():
+    """SKIP LOCKED passes over rows, so no LIMIT of the arms is exact: they are sorted,
+    and limited by a subquery the planner cannot read (sql/row_locks.py wraps them)."""
+    lockable = replace(LAYOUT, shadow_tables={("public", "jobs"): replace(JOBS, lockable=True)})
+    decision = BranchPolicy(lockable, Metrics()).decide(
+        "SELECT id FROM jobs WHERE state = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED")
+    assert decision.sql.count("ORDER BY id LIMIT (SELECT NULL::bigint)") == 2
+    assert '"cowproxy_b_alice"."jobs$lock"(' in decision.sql and decision.sql.endswith("LIMIT 1")
 
 
 def test_a_stacked_branch_keeps_its_views(policy):
