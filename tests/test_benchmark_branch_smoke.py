@@ -106,14 +106,14 @@ def test_pgbench_through_a_branch_is_compared_with_pass_through_and_the_books_ar
 def test_lookup_latency_is_measured_on_every_route_for_changed_and_untouched_tables(quick_run):
     _, markdown, document = quick_run
     lookups = document["sections"]["branch_latency"]["data"]["lookups"]
-    assert lookups.keys() == {"accounts", "accounts_simple", "accounts_changed", "tellers"}
+    assert lookups.keys() == {"accounts", "accounts_simple", "accounts_changed", "accounts_page", "tellers"}
     for key, by_route in lookups.items():
         assert by_route.keys() == {"direct", "direct as branch", "pass-through", "branch"}, key
         for route, measured in by_route.items():
             assert measured["error"] is None and measured["p50_us"] > 0, (key, route, measured["error"])
             assert measured["p99_us"] >= measured["p50_us"], (key, route)
             assert measured["postgres_cpu_us"] > 0, (key, route)
-    assert len(table_rows(markdown, "Primary-key lookup latency: changed vs untouched table, through one branch")) == 4
+    assert len(table_rows(markdown, "Primary-key lookup latency: changed vs untouched table, through one branch")) == 5
 
 
 def test_overlay_after_n_changed_rows_weighs_about_n_rows(quick_run):
