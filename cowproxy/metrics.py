@@ -1,8 +1,9 @@
 """Prometheus metrics (SPEC §7), all prefixed `cowproxy_`.
 
 The data path must not pay prometheus-client's per-observation locking, so sessions
-bump plain Python ints and lists here (one dict lookup, one add) and a custom
-collector turns them into metric families only when Prometheus scrapes.
+bump plain Python ints here (one dict lookup, one add), or on the relay's
+per-transaction path native ones (`histogram.Tally`, no lookup and no new object), and
+a custom collector turns them into metric families only when Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Iterable, Iterator
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from cowproxy.histogram import Histogram
+from cowproxy.histogram import Histogram, Tally
 
 
 class Metrics:
@@ -22,19 +23,30 @@ class Metrics:
     def __init__(self) -> None:
         self.connections: dict[str, int] = defaultdict(int)          # open, by branch
         self.connections_total: dict[str, int] = defaultdict(int)    # accepted, by branch
-        self.statements: dict[tuple[str, str], int] = defaultdict(int)  # (branch, kind)
+        self.statements: dict[tuple[str, str], int] = defaultdict(int)  # (branch, kind), by the gate
+        self.statement_tallies: dict[tuple[str, str], Tally] = {}        # (branch, kind), by relays
         self.errors: dict[str, int] = defaultdict(int)               # by SQLSTATE
         self.latency = {"proxy": Histogram(), "upstream": Histogram()}
         self.rewrite_cache = {"hit": 0, "miss": 0}
         self.overlay_rows: dict[str, int] = {}
         self.overlay_bytes: dict[str, int] = {}
         self.protocol_violations = 0
-        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
 
-    def statement_key(self, branch: str, kind: str) -> tuple[str, str]:
-        """The one `statements` key object for (branch, kind): sessions that share it
-        make their per-statement count a dict hit by identity, without comparing tuples."""
-        return self._keys.setdefault((branch, kind), (branch, kind))
+    def statement_tally(self, branch: str, kind: str) -> Tally:
+        """The one counter of (branch, kind) statements that relays bump natively, per
+        transaction, without a dict update; scraped together with `statements`."""
+        tally = self.statement_tallies.get((branch, kind))
+        if tally is None:
+            tally = self.statement_tallies[(branch, kind)] = Tally()
+        return tally
+
+    def statement_counts(self) -> dict[tuple[str, str], int]:
+        """Statements by (branch, kind): the gate's counts plus the relays' tallies."""
+        counts = dict(list(self.statements.items()))
+        for key, tally in list(self.statement_tallies.items()):
+            if tally.value:
+                counts[key] = counts.get(key, 0) + tally.value
+        return counts
 
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=True)
@@ -57,7 +69,7 @@ class _MetricsCollector(Collector):
             c.add_metric([branch], n)
         yield c
         c = CounterMetricFamily("cowproxy_statements", "Statements by branch and kind", labels=["branch", "kind"])
-        for (branch, kind), n in list(m.statements.items()):
+        for (branch, kind), n in m.statement_counts().items():
             c.add_metric([branch, kind], n)
         yield c
         c = CounterMetricFamily("cowproxy_errors", "Error responses sent to clients by SQLSTATE", labels=["sqlstate"])

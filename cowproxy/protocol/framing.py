@@ -82,7 +82,9 @@ class FrontendFramer:
 
     `feed(data)` returns `(buf, frames)`: `buf` holds every whole frame received so far
     (contiguous, in order) and `frames` indexes them. The caller usually forwards `buf`
-    unchanged, which is why frames are offsets rather than copies.
+    unchanged, which is why frames are offsets rather than copies. `feed_whole(data)`
+    returns `buf` alone, for a caller that walks it itself (`frame_end`): no list and
+    no tuple per frame.
 
     Each header is judged as soon as its bytes arrive, before any of the body is
     buffered: a type byte outside `allowed_types` is refused on its own (as PostgreSQL
@@ -106,18 +108,28 @@ class FrontendFramer:
         The frames' bytes are `buf`; a trailing partial frame is kept for the next call.
         Raises `ProtocolViolation` on a refused header (see the class docstring).
         """
-        if not self._pending and len(data) > 4:
+        if len(self._pending) == 0 and len(data) > 4:
             # Fast path: the chunk is exactly one valid frame (a simple-protocol Query).
             msg_type = data[0]
             length = _u32(data, 1)
             if length + 1 == len(data) and self._allowed[msg_type] and 4 <= length <= self.max_message_size:
                 return data, [(msg_type, 5, len(data))]
-        if self._pending:
+        frames: list[Frame] = []
+        return self._take(data, frames), frames
+
+    def feed_whole(self, data: bytes) -> bytes:
+        """`feed` without the offsets: the whole frames completed so far, as one bytes
+        (`frame_end` walks it). The same checks, the same `ProtocolViolation`s."""
+        return self._take(data, None)
+
+    def _take(self, data: bytes, frames: list[Frame] | None) -> bytes:
+        """Add `data`; return the whole frames buffered, appending their offsets to
+        `frames` unless it is None; keep a trailing partial frame."""
+        if len(self._pending) != 0:
             self._pending += data
             buf: bytes = bytes(self._pending)
         else:
             buf = data
-        frames: list[Frame] = []
         pos = 0
         n = len(buf)
         allowed = self._allowed
@@ -125,26 +137,27 @@ class FrontendFramer:
         while pos < n:
             msg_type = buf[pos]
             if not allowed[msg_type]:
-                raise _refusal(f"invalid frontend message type {msg_type}", buf, pos, frames)
+                raise _refusal(f"invalid frontend message type {msg_type}", buf, pos)
             if n - pos < 5:
                 break
             length = _u32(buf, pos + 1)
             if length < 4:
-                raise _refusal(f"invalid message length {length}", buf, pos, frames)
+                raise _refusal(f"invalid message length {length}", buf, pos)
             if length > limit:
                 raise _refusal(f"message of {length} bytes exceeds the proxy's limit of {limit} bytes",
-                               buf, pos, frames)
+                               buf, pos)
             end = pos + 1 + length
             if end > n:
                 break
-            frames.append((msg_type, pos + 5, end))
+            if frames is not None:
+                frames.append((msg_type, pos + 5, end))
             pos = end
         if pos == n:
-            if self._pending:
+            if len(self._pending) != 0:
                 self._pending = bytearray()
-            return buf, frames
+            return buf
         self._pending = bytearray(buf[pos:])
-        return buf[:pos], frames
+        return buf[:pos]
 
     @property
     def buffered(self) -> int:
@@ -152,13 +165,30 @@ class FrontendFramer:
         return len(self._pending)
 
 
-def _refusal(message: str, buf: bytes, pos: int, frames: list[Frame]) -> ProtocolViolation:
+def _refusal(message: str, buf: bytes, pos: int) -> ProtocolViolation:
     """The violation at `pos`, carrying the whole frames before it (see
     `ProtocolViolation.complete`)."""
     exc = ProtocolViolation(message)
-    if frames:
-        exc.complete = (buf[:pos], frames)
+    if pos:
+        exc.complete = (buf[:pos], frame_offsets(buf, pos))
     return exc
+
+
+def frame_offsets(buf: bytes, end: int) -> list[Frame]:
+    """The frames of `buf[:end]`, whole frames already checked (`feed`'s offsets)."""
+    frames: list[Frame] = []
+    pos = 0
+    while pos < end:
+        after = frame_end(buf, pos)
+        frames.append((buf[pos], pos + 5, after))
+        pos = after
+    return frames
+
+
+def frame_end(buf: bytes, pos: int) -> int:
+    """The offset just past the frame whose type byte is at `pos`, in whole frames
+    (what `feed_whole` returns): how a caller walks them without offsets."""
+    return pos + 1 + _u32(buf, pos + 1)
 
 
 class BackendScanner:

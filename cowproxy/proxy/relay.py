@@ -16,11 +16,11 @@ no longer READY.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, Final
 
-from cowproxy.histogram import Histogram
+from cowproxy.histogram import Histogram, Tally
 from cowproxy.protocol.errors import ProtocolViolation
-from cowproxy.protocol.framing import BackendScanner, FrontendFramer
+from cowproxy.protocol.framing import BackendScanner, FrontendFramer, frame_end
 from cowproxy.protocol.responses import ResponseEditor
 from cowproxy.protocol.messages import (
     BIND,
@@ -38,6 +38,22 @@ from cowproxy.protocol.messages import (
     TERMINATE,
     decode_error_fields,
 )
+
+
+_clock: Final[Callable[[], float]] = time.perf_counter
+"""Read through a native global: `time.perf_counter` would look up `perf_counter` in
+the module's dict at every call, four times per transaction."""
+
+
+def _not_connected(data: bytes) -> None:
+    """The `write` of a side not connected (yet, or any more): as loud as None.write was."""
+    raise ConnectionError("cowproxy: relay side not connected")
+
+
+OWES_READY: Final = 1
+"""`Relay.note` bit: the frame makes the server owe a ReadyForQuery (Query, Sync, ...)."""
+IS_STATEMENT: Final = 2
+"""`Relay.note` bit: the frame runs a statement (Query, Execute), for the metrics."""
 
 
 def no_edits(msg_type: int, start: int, end: int) -> tuple[str | None, ...]:
@@ -63,6 +79,11 @@ class Relay:
     `cycle_start` and `proxy_time` measure the current request for the latency
     histograms: time spent in the proxy, and the rest (upstream and network).
 
+    Per-transaction costs are kept off the C API where they can be: the transports'
+    `write` methods are looked up once, when `client` and `upstream` are set (they are
+    typed `Any`, so every `transport.write(...)` would be a method lookup by name), and
+    the statement count is a native `Tally` shared with the metrics.
+
     COPY FROM STDIN: while it runs the server reads only copy messages and ignores Sync
     (libpq sends one after the Execute that starts it, another after CopyDone, and gets
     one ReadyForQuery), so a CopyInResponse takes back the Syncs sent since that Execute
@@ -70,17 +91,18 @@ class Relay:
     """
 
     def __init__(self, session: Any, framer: FrontendFramer, scanner: BackendScanner,
-                 statements: Any, errors: Any, latency_proxy: Histogram, latency_upstream: Histogram) -> None:
+                 errors: Any, latency_proxy: Histogram, latency_upstream: Histogram) -> None:
         self.session = session
         self.framer = framer
         self.scanner = scanner
-        self.statements = statements             # metrics: (branch, kind) → count
+        self.statement_count = Tally()           # metrics: this route's statements (`Metrics.statement_tally`)
         self.errors = errors                     # metrics: SQLSTATE → count
         self.latency_proxy = latency_proxy
         self.latency_upstream = latency_upstream
-        self.stat_key: tuple[str, str] = ("production", "passthrough")
-        self.client: Any = None                  # the client's transport
-        self.upstream: Any = None                # the upstream's transport
+        self._client: Any = None                 # the client's transport (property `client`)
+        self._upstream: Any = None               # the upstream's transport (property `upstream`)
+        self.client_write: Callable[[bytes], Any] = _not_connected     # their bound `write` methods
+        self.upstream_write: Callable[[bytes], Any] = _not_connected
         self.gate: Any = None                    # StatementGate, for branch and production sessions
         self.active = False                      # READY: the session relays through here
         self.gate_busy = False                   # the gate's slow path owns the client stream
@@ -105,6 +127,26 @@ class Relay:
         self.error_filter: Any = None            # (chunk, events) -> chunk: the route's error rewrites
         self.refused: Any = None                 # a ProtocolViolation held until the frames before it are answered
 
+    @property
+    def client(self) -> Any:
+        """The client's transport."""
+        return self._client
+
+    @client.setter
+    def client(self, transport: Any) -> None:
+        self._client = transport
+        self.client_write = _not_connected if transport is None else transport.write
+
+    @property
+    def upstream(self) -> Any:
+        """The upstream's transport (None once it is gone)."""
+        return self._upstream
+
+    @upstream.setter
+    def upstream(self, transport: Any) -> None:
+        self._upstream = transport
+        self.upstream_write = _not_connected if transport is None else transport.write
+
     # ------------------------------------------------------------------ client → upstream
 
     def from_client(self, data: bytes) -> None:
@@ -114,24 +156,54 @@ class Relay:
         if self.gate_busy:
             self.queued.append(data)
             return
-        t0 = time.perf_counter()
+        t0 = _clock()
+        if self.gate is None and self.editor is None:
+            self.pass_through(data, t0)
+            return
         try:
             buf, frames = self.framer.feed(data)
         except ProtocolViolation as exc:
-            if exc.complete is None:
-                self.session.protocol_violation(exc)
-                return
-            # Whole frames came before the bad header: they are forwarded and answered,
-            # then the session ends with the violation (`refuse_when_answered`).
-            buf, frames = exc.complete
-            self.refused = exc
-            self.client.pause_reading()
-            self.forward(buf, frames, t0)
-            self.refuse_when_answered()
+            self.refuse(exc, t0)
             return
         if not frames:
             return
         self.forward(buf, frames, t0)
+
+    def refuse(self, exc: ProtocolViolation, t0: float) -> None:
+        """The framer refused a header: end the session, after the whole frames that
+        came before the bad one are forwarded and answered (`refuse_when_answered`)."""
+        if exc.complete is None:
+            self.session.protocol_violation(exc)
+            return
+        buf, frames = exc.complete
+        self.refused = exc
+        self.client.pause_reading()
+        self.forward(buf, frames, t0)
+        self.refuse_when_answered()
+
+    def pass_through(self, data: bytes, t0: float) -> None:
+        """`from_client` when no frame needs looking at (no gate, no response editor):
+        whole frames go upstream as they came, walked once for the bookkeeping, with no
+        offsets list."""
+        try:
+            buf = self.framer.feed_whole(data)
+        except ProtocolViolation as exc:
+            self.refuse(exc, t0)
+            return
+        n = len(buf)
+        if n == 0:
+            return
+        owed = 0
+        statements = 0
+        pos = 0
+        while pos < n:
+            noted = self.note(buf[pos])
+            owed += noted & OWES_READY
+            statements += noted >> 1
+            pos = frame_end(buf, pos)
+        self.settle(owed, statements, t0, False)
+        self.upstream_write(buf)
+        self.proxy_time += _clock() - t0
 
     def refuse_when_answered(self) -> None:
         """End the session with the held protocol violation once nothing sent upstream
@@ -157,8 +229,8 @@ class Relay:
             self.account(frames, t0, False)
         if self.editor is not None:
             self.editor.sent_frames(buf, frames, no_edits)
-        self.upstream.write(buf)
-        self.proxy_time += time.perf_counter() - t0
+        self.upstream_write(buf)
+        self.proxy_time += _clock() - t0
 
     def forward_before(self, buf: bytes, frames: list[tuple[int, int, int]], cut: int,
                        rewrites: list[tuple[int, bytes, tuple[str | None, ...]]], t0: float) -> None:
@@ -189,8 +261,8 @@ class Relay:
         if cut:
             pieces.append(buf[pos:frames[cut - 1][2]])
             self.account(frames[:cut], t0, True)
-            self.upstream.write(b"".join(pieces))
-        self.proxy_time += time.perf_counter() - t0
+            self.upstream_write(b"".join(pieces))
+        self.proxy_time += _clock() - t0
 
     def engage_editor(self) -> None:
         """Follow the answers with a ResponseEditor from here on (until it is idle)."""
@@ -204,35 +276,47 @@ class Relay:
         owed = 0
         statements = 0
         for frame in frames:
-            msg_type = frame[0]
-            if msg_type == QUERY:
-                owed += 1
-                statements += 1
-                self.mid_extended = False
-                self.copy_syncs = 0
-                self.copy_end_sent = False
-            elif msg_type == SYNC:
-                self.mid_extended = False
-                if not self.copy_in:
-                    owed += 1
-                    if not self.copy_end_sent:
-                        self.copy_syncs += 1
-            elif msg_type == EXECUTE:
-                statements += 1
-                self.mid_extended = True
-                self.copy_syncs = 0
-                self.copy_end_sent = False
-            elif msg_type == COPY_DONE or msg_type == COPY_FAIL:
-                self.copy_in = False
-                self.copy_end_sent = True
-            elif msg_type == PARSE or msg_type == BIND or msg_type == DESCRIBE or msg_type == CLOSE:
-                self.mid_extended = True
-            elif msg_type == FUNCTION_CALL:
-                owed += 1
-            elif msg_type == TERMINATE:
-                self.terminating = True
+            noted = self.note(frame[0])
+            owed += noted & OWES_READY
+            statements += noted >> 1
+        self.settle(owed, statements, t0, counted)
+
+    def note(self, msg_type: int) -> int:
+        """One client frame going upstream: where the extended protocol and COPY stand
+        after it; returns `OWES_READY` and `IS_STATEMENT` bits."""
+        if msg_type == QUERY:
+            self.mid_extended = False
+            self.copy_syncs = 0
+            self.copy_end_sent = False
+            return OWES_READY | IS_STATEMENT
+        if msg_type == SYNC:
+            self.mid_extended = False
+            if self.copy_in:
+                return 0
+            if not self.copy_end_sent:
+                self.copy_syncs += 1
+            return OWES_READY
+        if msg_type == EXECUTE:
+            self.mid_extended = True
+            self.copy_syncs = 0
+            self.copy_end_sent = False
+            return IS_STATEMENT
+        if msg_type == COPY_DONE or msg_type == COPY_FAIL:
+            self.copy_in = False
+            self.copy_end_sent = True
+        elif msg_type == PARSE or msg_type == BIND or msg_type == DESCRIBE or msg_type == CLOSE:
+            self.mid_extended = True
+        elif msg_type == FUNCTION_CALL:
+            return OWES_READY
+        elif msg_type == TERMINATE:
+            self.terminating = True
+        return 0
+
+    def settle(self, owed: int, statements: int, t0: float, counted: bool) -> None:
+        """After `note`-ing frames: count the statements (unless the gate counted them)
+        and start timing a request when the session was between requests."""
         if statements and not counted:
-            self.statements[self.stat_key] += statements
+            self.statement_count.value += statements
         if owed:
             if not self.pending_ready:
                 self.cycle_start = t0
@@ -249,7 +333,7 @@ class Relay:
             data = self.session.swallow(data)
             if not data:
                 return
-        t0 = time.perf_counter()
+        t0 = _clock()
         editor = self.editor
         try:
             if editor is None:
@@ -264,15 +348,15 @@ class Relay:
             return
         if events and self.error_filter is not None:
             data = self.error_filter(data, events)
-        if data:
-            self.client.write(data)
+        if len(data) != 0:
+            self.client_write(data)
         if events:
             try:
                 self.backend_events(events, t0)  # decodes ErrorResponse fields
             except ProtocolViolation as exc:
                 self.session.upstream_broken(exc)
         else:
-            self.proxy_time += time.perf_counter() - t0
+            self.proxy_time += _clock() - t0
 
     def backend_events(self, events: list[tuple[int, bytes]], t0: float) -> None:
         for event in events:
@@ -313,7 +397,7 @@ class Relay:
             waiter.set_result(None)
         if self.refused is not None:
             self.refuse_when_answered()
-        now = time.perf_counter()
+        now = _clock()
         proxy = self.proxy_time + (now - t0)
         self.latency_proxy.observe(proxy)
         self.latency_upstream.observe(max(0.0, now - self.cycle_start - proxy))

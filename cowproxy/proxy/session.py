@@ -190,7 +190,7 @@ class ClientSession(asyncio.Protocol):
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statements
         self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
-                           self._stats, ctx.metrics.errors, ctx.metrics.latency["proxy"], ctx.metrics.latency["upstream"])
+                           ctx.metrics.errors, ctx.metrics.latency["proxy"], ctx.metrics.latency["upstream"])
         self._upstream_proto: UpstreamProtocol | None = None
         self._checking_credentials = False     # AUTHENTICATING only verifies the client
         self._login: UpstreamLogin | None = None
@@ -438,7 +438,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.route = route
         self.branch = route.label
-        self.relay.stat_key = self.ctx.metrics.statement_key(self.branch, "passthrough")
+        self.relay.statement_count = self.ctx.metrics.statement_tally(self.branch, "passthrough")
         transport = await self._open_upstream()
         if transport is None:
             return

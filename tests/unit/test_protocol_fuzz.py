@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cowproxy.protocol import ProtocolViolation, messages
-from cowproxy.protocol.framing import FrontendFramer
+from cowproxy.protocol.framing import FrontendFramer, frame_end
 
 from .strategies import BOUNDED, backend_messages, cut_points, frontend_messages, garbage
 from .streams import boundaries, bytewise, cut, run_backend, run_frontend, run_startup, stream
@@ -75,6 +75,47 @@ def test_frontend_framer_reads_any_bytes_the_same_way_in_any_chunks(data, limit,
         assert split.refusal == whole.refusal
         if whole.refusal is None:
             assert (split.messages, split.forwarded) == (whole.messages, whole.forwarded)
+
+
+def _whole_frames(chunks: list[bytes], limit: int) -> tuple[list[tuple[int, int]], str | None, object]:
+    """What `feed_whole` gives chunk by chunk, walked with `frame_end` as the relay walks
+    it: (type, length) per frame, the refusal, and the frames the refusal carries."""
+    framer = FrontendFramer(limit)
+    frames: list[tuple[int, int]] = []
+    try:
+        for chunk in chunks:
+            buf = framer.feed_whole(chunk)
+            pos = 0
+            while pos < len(buf):
+                end = frame_end(buf, pos)
+                frames.append((buf[pos], end - pos))
+                pos = end
+            assert pos == len(buf)
+    except ProtocolViolation as exc:
+        return frames, str(exc), exc.complete
+    return frames, None, None
+
+
+def _offset_frames(chunks: list[bytes], limit: int) -> tuple[list[tuple[int, int]], str | None, object]:
+    """The same from `feed`'s offsets."""
+    framer = FrontendFramer(limit)
+    frames: list[tuple[int, int]] = []
+    try:
+        for chunk in chunks:
+            buf, offsets = framer.feed(chunk)
+            frames += [(t, e - s + 5) for t, s, e in offsets]
+    except ProtocolViolation as exc:
+        return frames, str(exc), exc.complete
+    return frames, None, None
+
+
+@BOUNDED
+@given(data=frontend_streams, limit=st.one_of(st.just(64 * 1024 * 1024), st.integers(4, 64)), offsets=st.data())
+def test_whole_frames_without_offsets_walk_like_the_offsets(data, limit, offsets):
+    """The relay's pass-through reads `feed_whole` and walks it with `frame_end`: the same
+    frames, the same refusals (with the same frames before them) as `feed`'s offsets."""
+    for chunks in ([data], bytewise(data), cut(data, offsets.draw(cut_points(data)))):
+        assert _whole_frames(chunks, limit) == _offset_frames(chunks, limit)
 
 
 @BOUNDED

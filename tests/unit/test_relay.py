@@ -1,0 +1,194 @@
+"""The relay's pass-through path (proxy/relay.py), driven without sockets.
+
+The event loop calls `Relay.from_client` and `Relay.from_upstream` directly with each
+chunk; here a test does, with transports that record what is written. What must hold
+however the bytes are cut: whole client frames go upstream unchanged and in order, the
+ReadyForQuery owed is counted (it decides when a request ends, for latency and
+draining), statements are counted on the metrics' shared tally, and a bad header
+after good frames lets the good frames be answered first (SPEC §7, §8).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cowproxy.metrics import Metrics
+from cowproxy.protocol import ProtocolViolation
+from cowproxy.protocol.framing import BackendScanner, FrontendFramer
+from cowproxy.protocol.messages import (
+    BIND,
+    BIND_COMPLETE,
+    COMMAND_COMPLETE,
+    COPY_DATA,
+    COPY_DONE,
+    COPY_IN_RESPONSE,
+    DATA_ROW,
+    EXECUTE,
+    QUERY,
+    READY_FOR_QUERY,
+    SYNC,
+    encode_error_response,
+    frame,
+)
+from cowproxy.proxy.relay import Relay
+from cowproxy.proxy.session import _SCAN_INTEREST
+
+from .streams import bytewise, cut
+
+PREPARED = (frame(BIND, b"\x00P0_1\x00\x00\x00\x00\x01\x00\x00\x00\x0242\x00\x00")
+            + frame(EXECUTE, b"\x00\x00\x00\x00\x00") + frame(SYNC, b""))
+"""One pgbench -M prepared transaction: Bind, Execute, Sync."""
+ANSWER = (frame(BIND_COMPLETE, b"") + frame(DATA_ROW, b"\x00\x01\x00\x00\x00\x011")
+          + frame(COMMAND_COMPLETE, b"SELECT 1\x00") + frame(READY_FOR_QUERY, b"I"))
+
+
+class Recorder:
+    """A transport: records writes and whether reading was paused."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+
+class Session:
+    """What the relay hands back to its session: recorded, never acted on."""
+
+    def __init__(self) -> None:
+        self.violations: list[ProtocolViolation] = []
+
+    def protocol_violation(self, exc: ProtocolViolation) -> None:
+        self.violations.append(exc)
+
+
+def ready_relay(metrics: Metrics, branch: str = "production") -> tuple[Relay, Recorder, Recorder, Session]:
+    session = Session()
+    relay = Relay(session, FrontendFramer(), BackendScanner(_SCAN_INTEREST), metrics.errors,
+                  metrics.latency["proxy"], metrics.latency["upstream"])
+    relay.statement_count = metrics.statement_tally(branch, "passthrough")
+    client, upstream = Recorder(), Recorder()
+    relay.client, relay.upstream, relay.active = client, upstream, True
+    return relay, client, upstream, session
+
+
+@pytest.mark.parametrize("split", ["whole", "bytewise", "mid-frame"])
+def test_client_frames_go_upstream_whole_and_in_order_however_they_arrive(split):
+    relay, _client, upstream, _session = ready_relay(Metrics())
+    data = PREPARED * 3
+    chunks = {"whole": [data], "bytewise": bytewise(data), "mid-frame": cut(data, [3, 20, 41, 70])}[split]
+    for chunk in chunks:
+        relay.from_client(chunk)
+    assert b"".join(upstream.written) == data
+    assert all(upstream.written)  # no empty writes for chunks that completed no frame
+    assert relay.pending_ready == 3
+    assert relay.mid_extended is False
+
+
+def test_a_transaction_counts_its_statement_and_its_latency_once():
+    metrics = Metrics()
+    relay, client, _upstream, _session = ready_relay(metrics)
+    relay.from_client(PREPARED)
+    assert relay.pending_ready == 1
+    relay.from_upstream(ANSWER)
+    assert client.written == [ANSWER]
+    assert relay.pending_ready == 0
+    assert relay.tx_status == b"I"
+    assert metrics.statement_counts() == {("production", "passthrough"): 1}
+    for part in ("proxy", "upstream"):
+        histogram = metrics.latency[part]
+        assert histogram.count == 1
+        assert sum(histogram.counts) == 1
+        assert histogram.buckets()[-1] == ("+Inf", 1)
+
+
+def test_a_pipeline_counts_every_execute_and_owes_one_ready_for_query_per_sync():
+    metrics = Metrics()
+    relay = ready_relay(metrics)[0]
+    bind, execute = PREPARED[:PREPARED.index(EXECUTE.to_bytes(1, "big"))], frame(EXECUTE, b"\x00\x00\x00\x00\x00")
+    relay.from_client(bind + execute + bind + execute + bind + execute + frame(SYNC, b""))
+    assert relay.pending_ready == 1
+    assert metrics.statement_counts() == {("production", "passthrough"): 3}
+
+
+def test_sessions_of_a_branch_share_one_tally_added_to_the_gates_counts():
+    metrics = Metrics()
+    first = ready_relay(metrics, "b1")[0]
+    second = ready_relay(metrics, "b1")[0]
+    other = ready_relay(metrics, "b2")[0]
+    assert first.statement_count is second.statement_count is not other.statement_count
+    metrics.statements[("b1", "select")] += 5  # what a statement gate counts
+    first.from_client(frame(QUERY, b"SELECT 1\x00"))
+    second.from_client(PREPARED + PREPARED)
+    assert metrics.statement_counts() == {("b1", "select"): 5, ("b1", "passthrough"): 3}
+    assert ("b2", "passthrough") not in metrics.statement_counts()  # nothing counted yet
+
+
+def test_metrics_scrape_reports_the_relays_statements():
+    metrics = Metrics()
+    relay = ready_relay(metrics)[0]
+    relay.from_client(PREPARED * 4)
+    families = {f.name: f for f in metrics.registry().collect()}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in families["cowproxy_statements"].samples}
+    assert samples[("cowproxy_statements_total", (("branch", "production"), ("kind", "passthrough")))] == 4
+
+
+def test_copy_from_stdin_owes_one_ready_for_query_for_its_syncs():
+    """libpq's COPY FROM STDIN in the extended protocol: Execute and Sync, then the copy,
+    CopyDone and Sync; the server ignores the Sync sent into the copy and answers one
+    ReadyForQuery."""
+    relay, _client, upstream, _session = ready_relay(Metrics())
+    relay.from_client(frame(BIND, b"\x00\x00\x00\x00\x00\x00\x00\x00") + frame(EXECUTE, b"\x00\x00\x00\x00\x00")
+                      + frame(SYNC, b""))
+    assert relay.pending_ready == 1
+    relay.from_upstream(frame(BIND_COMPLETE, b"") + frame(COPY_IN_RESPONSE, b"\x00\x00\x00"))
+    assert (relay.pending_ready, relay.copy_in) == (0, True)
+    relay.from_client(frame(COPY_DATA, b"1\t2\n") + frame(COPY_DONE, b"") + frame(SYNC, b""))
+    assert (relay.pending_ready, relay.copy_in) == (1, False)
+    relay.from_upstream(frame(COMMAND_COMPLETE, b"COPY 1\x00") + frame(READY_FOR_QUERY, b"I"))
+    assert relay.pending_ready == 0
+    assert len(upstream.written) == 2
+
+
+def test_errors_are_counted_by_sqlstate():
+    metrics = Metrics()
+    relay, client, _upstream, _session = ready_relay(metrics)
+    relay.from_client(frame(QUERY, b"SELEC 1\x00"))
+    answer = encode_error_response("ERROR", "42601", "syntax error") + frame(READY_FOR_QUERY, b"I")
+    relay.from_upstream(answer)
+    assert client.written == [answer]
+    assert metrics.errors == {"42601": 1}
+    assert relay.pending_ready == 0
+
+
+def test_a_bad_header_after_whole_frames_is_refused_once_they_are_answered():
+    relay, client, upstream, session = ready_relay(Metrics())
+    relay.from_client(PREPARED + b"\x00garbage")
+    assert upstream.written == [PREPARED]
+    assert client.paused
+    assert session.violations == []  # the Sync is owed its ReadyForQuery first
+    relay.from_upstream(ANSWER)
+    assert client.written == [ANSWER]
+    assert [str(v) for v in session.violations] == ["invalid frontend message type 0"]
+
+
+def test_a_bad_header_alone_is_refused_at_once():
+    relay, _client, upstream, session = ready_relay(Metrics())
+    relay.from_client(b"\x00garbage")
+    assert upstream.written == []
+    assert len(session.violations) == 1
+
+
+def test_a_gone_upstream_is_not_written_to_silently():
+    """`upstream = None` (the session saw the connection go) drops the cached `write`
+    too: a late write fails loudly instead of reaching a dead transport."""
+    relay, _client, upstream, _session = ready_relay(Metrics())
+    relay.upstream = None
+    assert relay.upstream is None
+    with pytest.raises(ConnectionError):
+        relay.from_client(PREPARED)
+    assert upstream.written == []
