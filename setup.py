@@ -16,6 +16,8 @@ COMPILED = [
     "cowproxy/protocol/responses.py",
     "cowproxy/proxy/relay.py",
     "cowproxy/histogram.py",
+    "cowproxy/sql/literals.py",
+    "cowproxy/sql/numbers.py",
 ]
 
 

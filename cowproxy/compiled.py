@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 
 COMPILED_MODULES = ("cowproxy.protocol.framing", "cowproxy.protocol.responses", "cowproxy.proxy.relay",
-                    "cowproxy.histogram")
+                    "cowproxy.histogram", "cowproxy.sql.literals", "cowproxy.sql.numbers")
 
 
 def status() -> dict[str, str]:

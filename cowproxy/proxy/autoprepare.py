@@ -72,8 +72,9 @@ from typing import Any, Sequence
 from cowproxy.protocol.messages import (BIND, CLOSE, DESCRIBE, EXECUTE, FUNCTION_CALL, PARSE, QUERY, SYNC, encode_close,
                                         encode_describe, encode_execute, encode_parse, encode_sync, frame)
 from cowproxy.protocol.responses import CLOSE_STEP, PARSE_STEP, STANDIN
-from cowproxy.sql.parameterize import blanked, bound, parameterized, parameters
-from cowproxy.sql.policy import literal_spans
+from cowproxy.sql.numbers import bind_values
+from cowproxy.sql.parameterize import parameterized, parameters
+from cowproxy.sql.policy import literals
 
 LIMIT = 256
 """Statements one session may have made (each holds its query trees and plans in the backend)."""
@@ -102,11 +103,19 @@ _TYPE_OIDS = {"int4": 23, "int8": 20, "numeric": 1700}
 
 
 class _Entry:
-    __slots__ = ("alias", "confirmed")
+    __slots__ = ("alias", "confirmed", "bind_head", "bind_tail")
 
     def __init__(self, alias: bytes) -> None:
         self.alias = alias          # the server statement's name and its zero byte
         self.confirmed = False      # (simple protocol: its name, b"" while only seen)
+        self.bind_head = b""        # simple protocol: a stand-in's Bind body before its values,
+        self.bind_tail = b""        # and after them: no result formats, then [Describe] Execute Sync
+
+    def name_standin(self, alias: bytes, count: int, rows: bool) -> None:
+        """The simple-protocol statement is `alias`, with `count` parameters; `rows`: it returns rows."""
+        self.alias = alias
+        self.bind_head = b"\x00" + alias + b"\x00\x00" + _COUNT.pack(count)
+        self.bind_tail = b"\x00\x00" + (_ROWS_TAIL if rows else _TAIL)
 
 
 _EXTENDED = frozenset({PARSE, BIND, DESCRIBE, CLOSE, EXECUTE})
@@ -174,17 +183,16 @@ class AutoPrepared:
         `sql` (`tags`: its tag edits), with the tag edits of the Query (a stand-in's);
         or None: send it as it is. `chunk[:index]`: frames before it the relay has not
         accounted yet."""
-        spans = literal_spans(sql)
-        if not spans:
+        spans, shape = literals(sql)
+        if not spans or shape is None:
             return None
-        shape = blanked(sql, spans)
         params = parameters(shape)
         if params is None:
             return None
-        values = bound(sql, spans, params)
+        values = bind_values(sql, spans, params.kinds)
         if values is None:
             return None
-        types, args, literal = values
+        types, encoded = values
         key = (shape, types)
         entry = self._entries.get(key)
         if entry is None:
@@ -201,20 +209,20 @@ class AutoPrepared:
         edit = tags[0] if tags else None
         close = self.unnamed_parsed
         if entry.alias:
-            return (_standin(close, b"", entry.alias, args, params.rows),
-                    (_STANDIN_CLOSE if close else STANDIN, edit))
+            return (_bind_standin(close, b"", entry, encoded), (_STANDIN_CLOSE if close else STANDIN, edit))
         if (self._made >= self.limit or relay.tx_status == b"E" or relay.pending_ready
                 or _closes_cycle(chunk, index)):
             return None  # (the transaction may fail before it: the Parse would only burn a name)
         self._serial += 1
         self._made += 1
-        entry.alias = f"{SIMPLE_PREFIX}{self._serial}".encode() + b"\x00"
+        literal = [t not in _TYPE_OIDS for t in types]
+        oids = [_TYPE_OIDS[t] for t in types if t in _TYPE_OIDS]
+        entry.name_standin(f"{SIMPLE_PREFIX}{self._serial}".encode() + b"\x00", len(oids), params.rows)
         entry.confirmed = False
         self._pending.append(key)
-        oids = tuple(_TYPE_OIDS[t] for t, as_written in zip(types, literal) if not as_written)
         parse = frame(PARSE, entry.alias + parameterized(sql, spans, params, literal).encode() + b"\x00"
                       + _COUNT.pack(len(oids)) + b"".join(_OID.pack(oid) for oid in oids))
-        return (_standin(close, parse, entry.alias, args, params.rows),
+        return (_bind_standin(close, parse, entry, encoded),
                 (_STANDIN_CLOSE_PARSE if close else _STANDIN_PARSE, edit))
 
     def rename(self, msg_type: int, buf: bytes, start: int, end: int) -> bytes | None:
@@ -280,6 +288,14 @@ def _standin(close: bool, parse: bytes, alias: bytes, args: list[bytes], rows: b
     bind_body = b"\x00" + alias + b"\x00\x00" + _COUNT.pack(len(args)) + values + b"\x00\x00"
     return b"".join((_CLOSE_STATEMENT if close else b"", parse, b"B", _LENGTH.pack(4 + len(bind_body)), bind_body,
                      _ROWS_TAIL if rows else _TAIL))
+
+
+def _bind_standin(close: bool, parse: bytes, entry: _Entry, values: bytes) -> bytes:
+    """`_standin` for an entry named for the simple protocol, from its Bind's parts made
+    once (`values`: the parameters' lengths and values, sql/numbers.py `bind_values`)."""
+    head = entry.bind_head
+    return b"".join((_CLOSE_STATEMENT if close else b"", parse, b"B", _LENGTH.pack(6 + len(head) + len(values)),
+                     head, values, entry.bind_tail))
 
 
 def _mid_extended(before: bool, frames: Sequence[tuple[int, int, int]], count: int) -> bool:

@@ -32,7 +32,12 @@ more than 9 digits (it may be too large), 64 or more operator characters in a ro
 (PostgreSQL refuses operators that long, unless it cuts trailing `+`/`-` off), and
 every construct the lexer refuses: unterminated, empty quotes, trailing junk.
 
-Plain typed Python with module-level patterns, so mypyc can compile it.
+Most statements a program sends inline their values into plain text: words, spaces,
+commas, parentheses, operators and integers, nothing quoted, no dots, no comments.
+`_plain_number_spans` answers those in one pass over the characters without a regular
+expression (several times faster, compiled) and leaves anything else to the patterns.
+
+Plain typed Python with module-level patterns, so mypyc can compile it (setup.py).
 """
 
 from __future__ import annotations
@@ -103,6 +108,9 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 def number_spans(sql: str) -> list[tuple[int, int]] | None:
     """[start, end) character offsets of the numeric literals of `sql`, as pglast's
     scanner finds them; None if this scanner cannot be sure (ask pglast)."""
+    plain = _plain_number_spans(sql)
+    if plain is not None:
+        return plain
     if "\x00" in sql or (not sql.isascii() and _SURROGATE.search(sql) is not None):
         return None
     spans: list[tuple[int, int]] = []
@@ -122,6 +130,64 @@ def number_spans(sql: str) -> list[tuple[int, int]] | None:
         pos = _special(sql, pos, spans)
         if pos < 0:
             return None
+
+
+_PLAIN_OPERATOR_RUN = 62
+"""Operator characters in a row the plain pass accepts (PostgreSQL refuses 64 or more)."""
+
+
+def _plain_number_spans(sql: str) -> list[tuple[int, int]] | None:
+    """`number_spans` of a text made only of ASCII letters, digits, `_`, whitespace,
+    `,;:()[]`, and operator characters in runs shorter than `_PLAIN_OPERATOR_RUN` that
+    start no comment, its numbers plain integers (digits, then none of `.`, `$`, a
+    letter or `_`); None for any other text (the patterns decide). Such a text holds no
+    string, quoted name, comment, parameter or decimal point, so an integer is any
+    digit run that does not continue an identifier."""
+    spans: list[tuple[int, int]] = []
+    size = len(sql)
+    run = 0  # operator characters in a row
+    i = 0
+    while i < size:
+        c = ord(sql[i])
+        if 97 <= c <= 122 or 65 <= c <= 90 or c == 95:  # an identifier or keyword
+            i += 1
+            while i < size:
+                c = ord(sql[i])
+                if not (97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c == 95 or c == 36):
+                    break
+                i += 1
+            run = 0
+        elif 48 <= c <= 57:
+            start = i
+            i += 1
+            while i < size and 48 <= ord(sql[i]) <= 57:
+                i += 1
+            if i < size:
+                c = ord(sql[i])
+                if 97 <= c <= 122 or 65 <= c <= 90 or c == 95 or c == 36 or c == 46:
+                    return None  # 1e5, 0x1F, 1_000, 1.5, 7$, junk: the patterns know
+            spans.append((start, i))
+            run = 0
+        elif (c == 32 or c == 9 or c == 10 or c == 12 or c == 13                     # whitespace but \v
+              or c == 44 or c == 59 or c == 58 or c == 40 or c == 41 or c == 91 or c == 93):  # ,;:()[]
+            i += 1
+            run = 0
+        elif (c == 61 or c == 43 or c == 42 or c == 60 or c == 62 or c == 37 or c == 126 or c == 33 or c == 64
+              or c == 35 or c == 94 or c == 38 or c == 124 or c == 96 or c == 63):  # =+*<>%~!@#^&|`?
+            i += 1
+            run += 1
+            if run >= _PLAIN_OPERATOR_RUN:
+                return None
+        elif c == 45 or c == 47:  # - and /, unless they start a comment
+            if i + 1 < size and ord(sql[i + 1]) == (45 if c == 45 else 42):
+                return None
+            i += 1
+            run += 1
+            if run >= _PLAIN_OPERATOR_RUN:
+                return None
+        else:
+            return None  # quotes, dots, $, backslashes, non-ASCII, control characters
+    return spans
 
 
 def _special(sql: str, pos: int, spans: list[tuple[int, int]]) -> int:

@@ -29,9 +29,10 @@ sql/policy.py `literal_shape`), once, from pglast's parse tree:
   `A_Const`, e.g. not after `FETCH FIRST +`). A text that already holds a `$n` (a
   simple Query refuses it; a prepared statement would take ours) is never parameterized.
 
-`literal_value` gives the parameter's type as PostgreSQL types the literal (scan.l
-`process_integer_literal`, parse_node.c `make_const`): an integer is int4 if it fits,
-else int8 if it fits, else numeric; with a point or an exponent, numeric.
+`literal_value` (sql/numbers.py, with the rest of what runs per execution) gives the
+parameter's type as PostgreSQL types the literal (scan.l `process_integer_literal`,
+parse_node.c `make_const`): an integer is int4 if it fits, else int8 if it fits, else
+numeric; with a point or an exponent, numeric.
 """
 
 from __future__ import annotations
@@ -43,16 +44,8 @@ from typing import Any, Sequence
 
 from pglast import parser as pg_parser
 
+from cowproxy.sql.numbers import KEEP, NEGATED, PARAM, literal_value
 from cowproxy.sql.policy import literal_spans
-
-KEEP = 0
-PARAM = 1
-NEGATED = 2  # a parameter that takes the minus sign before the number as well
-
-_INT4 = 1 << 31
-_INT8 = 1 << 63
-_LONGEST = 100
-"""Longer literals stay literal (a numeric that overflows must fail where it stands)."""
 
 _EVALUATING = frozenset({
     "A_Expr", "FuncCall", "TypeCast", "A_ArrayExpr", "RowExpr", "MinMaxExpr", "CoalesceExpr", "A_Indirection",
@@ -79,35 +72,6 @@ class Parameters:
     minus: tuple[int, ...]
     rows: bool
     """The statement returns rows (a SELECT, or RETURNING): its answer has a RowDescription."""
-
-
-def literal_value(number: str, negated: bool) -> tuple[str, str] | None:
-    """The type PostgreSQL gives the numeric literal `number` (with a minus sign before
-    it when `negated`) and its value as that type's input function reads it (decimal,
-    no underscores), or None to leave it literal (huge, or an odd form)."""
-    if len(number) > _LONGEST:
-        return None
-    prefix = number[:2].lower()
-    if prefix in ("0x", "0o", "0b"):
-        try:
-            value = int(number, 0)
-        except ValueError:
-            return None
-    elif "." in number or "e" in number or "E" in number:
-        text = number.replace("_", "")
-        return "numeric", "-" + text if negated else text
-    else:
-        try:
-            value = int(number, 10)
-        except ValueError:
-            return None
-    if negated:
-        value = -value
-    if -_INT4 <= value < _INT4:
-        return "int4", str(value)
-    if -_INT8 <= value < _INT8:
-        return "int8", str(value)
-    return ("numeric", str(value)) if prefix not in ("0x", "0o", "0b") else None
 
 
 @lru_cache(maxsize=4096)
@@ -180,18 +144,6 @@ def bound(sql: str, spans: list[tuple[int, int]], params: Parameters
     if not values:
         return None
     return tuple(tokens), values, literal
-
-
-def blanked(sql: str, spans: list[tuple[int, int]]) -> str:
-    """The literal shape of `sql`: its numbers (at `spans`) written `0` (sql/policy.py `literal_shape`)."""
-    out: list[str] = []
-    pos = 0
-    for start, end in spans:
-        out.append(sql[pos:start])
-        out.append("0")
-        pos = end
-    out.append(sql[pos:])
-    return "".join(out)
 
 
 def parameterized(sql: str, spans: list[tuple[int, int]], params: Parameters, literal: Sequence[bool]) -> str:

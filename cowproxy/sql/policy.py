@@ -27,6 +27,7 @@ from cowproxy.sql import on_conflict, ordered_limit, references, row_locks
 from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
                                   analyze, conflict_update_shape, cte_conflict_update, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
+from cowproxy.sql.numbers import blanked, filled
 from cowproxy.sql.merge import MERGE_TAG, merge_splice, unsuitable as merge_unsuitable
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
 from cowproxy.sql.upsert import UPDATE_TAG, ShadowTable, unsuitable, upsert_splice
@@ -148,20 +149,33 @@ def _number_spans(sql: str) -> list[tuple[int, int]] | None:
     return [(t.start, t.end + 1) for t in tokens if t.name in _NUMBER_TOKENS]
 
 
-_last_spans: tuple[str, list[tuple[int, int]] | None] = ("", [])
+_last_literals: tuple[str, list[tuple[int, int]] | None, str | None] = ("", [], None)
+
+
+def literals(sql: str) -> tuple[list[tuple[int, int]] | None, str | None]:
+    """The spans of the numeric literals of `sql` and its literal shape (None, None if it
+    does not scan; [], None without numbers). The text the decision cache has just
+    looked up, or filled in from a rewrite template, is remembered (by identity, the same
+    str object): the gate's simple-protocol auto-prepare (proxy/autoprepare.py) asks for
+    exactly that text next, and does not scan it again."""
+    global _last_literals
+    last = _last_literals
+    if last[0] is sql:
+        return last[1], last[2]
+    spans = _number_spans(sql)
+    shape = blanked(sql, spans) if spans else None
+    _last_literals = (sql, spans, shape)
+    return spans, shape
+
+
+def _remember(sql: str, spans: list[tuple[int, int]], shape: str) -> None:
+    global _last_literals
+    _last_literals = (sql, spans, shape)
 
 
 def literal_spans(sql: str) -> list[tuple[int, int]] | None:
-    """`_number_spans` for the gate's simple-protocol auto-prepare (proxy/autoprepare.py),
-    which asks for the text the decision cache has just scanned when it is forwarded as
-    written: that one is remembered (by identity, the same str object), not scanned twice."""
-    global _last_spans
-    last = _last_spans
-    if last[0] is sql:
-        return last[1]
-    spans = _number_spans(sql)
-    _last_spans = (sql, spans)
-    return spans
+    """`_number_spans`, remembered as `literals` remembers them."""
+    return literals(sql)[0]
 
 
 def _with_numbers(sql: str, spans: list[tuple[int, int]], numbers: list[str]) -> str:
@@ -182,7 +196,7 @@ def literal_shape(sql: str) -> str | None:
     `_shape_safe`) are shared through this key: one scan instead of a full analysis.
     """
     spans = _number_spans(sql)
-    return _with_numbers(sql, spans, ["0"] * len(spans)) if spans else None
+    return blanked(sql, spans) if spans else None
 
 
 def _shape_safe(decision: Decision, statements: list[Statement]) -> bool:
@@ -208,18 +222,59 @@ class RewriteTemplate:
     """One REWRITE decision for every text of a literal shape: the rewritten text's
     parts, with the index of the text's number where the rewrite copied it (an UPDATE
     sent as an upsert copies its WHERE twice: `aid = 4711` must not cost a full
-    analysis per execution)."""
+    analysis per execution). The numbers the rewrite writes itself are parts too, as
+    indexes past the text's own into `fixed`, so a filled text's numbers are known
+    without scanning it; `shape` is then the literal shape of every filled text (None:
+    the marks did not scan as the numbers they stand for, the filled text is scanned)."""
 
     decision: Decision                      # sql=None
     parts: tuple[str | int, ...]
+    fixed: tuple[str, ...] = ()
+    shape: str | None = None
 
     def fill(self, sql: str, spans: list[tuple[int, int]]) -> Decision:
         numbers = [sql[start:end] for start, end in spans]
+        if self.fixed:
+            numbers += self.fixed
+        shape = self.shape
+        text, text_spans = filled(self.parts, numbers, shape is not None)
+        if text_spans is not None and shape is not None:
+            _remember(text, text_spans, shape)  # for the stand-in (proxy/autoprepare.py)
         d = self.decision  # field by field: dataclasses.replace costs more than the join
-        return Decision(action=d.action, kind=d.kind, sql="".join(p if isinstance(p, str) else numbers[p] for p in self.parts),
+        return Decision(action=d.action, kind=d.kind, sql=text,
                         refusal=d.refusal, materialize=d.materialize, creates_temp=d.creates_temp, tags=d.tags,
                         references=d.references,
                         prepared=d.prepared, preparable=d.preparable)
+
+
+def _template_parts(marked: str, count: int) -> tuple[tuple[str | int, ...], tuple[str, ...], str | None]:
+    """A rewrite of a text whose `count` numbers were marks, cut into a template's parts,
+    fixed numbers and shape (RewriteTemplate). Cut at its scanned numbers when each mark
+    scans as exactly one number, else at the marks only (no shape)."""
+    found = _number_spans(marked)
+    marks = {m.start(): (m.end(), int(m.group(1))) for m in _MARK_RE.finditer(marked)}
+    if found is not None:
+        parts: list[str | int] = []
+        fixed: list[str] = []
+        pos = seen = 0
+        for start, end in found:
+            mark = marks.get(start)
+            if mark is not None and mark[0] == end:
+                index = mark[1]
+                seen += 1
+            else:
+                index = count + len(fixed)
+                fixed.append(marked[start:end])
+            parts += [marked[pos:start], index]
+            pos = end
+        parts.append(marked[pos:])
+        if seen == len(marks):
+            text, text_spans = filled(tuple(parts), ["1"] * count + fixed, True)
+            shape = "".join(p if isinstance(p, str) else "0" for p in parts)
+            if text_spans is not None and _number_spans(text) == text_spans and blanked(text, text_spans) == shape:
+                return tuple(parts), tuple(fixed), shape
+    pieces = _MARK_RE.split(marked)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(pieces)), (), None
 
 
 class DecisionCache:
@@ -237,8 +292,7 @@ class DecisionCache:
         if isinstance(hit, Decision):  # the exact-text cache holds decisions only
             self.metrics.rewrite_cache["hit"] += 1
             return hit, None
-        spans = literal_spans(sql)
-        shape = _with_numbers(sql, spans, ["0"] * len(spans)) if spans else None
+        spans, shape = literals(sql)
         if shape is not None:
             hit = self.shapes.hit(shape)
             if hit is not None:
@@ -356,9 +410,8 @@ class BranchPolicy:
             return None
         if marked_decision.sql is None or replace(marked_decision, sql=None) != replace(decision, sql=None):
             return None
-        pieces = _MARK_RE.split(marked_decision.sql)
-        template = RewriteTemplate(replace(decision, sql=None),
-                                   tuple(int(p) if i % 2 else p for i, p in enumerate(pieces)))
+        parts, fixed, shape = _template_parts(marked_decision.sql, len(spans))
+        template = RewriteTemplate(replace(decision, sql=None), parts, fixed, shape)
         return template if template.fill(sql, spans) == decision else None
 
     def _decide(self, sql: str, statements: list[Statement], temp_tables: frozenset[str]) -> Decision:

@@ -5,9 +5,14 @@ tests/branch/test_autoprepare.py."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cowproxy.sql.numbers import bind_values
 from cowproxy.sql.parameterize import bound, literal_value, parameterized, parameters
 from cowproxy.sql.policy import literal_shape, literal_spans
+
+from .strategies import BOUNDED
 
 
 def prepared_text(sql: str) -> str | None:
@@ -85,6 +90,26 @@ def test_texts_left_alone(sql):
 ])
 def test_literal_types_as_postgresql_types_them(number, negated, expected):
     assert literal_value(number, negated) == expected
+
+
+@given(st.integers(0, 10 ** 20), st.integers(0, 3), st.booleans())
+@BOUNDED
+def test_integer_literals_are_typed_by_their_value(value, zeros, negated):
+    """The shortcut for short integers gives what the general rule gives: the type of
+    the value, written in decimal without leading zeros."""
+    signed = -value if negated else value
+    expected = ("int4" if -2 ** 31 <= signed < 2 ** 31 else "int8" if -2 ** 63 <= signed < 2 ** 63 else "numeric",
+                str(signed))
+    assert literal_value("0" * zeros + str(value), negated) == expected
+
+
+def test_bind_values_are_the_key_and_the_bind_format():
+    sql = "SELECT a::varchar(10) FROM t WHERE x = 5 AND y = -3000000000 ORDER BY 1"
+    spans = literal_spans(sql)
+    params = parameters(literal_shape(sql))
+    assert bind_values(sql, spans, params.kinds) == (("10", "int4", "int8", "1"),
+                                                    b"\x00\x00\x00\x015\x00\x00\x00\x0b-3000000000")
+    assert bind_values("SELECT 1", [(7, 8)], (0,)) is None
 
 
 def test_the_key_holds_types_and_literal_numbers():

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pglast import parser as pg_parser
 
-from cowproxy.sql.literals import number_spans
+from cowproxy.sql.literals import _plain_number_spans, number_spans
 from cowproxy.sql.policy import _number_spans, literal_shape
 
 from .strategies import BOUNDED
@@ -274,6 +274,35 @@ REFUSED = [  # pglast refuses these: so must the fast path (None)
     "select 1 " + "=" * 64 + " 2", "select 1 " + "=" * 40 + "-" + "=" * 30 + " 2", "select 1 " + "/" * 64 + "2",
     "0+00$$$$" + "/" * 64 + "a$$*/a$$",
 ]
+
+
+_PLAIN_PIECES = ["1", "42", "007", " ", "\n", "\t", "\v", "a", "x1", "e", "E", "_", "$", ",", ";", ":", "(", ")", "[",
+                 "]", "+", "-", "*", "/", "=", "<", ">", "%", "~", "!", "@", "#", "^", "&", "|", "`", "?", "--", "/*",
+                 "*/", ".", "'", '"', "é", "=" * 30]
+
+
+@given(st.lists(st.sampled_from(_PLAIN_PIECES), max_size=16).map("".join))
+@BOUNDED
+def test_the_plain_pass_agrees_with_pglast_where_it_answers(sql):
+    """The one-pass scanner for plain texts (no quotes, dots, comments) answers exactly
+    what pglast does, or leaves the text to the patterns."""
+    plain = _plain_number_spans(sql)
+    if plain is not None:
+        assert plain == reference(sql)
+
+
+@pytest.mark.parametrize("sql", PGBENCH + ["select a1, b_2 from t3 where x = 42 and y <> 7 order by 1",
+                                           "select 1 " + "=" * 61 + " 2", "select x[1:2], f(3), a-1, a/2 from t"])
+def test_plain_statements_take_the_plain_pass(sql):
+    assert _plain_number_spans(sql) == reference(sql) is not None
+
+
+@pytest.mark.parametrize("sql", ["select 1.5", "select 'a' 1", "select 1 -- 2", "select 1 /* 2 */", "select $1",
+                                 "select 1e5", "select 7$", "select t.x", "select \"1\"", "select 1\v2",
+                                 "select 1 " + "=" * 62 + " 2", "select é 1"])
+def test_anything_else_is_left_to_the_patterns(sql):
+    assert _plain_number_spans(sql) is None
+    assert _number_spans(sql) == reference(sql)
 
 
 @pytest.mark.parametrize("sql", ANSWERED)

@@ -160,3 +160,42 @@ def test_overriding_clauses_name_the_views_that_tell_the_insert_trigger():
                                       overlays={("public", "accounts"): "cowproxy_b_alice"},
                                       local_names=frozenset(shadow)), Metrics())
     assert older.decide("INSERT INTO accounts (id) OVERRIDING SYSTEM VALUE VALUES (1)").action is Action.FORWARD
+
+
+def test_a_filled_template_hands_the_numbers_of_its_text_on(branch, monkeypatch):
+    """The stand-in (proxy/autoprepare.py) binds the numbers of the rewritten text: a
+    template knows where it put them, so `literals` of the filled text needs no scan,
+    and says exactly what a scan would."""
+    from cowproxy.sql import policy
+
+    branch.decide("SELECT * FROM public.accounts WHERE id = 1 AND n > -2")
+    fresh = "SELECT * FROM public.accounts WHERE id = 4711 AND n > -5"
+    decision = branch.decide(fresh)
+    assert decision.action is Action.REWRITE
+    expected = (policy._number_spans(decision.sql), literal_shape(decision.sql))
+    assert expected[0] == [(55, 59), (69, 70)]
+    scan = policy._number_spans
+    monkeypatch.setattr(policy, "_number_spans",
+                        lambda sql: pytest.fail(f"scanned {sql!r}") if "cowproxy_b_alice" in sql else scan(sql))
+    assert policy.literals(branch.decide("SELECT * FROM public.accounts WHERE id = 4711 AND n > -5").sql) == expected
+
+
+def test_numbers_the_rewrite_writes_are_parts_of_the_template_too():
+    from cowproxy.sql.numbers import blanked
+    from cowproxy.sql.policy import Decision, RewriteTemplate, _number_spans, _template_parts, literals
+
+    marked = "SELECT 1 FROM t WHERE a = 7391204865000000000 AND b = 7391204865000000001 LIMIT 2"
+    parts, fixed, shape = _template_parts(marked, 2)
+    assert parts == ("SELECT ", 2, " FROM t WHERE a = ", 0, " AND b = ", 1, " LIMIT ", 3, "")
+    assert fixed == ("1", "2") and shape == "SELECT 0 FROM t WHERE a = 0 AND b = 0 LIMIT 0"
+    template = RewriteTemplate(Decision(Action.REWRITE, "read"), parts, fixed, shape)
+    text = template.fill("x 42 y 7", [(2, 4), (7, 8)]).sql
+    assert text == "SELECT 1 FROM t WHERE a = 42 AND b = 7 LIMIT 2"
+    assert literals(text) == (_number_spans(text), shape) == ([(7, 8), (26, 28), (37, 38), (45, 46)], shape)
+    # Not plain digits: not handed on (such a number may scan otherwise where the mark
+    # stood); `literals` scans the text instead.
+    text = template.fill("x 4.5 y 0x7", [(2, 5), (8, 11)]).sql
+    assert literals(text) == (_number_spans(text), blanked(text, _number_spans(text)))
+    # A mark that does not scan as one number: cut at the marks, nothing handed on.
+    parts, fixed, shape = _template_parts("SELECT a.7391204865000000000 + 7391204865000000001", 2)
+    assert parts == ("SELECT a.", 0, " + ", 1, "") and fixed == () and shape is None
