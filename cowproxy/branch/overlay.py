@@ -364,6 +364,8 @@ def proposal_views(info: TableInfo) -> dict[str, str]:
 
 # Where PostgreSQL reports a concurrent update, it says this (SQLSTATE 40001).
 _SERIALIZATION_FAILURE = "could not serialize access due to concurrent update"
+COPY_GUARD = "cowproxy_fresh_copy"
+"""The trigger function that keeps stale snapshots from writing a copy (`fresh_snapshot_guard`)."""
 _CURRENT_XID = "pg_catalog.pg_current_xact_id()::text::bigint"
 
 
@@ -955,6 +957,7 @@ class _Generator:
             *self.set_defaults(table, for_view=False),
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {self.source}",
             *self.private(table),
+            *self.fresh_snapshot_guard(table),
         ]
         for rule in info.unique:
             nulls = " NULLS NOT DISTINCT" if rule.nulls_not_distinct else ""
@@ -971,6 +974,29 @@ class _Generator:
         ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {table} "
                    f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.after_fn)}()")
         return ddl
+
+    def fresh_snapshot_guard(self, table: str) -> list[str]:
+        """A copy's rows are written by the transaction that makes it, so a REPEATABLE
+        READ or SERIALIZABLE snapshot taken before that commit sees the copy empty while
+        the name already resolves to it: an UPDATE or DELETE would change nothing and
+        say so (`UPDATE 0`). A BEFORE ... FOR EACH STATEMENT trigger (it fires even when
+        no row qualifies) gives such a write 40001 instead, with the making transaction's
+        id as its argument; later snapshots pass. Reads are not guarded (a read has no
+        statement trigger, and a row-level policy never runs on rows the snapshot cannot
+        see): docs/branches.md, mode `copy`."""
+        guard = f"{quote_ident(self.branch)}.{COPY_GUARD}"
+        failure = _raise("40001", _SERIALIZATION_FAILURE, detail=(
+            "pg_catalog.format('The branch copied table \"%s\" (it has no key) after this transaction took its "
+            "snapshot: the copy''s rows are newer than the snapshot.', TG_TABLE_NAME)"), hint="Retry the transaction.")
+        return [
+            f"CREATE OR REPLACE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $cowproxy$\nBEGIN\n"
+            f"  IF pg_catalog.pg_visible_in_snapshot(TG_ARGV[0]::pg_catalog.xid8, pg_catalog.pg_current_snapshot()) THEN\n"
+            f"    RETURN NULL;\n  END IF;\n{_indent(failure, 2)}\nEND\n$cowproxy$",
+            # The id is the making transaction's own, known only while it runs.
+            f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format('CREATE TRIGGER cowproxy_fresh BEFORE INSERT OR UPDATE OR"
+            f" DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION {guard}(%L)', {quote_literal(table)},"
+            f" pg_catalog.pg_current_xact_id()); END $cowproxy$",
+        ]
 
     def copy_functions(self) -> list[str]:
         o = self.objects

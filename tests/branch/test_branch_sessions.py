@@ -248,6 +248,50 @@ async def test_metrics_count_branch_statements_and_overlay_size(branch_proxy, br
     assert metric_value(branch_proxy.scrape_metrics(), "cowproxy_overlay_bytes", branch=branch) > 0
 
 
+async def test_a_write_under_a_snapshot_older_than_a_keyless_tables_copy_fails_loudly(branch_proxy, branch):
+    """SPEC §5.5, §8: a table without a key is copied at its first write; its rows are
+    newer than a REPEATABLE READ snapshot taken before, to which the copy looks empty:
+    an UPDATE would change nothing and say `UPDATE 0`. Such a write gets 40001 instead;
+    a retry sees every row, and READ COMMITTED statements never notice."""
+    reader = await connect(branch_proxy, branch)
+    writer = await connect(branch_proxy, branch)
+    try:
+        await reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert await reader.fetchval("SELECT count(*) FROM bs_notes") == 2
+        await writer.execute("INSERT INTO bs_notes VALUES ('third')")
+        with pytest.raises(asyncpg.SerializationError) as stale:
+            await reader.execute("UPDATE bs_notes SET body = 'lost'")
+        assert 'copied table "bs_notes"' in stale.value.detail
+        await reader.execute("ROLLBACK")
+        async with reader.transaction(isolation="repeatable_read"):
+            assert await reader.execute("UPDATE bs_notes SET body = body || '!'") == "UPDATE 3"
+        async with writer.transaction(isolation="serializable"):
+            assert sorted(r["body"] for r in await writer.fetch("SELECT body FROM bs_notes")) == \
+                ["first!", "second!", "third!"]
+            await writer.execute("DELETE FROM bs_notes WHERE body = 'third!'")
+        assert await writer.fetchval("SELECT count(*) FROM bs_notes") == 2
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_a_repeatable_read_write_that_makes_the_copy_in_its_own_transaction_fails_loudly(branch_proxy, branch):
+    """The first write of a keyless table inside a REPEATABLE READ transaction that has
+    read already: the copy is made (and committed) by the control plane after the
+    transaction's snapshot, so the UPDATE fails with 40001 instead of updating nothing."""
+    conn = await connect(branch_proxy, branch)
+    try:
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert await conn.fetchval("SELECT count(*) FROM bs_notes") == 2
+        with pytest.raises(asyncpg.SerializationError):
+            await conn.execute("UPDATE bs_notes SET body = 'changed'")
+        await conn.execute("ROLLBACK")
+        async with conn.transaction(isolation="repeatable_read"):
+            assert await conn.execute("UPDATE bs_notes SET body = 'changed'") == "UPDATE 2"
+    finally:
+        await conn.close()
+
+
 async def test_a_repeatable_read_snapshot_older_than_a_shadow_still_sees_production(branch_proxy, branch):
     """SPEC §5.5: the first write by another session creates the table's shadow; a
     transaction whose snapshot predates it must keep seeing production's rows."""
