@@ -364,6 +364,9 @@ def proposal_views(info: TableInfo) -> dict[str, str]:
 
 # Where PostgreSQL reports a concurrent update, it says this (SQLSTATE 40001).
 _SERIALIZATION_FAILURE = "could not serialize access due to concurrent update"
+SERIALIZABLE_GUARD = "cowproxy_serializable_guard"
+OVERLAYS_MADE = "cowproxy_overlays_made"
+"""Returns the id of the branch's latest transaction that made overlays (`serializable_guard`)."""
 COPY_GUARD = "cowproxy_fresh_copy"
 """The trigger function that keeps stale snapshots from writing a copy (`fresh_snapshot_guard`)."""
 _CURRENT_XID = "pg_catalog.pg_current_xact_id()::text::bigint"
@@ -546,6 +549,7 @@ class _Generator:
             f"PRIMARY KEY ({key}))",
             *self.set_defaults(rows, for_view=False),
             *self.private(rows),
+            *self.serializable_guard(rows),
         ]
         # Every other unique rule is a unique index over the live rows of $rows: two
         # sessions writing one value serialize on it as on the table (the triggers check
@@ -958,6 +962,7 @@ class _Generator:
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {self.source}",
             *self.private(table),
             *self.fresh_snapshot_guard(table),
+            *self.serializable_guard(table),
         ]
         for rule in info.unique:
             nulls = " NULLS NOT DISTINCT" if rule.nulls_not_distinct else ""
@@ -996,6 +1001,35 @@ class _Generator:
             f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format('CREATE TRIGGER cowproxy_fresh BEFORE INSERT OR UPDATE OR"
             f" DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION {guard}(%L)', {quote_literal(table)},"
             f" pg_catalog.pg_current_xact_id()); END $cowproxy$",
+        ]
+
+    def serializable_guard(self, table: str) -> list[str]:
+        """PostgreSQL's SERIALIZABLE checks reads against writes of the same relation. A
+        transaction that read a table before the branch made its overlay read
+        production's table, and the writes that land in the overlay afterwards are
+        another relation's: write skew across that first write would commit silently.
+        So a SERIALIZABLE write to any overlay table of the branch, by a transaction whose
+        snapshot predates the branch's latest overlay (`OVERLAYS_MADE`, replaced by every
+        transaction that makes overlays), fails with 40001; a retry passes. Conservative
+        (such a transaction may have read nothing that matters) and only in the moments
+        around a table's first write; the trigger's WHEN keeps it off the other
+        isolation levels' path."""
+        made = f"{quote_ident(self.branch)}.{OVERLAYS_MADE}"
+        guard = f"{quote_ident(self.branch)}.{SERIALIZABLE_GUARD}"
+        failure = _raise("40001", "could not serialize access due to read/write dependencies among transactions",
+                         detail=quote_literal("The branch made an overlay after this transaction took its snapshot: "
+                                              "its earlier reads of production cannot be checked against writes to "
+                                              "the overlay."), hint="Retry the transaction.")
+        return [
+            f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION {made}() RETURNS"
+            f" pg_catalog.xid8 LANGUAGE sql STABLE AS %L', pg_catalog.format('SELECT %L::pg_catalog.xid8',"
+            f" pg_catalog.pg_current_xact_id())); END $cowproxy$",
+            f"CREATE OR REPLACE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $cowproxy$\nBEGIN\n"
+            f"  IF pg_catalog.pg_visible_in_snapshot({made}(), pg_catalog.pg_current_snapshot()) THEN\n"
+            f"    RETURN NULL;\n  END IF;\n{_indent(failure, 2)}\nEND\n$cowproxy$",
+            f"CREATE TRIGGER cowproxy_serializable BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT"
+            f" WHEN (pg_catalog.current_setting('transaction_isolation') = 'serializable')"
+            f" EXECUTE FUNCTION {guard}()",
         ]
 
     def copy_functions(self) -> list[str]:

@@ -774,3 +774,39 @@ async def test_a_page_after_truncate_in_a_transaction_shows_only_the_branchs_row
         assert [r["id"] for r in await conn.fetch(page)] == [1, 2, 3]
     finally:
         await conn.close()
+
+
+# -- SPEC §5.5: SERIALIZABLE across a table's first write on the branch -------------------------
+
+
+async def test_write_skew_across_a_tables_first_write_fails_instead_of_committing(proxy, admin, branches):
+    """Two SERIALIZABLE transactions read production's accounts, then each writes what
+    the other read; the first write makes the overlay. PostgreSQL cannot connect reads
+    of production's table to writes of the overlay's, so a transaction whose snapshot
+    predates the overlay fails its writes with 40001 rather than let the skew commit."""
+    before = await production_state(admin)
+    branch = await branches()
+    first, second = await on(proxy, branch), await on(proxy, branch)
+    failed = 0
+    try:
+        for conn in (first, second):
+            await conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            assert await conn.fetchval("SELECT sum(balance) FROM accounts WHERE id <= 2") == 200
+        for conn, wanted in ((first, 1), (second, 2)):
+            try:
+                await conn.execute("UPDATE accounts SET balance = 0 WHERE id = $1", wanted)
+                await conn.execute("COMMIT")
+            except asyncpg.SerializationError as exc:
+                failed += 1
+                assert exc.sqlstate == "40001"
+                await conn.execute("ROLLBACK")
+        assert failed >= 1
+        assert await first.fetchval("SELECT sum(balance) FROM accounts WHERE id <= 2") > 0
+        # A retry, with a snapshot newer than the overlay, goes through.
+        async with first.transaction(isolation="serializable"):
+            await first.execute("UPDATE accounts SET balance = 5 WHERE id = 1")
+        assert await second.fetchval("SELECT balance FROM accounts WHERE id = 1") == 5
+    finally:
+        await first.close()
+        await second.close()
+    assert await production_state(admin) == before

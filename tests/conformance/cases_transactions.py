@@ -17,9 +17,11 @@ ROW_LOCK_RECHECK_GAP = Gap(
     "with 40001 (the statement's values are computed before the lock), where PostgreSQL's READ COMMITTED "
     "re-checks the new version and returns it")
 STALE_SNAPSHOT_GAP = Gap(
-    "SERIALIZABLE write skew across a table's first write on the branch commits: the transactions read "
-    "the production table before its overlay existed, so PostgreSQL's SSI cannot connect those reads to "
-    "the writes that land in the overlay's $rows (on an already-changed table it is refused as on a copy)")
+    "SERIALIZABLE write skew across a table's first write on the branch: the transactions read production's "
+    "table before its overlay existed, so PostgreSQL's SSI cannot connect those reads to writes in the "
+    "overlay; cowproxy fails every SERIALIZABLE write whose snapshot predates the branch's latest overlay "
+    "with 40001 instead (both writers here, at their UPDATEs), where a copy fails one of them (on an "
+    "already-changed table it behaves as on a copy)")
 
 
 def s1(sql: str, **options) -> Step:
