@@ -202,7 +202,39 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         unsafe_functions=await unsafe_function_names(conn),
         volatile_functions=await volatile_function_names(conn),
         referenced_columns=await referenced_column_sets_of(conn, chain[0].schema_name, overlays),
+        branch_children=await branch_children_of(conn, chain[0].schema_name, overlays),
     )
+
+
+async def branch_children_of(conn: asyncpg.Connection, schema: str,
+                             overlays: dict[tuple[str, str], str]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The branch's own tables whose foreign keys reference each production table: the
+    tables of the CHECK constraints that call its check functions (branch/references.py),
+    found through pg_depend as the parent's trigger finds them."""
+    from cowproxy.branch.overlay import overlay_objects
+
+    bases = {}
+    for key, owner in overlays.items():
+        if owner == schema:
+            try:
+                bases[overlay_objects(*key).view + "$fk("] = key
+            except ValueError:
+                continue
+    rows = await conn.fetch(
+        "SELECT DISTINCT t.relname, p.proname FROM pg_catalog.pg_constraint c"
+        " JOIN pg_catalog.pg_class t ON t.oid = c.conrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass"
+        "  AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"
+        " JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid"
+        " WHERE n.nspname = $1 AND c.contype = 'c' AND p.proname LIKE '%$fk(%' ORDER BY t.relname", schema)
+    found: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        prefix = r["proname"][:r["proname"].index("$fk(") + 4]
+        key = bases.get(prefix)
+        if key is not None and r["relname"] not in found.setdefault(key, []):
+            found[key].append(r["relname"])
+    return {key: tuple(names) for key, names in found.items()}
 
 
 async def referenced_column_sets_of(conn: asyncpg.Connection, schema: str,

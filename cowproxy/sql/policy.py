@@ -109,6 +109,9 @@ class BranchLayout:
     volatile_functions: frozenset[str] | None = None
     referenced_columns: Mapping[tuple[str, str], frozenset[tuple[str, ...]]] = field(default_factory=dict)
     """Column sets of the branch's own shadows that have check functions (branch/references.py)."""
+    branch_children: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """The tables the branch created whose foreign keys reference each production table
+    (branch/references.py): TRUNCATE needs them as it needs `referenced_by`."""
 
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
@@ -565,16 +568,23 @@ class BranchPolicy:
             return []
         return [t for t in (self._production_table(r, temp_tables) for r in st.truncate.relations) if t]
 
+    def _truncated_own_tables(self, st: Statement, temp_tables: frozenset[str]) -> frozenset[str]:
+        """The names of the branch's own tables a TRUNCATE lists."""
+        assert st.truncate is not None
+        return frozenset(r.name for r in st.truncate.relations
+                         if self._production_table(r, temp_tables) is None and r.name not in temp_tables)
+
     def _truncate_refusal(self, st: Statement, temp_tables: frozenset[str]) -> Refusal | None:
         """Without CASCADE, PostgreSQL refuses to truncate a table that another table's
         foreign key references (however empty), unless that table is truncated too."""
         if st.truncate is None or st.truncate.cascade:
             return None
         targets = self._truncate_targets(st, temp_tables)
+        listed = self._truncated_own_tables(st, temp_tables)
         for table in targets:
-            for child in self.layout.referenced_by.get(table, ()):
-                if child not in targets:
-                    return Refusal("0A000", "cannot truncate a table referenced in a foreign key constraint",
+            own = [(self.layout.schema, name) for name in self.layout.branch_children.get(table, ()) if name not in listed]
+            for child in [*own, *(c for c in self.layout.referenced_by.get(table, ()) if c not in targets)]:
+                return Refusal("0A000", "cannot truncate a table referenced in a foreign key constraint",
                                    f'Truncate table "{child[1]}" at the same time, or use TRUNCATE ... CASCADE.',
                                    detail=f'Table "{child[1]}" references "{table[1]}".')
         return None
@@ -606,8 +616,17 @@ class BranchPolicy:
             if table is not None and rel.location >= 0 and self._has_table_overlay(table):
                 start, end = spans.qualified_name(rel.location)
                 splices.append(Splice(start, end, self._own(overlay_objects(*table).live)))
+        reached = self._truncate_cascade(st, temp_tables)
         extra = [self._own(overlay_objects(r.schema or "", r.name).live)
-                 for r in self._truncate_cascade(st, temp_tables) if self._has_table_overlay((r.schema or "", r.name))]
+                 for r in reached if self._has_table_overlay((r.schema or "", r.name))]
+        if st.truncate.cascade:
+            # The branch's own tables that reference a truncated production table: their
+            # foreign keys are CHECKs (branch/references.py), which CASCADE does not follow.
+            listed = self._truncated_own_tables(st, temp_tables)
+            tables = [*self._truncate_targets(st, temp_tables), *((r.schema or "", r.name) for r in reached)]
+            children = dict.fromkeys(name for table in tables for name in self.layout.branch_children.get(table, ())
+                                     if name not in listed)
+            extra += [self._own(name) for name in children]
         if splices and extra:
             last = splices[-1]
             splices[-1] = Splice(last.start, last.end, ", ".join([last.text, *extra]))
