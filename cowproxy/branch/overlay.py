@@ -123,6 +123,7 @@ class OverlayObjects:
     system_view: str   # INSERT ... OVERRIDING SYSTEM VALUE (tables with GENERATED ALWAYS identity)
     user_view: str     # INSERT ... OVERRIDING USER VALUE (tables with identity columns)
     lock_fn: str       # SELECT ... FOR UPDATE/SHARE of the shadow: claims and locks one row
+    relock_fn: str     # the same, returning the version it locked (READ COMMITTED's re-check)
     propose_fn: str    # INSERT ... ON CONFLICT DO UPDATE: the proposed row, identity filled in
 
 
@@ -139,7 +140,7 @@ def overlay_objects(schema: str, table: str) -> OverlayObjects:
             ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
             ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),
             ("system_view", "$system"), ("user_view", "$user"), ("lock_fn", "$lock"),
-            ("propose_fn", "$propose"),
+            ("relock_fn", "$relock"), ("propose_fn", "$propose"),
         )},
     )
 
@@ -674,12 +675,13 @@ class _Generator:
             functions.append(_plpgsql(self.q(o.statement_fn), self.statement_body(),
                                       declare=f"{QUEUED} {self.q(o.pending)};"))
         functions.append(self.lock_function())
+        functions.append(self.lock_function(current=True))
         if _deferred_names(self.info):
             functions.append(_plpgsql(self.q(o.deferred_fn), self.deferred_body(),
                                       declare=f"{QUEUED} {self.q(o.pending)} := NEW;"))
         return functions
 
-    def lock_function(self) -> str:
+    def lock_function(self, current: bool = False) -> str:
         """`B."T$lock"(seen B."T", mode text, wait text) RETURNS boolean`: one row of a
         `SELECT ... FOR <mode> [NOWAIT | SKIP LOCKED]` on the shadow (sql/row_locks.py
         calls it where PostgreSQL's LockRows runs). Every writer of a key goes through
@@ -694,11 +696,21 @@ class _Generator:
         instead of failing: SKIP LOCKED promises no consistent view). NOWAIT: 55P03.
         An uncommitted claim (or insert) of the key by another transaction is waited
         for, or with NOWAIT / SKIP LOCKED given 1 ms (`lock_timeout`) before failing or
-        skipping, since ON CONFLICT DO NOTHING cannot be told not to wait."""
+        skipping, since ON CONFLICT DO NOTHING cannot be told not to wait.
+
+        `current`: `B."T$relock"(seen, mode, wait) RETURNS SETOF B."T"`, the same lock
+        returning the version it locked (no row: skipped), for a wrapper that re-checks
+        the statement's WHERE on it and computes its output from it, as READ COMMITTED's
+        EvalPlanQual does: a row changed by another transaction is returned as it is now
+        instead of failing, under SKIP LOCKED too. REPEATABLE READ and SERIALIZABLE
+        still fail with PostgreSQL's own 40001 (from the claim's insert or the lock,
+        which use the transaction's snapshot)."""
         o = self.objects
         rows = self.q(o.rows)
         match = _match("r", self.key, SEEN, self.key)
         table = self.info.table
+        skipped, unchanged = (("RETURN;", f"RETURN NEXT {SEEN};\nRETURN;") if current
+                              else ("RETURN false;", "RETURN true;"))
         nowait_failure = _raise("55P03", f'could not obtain lock on row in relation "{table}"')
         claim = self.insert_row(SEEN, returning=False)
         bounded = (f"{LOCK_TIMEOUT} := pg_catalog.current_setting('lock_timeout');\n"
@@ -707,7 +719,7 @@ class _Generator:
                    f"{_indent(claim, 2)}\n"
                    f"  PERFORM pg_catalog.set_config('lock_timeout', {LOCK_TIMEOUT}, true);\n"
                    f"EXCEPTION WHEN lock_not_available THEN\n"
-                   f"  IF {LOCK_WAIT} = 'skip' THEN\n    RETURN false;\n  END IF;\n"
+                   f"  IF {LOCK_WAIT} = 'skip' THEN\n    {skipped}\n  END IF;\n"
                    f"{_indent(nowait_failure, 2)}\n"
                    f"END;")
         locks = []
@@ -719,22 +731,27 @@ class _Generator:
             f"{LOCK_MODE}, {LOCK_WAIT};\nEND IF;"
         seen_again = f"ROW({_values(LOCKED, self.all_cols)}) OPERATOR(pg_catalog.*=) {SEEN}"
         mine = f"{_xmin_status(f'SELECT r.xmin FROM {rows} r WHERE {match}')} = 'in progress'"
-        failure = _raise("40001", _SERIALIZATION_FAILURE,
-                         detail=quote_literal(f'Another transaction changed a row of "{table}" '
-                                              f"that this statement locks."),
-                         hint="Retry the transaction.", schema=self.info.schema, table=table)
+        if current:
+            moved_on = [f"IF {mine} THEN\n  RETURN;\nEND IF;",
+                        f"RETURN QUERY SELECT {_values(LOCKED, self.all_cols)};"]
+        else:
+            moved_on = [f"IF {mine} OR {LOCK_WAIT} = 'skip' THEN\n  RETURN false;\nEND IF;",
+                        _raise("40001", _SERIALIZATION_FAILURE,
+                               detail=quote_literal(f'Another transaction changed a row of "{table}" '
+                                                    f"that this statement locks."),
+                               hint="Retry the transaction.", schema=self.info.schema, table=table)]
         body = "\n".join([
             f"IF NOT EXISTS (SELECT 1 FROM {rows} r WHERE {match}) THEN",
             f"  IF {LOCK_WAIT} = 'wait' THEN\n{_indent(claim, 4)}\n  ELSE\n{_indent(bounded, 4)}\n  END IF;",
             "END IF;",
             lock,
-            f"IF NOT FOUND OR {LOCKED}.{DELETED} THEN\n  RETURN false;\nEND IF;",
-            f"IF {seen_again} THEN\n  RETURN true;\nEND IF;",
-            f"IF {mine} OR {LOCK_WAIT} = 'skip' THEN\n  RETURN false;\nEND IF;",
-            failure,
+            f"IF NOT FOUND OR {LOCKED}.{DELETED} THEN\n  {skipped}\nEND IF;",
+            f"IF {seen_again} THEN\n{_indent(unchanged, 2)}\nEND IF;",
+            *moved_on,
         ])
-        return (f"CREATE OR REPLACE FUNCTION {self.q(o.lock_fn)}({SEEN} {self.q(o.view)}, {LOCK_MODE} text, "
-                f"{LOCK_WAIT} text) RETURNS boolean LANGUAGE plpgsql AS $cowproxy$\n"
+        name, returns = (o.relock_fn, f"SETOF {self.q(o.view)}") if current else (o.lock_fn, "boolean")
+        return (f"CREATE OR REPLACE FUNCTION {self.q(name)}({SEEN} {self.q(o.view)}, {LOCK_MODE} text, "
+                f"{LOCK_WAIT} text) RETURNS {returns} LANGUAGE plpgsql AS $cowproxy$\n"
                 f"#variable_conflict use_column\nDECLARE\n  {LOCKED} {rows};\n  {LOCK_TIMEOUT} text;\n"
                 f"BEGIN\n{_indent(body, 2)}\nEND\n$cowproxy$")
 

@@ -64,7 +64,7 @@ _LOCK_FUNCTIONS_SQL = """
 SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = $1 AND p.proname = ANY ($2::text[])
 """
-"""The shadows' T$lock functions (overlays made before they existed have none)."""
+"""The shadows' T$lock and T$relock functions (overlays made before they existed have none)."""
 
 _UNSAFE_FUNCTIONS_SQL = "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v' OR proretset"
 _VOLATILE_FUNCTIONS_SQL = "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE provolatile = 'v'"
@@ -90,14 +90,16 @@ async def load_shadow_tables(conn: asyncpg.Connection, branch_schema: str,
     constraints: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
     for r in await conn.fetch(_CONSTRAINTS_SQL, [w[1] for w in wanted], [w[2] for w in wanted]):
         constraints.setdefault((r["source_schema"], r["source_table"]), []).append((r["conname"], tuple(r["columns"])))
-    lock_functions = {r["proname"] for r in await conn.fetch(_LOCK_FUNCTIONS_SQL, branch_schema,
-                                                              [overlay_objects(w[1], w[2]).lock_fn for w in wanted])}
-    return {table: _shadow_table(cols, constraints.get(table, []), overlay_objects(*table).lock_fn in lock_functions)
+    objects = [overlay_objects(w[1], w[2]) for w in wanted]
+    names = [name for o in objects for name in (o.lock_fn, o.relock_fn)]
+    lock_functions = {r["proname"] for r in await conn.fetch(_LOCK_FUNCTIONS_SQL, branch_schema, names)}
+    return {table: _shadow_table(cols, constraints.get(table, []), overlay_objects(*table).lock_fn in lock_functions,
+                                 overlay_objects(*table).relock_fn in lock_functions)
             for table, cols in columns.items()}
 
 
 def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tuple[str, ...]]],
-                  lockable: bool) -> ShadowTable:
+                  lockable: bool, relockable: bool = False) -> ShadowTable:
     generated = frozenset(c["attname"] for c in columns if c["generated"])
     return ShadowTable(
         columns=tuple(c["attname"] for c in columns),
@@ -107,6 +109,7 @@ def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tu
         types=tuple(c["type"] for c in columns),
         constraints=tuple(constraints),
         lockable=lockable,
+        relockable=relockable,
     )
 
 

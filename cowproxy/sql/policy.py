@@ -445,9 +445,11 @@ class BranchPolicy:
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
-        # A page's arms first: the row-lock wrapper copies the FROM they replace.
+        # A page's arms first: the row-lock wrapper copies the FROM they replace (and
+        # its re-check the WHERE they replace, as the client wrote it).
+        named = splices
         splices = self._ordered_limits(sql, statements, splices, temp_tables)
-        splices = self._row_locks(sql, statements, splices, temp_tables)
+        splices = self._row_locks(sql, statements, splices, named, temp_tables)
         touches_overlay = bool(splices) or self._touches_overlay(statements)
         kind = _kind_label(statements, touches_overlay)
         temps = tuple(name for st in statements for name in st.creates_temp)
@@ -682,20 +684,23 @@ class BranchPolicy:
         objects = overlay_objects(*table)
         info = self.layout.shadow_tables.get(table) if self.layout.overlays.get(table) == self.layout.schema else None
         function = self._own(objects.lock_fn) if info and info.lockable else None
-        return row_locks.Shadow(self._own(objects.view), function, info.columns if info else ())
+        relock = self._own(objects.relock_fn) if info and info.relockable else None
+        return row_locks.Shadow(self._own(objects.view), function, info.columns if info else (), relock)
 
-    def _row_locks(self, sql: str, statements: list[Statement], splices: list[Splice],
+    def _row_locks(self, sql: str, statements: list[Statement], splices: list[Splice], named: list[Splice],
                    temp_tables: frozenset[str]) -> list[Splice]:
         """Every top-level SELECT whose locking clauses cover shadows (which
         `_shadow_refusal` let through) replaces its text with the wrapper that calls
-        their T$lock functions."""
+        their T$lock functions (T$relock, re-checking the WHERE, where it can).
+        `named`: the splices before a page's arms replaced FROM and WHERE."""
         spans: NameSpans | None = None
         for st in statements:
-            plan = row_locks.lock_plan(st, lambda rel: self._lockable_shadow(rel, temp_tables)) if st.locked else None
+            plan = row_locks.lock_plan(st, lambda rel: self._lockable_shadow(rel, temp_tables),
+                                       self.layout.unsafe_functions) if st.locked else None
             if not isinstance(plan, row_locks.LockPlan):
                 continue
             spans = spans or NameSpans(sql)
-            replacement = row_locks.row_lock_splice(sql, st, plan, spans, splices)
+            replacement = row_locks.row_lock_splice(sql, st, plan, spans, splices, named)
             splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
         return splices
 

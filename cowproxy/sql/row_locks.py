@@ -21,7 +21,22 @@ is sent as
      WHERE B."t$lock"(cowproxy_locking.l1, 'update', 'skip') LIMIT n OFFSET m
 
 `OFFSET 0` keeps the planner from merging the subquery into the outer query (which
-could evaluate the lock call before the sort, on every matching row). The outer list
+could evaluate the lock call before the sort, on every matching row).
+
+T$lock raises 40001 for a row another transaction changed after the statement's
+snapshot (its values are computed already), where READ COMMITTED re-checks the new
+version (EvalPlanQual). A statement whose FROM is the one shadow it locks, whose WHERE
+and output list may be evaluated twice (no volatile or set-returning calls) and name
+no `schema.table.column`, is re-checked exactly instead (`LockPlan.recheck`):
+
+    [WITH ...] SELECT <list, * as t.*> FROM (SELECT <list>, ROW(t.*)::B."t" FROM <from>
+           WHERE <cond> ORDER BY <order> OFFSET 0) AS cowproxy_locking (c1, ..., l1)
+      CROSS JOIN LATERAL B."t$relock"(cowproxy_locking.l1, 'update', 'wait') AS t
+     WHERE <cond> LIMIT n OFFSET m
+
+T$relock locks as T$lock does and returns the version it locked (no row: skipped), so
+the client's WHERE runs again on it and its list is computed from it; the order is the
+derived table's (PostgreSQL does not sort again after a re-check). Joins keep 40001. The outer list
 gives each column the name PostgreSQL gives it in the client's statement, so it needs
 the names: written with AS, or a column reference, function call, cast, ... (PostgreSQL's
 FigureColname), and `*` of shadows (their columns are known). Every statement this cannot
@@ -39,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cowproxy.sql.analyze import Refusal, Relation, Statement, _relation, first_location
+from cowproxy.sql.analyze import Refusal, Relation, Statement, _References, _relation, first_location
 from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, nesting, quote_ident, quote_literal
 
 SUBQUERY = "cowproxy_locking"
@@ -57,11 +72,12 @@ _TAIL_KEYWORDS = frozenset({"LIMIT", "OFFSET", "FETCH", "FOR"})
 class Shadow:
     """What the policy tells of one relation a locking SELECT names: a shadow of the
     branch's own (qualified view and T$lock function; function None: the overlay was
-    made before T$lock existed)."""
+    made before T$lock existed; relock: its T$relock, None likewise)."""
 
     view: str
     function: str | None
     columns: tuple[str, ...]
+    relock: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,10 @@ class LockPlan:
 
     locks: tuple[_Lock, ...]
     names: tuple[str, ...]
+    recheck: bool = False
+    """One shadow, the FROM's only item, its T$relock there, and a WHERE and output list
+    that can be evaluated twice: the wrapper re-checks the WHERE on the version locked
+    and computes the output from it (READ COMMITTED's EvalPlanQual) instead of failing."""
 
 
 Classify = Callable[[Relation], "Shadow | None"]
@@ -97,10 +117,14 @@ def _refusal(feature: str, hint: str | None = None) -> Refusal:
                    hint)
 
 
-def lock_plan(st: Statement, classify: Classify) -> LockPlan | Refusal | None:
+def lock_plan(st: Statement, classify: Classify,
+              unsafe_functions: frozenset[str] | None = None) -> LockPlan | Refusal | None:
     """How to lock the shadows `st`'s locking clauses cover; None when they cover none
     (PostgreSQL locks the branch's own tables itself); a Refusal when it cannot be
-    done exactly. `classify` tells a shadow (of the branch's own schema) from the rest."""
+    done exactly. `classify` tells a shadow (of the branch's own schema) from the rest;
+    `unsafe_functions` (volatile and set-returning; None: unknown, every call is one)
+    keep a statement off the re-checking wrapper, which evaluates its WHERE and output
+    list twice."""
     shadows_locked = [rel for rel in st.locked if classify(rel) is not None]
     if not shadows_locked:
         return None
@@ -139,7 +163,25 @@ def lock_plan(st: Statement, classify: Classify) -> LockPlan | Refusal | None:
     names = _output_names(body, items)
     if isinstance(names, Refusal):
         return names
-    return LockPlan(tuple(locks.values()), tuple(names))
+    return LockPlan(tuple(locks.values()), tuple(names), _can_recheck(body, items, locks, unsafe_functions))
+
+
+def _can_recheck(body: dict[str, Any], items: list[_FromItem], locks: dict[str, _Lock],
+                 unsafe_functions: frozenset[str] | None) -> bool:
+    """Whether the re-checking wrapper means what the statement means: its FROM is the
+    one shadow it locks (a join would need the other tables' rows re-fetched as
+    PostgreSQL's EvalPlanQual does), whose overlay has T$relock; nothing in the WHERE or
+    the output list changes when evaluated twice (volatile or set-returning calls); no
+    `schema.table.column` names (the locked row is bound to the alias alone)."""
+    if len(items) != 1 or len(locks) != 1 or items[0].relation is None or body.get("windowClause"):
+        return False
+    shadow = items[0].shadow
+    if shadow is None or shadow.relock is None or items[0].alias not in locks:
+        return False
+    refs = _References()
+    refs.walk([body.get("targetList", []), body.get("whereClause") or {}], count_functions=True)
+    unsafe = refs.functions if unsafe_functions is None else refs.functions & unsafe_functions
+    return not unsafe and not refs.long_references
 
 
 def _postgres_refusal(body: dict[str, Any], strength: str, locks: dict[str, _Lock]) -> Refusal | None:
@@ -333,9 +375,12 @@ def _figure(node: dict[str, Any]) -> tuple[int, str | None]:
 # the text -------------------------------------------------------------------------------------
 
 
-def row_lock_splice(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, splices: list[Splice]) -> Splice:
+def row_lock_splice(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, splices: list[Splice],
+                    original_splices: list[Splice] | None = None) -> Splice:
     """The splice replacing `st` (a top-level locking SELECT `lock_plan` accepted) with
-    the wrapper; `splices` are the policy's name rewrites, applied to the pieces copied."""
+    the wrapper; `splices` are the policy's rewrites, applied to the pieces copied;
+    `original_splices` those before sql/ordered_limit.py replaced the FROM and WHERE
+    (the re-check copies the client's own WHERE; default: `splices`)."""
     tokens = spans.statement_tokens(st.location, st.length)
     depths = nesting(tokens)
     piece = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
@@ -361,11 +406,42 @@ def row_lock_splice(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, s
             if lock.item.shadow is not None]
     inner = (piece(tokens[select][0], tokens[from_at - 1][1]) + ", " + ", ".join(seen) + " "
              + piece(tokens[from_at][0], tokens[tail - 1][1]) + " OFFSET 0")
+    prefix = piece(tokens[0][0], tokens[select - 1][1]) + " " if select > 0 else ""
+    derived = f"({inner}) AS {SUBQUERY} ({', '.join(columns + lock_columns)})"
+    if plan.recheck:
+        text = prefix + _recheck_query(sql, st, plan, spans, tokens, depths, (select, from_at, tail),
+                                       original_splices if original_splices is not None else splices, derived)
+        return Splice(tokens[0][0], tokens[-1][1], text + "".join(" " + limit for limit in limits))
     outer_list = ", ".join(f"{SUBQUERY}.{c} AS {quote_ident(name)}" for c, name in zip(columns, plan.names))
     calls = " AND ".join(
         f"{lock.item.shadow.function}({SUBQUERY}.{column}, {quote_literal(lock.mode)}, {quote_literal(lock.wait)})"
         for lock, column in zip(plan.locks, lock_columns) if lock.item.shadow is not None)
-    prefix = piece(tokens[0][0], tokens[select - 1][1]) + " " if select > 0 else ""
-    text = (f"{prefix}SELECT {outer_list} FROM ({inner}) AS {SUBQUERY} ({', '.join(columns + lock_columns)})"
+    text = (f"{prefix}SELECT {outer_list} FROM {derived}"
             f" WHERE {calls}" + "".join(" " + limit for limit in limits))
     return Splice(tokens[0][0], tokens[-1][1], text)
+
+
+def _recheck_query(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, tokens: list[tuple[int, int, str]],
+                   depths: list[int], at: tuple[int, int, int], splices: list[Splice], derived: str) -> str:
+    """`SELECT <list> FROM <derived> CROSS JOIN LATERAL B."t$relock"(...) AS <alias>
+    WHERE <cond>`: the client's own list and WHERE, on the version T$relock locked and
+    returned (no row: skipped). The derived table keeps the client's order (ORDER BY may
+    name output columns, so it keeps the list too); nothing sorts again, as
+    PostgreSQL does not after re-checking a row."""
+    select, from_at, tail = at
+    lock = plan.locks[0]
+    item, shadow = lock.item, lock.item.shadow
+    assert shadow is not None and shadow.relock is not None
+    alias = quote_ident(item.alias)
+    # `*` is the locked row's columns (the derived table's are not the client's).
+    stars = [Splice(*spans.token(target["ResTarget"]["val"]["ColumnRef"]["location"]), f"{alias}.*")
+             for target in st.body.get("targetList", [])
+             if _star(target.get("ResTarget", {}).get("val") or {}) == ""]
+    output = apply_within(sql, splices + stars, tokens[select + 1][0], tokens[from_at - 1][1])
+    where_at = next((i for i in range(from_at, tail) if depths[i] == 0 and tokens[i][2] == "WHERE"), None)
+    order_at = next((i for i in range(from_at, tail) if depths[i] == 0 and tokens[i][2] == "ORDER"), tail)
+    condition = (" WHERE " + apply_within(sql, splices, tokens[where_at + 1][0], tokens[order_at - 1][1])
+                 if where_at is not None else "")
+    renamed = f" ({', '.join(quote_ident(c) for c in item.column_aliases)})" if item.column_aliases else ""
+    call = f"{shadow.relock}({SUBQUERY}.cowproxy_lock_1, {quote_literal(lock.mode)}, {quote_literal(lock.wait)})"
+    return f"SELECT {output} FROM {derived} CROSS JOIN LATERAL {call} AS {alias}{renamed}{condition}"

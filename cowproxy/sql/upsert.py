@@ -77,6 +77,9 @@ class ShadowTable:
     `ON CONFLICT ON CONSTRAINT name`."""
     lockable: bool = False
     """The overlay has `T$lock` (SELECT ... FOR UPDATE/SHARE, sql/row_locks.py); older ones do not."""
+    relockable: bool = False
+    """The overlay has `T$relock` (the lock returning the version it locked: READ COMMITTED's
+    re-check of a one-table locking SELECT, sql/row_locks.py); older ones do not."""
 
     @property
     def stored(self) -> tuple[str, ...]:

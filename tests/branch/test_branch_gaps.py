@@ -622,10 +622,12 @@ async def test_skip_locked_workers_take_every_job_exactly_once(proxy, admin, bra
             await conn.close()
 
 
-async def test_a_lock_waiting_for_a_row_changed_meanwhile_fails_with_40001(proxy, branches):
-    """SPEC §5.5, the documented difference: PostgreSQL (READ COMMITTED) would return
-    the row's new version; the branch cannot re-check the statement, so it fails with
-    40001 (retry) rather than return values the row no longer has."""
+async def test_a_lock_waiting_for_a_row_changed_meanwhile_returns_its_new_version(proxy, branches):
+    """SPEC §5.5, READ COMMITTED: a locking SELECT of one table that waited for a row
+    another transaction changed and committed re-checks its WHERE on the new version
+    and returns it (T$relock), as PostgreSQL's EvalPlanQual does; a row that no longer
+    matches is skipped and LIMIT takes the next one. REPEATABLE READ still fails with
+    PostgreSQL's own 40001. A join keeps the documented difference: 40001."""
     branch = await branches()
     writer, locker = await on(proxy, branch), await on(proxy, branch)
     try:
@@ -635,11 +637,38 @@ async def test_a_lock_waiting_for_a_row_changed_meanwhile_fails_with_40001(proxy
         await asyncio.sleep(0.3)
         assert not waiting.done()
         await writer.execute("COMMIT")
+        assert [tuple(r) for r in await waiting] == [(9, 7)]
+
+        await writer.execute("BEGIN")
+        await writer.execute("UPDATE accounts SET balance = -1 WHERE id = 2")
+        queue = "SELECT id, balance FROM accounts WHERE balance >= 0 ORDER BY id FOR UPDATE LIMIT 1"
+        await writer.execute("UPDATE accounts SET balance = -1 WHERE id = 1")
+        waiting = asyncio.ensure_future(locker.fetch(queue))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await writer.execute("COMMIT")
+        assert [tuple(r) for r in await waiting] == [(3, 100)]   # 1 and 2 no longer match
+
+        await writer.execute("BEGIN")
+        await writer.execute("UPDATE accounts SET balance = 8 WHERE id = 9")
+        await locker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert await locker.fetchval("SELECT balance FROM accounts WHERE id = 9") == 7
+        waiting = asyncio.ensure_future(locker.fetch("SELECT id, balance FROM accounts WHERE id = 9 FOR UPDATE"))
+        await asyncio.sleep(0.3)
+        await writer.execute("COMMIT")
+        with pytest.raises(asyncpg.SerializationError):
+            await waiting
+        await locker.execute("ROLLBACK")
+
+        await writer.execute("BEGIN")
+        await writer.execute("UPDATE accounts SET balance = 9 WHERE id = 9")
+        waiting = asyncio.ensure_future(locker.fetch("SELECT a.id, b.id FROM accounts a JOIN accounts b ON b.id = a.id"
+                                                     " WHERE a.id = 9 FOR UPDATE OF a"))
+        await asyncio.sleep(0.3)
+        await writer.execute("COMMIT")
         with pytest.raises(asyncpg.SerializationError) as failed:
             await waiting
         assert failed.value.detail == 'Another transaction changed a row of "accounts" that this statement locks.'
-        assert [tuple(r) for r in await locker.fetch("SELECT id, balance FROM accounts WHERE id = 9 FOR UPDATE")] \
-            == [(9, 7)]
     finally:
         await writer.close()
         await locker.close()
@@ -733,7 +762,7 @@ async def test_the_upstream_runs_a_page_as_two_sorted_limited_arms(proxy, admin,
         # The job-queue pattern: sorted arms inside the row-lock wrapper.
         queue = "SELECT id FROM pages WHERE v = $1 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"
         assert await conn.fetchval(queue, 3) == 3
-        sent = await _sent(conn, "pages$lock")
+        sent = await _sent(conn, "pages$relock")
         assert sent and sent.count("LIMIT (SELECT NULL::bigint)") == 2, sent
         await admin.execute(f"SET ROLE {quote_ident(await conn.fetchval('SELECT current_user'))}")
         try:

@@ -949,3 +949,42 @@ async def test_lock_function_claims_a_row_and_locks_it_like_a_table_row(world):
                                         tuple(row.values())) is False
     finally:
         await second.close()
+
+
+async def test_relock_function_returns_the_version_it_locked(world):
+    """`T$relock(seen, mode, wait)`: T$lock's lock, returning the row as it locked it,
+    for READ COMMITTED's re-check (sql/row_locks.py): a version stored after the one
+    the statement saw is returned instead of failing (under SKIP LOCKED too); no row
+    when skipped (locked elsewhere under SKIP LOCKED, deleted). REPEATABLE READ gets
+    PostgreSQL's own 40001 from the lock."""
+    s = quote_ident(world.branch.schema)
+    relock = f'{s}."products$relock"'
+    first, second = world.branch.conn, await connect_branch(world.pg, world.prod_db, world.branch)
+    seen_as = "ROW(p.id, p.sku, p.price, p.stock + $4, p.gross)"
+    call = f"SELECT r.id, r.stock FROM {s}.products p, {relock}({seen_as}::{s}.products, $2, $3) r WHERE p.id = $1"
+    try:
+        wanted = await first.fetchval(f"SELECT min(id) FROM {s}.products"
+                                      f' WHERE id NOT IN (SELECT id FROM {s}."products$rows")')
+        stock = await first.fetchval(f"SELECT stock FROM {s}.products WHERE id = $1", wanted)
+        async with first.transaction():
+            assert [tuple(r) for r in await first.fetch(call, wanted, "update", "wait", 0)] == [(wanted, stock)]
+            assert await first.fetchval(f'SELECT count(*) FROM {s}."products$rows" WHERE id = $1', wanted) == 1
+            assert await second.fetch(call, wanted, "share", "skip", 0) == []
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await second.fetch(call, wanted, "key share", "nowait", 0)
+        # The statement saw stock + 1; the row is stock now: that version is locked and returned.
+        for wait in ("wait", "skip"):
+            assert [tuple(r) for r in await first.fetch(call, wanted, "update", wait, 1)] == [(wanted, stock)]
+        async with first.transaction(isolation="repeatable_read"):
+            assert await first.fetchval(f"SELECT stock FROM {s}.products WHERE id = $1", wanted) == stock
+            await second.execute(f"UPDATE {s}.products SET stock = stock + 5 WHERE id = $1", wanted)
+            with pytest.raises(asyncpg.SerializationError):
+                await first.fetch(call, wanted, "update", "wait", 0)
+        await second.execute(f"UPDATE {s}.products SET stock = stock - 5 WHERE id = $1", wanted)
+        async with first.transaction():
+            row = await first.fetchval(f"INSERT INTO {s}.counters (hits) VALUES (1) RETURNING counters")
+            await first.execute(f"DELETE FROM {s}.counters WHERE id = $1", row["id"])
+            assert await first.fetch(f'SELECT * FROM {s}."counters$relock"($1::{s}.counters, \'update\', \'wait\')',
+                                     tuple(row.values())) == []
+    finally:
+        await second.close()

@@ -13,9 +13,10 @@ from __future__ import annotations
 from .harness import Case, Gap, Step, case
 
 ROW_LOCK_RECHECK_GAP = Gap(
-    "SELECT ... FOR UPDATE on a branch that waited for a row another transaction changed and committed fails "
-    "with 40001 (the statement's values are computed before the lock), where PostgreSQL's READ COMMITTED "
-    "re-checks the new version and returns it")
+    "SELECT ... FOR UPDATE of a join (or of several changed tables) on a branch that waited for a row another "
+    "transaction changed and committed fails with 40001 (the statement's values are computed before the lock), "
+    "where PostgreSQL's READ COMMITTED re-checks the new version and returns it; a locking SELECT of one "
+    "table re-checks exactly")
 STALE_SNAPSHOT_GAP = Gap(
     "SERIALIZABLE write skew across a table's first write on the branch: the transactions read production's "
     "table before its overlay existed, so PostgreSQL's SSI cannot connect those reads to writes in the "
@@ -352,11 +353,85 @@ CASES: tuple[Case, ...] = (
          "COMMIT",
          s1("SELECT count(*) FROM tickets WHERE id IN (9, 10)"),
          asyncpg=True),
+    # READ COMMITTED re-check (EvalPlanQual): a locking SELECT of one table that waited
+    # for a row another transaction changed sees the new version (T$relock).
     case("lock_waits_for_a_row_changed_meanwhile", "5.5",
          "BEGIN",
          "UPDATE tickets SET priority = 1 WHERE id = 11",
          s1("SELECT id, priority FROM tickets WHERE id = 11 FOR UPDATE", blocks=True),
          "COMMIT",
          s1("SELECT priority FROM tickets WHERE id = 11"),
+         asyncpg=True),
+    case("lock_returns_the_new_version_of_a_row_changed_meanwhile_still_matching", "5.5",
+         "BEGIN",
+         "UPDATE tickets SET subject = 'changed', priority = 5, labels = '{x}' WHERE id = 2",
+         s1("SELECT *, upper(subject), priority * 10 AS p10 FROM tickets WHERE priority >= 3 ORDER BY id"
+            " FOR UPDATE LIMIT 1", blocks=True),
+         "COMMIT",
+         s1("SELECT id, subject, priority FROM tickets WHERE id <= 3 ORDER BY id"),
+         asyncpg=True),
+    case("lock_of_a_row_changed_meanwhile_keeps_the_order_it_read", "5.5",
+         # PostgreSQL does not sort again after re-checking: 2 comes first with its new priority.
+         "BEGIN",
+         "UPDATE tickets SET priority = 5 WHERE id = 2",
+         s1("SELECT id, priority FROM tickets t WHERE t.id IN (2, 3, 4) ORDER BY t.priority FOR NO KEY UPDATE",
+            blocks=True),
+         "COMMIT",
+         asyncpg=True),
+    case("lock_skips_a_row_changed_meanwhile_that_no_longer_matches", "5.5",
+         "BEGIN",
+         "UPDATE tickets SET priority = 1 WHERE id = 2",
+         s1("SELECT id, subject FROM tickets WHERE priority >= 3 ORDER BY id FOR UPDATE LIMIT 1", blocks=True),
+         "COMMIT",
+         s1("SELECT id, priority FROM tickets WHERE id <= 3 ORDER BY id"),
+         asyncpg=True),
+    case("lock_skips_a_row_deleted_meanwhile_and_limit_takes_the_next", "5.5",
+         "BEGIN",
+         "DELETE FROM tickets WHERE id = 2",
+         s1("SELECT id, priority FROM tickets WHERE priority >= %s ORDER BY id FOR SHARE LIMIT 1", params=(3,),
+            blocks=True),
+         "COMMIT",
+         s1("SELECT count(*) FROM tickets WHERE id <= 3"),
+         asyncpg=True),
+    case("skip_locked_workers_recheck_rows_changed_meanwhile", "5.5",
+         "BEGIN",
+         "SELECT id FROM tickets WHERE priority >= 3 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1",
+         s1("BEGIN"),
+         s1("SELECT id FROM tickets WHERE priority >= 3 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"),
+         "UPDATE tickets SET priority = 1 WHERE id = 2",
+         "COMMIT",
+         s1("SELECT id, priority FROM tickets WHERE priority >= 3 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 2"),
+         "SELECT id, priority FROM tickets WHERE priority >= 3 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1",
+         s1("UPDATE tickets SET priority = 1 WHERE id = 3"),
+         s1("COMMIT"),
+         "SELECT id, priority FROM tickets WHERE id <= 5 ORDER BY id",
+         asyncpg=True),
+    case("nowait_lock_of_a_row_another_transaction_changed", "5.5",
+         "BEGIN",
+         "UPDATE tickets SET priority = 1 WHERE id = 2",
+         s1("SELECT id FROM tickets WHERE priority >= 3 ORDER BY id FOR UPDATE NOWAIT LIMIT 1"),
+         s1("SELECT id, priority FROM tickets WHERE id = 3 FOR SHARE NOWAIT"),
+         "COMMIT",
+         s1("SELECT id, priority FROM tickets WHERE priority >= 3 ORDER BY id FOR UPDATE NOWAIT LIMIT 1"),
+         asyncpg=True),
+    case("repeatable_read_lock_of_a_row_changed_after_the_snapshot_fails", "5.5",
+         "UPDATE tickets SET priority = 2 WHERE id = 30",
+         s1("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+         s1("SELECT priority FROM tickets WHERE id IN (2, 30) ORDER BY id"),
+         "UPDATE tickets SET priority = 5 WHERE id IN (2, 30)",
+         s1("SELECT id, priority FROM tickets WHERE id = 2 FOR UPDATE"),
+         s1("ROLLBACK"),
+         s1("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+         s1("SELECT priority FROM tickets WHERE id = 30"),
+         "UPDATE tickets SET priority = 4 WHERE id = 30",
+         s1("SELECT id, priority FROM tickets WHERE id = 30 FOR KEY SHARE"),
+         s1("ROLLBACK"),
+         s1("SELECT id, priority FROM tickets WHERE id IN (2, 30) ORDER BY id FOR UPDATE")),
+    case("lock_of_a_join_waits_for_a_row_changed_meanwhile", "5.5",
+         "BEGIN",
+         "UPDATE tickets SET priority = 1 WHERE id = 11",
+         s1("SELECT t.id, t.priority, c.name FROM tickets t JOIN customers c ON c.id = t.customer_id"
+            " WHERE t.id = 11 FOR UPDATE OF t", blocks=True),
+         "COMMIT",
          gaps=(ROW_LOCK_RECHECK_GAP,)),
 )

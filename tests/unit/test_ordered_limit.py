@@ -105,11 +105,12 @@ def test_other_shapes_keep_the_view(policy, sql):
 def test_a_locking_page_gets_sorted_arms_without_a_bound_inside_the_lock_wrapper():
     """SKIP LOCKED passes over rows, so no LIMIT of the arms is exact: they are sorted,
     and limited by a subquery the planner cannot read (sql/row_locks.py wraps them)."""
-    lockable = replace(LAYOUT, shadow_tables={("public", "jobs"): replace(JOBS, lockable=True)})
+    lockable = replace(LAYOUT, shadow_tables={("public", "jobs"): replace(JOBS, lockable=True, relockable=True)})
     decision = BranchPolicy(lockable, Metrics()).decide(
         "SELECT id FROM jobs WHERE state = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED")
     assert decision.sql.count("ORDER BY id LIMIT (SELECT NULL::bigint)") == 2
-    assert '"cowproxy_b_alice"."jobs$lock"(' in decision.sql and decision.sql.endswith("LIMIT 1")
+    assert '"cowproxy_b_alice"."jobs$relock"(' in decision.sql
+    assert decision.sql.endswith("WHERE state = 'new' LIMIT 1")   # the client's WHERE, re-checked
 
 
 def test_a_stacked_branch_keeps_its_views(policy):

@@ -2,6 +2,8 @@
 rewriter makes, the column names it gives, and what it refuses. What the text does on
 PostgreSQL is tests/branch/test_branch_gaps.py and the conformance cases of §5.5."""
 
+from dataclasses import replace
+
 import pytest
 
 from cowproxy.metrics import Metrics
@@ -9,7 +11,7 @@ from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy
 from cowproxy.sql.upsert import ShadowTable
 
 SCHEMA = "cowproxy_b_alice"
-JOBS = ShadowTable(columns=("id", "state", "payload"), key=("id",), lockable=True)
+JOBS = ShadowTable(columns=("id", "state", "payload"), key=("id",), lockable=True, relockable=True)
 WORKERS = ShadowTable(columns=("id", "name"), key=("id",), lockable=True)
 LAYOUT = BranchLayout(
     branch="alice", schema=SCHEMA, search_schemas=(SCHEMA,),
@@ -21,6 +23,7 @@ LAYOUT = BranchLayout(
                    ("public", "legacy"): ShadowTable(columns=("id",), key=("id",))},
 )
 JOBS_VIEW, JOBS_LOCK = f'"{SCHEMA}"."jobs"', f'"{SCHEMA}"."jobs$lock"'
+JOBS_RELOCK = f'"{SCHEMA}"."jobs$relock"'
 
 
 @pytest.fixture
@@ -28,8 +31,68 @@ def policy() -> BranchPolicy:
     return BranchPolicy(LAYOUT, Metrics())
 
 
-def test_the_queue_pattern_locks_after_order_by_and_before_limit(policy):
+@pytest.fixture
+def older(policy) -> BranchPolicy:
+    """jobs' overlay made before T$relock existed: every locking SELECT takes the T$lock wrapper."""
+    jobs = replace(JOBS, relockable=False)
+    layout = replace(LAYOUT, shadow_tables={**LAYOUT.shadow_tables, ("public", "jobs"): jobs})
+    return BranchPolicy(layout, Metrics())
+
+
+def test_the_queue_pattern_rechecks_its_where_on_the_row_it_locked(policy):
+    """One table: the client's list and WHERE again, on the version T$relock locked
+    (READ COMMITTED's re-check); LIMIT outside, nothing sorts again."""
     decision = policy.decide("SELECT * FROM jobs WHERE state = 'new' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1;")
+    assert decision.action is Action.REWRITE and decision.preparable
+    columns = '"jobs"."id", "jobs"."state", "jobs"."payload"'
+    arms = (f'((SELECT {columns} FROM "public"."jobs" "jobs" WHERE NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$rows"'
+            f' cowproxy_r WHERE cowproxy_r."id" = "jobs"."id") AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut")'
+            " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint)) UNION ALL"
+            f' (SELECT {columns} FROM "{SCHEMA}"."jobs$rows" "jobs" WHERE NOT "jobs".cowproxy_deleted'
+            " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint))) AS \"jobs\"")
+    assert decision.sql == (
+        f'SELECT "jobs".* FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW} FROM {arms} ORDER BY id OFFSET 0)'
+        ' AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_lock_1)'
+        f" CROSS JOIN LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'skip') AS \"jobs\""
+        " WHERE state = 'new' LIMIT 1;")
+
+
+def test_a_recheck_keeps_the_clients_names_aliases_and_parameters(policy):
+    decision = policy.decide("WITH x AS (SELECT 1) SELECT *, 1, j.payload AS p FROM public.jobs AS j (a, b)"
+                             " WHERE a = $1 AND payload IS NOT NULL FOR NO KEY UPDATE NOWAIT")
+    assert decision.sql == (
+        'WITH x AS (SELECT 1) SELECT "j".*, 1, j.payload AS p'
+        f' FROM (SELECT *, 1, j.payload AS p, ROW("j".*)::{JOBS_VIEW} FROM {JOBS_VIEW} AS j (a, b)'
+        " WHERE a = $1 AND payload IS NOT NULL OFFSET 0)"
+        " AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_4, cowproxy_5, cowproxy_lock_1)"
+        f" CROSS JOIN LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'no key update', 'nowait')"
+        ' AS "j" ("a", "b") WHERE a = $1 AND payload IS NOT NULL')
+
+
+def test_a_page_rechecks_the_where_as_the_client_wrote_it(policy):
+    """The arms replace FROM and WHERE (sql/ordered_limit.py); the re-check copies the
+    client's WHERE with its names rewritten (a changed table read in a subquery)."""
+    sql = policy.decide("SELECT id FROM jobs WHERE id IN (SELECT id FROM public.workers) ORDER BY id LIMIT 1"
+                        " FOR UPDATE").sql
+    assert sql.endswith(f"AS \"jobs\" WHERE id IN (SELECT id FROM \"{SCHEMA}\".\"workers\") LIMIT 1"), sql
+    assert sql.count(f'"{SCHEMA}"."workers"') == 3
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id FROM jobs WHERE random() < 0.5 FOR UPDATE",               # the WHERE runs twice
+    "SELECT id, nextval('s') FROM jobs FOR UPDATE",                    # so does the list
+    "SELECT j.id FROM jobs j JOIN workers w ON w.id = j.id FOR UPDATE OF j",  # a join
+    "SELECT j.id FROM jobs j, workers w FOR UPDATE",                   # several locked tables
+    "SELECT id FROM jobs WHERE public.jobs.id = 1 FOR UPDATE",         # the row is bound to the alias alone
+])
+def test_what_cannot_be_rechecked_keeps_the_lock_wrapper(sql):
+    layout = replace(LAYOUT, unsafe_functions=frozenset({"random", "nextval"}))
+    decision = BranchPolicy(layout, Metrics()).decide(sql)
+    assert decision.action is Action.REWRITE and "$lock\"(" in decision.sql and "$relock" not in decision.sql
+
+
+def test_an_overlay_without_relock_locks_after_order_by_and_before_limit(older):
+    decision = older.decide("SELECT * FROM jobs WHERE state = 'new' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1;")
     assert decision.action is Action.REWRITE and decision.preparable
     # FROM ... WHERE is the view's two arms, sorted (sql/ordered_limit.py): the merge stops
     # after the rows the lock calls take, instead of sorting every row of the view.
@@ -72,8 +135,8 @@ def test_with_joins_offsets_parameters_and_several_clauses(policy):
     ("EXISTS (SELECT 1)", "exists"), ("(SELECT w.name FROM workers w LIMIT 1)", "name"),
     ("current_date", "current_date"), ("j.*", None), ("j.state AS \"Mixed Case\"", "Mixed Case"),
 ])
-def test_output_columns_keep_postgresqls_names(policy, target, name):
-    sql = policy.decide(f"SELECT {target} FROM jobs j FOR UPDATE").sql
+def test_output_columns_keep_postgresqls_names(older, target, name):
+    sql = older.decide(f"SELECT {target} FROM jobs j FOR UPDATE").sql
     assert sql is not None
     if name is None:
         assert sql.startswith('SELECT cowproxy_locking.cowproxy_1 AS "id", cowproxy_locking.cowproxy_2 AS "state"')
