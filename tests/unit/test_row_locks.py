@@ -26,6 +26,16 @@ JOBS_VIEW, JOBS_LOCK = f'"{SCHEMA}"."jobs"', f'"{SCHEMA}"."jobs$lock"'
 JOBS_RELOCK = f'"{SCHEMA}"."jobs$relock"'
 
 
+_JOBS_COLUMNS = '"jobs"."id", "jobs"."state", "jobs"."payload"'
+QUEUE_ARMS = (f'((SELECT {_JOBS_COLUMNS} FROM "public"."jobs" "jobs" WHERE NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$rows"'
+              f' cowproxy_r WHERE cowproxy_r."id" = "jobs"."id") AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut")'
+              " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint)) UNION ALL"
+              f' (SELECT {_JOBS_COLUMNS} FROM "{SCHEMA}"."jobs$rows" "jobs" WHERE NOT "jobs".cowproxy_deleted'
+              " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint))) AS \"jobs\"")
+"""The FROM of the queue pattern: the view's two arms, sorted (sql/ordered_limit.py), so
+the merge stops after the rows the lock calls take instead of sorting every row."""
+
+
 @pytest.fixture
 def policy() -> BranchPolicy:
     return BranchPolicy(LAYOUT, Metrics())
@@ -44,14 +54,8 @@ def test_the_queue_pattern_rechecks_its_where_on_the_row_it_locked(policy):
     (READ COMMITTED's re-check); LIMIT outside, nothing sorts again."""
     decision = policy.decide("SELECT * FROM jobs WHERE state = 'new' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1;")
     assert decision.action is Action.REWRITE and decision.preparable
-    columns = '"jobs"."id", "jobs"."state", "jobs"."payload"'
-    arms = (f'((SELECT {columns} FROM "public"."jobs" "jobs" WHERE NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$rows"'
-            f' cowproxy_r WHERE cowproxy_r."id" = "jobs"."id") AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut")'
-            " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint)) UNION ALL"
-            f' (SELECT {columns} FROM "{SCHEMA}"."jobs$rows" "jobs" WHERE NOT "jobs".cowproxy_deleted'
-            " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint))) AS \"jobs\"")
     assert decision.sql == (
-        f'SELECT "jobs".* FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW} FROM {arms} ORDER BY id OFFSET 0)'
+        f'SELECT "jobs".* FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW} FROM {QUEUE_ARMS} ORDER BY id OFFSET 0)'
         ' AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_lock_1)'
         f" CROSS JOIN LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'skip') AS \"jobs\""
         " WHERE state = 'new' LIMIT 1;")
@@ -94,18 +98,10 @@ def test_what_cannot_be_rechecked_keeps_the_lock_wrapper(sql):
 def test_an_overlay_without_relock_locks_after_order_by_and_before_limit(older):
     decision = older.decide("SELECT * FROM jobs WHERE state = 'new' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1;")
     assert decision.action is Action.REWRITE and decision.preparable
-    # FROM ... WHERE is the view's two arms, sorted (sql/ordered_limit.py): the merge stops
-    # after the rows the lock calls take, instead of sorting every row of the view.
-    columns = '"jobs"."id", "jobs"."state", "jobs"."payload"'
-    arms = (f'((SELECT {columns} FROM "public"."jobs" "jobs" WHERE NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$rows"'
-            f' cowproxy_r WHERE cowproxy_r."id" = "jobs"."id") AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut")'
-            " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint)) UNION ALL"
-            f' (SELECT {columns} FROM "{SCHEMA}"."jobs$rows" "jobs" WHERE NOT "jobs".cowproxy_deleted'
-            " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint))) AS \"jobs\"")
     assert decision.sql == (
         'SELECT cowproxy_locking.cowproxy_1 AS "id", cowproxy_locking.cowproxy_2 AS "state",'
         ' cowproxy_locking.cowproxy_3 AS "payload"'
-        f' FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW} FROM {arms} ORDER BY id OFFSET 0)'
+        f' FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW} FROM {QUEUE_ARMS} ORDER BY id OFFSET 0)'
         ' AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_lock_1)'
         f" WHERE {JOBS_LOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'skip') LIMIT 1;")
 
