@@ -92,7 +92,7 @@ async def branch_gate(pg: EmbeddedPostgres) -> StatementGate:
         async def materialize(decision: Decision) -> None:
             await registry.materialize(state, decision)
 
-        gate = StatementGate(state.policy, Counter(), version=lambda: state.version, materialize=materialize,
+        gate = StatementGate(state.policy, Metrics().statement_tally, version=lambda: state.version, materialize=materialize,
                              autoprepare=True)
         for sql in WRITES:
             buf, frames = FrontendFramer().feed(encode_query(sql))

@@ -23,8 +23,8 @@ class Metrics:
     def __init__(self) -> None:
         self.connections: dict[str, int] = defaultdict(int)          # open, by branch
         self.connections_total: dict[str, int] = defaultdict(int)    # accepted, by branch
-        self.statements: dict[tuple[str, str], int] = defaultdict(int)  # (branch, kind), by the gate
-        self.statement_tallies: dict[tuple[str, str], Tally] = {}        # (branch, kind), by relays
+        self.statements: dict[tuple[str, str], int] = defaultdict(int)  # (branch, kind), by anyone else
+        self.statement_tallies: dict[tuple[str, str], Tally] = {}        # (branch, kind), by relays and gates
         self.errors: dict[str, int] = defaultdict(int)               # by SQLSTATE
         self.latency = {"proxy": Histogram(), "upstream": Histogram()}
         self.rewrite_cache = {"hit": 0, "miss": 0}
@@ -33,8 +33,9 @@ class Metrics:
         self.protocol_violations = 0
 
     def statement_tally(self, branch: str, kind: str) -> Tally:
-        """The one counter of (branch, kind) statements that relays bump natively, per
-        transaction, without a dict update; scraped together with `statements`."""
+        """The one counter of (branch, kind) statements that relays and statement gates
+        bump natively, per transaction, without a dict update; scraped together with
+        `statements`."""
         tally = self.statement_tallies.get((branch, kind))
         if tally is None:
             tally = self.statement_tallies[(branch, kind)] = Tally()

@@ -3,9 +3,12 @@ catalog as the source of truth."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from cowproxy.branch.registry import BranchRegistry, BranchState
 from cowproxy.branch.errors import overlay_errors_as_tables
 from cowproxy.branch.names import CLIENT_USER_SETTING, quote_ident
+from cowproxy.histogram import Tally
 from cowproxy.metrics import Metrics
 from cowproxy.protocol.messages import StartupMessage
 from cowproxy.proxy.gate import StatementGate
@@ -54,7 +57,7 @@ class BranchRouter:
             gate=lambda stats: self._branch_gate(state, stats),
         )
 
-    def _branch_gate(self, state: BranchState, stats: dict) -> StatementGate:
+    def _branch_gate(self, state: BranchState, stats: Callable[[str, str], Tally]) -> StatementGate:
         async def materialize(decision: Decision) -> None:
             await self.registry.materialize(state, decision)
 

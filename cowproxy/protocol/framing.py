@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final
 
 from cowproxy.protocol.errors import ProtocolViolation
-from cowproxy.protocol.messages import FRONTEND_TYPES, MAX_STARTUP_PACKET
+from cowproxy.protocol.messages import FRONTEND_TYPES, MAX_STARTUP_PACKET, READY_FOR_QUERY
 
 
 
@@ -208,7 +208,8 @@ class BackendScanner:
     asks for the `ends` of the messages: one header walk, one walking state.
     """
 
-    __slots__ = ("interest", "_wanted", "_skip", "_head", "_collect_type", "_collect", "_collect_left")
+    __slots__ = ("interest", "_wanted", "_skip", "_head", "_collect_type", "_collect", "_collect_left",
+                 "ready_status")
 
     def __init__(self, interest: frozenset[int]) -> None:
         self.interest = interest
@@ -218,6 +219,7 @@ class BackendScanner:
         self._collect_type = 0    # an interesting message split across chunks ...
         self._collect = bytearray()
         self._collect_left = 0    # ... and how many of its bytes are still to come
+        self.ready_status = b"I"  # the status byte of the last ReadyForQuery `feed_ready` counted
 
     def feed(self, chunk: bytes, wanted: bytes | None = None,
              ends: list[int] | None = None) -> list[tuple[int, bytes]]:
@@ -278,6 +280,48 @@ class BackendScanner:
                 self._skip = end - n
             pos = end
         return events
+
+    def feed_ready(self, chunk: bytes) -> int:
+        """`feed` for the common chunk, without the events list: the number of
+        ReadyForQuery messages it completes (the last one's status in `ready_status`),
+        or -1 when it needs `feed`'s events, in which case nothing was consumed.
+
+        The common chunk holds no other interesting message and cuts no interesting
+        message or header: rows, CommandComplete and a ReadyForQuery, or the middle of
+        a result set. Anything else (an ErrorResponse, a CopyInResponse, a header or a
+        ReadyForQuery split across chunks, a bad length) is -1; so is a chunk that
+        starts inside a split header or message, which only `feed` can finish. The walk
+        changes the state only at its end, so the caller can hand the same chunk to
+        `feed` after a -1 and get what `feed` alone would have given.
+        """
+        if self._head or self._collect_left:
+            return -1
+        n = len(chunk)
+        pos = self._skip
+        if pos >= n:
+            self._skip = pos - n
+            return 0
+        wanted = self._wanted
+        ready = 0
+        last = 0
+        while pos < n:
+            if n - pos < 5:
+                return -1
+            msg_type = chunk[pos]
+            length = _u32(chunk, pos + 1)
+            end = pos + 1 + length
+            if msg_type == READY_FOR_QUERY:
+                if length != 5 or end > n:
+                    return -1
+                ready += 1
+                last = pos + 5
+            elif length < 4 or wanted[msg_type]:
+                return -1
+            pos = end
+        self._skip = pos - n
+        if ready:
+            self.ready_status = chunk[last:last + 1]
+        return ready
 
     @property
     def at_boundary(self) -> bool:

@@ -27,6 +27,7 @@ import struct
 from typing import Awaitable, Callable, Protocol, Sequence
 
 from cowproxy import logs
+from cowproxy.histogram import Tally
 from cowproxy.protocol.messages import BIND, CLOSE, DESCRIBE, PARSE, QUERY, encode_parse, encode_query
 from cowproxy.proxy.autoprepare import AutoPrepared
 from cowproxy.sql.analyze import Refusal
@@ -84,16 +85,25 @@ def _rewritten(msg_type: int, buf: bytes, start: int, end: int, decision: Decisi
     return _replace_parse(buf, start, end, decision.sql, False)
 
 
+def unversioned() -> int:
+    """The layout version of a policy whose layout never changes (production's)."""
+    return 0
+
+
 class StatementGate:
     """One session's view of its policy: temp tables it created, plan-cache sync."""
 
-    def __init__(self, policy: StatementPolicy, statements: dict[tuple[str, str], int],
-                 version: Callable[[], int] = lambda: 0,
+    def __init__(self, policy: StatementPolicy, statements: Callable[[str, str], Tally],
+                 version: Callable[[], int] = unversioned,
                  materialize: Callable[[Decision], Awaitable[None]] | None = None,
                  autoprepare: bool = False) -> None:
         self.policy = policy
         self.temp_tables: frozenset[str] = frozenset()
         self._statements = statements
+        """(branch, kind) -> the metrics' shared counter (`Metrics.statement_tally`)."""
+        self._counts: dict[str, Tally] = {}
+        """This policy's counters by statement kind: a statement is counted with one
+        lookup by an interned str and a native add, no tuple key and no dict update."""
         self._version = version
         self._materialize = materialize
         self.synced_version = version()
@@ -102,6 +112,11 @@ class StatementGate:
         the frames before the cut that are rewritten rather than forwarded."""
         self.autoprepared: AutoPrepared | None = AutoPrepared() if autoprepare else None
         """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
+        self.statements_only = not autoprepare and version is unversioned
+        """`scan` acts on Query and Parse frames only: no auto-prepare renames Binds and
+        Describes, no layout change makes plans stale. The relay then skips `scan` for a
+        chunk with neither (production: Bind/Execute/Sync of a prepared statement),
+        which has no statement to see."""
 
     @property
     def current_version(self) -> int:
@@ -118,9 +133,9 @@ class StatementGate:
         frame that needs the slow path, or len(frames)."""
         if self.rewrites:
             self.rewrites = []
-        if self.plans_stale:
+        if not self.statements_only and self.plans_stale:
             return 0  # the slow path discards cached plans first
-        policy, temps, stats, label = self.policy, self.temp_tables, self._statements, self.policy.label
+        policy, temps, counts = self.policy, self.temp_tables, self._counts
         prepared = self.autoprepared
         for index, (msg_type, start, end) in enumerate(frames):
             if msg_type != QUERY and msg_type != PARSE:
@@ -154,8 +169,18 @@ class StatementGate:
                         self.rewrites.append((index, sent[0], sent[1]))
                 elif msg_type == PARSE and buf[start] == 0:
                     prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
-            stats[(label, decision.kind)] += 1
+            counter = counts.get(decision.kind)
+            if counter is None:
+                counter = self._counter(decision.kind)
+            counter.value += 1
         return len(frames)
+
+    def _counter(self, kind: str) -> Tally:
+        """The shared counter of this policy's statements of `kind`."""
+        counter = self._counts.get(kind)
+        if counter is None:
+            counter = self._counts[kind] = self._statements(self.policy.label, kind)
+        return counter
 
     @staticmethod
     def _unnamed(prepared: AutoPrepared, msg_type: int, buf: bytes, start: int, end: int, sql: str,
@@ -219,7 +244,7 @@ class StatementGate:
                                tables=[f"{r.schema}.{r.name}" for r in decision.materialize],
                                layout_version=self.current_version)
                     decision = Decision(Action.FORWARD, decision.kind, prepared=decision.prepared)
-        self._statements[(self.policy.label, decision.kind)] += 1
+        self._counter(decision.kind).value += 1
         if decision.creates_temp:
             self.temp_tables = self.temp_tables | frozenset(decision.creates_temp)
         if prepared is not None:

@@ -29,7 +29,7 @@ class Route:
     login_as: tuple[str, str | None] | None = None
     """(role, password): after the upstream accepts the client's own credentials, the
     session logs in upstream as this role instead (docs/branches.md, Sessions)."""
-    gate: Callable[[dict], Any] | None = field(default=None, compare=False)
+    gate: Callable[[Callable[[str, str], Any]], Any] | None = field(default=None, compare=False)
     """Makes the session's StatementGate from the metrics' statement counters; None
     relays statements untouched."""
     error_filter: Callable[[bytes, list], bytes] | None = field(default=None, compare=False)

@@ -188,7 +188,7 @@ class ClientSession(asyncio.Protocol):
         self._client_paused = False
         self._finished = False
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
-        self._stats = ctx.metrics.statements
+        self._stats = ctx.metrics.statement_tally   # the gate's statement counters, by (branch, kind)
         self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
                            ctx.metrics.errors, ctx.metrics.latency["proxy"], ctx.metrics.latency["upstream"])
         self._upstream_proto: UpstreamProtocol | None = None

@@ -6,7 +6,6 @@ Integration tests against PostgreSQL: tests/branch/test_autoprepare.py."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from types import SimpleNamespace
 
 from cowproxy.metrics import Metrics
@@ -33,7 +32,7 @@ S = encode_sync()
 
 
 def branch_gate(limit: int = 256) -> tuple[StatementGate, SimpleNamespace]:
-    gate = StatementGate(BranchPolicy(LAYOUT, Metrics()), Counter(), autoprepare=True)
+    gate = StatementGate(BranchPolicy(LAYOUT, Metrics()), Metrics().statement_tally, autoprepare=True)
     assert gate.autoprepared is not None
     gate.autoprepared.limit = limit
     relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
@@ -190,7 +189,7 @@ def test_forwarded_statements_and_production_sessions_keep_their_bytes():
     gate, _relay = branch_gate()
     chunk = statement(PLAIN)
     assert upstream_bytes(gate, *chunk) == b"".join(chunk)
-    production = StatementGate(ProductionPolicy(Metrics()), Counter())
+    production = StatementGate(ProductionPolicy(Metrics()), Metrics().statement_tally)
     assert production.autoprepared is None
     assert upstream_bytes(production, *statement(READ)) == b"".join(statement(READ))
 

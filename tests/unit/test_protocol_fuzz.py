@@ -154,6 +154,72 @@ def test_valid_server_frames_cut_anywhere_report_exactly_the_interesting_ones(me
     assert run.at_boundary == [end in ends for end in chunk_ends]
 
 
+READY = messages.READY_FOR_QUERY
+ready_heavy_messages = st.lists(
+    st.one_of(st.tuples(st.integers(0, 255), st.binary(max_size=40)),
+              st.tuples(st.just(READY), st.sampled_from([b"I", b"T", b"E"]))),
+    max_size=12)
+"""Server messages where well-formed ReadyForQuery messages are common (the relay's fast case)."""
+
+
+def _ready_then_events(scanner, chunks):
+    """Per chunk, what the relay reads: `feed_ready`'s count and status, or (after its
+    -1) `feed`'s events; a refusal ends the list."""
+    out: list = []
+    try:
+        for chunk in chunks:
+            ready = scanner.feed_ready(chunk)
+            if ready >= 0:
+                out.append(("ready", ready, scanner.ready_status if ready else None, scanner.at_boundary))
+            else:
+                out.append(("events", [(t, bytes(b)) for t, b in scanner.feed(chunk)], scanner.at_boundary))
+    except ProtocolViolation as exc:
+        out.append(("refused", str(exc)))
+    return out
+
+
+def _events_alone(chunks, interest):
+    scanner = framing_module().BackendScanner(interest)
+    out: list = []
+    try:
+        for chunk in chunks:
+            out.append(([(t, bytes(b)) for t, b in scanner.feed(chunk)], scanner.at_boundary))
+    except ProtocolViolation as exc:
+        out.append(("refused", str(exc)))
+    return out
+
+
+def framing_module():
+    from cowproxy.protocol import framing
+
+    return framing
+
+
+@BOUNDED
+@given(data=st.one_of(st.binary(max_size=300), backend_messages.map(stream), ready_heavy_messages.map(stream)),
+       offsets=st.data(), interest=st.frozensets(st.integers(0, 255)))
+def test_the_relays_ready_count_reads_like_the_scanners_events(data, offsets, interest):
+    """`feed_ready` (the relay's common chunk: no events list) either answers exactly
+    what `feed` would have (that many ReadyForQuery events and nothing else, the last
+    one's status), or -1 having consumed nothing, so `feed` of the same chunk goes on
+    as if it had been alone; any bytes read or are refused with `ProtocolViolation`."""
+    interest = interest | {READY}
+    for chunks in ([data], bytewise(data), cut(data, offsets.draw(cut_points(data)))):
+        mixed = _ready_then_events(framing_module().BackendScanner(interest), chunks)
+        alone = _events_alone(chunks, interest)
+        assert len(mixed) == len(alone)
+        for got, expected in zip(mixed, alone):
+            if got[0] == "ready":
+                events, at_boundary = expected
+                assert [t for t, _ in events] == [READY] * got[1]
+                assert got[2] == (events[-1][1] if events else None)
+                assert got[3] == at_boundary
+            elif got[0] == "events":
+                assert got[1:] == expected
+            else:
+                assert got == expected
+
+
 def _interpreted_framing():
     """framing.py loaded from its source as plain Python, beside whatever the build made
     of it (compiled with mypyc, normally): the fallback must read streams identically."""
@@ -179,6 +245,7 @@ def _read_all(framing, data: bytes, interest: frozenset[int], limit: int):
                 out.append((feed, reader.feed(byte)))
         except ProtocolViolation as exc:
             out.append((feed, "refused", str(exc)))
+    out.append(("ready", _ready_then_events(framing.BackendScanner(interest | {READY}), bytewise(data))))
     return out
 
 

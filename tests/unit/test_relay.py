@@ -23,15 +23,19 @@ from cowproxy.protocol.messages import (
     COPY_DONE,
     COPY_IN_RESPONSE,
     DATA_ROW,
+    ERROR_RESPONSE,
     EXECUTE,
+    PARSE,
     QUERY,
     READY_FOR_QUERY,
     SYNC,
     encode_error_response,
     frame,
 )
+from cowproxy.proxy.gate import StatementGate
 from cowproxy.proxy.relay import Relay
 from cowproxy.proxy.session import _SCAN_INTEREST
+from cowproxy.sql.policy import BranchLayout, BranchPolicy, ProductionPolicy
 
 from .streams import bytewise, cut
 
@@ -62,8 +66,13 @@ class Session:
     def __init__(self) -> None:
         self.violations: list[ProtocolViolation] = []
 
+        self.slow_paths: list[list[tuple[int, int, int]]] = []
+
     def protocol_violation(self, exc: ProtocolViolation) -> None:
         self.violations.append(exc)
+
+    def start_slow_path(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        self.slow_paths.append([(t, e - s + 5) for t, s, e in frames])
 
 
 def ready_relay(metrics: Metrics, branch: str = "production") -> tuple[Relay, Recorder, Recorder, Session]:
@@ -192,3 +201,90 @@ def test_a_gone_upstream_is_not_written_to_silently():
     with pytest.raises(ConnectionError):
         relay.from_client(PREPARED)
     assert upstream.written == []
+
+
+@pytest.mark.parametrize("split", ["whole", "bytewise", "mid-frame"])
+def test_answers_cut_anywhere_end_each_request_once(split):
+    """The upstream → client walk (`BackendScanner.feed_ready`, or `feed` when a chunk
+    cuts a ReadyForQuery or holds an error): every byte reaches the client unchanged,
+    each request ends once, with the last status."""
+    metrics = Metrics()
+    relay, client, _upstream, _session = ready_relay(metrics)
+    relay.from_client(PREPARED * 3)
+    answers = ANSWER + ANSWER + ANSWER[:-1] + b"T"
+    chunks = {"whole": [answers], "bytewise": bytewise(answers), "mid-frame": cut(answers, [3, 20, 41, 70])}[split]
+    for chunk in chunks:
+        relay.from_upstream(chunk)
+    assert b"".join(client.written) == answers
+    assert relay.pending_ready == 0
+    assert relay.tx_status == b"T"
+    assert metrics.latency["proxy"].count == metrics.latency["upstream"].count == 1
+
+
+def test_an_error_and_ready_for_query_in_one_chunk_are_read_in_order():
+    metrics = Metrics()
+    relay, client, _upstream, _session = ready_relay(metrics)
+    relay.from_client(PREPARED)
+    error = encode_error_response("ERROR", "26000", "prepared statement \"P0_1\" does not exist")
+    relay.from_upstream(error + frame(READY_FOR_QUERY, b"I"))
+    assert metrics.errors == {"26000": 1}
+    assert relay.pending_ready == 0 and relay.cycle_failed is False
+    assert relay.failed_since_idle is False  # settled by request_done
+    relay.from_client(PREPARED)
+    relay.from_upstream(ANSWER)  # the common chunk again: nothing else counted
+    assert metrics.errors == {"26000": 1}
+    assert metrics.latency["upstream"].count == 2
+
+
+def test_a_ready_for_query_while_another_is_owed_does_not_end_the_request():
+    metrics = Metrics()
+    relay = ready_relay(metrics)[0]
+    relay.from_client(PREPARED * 2)
+    relay.from_upstream(ANSWER)
+    assert relay.pending_ready == 1 and metrics.latency["proxy"].count == 0
+    relay.from_upstream(ANSWER)
+    assert relay.pending_ready == 0 and metrics.latency["proxy"].count == 1
+
+
+def production_relay(metrics: Metrics) -> tuple[Relay, Recorder, Recorder, Session]:
+    relay, client, upstream, session = ready_relay(metrics)
+    relay.gate = StatementGate(ProductionPolicy(metrics), metrics.statement_tally)
+    return relay, client, upstream, session
+
+
+def test_a_production_gate_needs_statement_frames_only_and_a_branch_gate_every_frame():
+    metrics = Metrics()
+    assert StatementGate(ProductionPolicy(metrics), metrics.statement_tally).statements_only
+    branch = BranchPolicy(BranchLayout(branch="b", schema="cowproxy_b_b", search_schemas=("cowproxy_b_b",)), metrics)
+    assert not StatementGate(branch, metrics.statement_tally, autoprepare=True).statements_only
+    assert not StatementGate(branch, metrics.statement_tally, version=lambda: 1).statements_only
+
+
+def test_production_prepared_executions_go_upstream_without_statements_to_decide():
+    metrics = Metrics()
+    relay, _client, upstream, session = production_relay(metrics)
+    assert relay.gate_statements_only
+    for chunk in bytewise(PREPARED * 2):
+        relay.from_client(chunk)
+    assert b"".join(upstream.written) == PREPARED * 2
+    assert relay.pending_ready == 2 and relay.mid_extended is False
+    assert metrics.statement_counts() == {}  # Bind/Execute run what a Parse declared: counted there
+    assert session.slow_paths == []
+
+
+@pytest.mark.parametrize("statement", [QUERY, PARSE])
+def test_production_statements_behind_prepared_executions_still_meet_the_gate(statement):
+    """A Query or Parse anywhere in a chunk sends the whole chunk through the gate: a
+    plain read is counted and forwarded, a refused one takes the slow path."""
+    metrics = Metrics()
+    relay, _client, upstream, session = production_relay(metrics)
+    body = b"SELECT 1\x00" if statement == QUERY else b"\x00SELECT 1\x00\x00\x00"
+    relay.from_client(PREPARED + frame(statement, body) + (frame(SYNC, b"") if statement == PARSE else b""))
+    assert metrics.statement_counts() == {("production", "passthrough"): 1}
+    assert relay.pending_ready == 2 and session.slow_paths == []
+    refused = b"SET default_transaction_read_only = off\x00"
+    body = refused if statement == QUERY else b"\x00" + refused + b"\x00\x00"
+    upstream.written.clear()
+    relay.from_client(PREPARED + frame(statement, body))
+    assert b"".join(upstream.written) == PREPARED  # the frames before it went on
+    assert session.slow_paths == [[(statement, len(body) + 5)]] and relay.gate_busy
