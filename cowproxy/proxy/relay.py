@@ -204,15 +204,20 @@ class Relay:
         self.forward(buf, frames, t0)
         self.refuse_when_answered()
 
+    def whole_frames(self, data: bytes, t0: float) -> bytes:
+        """The whole frames `data` completes; empty if none, or if the framer refused a
+        header (then `refuse` has taken over)."""
+        try:
+            return self.framer.feed_whole(data)
+        except ProtocolViolation as exc:
+            self.refuse(exc, t0)
+            return b""
+
     def pass_through(self, data: bytes, t0: float) -> None:
         """`from_client` when no frame needs looking at (no gate, no response editor):
         whole frames go upstream as they came, walked once for the bookkeeping, with no
         offsets list."""
-        try:
-            buf = self.framer.feed_whole(data)
-        except ProtocolViolation as exc:
-            self.refuse(exc, t0)
-            return
+        buf = self.whole_frames(data, t0)
         n = len(buf)
         if n == 0:
             return
@@ -233,11 +238,7 @@ class Relay:
         a chunk with no Query or Parse (Bind/Execute/Sync of a prepared statement) goes
         upstream like `pass_through`'s; one with a statement is offset and `forward`ed
         through the gate, which sees every Query and Parse."""
-        try:
-            buf = self.framer.feed_whole(data)
-        except ProtocolViolation as exc:
-            self.refuse(exc, t0)
-            return
+        buf = self.whole_frames(data, t0)
         n = len(buf)
         if n == 0:
             return
