@@ -17,6 +17,8 @@ seen, prepared and confirmed):
 - `decide`: `BranchPolicy.decide` alone (decision cache hit by literal shape);
 - `gate`: `StatementGate.scan` of the one-frame chunk, the splice `Relay.forward_before`
   makes of its rewrite, and `AutoPrepared.settle` (the relay's `request_done`);
+- `decided`: `gate` with the recipe fast path off (`AutoPrepared.fast_query`): every
+  text decided again, its rewritten text made and scanned, as before recipes;
 - `relay` (the SELECT only): a whole round through a real `Relay` as the session makes
   it, transports that discard what they get: the Query in (`from_client`), a canned
   answer to what went upstream out (`from_upstream`, through the response editor
@@ -163,8 +165,8 @@ class _Transport:
 
 def relay_for(gate: StatementGate | None) -> Relay:
     """A READY session's relay (proxy/session.py), transports that discard."""
-    relay = Relay(SimpleNamespace(), FrontendFramer(), BackendScanner(_SCAN_INTEREST), Counter(), Counter(),
-                  Histogram(), Histogram())
+    relay = Relay(SimpleNamespace(), FrontendFramer(), BackendScanner(_SCAN_INTEREST), Counter(), Histogram(),
+                  Histogram())
     relay.client, relay.upstream = _Transport(), _Transport()
     relay.gate, relay.active = gate, True
     if gate is not None and gate.autoprepared is not None:
@@ -245,8 +247,22 @@ def measure(gate: StatementGate, texts: list[str], rounds: int) -> dict[str, flo
         for chunk in fresh:
             send(gate, chunk)
 
-    return {"decide": _best(decide_all, len(fresh), rounds), "gate": _best(gate_all, len(fresh), rounds),
-            "standin": float(sample[:1] != b"Q")}
+    prepared = gate.autoprepared
+    assert prepared is not None
+    recipes = prepared.fast_query
+    result = {"decide": _best(decide_all, len(fresh), rounds), "gate": _best(gate_all, len(fresh), rounds),
+              "standin": float(sample[:1] != b"Q")}
+    prepared.fast_query = _no_recipe  # type: ignore[method-assign]
+    try:
+        result["decided"] = _best(gate_all, len(fresh), rounds)
+    finally:
+        prepared.fast_query = recipes  # type: ignore[method-assign]
+    return result
+
+
+def _no_recipe(*args: object) -> None:
+    """`AutoPrepared.fast_query` declining: every text decided again, as before recipes."""
+    return None
 
 
 def main() -> None:
@@ -261,14 +277,15 @@ def main() -> None:
         gate = asyncio.run(branch_gate(pg))
     rng = random.Random(7)
     texts = {name: [make(rng) for _ in range(args.texts)] for name, make in STATEMENTS.items()}
-    print(f"{'statement':16} {'decide µs':>10} {'gate µs':>8}  sent as")
-    total = 0.0
+    print(f"{'statement':16} {'decide µs':>10} {'gate µs':>8} {'decided µs':>11}  sent as")
+    total = decided = 0.0
     for name, batch in texts.items():
         result = measure(gate, batch, args.rounds)
         total += result["gate"]
-        print(f"{name:16} {result['decide']:10.2f} {result['gate']:8.2f}  "
+        decided += result["decided"]
+        print(f"{name:16} {result['decide']:10.2f} {result['gate']:8.2f} {result['decided']:11.2f}  "
               f"{'stand-in' if result['standin'] else 'Query'}")
-    print(f"{'TPC-B (5 stmts)':16} {'':10} {total:8.2f}  (sum of the five; BEGIN/END not counted)")
+    print(f"{'TPC-B (5 stmts)':16} {'':10} {total:8.2f} {decided:11.2f}  (sum of the five; BEGIN/END not counted)")
     selects = texts["select accounts"]
     print(f"relay round, select accounts: branch {measure_relay(gate, selects, args.rounds):.2f} µs, "
           f"no gate (pass-through) {measure_relay(None, selects, args.rounds):.2f} µs")

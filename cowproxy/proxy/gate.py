@@ -31,7 +31,7 @@ from cowproxy.histogram import Tally
 from cowproxy.protocol.messages import BIND, CLOSE, DESCRIBE, PARSE, QUERY, encode_parse, encode_query
 from cowproxy.proxy.autoprepare import AutoPrepared
 from cowproxy.sql.analyze import Refusal
-from cowproxy.sql.policy import Action, Decision, Prepared
+from cowproxy.sql.policy import Action, Decision, DecisionCache, Prepared
 from cowproxy.sql.rewrite import quote_literal
 
 _PARSE_HEAD = struct.Struct("!h")
@@ -39,6 +39,9 @@ _PARSE_HEAD = struct.Struct("!h")
 
 class StatementPolicy(Protocol):
     label: str
+
+    @property
+    def cache(self) -> DecisionCache: ...
 
     def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision: ...
 
@@ -150,6 +153,12 @@ class StatementGate:
                 if prepared is not None and (msg_type == QUERY or start < end and buf[start] == 0):
                     prepared.alias = None
                 continue
+            if msg_type == QUERY and prepared is not None and not temps:
+                fast = prepared.fast_query(sql, policy.cache, frames, index)
+                if fast is not None:
+                    self.rewrites.append((index, fast[0], fast[1]))
+                    self._counter(fast[2]).value += 1
+                    continue
             decision = policy.decide(sql, temps)
             if decision.creates_temp:
                 return index
@@ -157,6 +166,8 @@ class StatementGate:
                 sent = None
                 if prepared is not None:
                     sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                    if sent is not None and msg_type == QUERY and not temps:
+                        prepared.learn(sql, policy.cache)
                 if sent is None:
                     sent = (_rewritten(msg_type, buf, start, end, decision), decision.tags)
                 self.rewrites.append((index, sent[0], sent[1]))
@@ -167,6 +178,8 @@ class StatementGate:
                     sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
                     if sent is not None:
                         self.rewrites.append((index, sent[0], sent[1]))
+                        if msg_type == QUERY and not temps:
+                            prepared.learn(sql, policy.cache)
                 elif msg_type == PARSE and buf[start] == 0:
                     prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
             counter = counts.get(decision.kind)

@@ -101,11 +101,16 @@ def bind_values(sql: str, spans: list[tuple[int, int]], kinds: tuple[int, ...]) 
     """Per number of `sql` its type or, if it stays literal (KEEP, or no type), its text:
     with the shape, the key of the statement prepared for it; and the parameters'
     values in a Bind message's format (length, text). None if no number is a parameter."""
+    return bind_numbers([sql[start:end] for start, end in spans], kinds)
+
+
+def bind_numbers(numbers: list[str], kinds: tuple[int, ...]) -> tuple[tuple[str, ...], bytes] | None:
+    """`bind_values` of a text whose numbers, in order, are `numbers` (proxy/autoprepare.py
+    composes them from the client's text and a rewrite template, without the text)."""
     tokens: list[str] = []
     values: list[bytes] = []
-    for i in range(len(spans)):
-        start, end = spans[i]
-        number = sql[start:end]
+    for i in range(len(numbers)):
+        number = numbers[i]
         kind = kinds[i]
         typed = literal_value(number, kind == NEGATED) if kind != KEEP else None
         if typed is None:

@@ -305,6 +305,14 @@ class DecisionCache:
         self.metrics.rewrite_cache["miss"] += 1
         return None, shape
 
+    def by_shape(self, sql: str, shape: str) -> Decision | RewriteTemplate | None:
+        """What `lookup` answers `sql` (literal shape `shape`) from, when it is the shape
+        cache's entry: that entry, else None (`sql` is in the exact-text cache, whose
+        decision comes first, or its shape is not cached). Neither counts nor reorders."""
+        if sql in self.exact:
+            return None
+        return self.shapes.get(shape)
+
     def store(self, sql: str, shape: str | None, decision: Decision, statements: list[Statement],
               template: RewriteTemplate | None = None) -> None:
         if decision.action is Action.MATERIALIZE:
@@ -329,6 +337,11 @@ class ProductionPolicy:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._cache = DecisionCache(metrics)
+
+    @property
+    def cache(self) -> DecisionCache:
+        """The decision cache (`proxy/autoprepare.py` reads it by shape)."""
+        return self._cache
 
     def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision:
         hit, shape = self._cache.lookup(sql)
@@ -374,6 +387,11 @@ class BranchPolicy:
         self.metrics = metrics
         self._cache = DecisionCache(metrics)
         self.label = layout.branch
+
+    @property
+    def cache(self) -> DecisionCache:
+        """The decision cache of the current layout version (`set_layout` replaces it)."""
+        return self._cache
 
     def set_layout(self, layout: BranchLayout) -> None:
         if layout.version != self.layout.version:

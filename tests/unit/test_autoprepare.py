@@ -6,6 +6,7 @@ Integration tests against PostgreSQL: tests/branch/test_autoprepare.py."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from types import SimpleNamespace
 
 from cowproxy.metrics import Metrics
@@ -22,6 +23,7 @@ from cowproxy.protocol.messages import (
 from cowproxy.proxy.autoprepare import AutoPrepared
 from cowproxy.proxy.gate import StatementGate
 from cowproxy.sql.policy import BranchLayout, BranchPolicy, ProductionPolicy
+from cowproxy.sql.upsert import ShadowTable
 
 LAYOUT = BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
                       overlays={("public", "accounts"): "cowproxy_b_alice"})
@@ -359,3 +361,108 @@ def test_multi_statement_and_unparameterizable_queries_are_left_alone():
             out = upstream_bytes(gate, encode_query(sql))
             assert out.startswith(b"Q") and b"cowproxy_sp" not in out
             settle(gate)
+
+
+# ------------------------------------------------------------------ the recipe fast path
+
+UPSERT_LAYOUT = BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
+                             overlays={("public", "accounts"): "cowproxy_b_alice"},
+                             local_names=frozenset({"accounts", "accounts$live", "accounts$skip"}),
+                             shadow_tables={("public", "accounts"): ShadowTable(columns=("id", "balance"), key=("id",))},
+                             unsafe_functions=frozenset({"random"}))
+MIXED = (
+    "UPDATE accounts SET balance = balance + {d} WHERE id = {a}",            # an upsert, by template
+    "UPDATE public.accounts SET balance = balance + {d} WHERE id = {a}",     # the same, qualified
+    "SELECT balance FROM accounts WHERE id = {a}",                           # forwarded, over the shadow
+    "SELECT * FROM public.accounts WHERE id = {a} AND balance > {d}",        # rewritten names
+)
+VALUES = ((1, 2), (-3, 4), (5, 6), (-7, 5000000000), (8, 9), (10.5, 11), (12, 13), (0, 1.0), (14, 15))
+
+
+def _round(gate: StatementGate, relay: SimpleNamespace, chunks: list[tuple[bytes, ...]]) -> list:
+    out = []
+    for frames in chunks:
+        out.append((upstream_bytes(gate, *frames), [r[2] for r in gate.rewrites]))
+        settle(gate)
+    return out
+
+
+def _chunks() -> list[tuple[bytes, ...]]:
+    chunks: list[tuple[bytes, ...]] = []
+    for d, a in VALUES:
+        for sql in MIXED:
+            chunks.append((encode_query(sql.format(d=d, a=a)),))
+        chunks.append((encode_parse("", "SELECT 1"), S, encode_query(MIXED[0].format(d=d, a=a))))  # Close S "" first
+        chunks.append((encode_query("BEGIN"), encode_query(MIXED[2].format(d=d, a=a)), encode_query("END")))
+    return chunks
+
+
+def _upsert_gate(fast: bool) -> tuple[StatementGate, SimpleNamespace, list[int]]:
+    metrics = Metrics()
+    gate = StatementGate(BranchPolicy(UPSERT_LAYOUT, metrics), metrics.statement_tally, autoprepare=True)
+    prepared = gate.autoprepared
+    assert prepared is not None
+    relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
+    prepared.relay = relay
+    taken = [0]
+    real = prepared.fast_query
+
+    def counted(*args, **kwargs):
+        sent = real(*args, **kwargs) if fast else None
+        taken[0] += sent is not None
+        return sent
+    prepared.fast_query = counted  # type: ignore[method-assign]
+    return gate, relay, taken
+
+
+def test_the_recipe_fast_path_sends_what_deciding_again_sends():
+    """`AutoPrepared.fast_query` skips the decision and the rewritten text: same bytes,
+    tags, statement counts and cache metrics as the full path, for upserts by template,
+    forwarded and rewritten reads, negative, int8, decimal and mixed-type numbers."""
+    chunks = _chunks()
+    fast, _, taken = _upsert_gate(True)
+    slow, _, never = _upsert_gate(False)
+    sent = _round(fast, _, chunks)
+    assert sent == _round(slow, _, chunks)
+    assert fast.policy.metrics.statement_counts() == slow.policy.metrics.statement_counts()  # type: ignore[attr-defined]
+    assert fast.policy.metrics.rewrite_cache == slow.policy.metrics.rewrite_cache  # type: ignore[attr-defined]
+    executed = [(b"." in b"".join(frames), t[0]) for frames, (_bytes, tags) in zip(chunks, sent) for t in tags if t]
+    executed = [decimal for decimal, first in executed if first in ("\x00standin", "\x00standin+close")]
+    # every stand-in of a prepared statement, except a template's with a decimal (filled texts are scanned then)
+    assert executed.count(False) <= taken[0] <= len(executed) and executed.count(False) > 10 and never[0] == 0
+    assert sorted(fast.autoprepared._entries) == sorted(slow.autoprepared._entries)
+
+
+def test_the_recipe_fast_path_follows_the_layout_the_cache_and_the_session_state():
+    gate, relay, taken = _upsert_gate(True)
+    for a in (1, 2, 3):   # first sight (as written), prepared (learned), executed
+        upstream_bytes(gate, encode_query(MIXED[0].format(d=1, a=a)))
+        settle(gate)
+    assert taken[0] == 1
+    # a new layout version is a new decision cache: decided afresh, not by the old recipe
+    policy = gate.policy
+    policy.set_layout(replace(UPSERT_LAYOUT, version=2))  # type: ignore[attr-defined]
+    before = taken[0]
+    for a in (5, 6):  # decided in full (the exact-text cache's), then by shape (learned again)
+        assert b"cowproxy_sp_1" in upstream_bytes(gate, encode_query(MIXED[0].format(d=1, a=a)))
+    assert taken[0] == before
+    assert b"cowproxy_sp_1" in upstream_bytes(gate, encode_query(MIXED[0].format(d=1, a=7)))
+    assert taken[0] == before + 1
+    # a text the exact-text cache decided itself is decided again, not by its shape
+    policy.cache.exact["SELECT balance FROM accounts WHERE id = 77"] = policy.decide("SELECT 1")
+    for aid in (1, 2, 3):
+        upstream_bytes(gate, encode_query(f"SELECT balance FROM accounts WHERE id = {aid}"))
+        settle(gate)
+    before = taken[0]
+    assert b"cowproxy_sp" in upstream_bytes(gate, encode_query("SELECT balance FROM accounts WHERE id = 4"))
+    assert taken[0] == before + 1
+    assert upstream_bytes(gate, encode_query("SELECT balance FROM accounts WHERE id = 77")) == encode_query(
+        "SELECT balance FROM accounts WHERE id = 77")
+    assert taken[0] == before + 1
+    # inside an extended-protocol cycle, or with a temp table: not taken
+    relay.mid_extended = True
+    assert upstream_bytes(gate, encode_query("SELECT balance FROM accounts WHERE id = 5")).startswith(b"Q")
+    relay.mid_extended = False
+    gate.temp_tables = frozenset({"scratch"})
+    upstream_bytes(gate, encode_query("SELECT balance FROM accounts WHERE id = 6"))
+    assert taken[0] == before + 1
