@@ -71,7 +71,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cowproxy.sql.analyze import ConflictUpdateShape, CteUpsert, OnConflict, Refusal, Statement
-from cowproxy.sql.rewrite import CLOSING, OPENING, NameSpans, Splice, apply_within, quote_ident
+from cowproxy.sql.rewrite import CLOSING, OPENING, NameSpans, Splice, apply_within, nesting, quote_ident
 from cowproxy.branch.sink import raise_call
 from cowproxy.sql.upsert import ShadowTable, clause_end, trailing_where
 
@@ -384,24 +384,17 @@ def _typed_values(sql: str, tokens: list[tuple[int, int, str]], first: int, last
 
 def _closing(tokens: list[tuple[int, int, str]], open_at: int) -> int:
     """Index of the token closing the parenthesis at `open_at`."""
-    depth = 0
-    for j in range(open_at, len(tokens)):
-        if tokens[j][2] in OPENING:
-            depth += 1
-        elif tokens[j][2] in CLOSING:
-            depth -= 1
-            if depth == 0:
-                return j
+    depths = nesting(tokens[open_at:])
+    for j in range(1, len(depths)):
+        if depths[j] == 0 and tokens[open_at + j][2] in CLOSING:
+            return open_at + j
     raise ValueError(f"no closing parenthesis for byte {tokens[open_at][0]}")
 
 
 def _at_depth_zero(tokens: list[tuple[int, int, str]], first: int, name: str) -> int:
-    depth = 0
-    for j in range(first, len(tokens)):
-        if tokens[j][2] in OPENING:
-            depth += 1
-        elif tokens[j][2] in CLOSING:
-            depth -= 1
-        elif depth == 0 and tokens[j][2] == name:
-            return j
+    """Index of the first token `name` from `first` on outside brackets opened there."""
+    depths = nesting(tokens[first:])
+    for j, depth in enumerate(depths):
+        if depth == 0 and tokens[first + j][2] == name:
+            return first + j
     raise ValueError(f"no {name} at depth 0")
