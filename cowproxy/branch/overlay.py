@@ -1006,14 +1006,12 @@ class _Generator:
         id as its argument; later snapshots pass. Reads are not guarded (a read has no
         statement trigger, and a row-level policy never runs on rows the snapshot cannot
         see): docs/branches.md, mode `copy`."""
-        guard = f"{quote_ident(self.branch)}.{COPY_GUARD}"
+        guard = self.q(COPY_GUARD)
         failure = _raise("40001", _SERIALIZATION_FAILURE, detail=(
             "pg_catalog.format('The branch copied table \"%s\" (it has no key) after this transaction took its "
             "snapshot: the copy''s rows are newer than the snapshot.', TG_TABLE_NAME)"), hint="Retry the transaction.")
         return [
-            f"CREATE OR REPLACE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $cowproxy$\nBEGIN\n"
-            f"  IF pg_catalog.pg_visible_in_snapshot(TG_ARGV[0]::pg_catalog.xid8, pg_catalog.pg_current_snapshot()) THEN\n"
-            f"    RETURN NULL;\n  END IF;\n{_indent(failure, 2)}\nEND\n$cowproxy$",
+            _plpgsql(guard, _unless_visible("TG_ARGV[0]::pg_catalog.xid8", failure)),
             # The id is the making transaction's own, known only while it runs.
             f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format('CREATE TRIGGER cowproxy_fresh BEFORE INSERT OR UPDATE OR"
             f" DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION {guard}(%L)', {quote_literal(table)},"
@@ -1031,8 +1029,7 @@ class _Generator:
         (such a transaction may have read nothing that matters) and only in the moments
         around a table's first write; the trigger's WHEN keeps it off the other
         isolation levels' path."""
-        made = f"{quote_ident(self.branch)}.{OVERLAYS_MADE}"
-        guard = f"{quote_ident(self.branch)}.{SERIALIZABLE_GUARD}"
+        made, guard = self.q(OVERLAYS_MADE), self.q(SERIALIZABLE_GUARD)
         failure = _raise("40001", "could not serialize access due to read/write dependencies among transactions",
                          detail=quote_literal("The branch made an overlay after this transaction took its snapshot: "
                                               "its earlier reads of production cannot be checked against writes to "
@@ -1041,9 +1038,7 @@ class _Generator:
             f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION {made}() RETURNS"
             f" pg_catalog.xid8 LANGUAGE sql STABLE AS %L', pg_catalog.format('SELECT %L::pg_catalog.xid8',"
             f" pg_catalog.pg_current_xact_id())); END $cowproxy$",
-            f"CREATE OR REPLACE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $cowproxy$\nBEGIN\n"
-            f"  IF pg_catalog.pg_visible_in_snapshot({made}(), pg_catalog.pg_current_snapshot()) THEN\n"
-            f"    RETURN NULL;\n  END IF;\n{_indent(failure, 2)}\nEND\n$cowproxy$",
+            _plpgsql(guard, _unless_visible(f"{made}()", failure)),
             f"CREATE TRIGGER cowproxy_serializable BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT"
             f" WHEN (pg_catalog.current_setting('transaction_isolation') = 'serializable')"
             f" EXECUTE FUNCTION {guard}()",
@@ -1263,6 +1258,13 @@ def _raise(errcode: str, message: str, *, detail: str | None = None, hint: str |
         if value is not None:
             options.append(f"{name} = {quote_literal(value)}")
     return "RAISE EXCEPTION USING " + ",\n      ".join(options) + ";"
+
+
+def _unless_visible(made: str, failure: str) -> str:
+    """A statement trigger's body: pass when the transaction `made` (an xid8 expression)
+    is visible to this statement's snapshot, else `failure` (the snapshot predates it)."""
+    return (f"IF pg_catalog.pg_visible_in_snapshot({made}, pg_catalog.pg_current_snapshot()) THEN\n"
+            f"  RETURN NULL;\nEND IF;\n{failure}")
 
 
 def _indent(text: str, spaces: int) -> str:

@@ -50,7 +50,7 @@ from typing import Any
 from cowproxy.branch.overlay import DELETED
 from cowproxy.sql.analyze import Relation, Statement, _References, _relation
 from cowproxy.sql.rewrite import NameSpans, Splice, Token, apply_within, nesting, quote_ident
-from cowproxy.sql.row_locks import _has_window_function
+from cowproxy.sql.row_locks import _has_window_function, _star
 from cowproxy.sql.upsert import SYSTEM_COLUMNS, ShadowTable
 
 _CLAUSES_READING_ALL_ROWS = ("withClause", "intoClause", "distinctClause", "groupClause", "groupingSets",
@@ -105,8 +105,7 @@ def ordered_limit_splice(sql: str, st: Statement, arms: Arms, unsafe_functions: 
     rv = body["fromClause"][0]["RangeVar"]
     alias = (rv.get("alias") or {}).get("aliasname") or rv["relname"]
     columns = set(arms.table.columns)
-    order = _order_columns(body, alias, columns)
-    if order is None:
+    if not _orders_by_columns(body, alias, columns):
         return None
     where = body.get("whereClause") or {}
     refs = _References()
@@ -153,21 +152,18 @@ def ordered_limit_splice(sql: str, st: Statement, arms: Arms, unsafe_functions: 
     return Splice(tokens[first][0], end, f"(({production_arm}) UNION ALL ({rows_arm})) AS {a}")
 
 
-def _order_columns(body: dict[str, Any], alias: str, columns: set[str]) -> list[str] | None:
-    """The ORDER BY's columns when every item is a plain column of the table (a bare
-    name must not be an output column's AS name: ORDER BY would mean that); else None."""
+def _orders_by_columns(body: dict[str, Any], alias: str, columns: set[str]) -> bool:
+    """Every ORDER BY item is a plain column of the table (a bare name must not be an
+    output column's AS name: ORDER BY would mean that)."""
     output_names = {t.get("ResTarget", {}).get("name") for t in body.get("targetList", [])} - {None}
-    found = []
     for raw in body.get("sortClause", []):
         node = raw.get("SortBy", {}).get("node", {})
         fields = [f.get("String", {}).get("sval") for f in node.get("ColumnRef", {}).get("fields", [])]
-        if len(fields) == 1 and fields[0] in columns and fields[0] not in output_names:
-            found.append(fields[0])
-        elif len(fields) == 2 and fields[0] == alias and fields[1] in columns:
-            found.append(fields[1])
-        else:
-            return None
-    return found
+        plain = (len(fields) == 1 and fields[0] in columns and fields[0] not in output_names
+                 or len(fields) == 2 and fields[0] == alias and fields[1] in columns)
+        if not plain:
+            return False
+    return True
 
 
 def _arm_limit(tokens: list[Token], top: list[int], tail: int, piece: Callable[[int, int], str]) -> str | None:
@@ -198,16 +194,11 @@ def _whole_row_star(target_list: list[Any], where: dict[str, Any], alias: str) -
     """`alias.*` anywhere but as an output item of its own (`row_to_json(a.*)` is a
     whole-row value, whose type the derived table would change)."""
     stack: list[Any] = [where]
-    for target in target_list:
-        val = target.get("ResTarget", {}).get("val", {})
-        fields = val.get("ColumnRef", {}).get("fields", [])
-        if not (fields and "A_Star" in fields[-1]):
-            stack.append(val)
+    stack += [val for val in (t.get("ResTarget", {}).get("val", {}) for t in target_list) if _star(val) is None]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            fields = item.get("ColumnRef", {}).get("fields", []) if "ColumnRef" in item else []
-            if len(fields) == 2 and "A_Star" in fields[1] and fields[0].get("String", {}).get("sval") == alias:
+            if _star(item) == alias:
                 return True
             stack.extend(item.values())
         elif isinstance(item, list):
