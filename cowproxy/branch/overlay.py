@@ -125,6 +125,7 @@ class OverlayObjects:
     lock_fn: str       # SELECT ... FOR UPDATE/SHARE of the shadow: claims and locks one row
     relock_fn: str     # the same, returning the version it locked (READ COMMITTED's re-check)
     propose_fn: str    # INSERT ... ON CONFLICT DO UPDATE: the proposed row, identity filled in
+    fresh_fn: str      # mode copy: true, or 40001 for a snapshot older than the copy (reads)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -140,7 +141,7 @@ def overlay_objects(schema: str, table: str) -> OverlayObjects:
             ("skip_fn", "$skipins"), ("statement_fn", "$statement"), ("deferred_fn", "$deferred"),
             ("truncate_fn", "$truncate"), ("before_fn", "$before"), ("after_fn", "$after"),
             ("system_view", "$system"), ("user_view", "$user"), ("lock_fn", "$lock"),
-            ("relock_fn", "$relock"), ("propose_fn", "$propose"),
+            ("relock_fn", "$relock"), ("propose_fn", "$propose"), ("fresh_fn", "$fresh"),
         )},
     )
 
@@ -370,6 +371,9 @@ OVERLAYS_MADE = "cowproxy_overlays_made"
 """Returns the id of the branch's latest transaction that made overlays (`serializable_guard`)."""
 COPY_GUARD = "cowproxy_fresh_copy"
 """The trigger function that keeps stale snapshots from writing a copy (`fresh_snapshot_guard`)."""
+COPY_IS_NEWER = ("The branch copied table \"%s\" (it has no key) after this transaction took its snapshot: "
+                 "the copy's rows are newer than the snapshot.")
+"""The DETAIL of both guards of a copy (a format string: the copy's name)."""
 _CURRENT_XID = "pg_catalog.pg_current_xact_id()::text::bigint"
 
 
@@ -979,6 +983,7 @@ class _Generator:
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {self.source}",
             *self.private(table),
             *self.fresh_snapshot_guard(table),
+            self.fresh_read_guard(),
             *self.serializable_guard(table),
         ]
         for rule in info.unique:
@@ -1003,13 +1008,11 @@ class _Generator:
         the name already resolves to it: an UPDATE or DELETE would change nothing and
         say so (`UPDATE 0`). A BEFORE ... FOR EACH STATEMENT trigger (it fires even when
         no row qualifies) gives such a write 40001 instead, with the making transaction's
-        id as its argument; later snapshots pass. Reads are not guarded (a read has no
-        statement trigger, and a row-level policy never runs on rows the snapshot cannot
-        see): docs/branches.md, mode `copy`."""
+        id as its argument; later snapshots pass. Reads have their own guard
+        (`fresh_read_guard`): docs/branches.md, mode `copy`."""
         guard = self.q(COPY_GUARD)
         failure = _raise("40001", _SERIALIZATION_FAILURE, detail=(
-            "pg_catalog.format('The branch copied table \"%s\" (it has no key) after this transaction took its "
-            "snapshot: the copy''s rows are newer than the snapshot.', TG_TABLE_NAME)"), hint="Retry the transaction.")
+            f"pg_catalog.format({quote_literal(COPY_IS_NEWER)}, TG_TABLE_NAME)"), hint="Retry the transaction.")
         return [
             _plpgsql(guard, _unless_visible("TG_ARGV[0]::pg_catalog.xid8", failure)),
             # The id is the making transaction's own, known only while it runs.
@@ -1017,6 +1020,29 @@ class _Generator:
             f" DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION {guard}(%L)', {quote_literal(table)},"
             f" pg_catalog.pg_current_xact_id()); END $cowproxy$",
         ]
+
+    def fresh_read_guard(self) -> str:
+        """What guards READS of the copy from the same stale snapshots: `T$fresh()`,
+        true when this statement's snapshot sees the making transaction (its id is
+        baked into the body), else 40001 like the write guard. A read fires no trigger
+        and a row-level policy only runs on rows the snapshot sees (a policy's
+        `(SELECT f())` stays a per-row filter, never called on an empty scan), so the
+        rewriter reads the copy as `(SELECT * FROM B."T" WHERE (SELECT B."T$fresh"()))`
+        (BranchPolicy._fresh_copy_splice): PostgreSQL plans an uncorrelated scalar
+        subquery in WHERE as a one-time filter (a gating Result over an InitPlan),
+        evaluated once before the scan even when the scan would return nothing, and
+        the planner pulls the subquery up, so indexes and estimates are the table's
+        own. Only statements that name a copy pay: one call per statement."""
+        o = self.objects
+        failure = _raise("40001", _SERIALIZATION_FAILURE,
+                         detail=quote_literal(COPY_IS_NEWER.replace("%s", o.view)), hint="Retry the transaction.")
+        # A format() template: %L is the id, every other % doubled.
+        body = _unless_visible("%L::pg_catalog.xid8", failure.replace("%", "%%"), passing="RETURN true;")
+        head = f"CREATE OR REPLACE FUNCTION {self.q(o.fresh_fn)}() RETURNS boolean LANGUAGE plpgsql STABLE".replace("%", "%%")
+        template = f"{head} AS $fresh$\nBEGIN\n{_indent(body, 2)}\nEND\n$fresh$"
+        # The id is the making transaction's own, known only while it runs.
+        return (f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format({quote_literal(template)},"
+                f" pg_catalog.pg_current_xact_id()); END $cowproxy$")
 
     def serializable_guard(self, table: str) -> list[str]:
         """PostgreSQL's SERIALIZABLE checks reads against writes of the same relation. A
@@ -1260,11 +1286,11 @@ def _raise(errcode: str, message: str, *, detail: str | None = None, hint: str |
     return "RAISE EXCEPTION USING " + ",\n      ".join(options) + ";"
 
 
-def _unless_visible(made: str, failure: str) -> str:
+def _unless_visible(made: str, failure: str, passing: str = "RETURN NULL;") -> str:
     """A statement trigger's body: pass when the transaction `made` (an xid8 expression)
     is visible to this statement's snapshot, else `failure` (the snapshot predates it)."""
     return (f"IF pg_catalog.pg_visible_in_snapshot({made}, pg_catalog.pg_current_snapshot()) THEN\n"
-            f"  RETURN NULL;\nEND IF;\n{failure}")
+            f"  {passing}\nEND IF;\n{failure}")
 
 
 def _indent(text: str, spaces: int) -> str:

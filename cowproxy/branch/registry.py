@@ -19,7 +19,7 @@ import asyncpg
 from cowproxy import logs
 from cowproxy.branch import catalog
 from cowproxy.branch.introspect import referencing_tables
-from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, schema_for
+from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, qualified, schema_for
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS_PROBE
 from cowproxy.branch.shadows import load_shadow_tables, unsafe_function_names, volatile_function_names
 from cowproxy.metrics import Metrics
@@ -203,7 +203,26 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         volatile_functions=await volatile_function_names(conn),
         referenced_columns=await referenced_column_sets_of(conn, chain[0].schema_name, overlays),
         branch_children=await branch_children_of(conn, chain[0].schema_name, overlays),
+        fresh_copies=await fresh_copies_of(conn, overlays),
     )
+
+
+async def fresh_copies_of(conn: asyncpg.Connection, overlays: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
+    """The copies (mode copy) among `overlays` that have a read guard, to its qualified
+    name. Copies made before the guard existed have none and stay unguarded."""
+    from cowproxy.branch.overlay import overlay_objects
+
+    candidates = {}
+    for key, owner in overlays.items():
+        try:
+            candidates[qualified(owner, overlay_objects(*key).fresh_fn)] = key
+        except ValueError:
+            continue
+    if not candidates:
+        return {}
+    rows = await conn.fetch(
+        "SELECT n FROM unnest($1::text[]) n WHERE pg_catalog.to_regproc(n) IS NOT NULL", list(candidates))
+    return {candidates[r["n"]]: r["n"] for r in rows}
 
 
 async def branch_children_of(conn: asyncpg.Connection, schema: str,

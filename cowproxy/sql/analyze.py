@@ -55,6 +55,17 @@ class Relation:
 
 
 @dataclass(frozen=True, slots=True)
+class Scan:
+    """A table named as a FROM item (FROM, JOIN, DELETE ... USING, MERGE ... USING): a
+    place where a subquery may stand instead. `aliased`: the SQL gives it an alias."""
+
+    relation: Relation
+    aliased: bool
+    name: str
+    """What the statement calls it: its alias, else the table's name."""
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     sqlstate: str
     message: str
@@ -263,6 +274,7 @@ class Statement:
     update_target: Relation | None = None  # a top-level UPDATE's table
     drops_prepared: str = ""               # "all": DISCARD ALL, DEALLOCATE ALL; "one": DEALLOCATE name
     foreign_keys: tuple[ForeignKeyClause, ...] = ()  # CREATE TABLE's FOREIGN KEY / REFERENCES clauses
+    scans: tuple[Scan, ...] = ()           # tables read as FROM items (not TABLESAMPLE), in reading statements
     body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's, MERGE's, locking or ORDER BY ... LIMIT SELECT's parse tree
 
 
@@ -280,6 +292,10 @@ _SESSION_NODES = {
 }
 _UTILITY_NODES = {"ExplainStmt", "VacuumStmt", "AnalyzeStmt"}
 _READ_NODES = {"SelectStmt", "CallStmt"}
+_FROM_ITEM_KEYS = {"fromClause", "usingClause", "sourceRelation"}
+_SCANNING_NODES = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "ExplainStmt",
+                   "DeclareCursorStmt", "CopyStmt", "PrepareStmt", "CreateTableAsStmt"}
+"""Statements whose FROM items are read when they run (not stored, as in a view's)."""
 
 
 def parse(sql: str) -> list[dict[str, Any]]:
@@ -335,8 +351,11 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         truncate = Truncate(tuple(_relation(r["RangeVar"]) for r in body.get("relations", [])),
                             cascade=body.get("behavior") == "DROP_CASCADE")
     foreign_keys = _foreign_keys(body) if node == "CreateStmt" else ()
+    scanning = node in _SCANNING_NODES and not (node == "CreateTableAsStmt" and body.get("objtype") == "OBJECT_MATVIEW")
+    scans = tuple(sc for sc in walker.scans if scanning and (sc.relation.schema or sc.relation.name not in walker.cte_names)
+                  and not walker.schema_column_refs and sc.name not in walker.single_refs)
     return Statement(
-        foreign_keys=foreign_keys,
+        foreign_keys=foreign_keys, scans=scans,
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
         creates_temp=creates_temp, advances_sequences=walker.advances_sequences,
@@ -495,6 +514,9 @@ class _Walker:
         self.user_functions: dict[int, str | None] = {}  # location → output column name
         self.runtime_sequence_calls: list[tuple[int, str]] = []
         self.call_columns: dict[int, str] = {}  # FuncCall location → its output column name
+        self.scans: list[Scan] = []
+        self.single_refs: set[str] = set()  # one-name ColumnRefs: a column, or a whole-row reference to a FROM item
+        self.schema_column_refs = False     # a ColumnRef of three or more names (schema.table.column)
 
     def walk(self, node: Any) -> None:
         stack = [node]
@@ -520,6 +542,12 @@ class _Walker:
                         self.writes.append(_relation(value["relation"]))
                     elif key == "FuncCall":
                         self._func_call(value)
+                    elif key in _FROM_ITEM_KEYS:
+                        self._from_items(value)
+                    elif key == "JoinExpr":
+                        self._from_items([value.get("larg"), value.get("rarg")])
+                    elif key == "ColumnRef":
+                        self._column_ref(value.get("fields", []))
                     elif key == "CommonTableExpr":
                         self.cte_names.add(value.get("ctename", ""))
                     elif key == "SQLValueFunction" and value.get("op") in _USER_FUNCTIONS:
@@ -546,6 +574,22 @@ class _Walker:
             names = call.get("funcname", [])
             if names:
                 self.call_columns[call.get("location", -1)] = names[-1].get("String", {}).get("sval", "")
+
+    def _from_items(self, items: Any) -> None:
+        for item in items if isinstance(items, list) else [items]:
+            if isinstance(item, dict) and "RangeVar" in item:
+                rv = item["RangeVar"]
+                alias = (rv.get("alias") or {}).get("aliasname")
+                self.scans.append(Scan(_relation(rv), aliased=bool(alias), name=alias or rv.get("relname", "")))
+
+    def _column_ref(self, fields: list[Any]) -> None:
+        """Two reference shapes that a FROM item standing as a subquery would change:
+        a whole-row reference (`SELECT t FROM t` is of the table's row type, of the
+        subquery's it is `record`) and `schema.table.column` (a subquery has no schema)."""
+        if len(fields) == 1 and "String" in fields[0]:
+            self.single_refs.add(fields[0]["String"].get("sval", ""))
+        elif len(fields) >= 3:
+            self.schema_column_refs = True
 
     def _range_var(self, rv: dict[str, Any]) -> None:
         rel = _relation(rv)

@@ -24,7 +24,7 @@ from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.branch.sink import has_row_sink, row_sink_target
 from cowproxy.metrics import Metrics
 from cowproxy.sql import on_conflict, ordered_limit, references, row_locks
-from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, SqlSyntaxError, Statement, UpdateShape,
+from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, Scan, SqlSyntaxError, Statement, UpdateShape,
                                   analyze, conflict_update_shape, cte_conflict_update, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
 from cowproxy.sql.numbers import blanked, filled
@@ -112,6 +112,10 @@ class BranchLayout:
     branch_children: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     """The tables the branch created whose foreign keys reference each production table
     (branch/references.py): TRUNCATE needs them as it needs `referenced_by`."""
+    fresh_copies: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """Production tables in mode copy (in the branch's schema or an ancestor's) whose
+    copy has a read guard, to the guard function's qualified name (overlay.py
+    `fresh_read_guard`): reads of them are rewritten to call it first."""
 
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
@@ -974,6 +978,13 @@ class BranchPolicy:
                            + self._overriding_splices(st, spans, temp_tables))
                 splices += targets
                 seen.update(s.start for s in targets)
+            for scan in st.scans if layout.fresh_copies else ():
+                table = self._production_table(scan.relation, temp_tables)
+                if table not in layout.fresh_copies or scan.relation.location < 0 or scan.relation.location in seen:
+                    continue
+                spans = spans or NameSpans(sql)
+                splices.append(self._fresh_copy_splice(scan, table, spans))
+                seen.add(scan.relation.location)
             for rel in (*st.reads, *st.writes):
                 if rel.schema is None or rel.location < 0 or rel.location in seen:
                     continue
@@ -1003,6 +1014,31 @@ class BranchPolicy:
                 local = overlay_name(seq.schema, seq.name)
                 splices.append(Splice(start, end, quote_literal(f"{quote_ident(layout.schema)}.{quote_ident(local)}")))
         return splices
+
+
+    # reads of keyless tables' copies (branch/overlay.py fresh_read_guard) ---------
+
+    def _fresh_copy_splice(self, scan: Scan, table: tuple[str, str], spans: NameSpans) -> Splice:
+        """A keyless table's copy read as a FROM item becomes `(SELECT * FROM copy WHERE
+        (SELECT guard())) AS name`: the guard is a one-time filter that runs before the
+        scan, so a snapshot older than the copy (which would see it empty) gets 40001
+        instead of no rows. The subquery is pulled up: the plan is otherwise the
+        table's. `ONLY t`, `t *` and `TABLE t` keep their meaning (a copy has no
+        children); the FROM item keeps the name, or the alias the SQL gives it."""
+        rel = scan.relation
+        start, end = spans.qualified_name(rel.location)
+        before, after = spans.neighbors(start, end)
+        prefix = ""
+        if before is not None and before[2] == "ONLY":
+            start = before[0]
+        elif before is not None and before[2] == "TABLE":
+            start, prefix = before[0], "SELECT * FROM "
+        if after is not None and after[2] == "ASCII_42":  # t *
+            end = after[1]
+        guard = self.layout.fresh_copies[table]
+        copy = f"{quote_ident(self.layout.overlays[table])}.{quote_ident(self.layout.overlay_names[table])}"
+        alias = "" if scan.aliased else f" AS {quote_ident(rel.name)}"
+        return Splice(start, end, f"{prefix}(SELECT * FROM {copy} WHERE (SELECT {guard}())){alias}")
 
 
 _CLIENT_USER_SQL = f"current_setting({quote_literal(CLIENT_USER_SETTING)})::name"

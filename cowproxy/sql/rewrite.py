@@ -122,6 +122,16 @@ class NameSpans:
         left out: what a clause is made of."""
         return [span for span in self._spans if start <= span[0] < end and span[2] not in _COMMENTS]
 
+    def neighbors(self, start: int, end: int) -> tuple[Token | None, Token | None]:
+        """The code tokens just before the token at `start` and just after the one
+        ending at `end` (comments skipped), or None at either end of the text."""
+        i = self._by_start.get(start)
+        if i is None:
+            raise ValueError(f"no token starts at byte {start}")
+        before = next((self._spans[j] for j in range(i - 1, -1, -1) if self._spans[j][2] not in _COMMENTS), None)
+        after = next((span for span in self._spans[i:] if span[0] >= end and span[2] not in _COMMENTS), None)
+        return before, after
+
     def token(self, location: int) -> tuple[int, int]:
         """[start, end) of the single token at `location` (a string literal, ...)."""
         i = self._by_start.get(location)

@@ -292,6 +292,84 @@ async def test_a_repeatable_read_write_that_makes_the_copy_in_its_own_transactio
         await conn.close()
 
 
+async def test_a_read_under_a_snapshot_older_than_a_keyless_tables_copy_fails_loudly(branch_proxy, branch):
+    """SPEC §5: a REPEATABLE READ or SERIALIZABLE snapshot taken before another session's
+    first write of a keyless table would see the new copy empty. Its reads get 40001
+    instead, in both protocols and in a join; READ COMMITTED reads and fresh
+    transactions see every row."""
+    simple, extended, serializable, committed, writer = [await connect(branch_proxy, branch) for _ in range(5)]
+    try:
+        await simple.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await extended.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await serializable.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        for conn in (simple, extended, serializable):
+            assert await conn.fetchval("SELECT count(*) FROM bs_notes") == 2
+        await writer.execute("INSERT INTO bs_notes VALUES ('third')")
+        with pytest.raises(asyncpg.SerializationError) as stale:
+            await simple.execute("SELECT body FROM bs_notes")  # simple query protocol
+        assert 'copied table "bs_notes"' in stale.value.detail
+        assert stale.value.hint == "Retry the transaction."
+        with pytest.raises(asyncpg.SerializationError) as stale:
+            await extended.fetch("SELECT o.id, n.body FROM bs_orders o JOIN public.bs_notes n ON true WHERE o.id = $1", 1)
+        assert 'copied table "bs_notes"' in stale.value.detail
+        with pytest.raises(asyncpg.SerializationError):
+            await serializable.fetchval("SELECT EXISTS (SELECT FROM bs_notes WHERE body = $1)", "first")
+        assert await committed.fetchval("SELECT count(*) FROM bs_notes") == 3
+        for conn in (simple, extended, serializable):
+            await conn.execute("ROLLBACK")
+        async with extended.transaction(isolation="repeatable_read"):
+            assert sorted(r["body"] for r in await extended.fetch("SELECT body FROM bs_notes")) == ["first", "second", "third"]
+            assert await extended.fetchval("SELECT count(*) FROM bs_orders o JOIN bs_notes n ON true WHERE o.id = $1", 1) == 3
+            assert len(await extended.fetch("TABLE bs_notes")) == 3
+        async with simple.transaction(isolation="serializable"):
+            assert await simple.fetchval("SELECT count(*) FROM ONLY public.bs_notes AS n(b) WHERE n.b <> ''") == 3
+    finally:
+        for conn in (simple, extended, serializable, committed, writer):
+            await conn.close()
+
+
+async def test_a_read_in_the_transaction_that_made_the_copy_sees_its_rows(branch_proxy, branch):
+    """The transaction whose own write made the copy (READ COMMITTED: each statement a
+    new snapshot) and a REPEATABLE READ one that had not read yet pass the guard."""
+    conn = await connect(branch_proxy, branch)
+    try:
+        async with conn.transaction():
+            await conn.execute("INSERT INTO bs_notes VALUES ('mine')")
+            assert await conn.fetchval("SELECT count(*) FROM bs_notes") == 3
+        async with conn.transaction(isolation="repeatable_read"):
+            assert await conn.fetchval("SELECT count(*) FROM bs_notes n WHERE n.body = $1", "mine") == 1
+            await conn.execute("INSERT INTO bs_notes SELECT body || '2' FROM bs_notes WHERE body = 'mine'")
+            assert await conn.fetchval("SELECT count(*) FROM bs_notes") == 4
+    finally:
+        await conn.close()
+
+
+async def test_a_stacked_branch_reads_its_parents_copy_and_guards_its_own(pg, branch_proxy, branch):
+    """A child reads its parent's copy through the parent's guard (a function of the
+    parent's schema, called as the child's role); the child's own first write makes its
+    own copy, whose guard refuses the child's older snapshot."""
+    parent = await connect(branch_proxy, branch)
+    await parent.execute("INSERT INTO bs_notes VALUES ('parent')")
+    await parent.close()
+    conn = await admin(pg)
+    child_name = branch + "_c"
+    await catalog.create_branch(conn, child_name, parent=branch)
+    await conn.close()
+    reader, writer = await connect(branch_proxy, child_name), await connect(branch_proxy, child_name)
+    try:
+        await reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert await reader.fetchval("SELECT count(*) FROM bs_notes WHERE body <> $1", "") == 3
+        await writer.execute("INSERT INTO bs_notes VALUES ('child')")
+        with pytest.raises(asyncpg.SerializationError) as stale:
+            await reader.fetch("SELECT * FROM bs_notes")
+        assert 'copied table "bs_notes"' in stale.value.detail
+        await reader.execute("ROLLBACK")
+        assert await reader.fetchval("SELECT count(*) FROM bs_notes") == 4
+    finally:
+        await reader.close()
+        await writer.close()
+
+
 async def test_a_repeatable_read_snapshot_older_than_a_shadow_still_sees_production(branch_proxy, branch):
     """SPEC §5.5: the first write by another session creates the table's shadow; a
     transaction whose snapshot predates it must keep seeing production's rows."""

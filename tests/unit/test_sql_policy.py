@@ -1,6 +1,8 @@
 """The statement policies (SPEC §3, §6): what is forwarded, rewritten, refused or
 needs an overlay first, and that the caches never change an answer."""
 
+from dataclasses import replace
+
 import pytest
 
 from cowproxy.metrics import Metrics
@@ -199,3 +201,40 @@ def test_numbers_the_rewrite_writes_are_parts_of_the_template_too():
     # A mark that does not scan as one number: cut at the marks, nothing handed on.
     parts, fixed, shape = _template_parts("SELECT a.7391204865000000000 + 7391204865000000001", 2)
     assert parts == ("SELECT a.", 0, " + ", 1, "") and fixed == () and shape is None
+
+
+def test_reads_of_a_guarded_copy_call_its_fresh_snapshot_guard_first():
+    """A keyless table's copy read as a FROM item gets a one-time guard (overlay.py
+    fresh_read_guard); writes of it, other tables and unguarded copies stay as they were."""
+    guard = '"cowproxy_b_alice"."notes$fresh"'
+    layout = BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
+                          overlays={("public", "notes"): "cowproxy_b_alice", ("public", "accounts"): "cowproxy_b_alice"},
+                          overlay_names={("public", "notes"): "notes", ("public", "accounts"): "accounts"},
+                          local_names=frozenset({"notes", "notes$live", "accounts"}),
+                          fresh_copies={("public", "notes"): guard})
+    policy = BranchPolicy(layout, Metrics())
+    wrapped = f'(SELECT * FROM "cowproxy_b_alice"."notes" WHERE (SELECT {guard}()))'
+    cases = {
+        "SELECT count(*) FROM notes": f'SELECT count(*) FROM {wrapped} AS "notes"',
+        "SELECT n.body FROM public.notes n JOIN accounts a ON true": f"SELECT n.body FROM {wrapped} n JOIN accounts a ON true",
+        "SELECT * FROM ONLY notes AS x(b)": f"SELECT * FROM {wrapped} AS x(b)",
+        "SELECT * FROM notes * WHERE body = $1": f'SELECT * FROM {wrapped} AS "notes" WHERE body = $1',
+        "TABLE notes": f'SELECT * FROM {wrapped} AS "notes"',
+        "UPDATE notes SET body = 'x' WHERE body IN (SELECT body FROM notes)":
+            f"UPDATE notes SET body = 'x' WHERE body IN (SELECT body FROM {wrapped} AS \"notes\")",
+        "INSERT INTO accounts SELECT 1 FROM notes": f'INSERT INTO accounts SELECT 1 FROM {wrapped} AS "notes"',
+        "DELETE FROM notes USING notes o": f"DELETE FROM notes USING {wrapped} o",
+    }
+    for sql, rewritten in cases.items():
+        assert policy.decide(sql).sql == rewritten, sql
+    for sql in ("UPDATE notes SET body = 'x'", "INSERT INTO notes VALUES ('x')", "SELECT * FROM accounts",
+                "WITH notes AS (SELECT 1) SELECT * FROM notes", "CREATE VIEW v AS SELECT * FROM notes",
+                # as a subquery these would change: a whole-row reference would be a record,
+                # schema.table.column would not be found; such statements stay unguarded
+                "SELECT n FROM notes n", "SELECT row_to_json(notes) FROM notes",
+                "SELECT public.notes.body FROM public.notes"):
+        decision = policy.decide(sql)
+        assert decision.action is not Action.REWRITE or "$fresh" not in decision.sql, sql
+    assert policy.decide("SELECT * FROM notes", frozenset({"notes"})).action is Action.FORWARD  # a temp table
+    unguarded = BranchPolicy(replace(layout, fresh_copies={}), Metrics())  # a copy made before the guard
+    assert unguarded.decide("SELECT count(*) FROM notes").action is Action.FORWARD
