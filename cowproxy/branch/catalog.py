@@ -17,6 +17,7 @@ the number of rows.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import hmac
 import secrets
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import TYPE_CHECKING, Callable
 
 import asyncpg
 
@@ -45,7 +47,13 @@ from cowproxy.branch.names import (
 from cowproxy.branch.sequences import fill_overlay_schema
 from cowproxy.sql.rewrite import quote_literal
 
+if TYPE_CHECKING:
+    from cowproxy.branch.upgrade import UpgradedBranch
+
 CATALOG_VERSION = "1"
+"""The version `_CATALOG_DDL` makes; `_CATALOG_MIGRATIONS` take it to LATEST_CATALOG_VERSION."""
+
+LATEST_CATALOG_VERSION = 2
 
 CATALOG_LOCK = int.from_bytes(b"cowproxy", "big")
 """Key of the transaction-level advisory lock every catalog change holds."""
@@ -78,6 +86,10 @@ class BranchSummary:
     tables_changed: int
     rows_changed: int
     overlay_bytes: int
+    overlay_format: int = 0
+    """The oldest OVERLAY_FORMAT among the branch's objects (branch/upgrade.py)."""
+    needs_upgrade: bool = False
+    """Made by an older cowproxy: `cowproxy branch upgrade NAME` regenerates its overlays."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +158,20 @@ def private_table_sql(table: str, what: str) -> str:
     )
 
 
+_CATALOG_MIGRATIONS = {
+    # The OVERLAY_FORMAT (branch/overlay.py) of a branch's schema-level objects and of
+    # each overlay: 0 for everything made before cowproxy recorded it.
+    2: """
+ALTER TABLE cowproxy.branches ADD COLUMN IF NOT EXISTS overlay_format integer NOT NULL DEFAULT 0;
+ALTER TABLE cowproxy.overlay_tables ADD COLUMN IF NOT EXISTS overlay_format integer NOT NULL DEFAULT 0;
+""",
+}
+"""Catalog version → the DDL that makes it from the one before (run in order, once)."""
+
+
 async def ensure_catalog(conn: asyncpg.Connection) -> None:
-    """Create the catalog schema, its tables and the read-only role if missing.
+    """Create the catalog schema, its tables and the read-only role if missing, and
+    bring an older catalog up to LATEST_CATALOG_VERSION.
 
     Idempotent and safe to run from several processes at once: the whole bootstrap
     holds the catalog's advisory lock.
@@ -157,8 +181,18 @@ async def ensure_catalog(conn: asyncpg.Connection) -> None:
         if await conn.fetchval("SELECT to_regnamespace('cowproxy') IS NULL"):
             await conn.execute(_CATALOG_DDL + "".join(
                 private_table_sql(f"cowproxy.{t}", "the cowproxy catalog") for t in _PRIVATE_TABLES))
+        await _migrate_catalog(conn)
         await _ensure_readonly_role(conn)
         await _ensure_isolation_trigger(conn)
+
+
+async def _migrate_catalog(conn: asyncpg.Connection) -> None:
+    """Run the migrations this catalog has not had (checked first: ALTER TABLE would
+    lock the catalog tables on every connect)."""
+    version = int(await conn.fetchval("SELECT value FROM cowproxy.settings WHERE name = 'catalog_version'"))
+    for target in sorted(v for v in _CATALOG_MIGRATIONS if v > version):
+        await conn.execute(_CATALOG_MIGRATIONS[target])
+        await conn.execute("UPDATE cowproxy.settings SET value = $1 WHERE name = 'catalog_version'", str(target))
 
 
 _ISOLATION_TRIGGER = "cowproxy_isolate_branch_tables"
@@ -278,10 +312,13 @@ async def _children(conn: asyncpg.Connection, name: str) -> list[str]:
 
 async def list_branches(conn: asyncpg.Connection) -> list[BranchSummary]:
     """Every branch, oldest first, with the size of its overlay."""
-    rows = await conn.fetch("""
+    from cowproxy.branch.overlay import OVERLAY_FORMAT  # pglast: lazily
+
+    rows = await conn.fetch(f"""
         SELECT b.name, b.parent, b.created_at, b.schema_name,
                (SELECT count(*) FROM cowproxy.overlay_tables o
                  WHERE o.branch = b.name AND o.mode <> 'view') AS tables_changed,
+               {OVERLAY_FORMAT_SQL.format(branch="b")} AS overlay_format,
                (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
                  WHERE c.relnamespace = to_regnamespace(b.schema_name)::oid
                    AND c.relkind IN ('r', 'p', 'm')) AS overlay_bytes
@@ -290,9 +327,17 @@ async def list_branches(conn: asyncpg.Connection) -> list[BranchSummary]:
     return [
         BranchSummary(name=r["name"], parent=r["parent"], created_at=r["created_at"],
                       tables_changed=r["tables_changed"], rows_changed=rows_changed.get(r["name"], 0),
-                      overlay_bytes=int(r["overlay_bytes"]))
+                      overlay_bytes=int(r["overlay_bytes"]), overlay_format=r["overlay_format"],
+                      needs_upgrade=r["overlay_format"] < OVERLAY_FORMAT)
         for r in rows
     ]
+
+
+OVERLAY_FORMAT_SQL = """least({branch}.overlay_format,
+                     (SELECT min(o.overlay_format) FROM cowproxy.overlay_tables o
+                       WHERE o.branch = {branch}.name AND o.mode <> 'view'))"""
+"""SQL: the oldest OVERLAY_FORMAT of branch row `{branch}`'s objects (its schema's own
+and its overlays'; copies of production views are production's SQL, not ours)."""
 
 
 async def _rows_changed(conn: asyncpg.Connection) -> dict[str, int]:
@@ -355,9 +400,11 @@ async def create_branch(conn: asyncpg.Connection, name: str, parent: str | None 
             + f"ALTER ROLE {q_role} SET search_path = {search_path};"
             f"CREATE SCHEMA {quote_ident(schema)} AUTHORIZATION {q_role};")
         sequences = await fill_overlay_schema(conn, schema, role, ancestors[0].schema_name if ancestors else None)
+        from cowproxy.branch.overlay import OVERLAY_FORMAT  # pglast: lazily
+
         await conn.execute(
-            "INSERT INTO cowproxy.branches (name, parent, schema_name, role_name, role_password)"
-            " VALUES ($1, $2, $3, $4, $5)", name, parent, schema, role, password)
+            "INSERT INTO cowproxy.branches (name, parent, schema_name, role_name, role_password, overlay_format)"
+            " VALUES ($1, $2, $3, $4, $5, $6)", name, parent, schema, role, password, OVERLAY_FORMAT)
         await _notify(conn, name)
         branch = await _require_branch(conn, name)
     return CreatedBranch(branch=branch, sequences=sequences, elapsed_ms=(time.perf_counter() - started) * 1000)
@@ -397,7 +444,10 @@ async def reset_branch(conn: asyncpg.Connection, name: str) -> Branch:
         parent_schema = schema_for(branch.parent) if branch.parent else None
         await fill_overlay_schema(conn, branch.schema_name, branch.role_name, parent_schema)
         await conn.execute("DELETE FROM cowproxy.overlay_tables WHERE branch = $1", name)
-        await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1 WHERE name = $1", name)
+        from cowproxy.branch.overlay import OVERLAY_FORMAT  # pglast: lazily
+
+        await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1, overlay_format = $2"
+                           " WHERE name = $1", name, OVERLAY_FORMAT)
         await _notify(conn, name)
         return await _require_branch(conn, name)
 
@@ -545,3 +595,14 @@ class Catalog:
 
     async def public_write_grants(self) -> list[str]:
         return await public_write_grants(self._conn)
+
+    async def upgrade(self, name: str, force: bool = False,
+                      progress: Callable[[str, int, int], None] | None = None) -> UpgradedBranch:
+        from cowproxy.branch.upgrade import upgrade_branch  # pglast: lazily
+
+        return await upgrade_branch(self._conn, name, force=force, progress=progress)
+
+    async def upgrade_order(self, name: str | None) -> builtins.list[str]:
+        from cowproxy.branch.upgrade import upgrade_order
+
+        return await upgrade_order(self._conn, name)

@@ -1,4 +1,4 @@
-"""`cowproxy branch create | list | delete | reset` (SPEC §4).
+"""`cowproxy branch create | list | delete | reset | upgrade` (SPEC §4).
 
 Each command connects to the upstream as the admin role, bootstraps the catalog if
 needed, does one thing and says what it did. Failures are one red `error:` line and a
@@ -11,17 +11,21 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import asyncpg
 import click
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from cowproxy.branch.catalog import BranchSummary, Catalog
 from cowproxy.branch.names import BranchError
+
+if TYPE_CHECKING:
+    from cowproxy.branch.upgrade import UpgradedBranch
 
 T = TypeVar("T")
 
@@ -101,6 +105,7 @@ def branch() -> None:
       psql postgresql://app_user@127.0.0.1:6543/alice
       cowproxy branch list
       cowproxy branch reset alice                  # alice equals production again
+      cowproxy branch upgrade --all                # after installing a new cowproxy
       cowproxy branch delete alice_fix --yes
     """
 
@@ -140,7 +145,8 @@ async def create(catalog: Catalog, name: str, parent: str | None) -> None:
 @upstream_option
 @with_catalog
 async def list_(catalog: Catalog, as_json: bool) -> None:
-    """List branches: name, parent, created at, tables and rows changed, overlay size.
+    """List branches: name, parent, created at, tables and rows changed, overlay size,
+    and whether a branch needs `cowproxy branch upgrade` (made by an older cowproxy).
 
     \b
     Examples:
@@ -200,10 +206,78 @@ async def reset(catalog: Catalog, name: str) -> None:
                             f": overlay emptied (schema version {branch.schema_version})"))
 
 
+PROGRESS_MIN_TABLES = 10
+"""Upgrades of branches with at least this many overlays show a progress bar."""
+
+
+@branch.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Upgrade every branch that needs it.")
+@click.option("--force", is_flag=True, help="Regenerate even branches that are up to date.")
+@upstream_option
+@with_catalog
+async def upgrade(catalog: Catalog, name: str | None, all_: bool, force: bool) -> None:
+    """Bring branch NAME (or --all) up to this cowproxy's overlay format, keeping its data.
+
+    A new cowproxy may make a branch's overlays differently (new statement forms, fixes).
+    Branches made before keep their old objects: `cowproxy branch list` says "needed",
+    and statements that need the new objects are refused with a hint to upgrade. This
+    regenerates every view, function and trigger of the branch's overlays from the
+    running cowproxy, in one transaction per branch, and never touches the rows the
+    branch holds. Branches NAME is stacked on are upgraded first. Running it again does
+    nothing.
+
+    Open sessions stay connected: the upgrade waits up to 10 s for transactions that
+    use the overlay, then gives up and changes nothing (retry when they are done).
+
+    \b
+    Examples:
+      cowproxy branch list                 # the "upgrade" column says which
+      cowproxy branch upgrade alice
+      cowproxy branch upgrade --all
+    """
+    if (name is None) == (not all_):
+        raise BranchError("give a branch NAME or --all, not both" if all_ else "give a branch NAME or --all",
+                          "e.g. cowproxy branch upgrade alice, or cowproxy branch upgrade --all")
+    if name is not None and await catalog.get(name) is None:
+        raise BranchError(f'branch "{name}" does not exist', "see the branches with: cowproxy branch list")
+    from cowproxy.branch.overlay import OVERLAY_FORMAT  # pglast: lazily
+
+    names = await catalog.upgrade_order(name)
+    if not names:
+        out.print("no branches yet; nothing to upgrade")
+        return
+    for each in names:
+        result = await _upgrade_one(catalog, each, force)
+        if result.skipped:
+            out.print(Text.assemble((each, "bold"), f": up to date (overlay format {result.from_format})"))
+        else:
+            out.print(Text.assemble("upgraded branch ", (each, "bold green"),
+                                    f": {result.tables} overlays regenerated, overlay format "
+                                    f"{result.from_format} -> {OVERLAY_FORMAT}, rows kept "
+                                    f"(schema version {result.schema_version})"))
+
+
+async def _upgrade_one(catalog: Catalog, name: str, force: bool) -> UpgradedBranch:
+    """One branch's upgrade, with a progress bar on stderr (a terminal) when it has many overlays."""
+    tables = next((b.tables_changed for b in await catalog.list() if b.name == name), 0)
+    if tables < PROGRESS_MIN_TABLES or not err.is_terminal:
+        return await catalog.upgrade(name, force=force)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"upgrading {name}", total=tables)
+
+        def advance(table: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"upgrading {name}: {table}")
+
+        return await catalog.upgrade(name, force=force, progress=advance)
+
+
 def _as_json(b: BranchSummary) -> dict[str, Any]:
     return {"name": b.name, "parent": b.parent, "created_at": b.created_at.isoformat(),
             "tables_changed": b.tables_changed, "rows_changed": b.rows_changed,
-            "overlay_bytes": b.overlay_bytes}
+            "overlay_bytes": b.overlay_bytes, "overlay_format": b.overlay_format,
+            "needs_upgrade": b.needs_upgrade}
 
 
 def _as_table(branches: list[BranchSummary]) -> Table:
@@ -213,9 +287,11 @@ def _as_table(branches: list[BranchSummary]) -> Table:
     table.add_column("created")
     for heading in ("tables changed", "rows changed", "overlay size"):
         table.add_column(heading, justify="right")
+    table.add_column("upgrade")
     for b in branches:
         table.add_row(b.name, b.parent or "-", b.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-                      str(b.tables_changed), str(b.rows_changed), human_bytes(b.overlay_bytes))
+                      str(b.tables_changed), str(b.rows_changed), human_bytes(b.overlay_bytes),
+                      Text("needed", style="yellow") if b.needs_upgrade else "-")
     return table
 
 

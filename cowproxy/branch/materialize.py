@@ -15,7 +15,7 @@ import asyncpg
 from cowproxy.branch import catalog
 from cowproxy.branch.dependents import copy_dependent_views
 from cowproxy.branch.introspect import describe_table
-from cowproxy.branch.overlay import create_overlay, resolve_relations, tables_needing_overlay_with
+from cowproxy.branch.overlay import OVERLAY_FORMAT, create_overlay, resolve_relations, tables_needing_overlay_with
 from cowproxy.sql.analyze import Relation
 
 
@@ -63,9 +63,10 @@ async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branc
             await create_overlay(conn, info, branch.schema_name, branch.role_name, source,
                                  ancestor_schemas=ancestor_schemas, readers_role=readers)
             await conn.execute(
-                "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                branch.name, key[0], key[1], list(info.key) if info.key else None, info.mode)
+                "INSERT INTO cowproxy.overlay_tables"
+                " (branch, source_schema, source_table, key_columns, mode, overlay_format)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                branch.name, key[0], key[1], list(info.key) if info.key else None, info.mode, OVERLAY_FORMAT)
             done.add(key)
             created.append(key)
         if created:

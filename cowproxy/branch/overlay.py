@@ -42,8 +42,11 @@ keep reading production after a neighbor gets an overlay in a long-lived session
 instead `create_overlay` rewrites the trigger functions of overlaid neighbors, and a
 replaced function is recompiled by every session on its next call.
 
-Nothing here runs outside `create_overlay` / `refresh_neighbor_triggers`: `overlay_ddl`
-is pure, so the statements can be read, logged and tested as text.
+Nothing here runs outside `create_overlay` / `refresh_neighbor_triggers` (and
+branch/upgrade.py, which runs `derived_overlay_ddl`): `overlay_ddl` is pure, so the
+statements can be read, logged and tested as text. It is two halves: storage (the
+tables holding the branch's rows, made once) and derived objects, each statement of
+which can run again over an existing overlay (docs/branches.md, "Upgrading").
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME
 from cowproxy.branch.introspect import Column, ForeignKey, TableInfo, UniqueRule, describe_table
 from cowproxy.branch.names import overlay_name, qualified, quote_ident
 from cowproxy.sql.rewrite import quote_literal
+
+OVERLAY_FORMAT = 1
+"""The format of the overlay objects this code makes. Bump it whenever the SQL below
+changes (or that of the schema-level objects: branch/sequences.py, branch/sink.py,
+branch/references.py): the catalog records the format each branch and overlay was made
+with, `cowproxy branch list` flags older ones, and `cowproxy branch upgrade` regenerates
+their derived objects (`derived_overlay_ddl`) keeping their rows. A change to storage
+(`*_storage`: T$rows, its indexes, T$live, T$cut, a copy) needs a migration step in
+branch/upgrade.py as well. 0: made before formats were recorded."""
 
 MAX_IDENTIFIER_BYTES = 63
 """PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated."""
@@ -254,7 +266,28 @@ def overlay_ddl(
     needs PostgreSQL 15.
     """
     gen = _Generator(info, branch_schema, source, neighbors or {}, readers_role, security_invoker)
-    return gen.copy_ddl() if info.mode == "copy" else gen.shadow_ddl()
+    storage = gen.copy_storage() if info.mode == "copy" else gen.shadow_storage()
+    return [*storage, gen.overlays_made_stamp(), *(gen.copy_derived() if info.mode == "copy" else gen.shadow_derived())]
+
+
+def derived_overlay_ddl(
+    info: TableInfo,
+    branch_schema: str,
+    source: str,
+    neighbors: Mapping[tuple[str, str], str] | None = None,
+    *,
+    readers_role: str | None = None,
+    security_invoker: bool = True,
+    cut: bool = False,
+) -> list[str]:
+    """The second half of `overlay_ddl`: every object of the overlay computed from this
+    code (views, functions, triggers, defaults, row-level security), none that holds the
+    branch's data (T$rows and its indexes, T$live, T$cut, the copy, T$pending). Each
+    statement may run again over an existing overlay, whichever OVERLAY_FORMAT made it:
+    what `cowproxy branch upgrade` runs (branch/upgrade.py). `cut`: the overlay's T$cut
+    has its row (a TRUNCATE hid the source)."""
+    gen = _Generator(info, branch_schema, source, neighbors or {}, readers_role, security_invoker)
+    return gen.copy_derived(cut) if info.mode == "copy" else gen.shadow_derived(cut)
 
 
 def trigger_function_ddl(
@@ -501,7 +534,7 @@ class _Generator:
         return (f"(EXISTS (SELECT 1 FROM {self.source} s WHERE {_match('s', self.key, record, self.key)})"
                 f" AND {self.live()})")
 
-    def live_ddl(self) -> list[str]:
+    def live_storage(self) -> list[str]:
         """T$live, the target of TRUNCATE; its columns exist only to own the branch's
         sequence copies (RESTART IDENTITY restarts what they own). T$cut, empty until a
         TRUNCATE hides the source."""
@@ -509,14 +542,15 @@ class _Generator:
         live, cut = self.q(self.objects.live), self.q(self.objects.cut)
         return [
             f"CREATE TABLE {live} (cowproxy_live boolean PRIMARY KEY DEFAULT true CHECK (cowproxy_live){owned})",
-            *self.private(live),
             f"CREATE TABLE {cut} (cowproxy_cut boolean PRIMARY KEY DEFAULT true CHECK (cowproxy_cut))",
-            *self.private(cut),
         ]
 
-    def truncate_trigger(self) -> str:
-        return (f"CREATE TRIGGER cowproxy_truncate AFTER TRUNCATE ON {self.q(self.objects.live)} "
-                f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.truncate_fn)}()")
+    def live_access(self) -> list[str]:
+        return [*self.private(self.q(self.objects.live)), *self.private(self.q(self.objects.cut))]
+
+    def truncate_trigger(self) -> list[str]:
+        return _trigger(f"CREATE TRIGGER cowproxy_truncate AFTER TRUNCATE ON {self.q(self.objects.live)} "
+                        f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.truncate_fn)}()")
 
     def truncate_body(self) -> str:
         """After TRUNCATE of T$live (the proxy's rewrite of `TRUNCATE T`): the overlay is
@@ -525,36 +559,42 @@ class _Generator:
         o = self.objects
         cut = f"INSERT INTO {self.q(o.cut)} DEFAULT VALUES ON CONFLICT DO NOTHING;"
         if self.info.mode == "copy":
-            statements = [cut, f"TRUNCATE {self.q(o.view)};",
-                          *(s + ";" for s in self.set_defaults(self.q(o.view), False, cut=True))]
+            statements = [cut, f"TRUNCATE {self.q(o.view)};", *(s + ";" for s in self.cut_defaults())]
         else:
             # The view first: readers lock it before the rows table, so must this.
-            statements = [self.shadow_view_sql(with_source=False) + ";", cut, f"TRUNCATE {self.q(o.rows)};"]
-            user_views = {o.user_view, proposal_view_name(self.info.schema, self.info.table, OVERRIDING_USER)}
-            for view in [o.view, *skip_views(self.info), *overriding_views(self.info).values()]:
-                statements += [s + ";" for s in self.set_defaults(self.q(view), True, cut=True,
-                                                                  identity=view not in user_views)]
-            # Overlays made before these views existed get this function too (a
-            # neighbor's new overlay rewrites it): IF EXISTS.
-            for view in [*skip_views(self.info, OVERRIDING_SYSTEM), *proposal_views(self.info).values()]:
-                statements += [s.replace("ALTER VIEW ", "ALTER VIEW IF EXISTS ", 1) + ";"
-                               for s in self.set_defaults(self.q(view), True, cut=True,
-                                                          identity=view not in user_views)]
+            statements = [self.shadow_view_sql(with_source=False) + ";", cut, f"TRUNCATE {self.q(o.rows)};",
+                          *(s + ";" for s in self.cut_defaults())]
         return "\n".join(statements) + "\nRETURN NULL;"
+
+    def cut_defaults(self) -> list[str]:
+        """The defaults of the overlay's relations once a TRUNCATE hid the source: its
+        sequences count on from the branch's own values (`default_sql`)."""
+        o = self.objects
+        if self.info.mode == "copy":
+            return self.set_defaults(self.q(o.view), False, cut=True)
+        statements = []
+        user_views = {o.user_view, proposal_view_name(self.info.schema, self.info.table, OVERRIDING_USER)}
+        for view in [o.view, *skip_views(self.info), *overriding_views(self.info).values()]:
+            statements += self.set_defaults(self.q(view), True, cut=True, identity=view not in user_views)
+        # Overlays made before these views existed get this function too (a neighbor's
+        # new overlay rewrites it): IF EXISTS.
+        for view in [*skip_views(self.info, OVERRIDING_SYSTEM), *proposal_views(self.info).values()]:
+            statements += [s.replace("ALTER VIEW ", "ALTER VIEW IF EXISTS ", 1)
+                           for s in self.set_defaults(self.q(view), True, cut=True,
+                                                      identity=view not in user_views)]
+        return statements
 
     # mode shadow ----------------------------------------------------------------------
 
-    def shadow_ddl(self) -> list[str]:
+    def shadow_storage(self) -> list[str]:
+        """The shadow's storage: T$rows with its indexes, T$live, T$cut (never re-run)."""
         o, info = self.objects, self.info
-        rows, view = self.q(o.rows), self.q(o.view)
+        rows = self.q(o.rows)
         key = _cols(self.key)
         ddl = [
             f"CREATE TABLE {rows} (LIKE {qualified(info.schema, info.table)} "
             f"INCLUDING CONSTRAINTS INCLUDING GENERATED, {DELETED} boolean NOT NULL DEFAULT false, "
             f"PRIMARY KEY ({key}))",
-            *self.set_defaults(rows, for_view=False),
-            *self.private(rows),
-            *self.serializable_guard(rows),
         ]
         # Every other unique rule is a unique index over the live rows of $rows: two
         # sessions writing one value serialize on it as on the table (the triggers check
@@ -571,31 +611,48 @@ class _Generator:
             if tuple(columns) not in indexed:
                 indexed.add(tuple(columns))
                 ddl.append(f"CREATE INDEX ON {rows} ({_cols(columns)})")
-        ddl += self.live_ddl()
-        ddl.append(self.shadow_view_sql(with_source=True))
-        ddl += self.set_defaults(view, for_view=True)
+        return ddl + self.live_storage()
+
+    def shadow_derived(self, cut: bool = False) -> list[str]:
+        """Everything else of a shadow, each statement safe to run again over an
+        existing overlay (CREATE OR REPLACE, IF NOT EXISTS, DROP ... IF EXISTS first):
+        `cowproxy branch upgrade` regenerates exactly this. `cut`: T$cut has its row
+        (a TRUNCATE hid the source), so the view and defaults are those TRUNCATE left."""
+        o, info = self.objects, self.info
+        rows, view = self.q(o.rows), self.q(o.view)
+        ddl = [
+            *self.set_defaults(rows, for_view=False),
+            *self.private(rows),
+            *self.serializable_guard(rows),
+            *self.live_access(),
+            self.shadow_view_sql(with_source=not cut),
+            *self.set_defaults(view, for_view=True),
+        ]
         if _has_foreign_keys(info):
-            # Rows are typed as the view's rows; UNLOGGED: nothing in it outlives a statement.
-            ddl.append(f"CREATE UNLOGGED TABLE {self.q(o.pending)} "
+            # Rows are typed as the view's rows; UNLOGGED: nothing in it outlives a
+            # statement. Storage, but made here: it needs the view.
+            ddl.append(f"CREATE UNLOGGED TABLE IF NOT EXISTS {self.q(o.pending)} "
                        f"(op \"char\" NOT NULL, old {view}, new {view})")
             ddl += self.private(self.q(o.pending), readable=False)
         ddl += self.shadow_functions()
-        ddl.append(self.truncate_trigger())
+        ddl += self.truncate_trigger()
         for event, fn in (("INSERT", o.insert_fn), ("UPDATE", o.update_fn), ("DELETE", o.delete_fn)):
-            ddl.append(f"CREATE TRIGGER {quote_ident('cowproxy_' + event.lower())} INSTEAD OF {event} "
-                       f"ON {view} FOR EACH ROW EXECUTE FUNCTION {self.q(fn)}()")
+            ddl += _trigger(f"CREATE TRIGGER {quote_ident('cowproxy_' + event.lower())} INSTEAD OF {event} "
+                            f"ON {view} FOR EACH ROW EXECUTE FUNCTION {self.q(fn)}()")
         if _has_foreign_keys(info):
-            ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {view} "
-                       f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(o.statement_fn)}()")
+            ddl += _trigger(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {view} "
+                            f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(o.statement_fn)}()")
         ddl += self.skip_ddl()
         ddl += self.overriding_ddl()
         ddl += self.proposal_ddl()
         # Named like the foreign key, so SET CONSTRAINTS <name> IMMEDIATE finds it first
         # on the branch's search_path.
         for name in _deferred_names(info):
-            ddl.append(f"CREATE CONSTRAINT TRIGGER {quote_ident(name)} AFTER INSERT ON {self.q(o.pending)} "
-                       f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
-                       f"EXECUTE FUNCTION {self.q(o.deferred_fn)}({quote_literal(name)})")
+            ddl += _trigger(f"CREATE CONSTRAINT TRIGGER {quote_ident(name)} AFTER INSERT ON {self.q(o.pending)} "
+                            f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                            f"EXECUTE FUNCTION {self.q(o.deferred_fn)}({quote_literal(name)})")
+        if cut:
+            ddl += self.cut_defaults()
         return ddl
 
     def shadow_view_sql(self, with_source: bool) -> str:
@@ -629,10 +686,10 @@ class _Generator:
         ddl = []
         for clause, name in proposal_views(self.info).items():
             view = self.q(name)
-            ddl += [f"CREATE VIEW {view}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}",
+            ddl += [f"CREATE OR REPLACE VIEW {view}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}",
                     *self.set_defaults(view, for_view=True, identity=clause != OVERRIDING_USER),
-                    f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {view} FOR EACH ROW "
-                    f"EXECUTE FUNCTION {self.q(self.objects.propose_fn)}({quote_literal(clause) if clause else ''})"]
+                    *_trigger(f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {view} FOR EACH ROW "
+                              f"EXECUTE FUNCTION {self.q(self.objects.propose_fn)}({quote_literal(clause) if clause else ''})")]
         return ddl
 
     def propose_body(self) -> str:
@@ -654,13 +711,13 @@ class _Generator:
         INSTEAD OF INSERT trigger calling `function` with `args` (plus the foreign key
         work at the statement's end, as on the shadow)."""
         view = self.q(name)
-        ddl = [f"CREATE VIEW {view}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}",
+        ddl = [f"CREATE OR REPLACE VIEW {view}{self.view_options()} AS SELECT * FROM {self.q(self.objects.view)}",
                *self.set_defaults(view, for_view=True, identity=identity),
-               f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {view} FOR EACH ROW "
-               f"EXECUTE FUNCTION {self.q(function)}({', '.join(quote_literal(a) for a in args)})"]
+               *_trigger(f"CREATE TRIGGER cowproxy_insert INSTEAD OF INSERT ON {view} FOR EACH ROW "
+                         f"EXECUTE FUNCTION {self.q(function)}({', '.join(quote_literal(a) for a in args)})")]
         if _has_foreign_keys(self.info):
-            ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT ON {view} "
-                       f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.statement_fn)}()")
+            ddl += _trigger(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT ON {view} "
+                            f"FOR EACH STATEMENT EXECUTE FUNCTION {self.q(self.objects.statement_fn)}()")
         return ddl
 
     def shadow_functions(self) -> list[str]:
@@ -972,34 +1029,47 @@ class _Generator:
 
     # mode copy ------------------------------------------------------------------------
 
-    def copy_ddl(self) -> list[str]:
+    def copy_storage(self) -> list[str]:
+        """The copy itself, filled from the source, with its unique constraints; T$live,
+        T$cut (never re-run)."""
         info, o = self.info, self.objects
         table = self.q(o.view)
         cols = _cols(self.stored_cols)
         ddl = [
             f"CREATE TABLE {table} (LIKE {qualified(info.schema, info.table)} "
             f"INCLUDING CONSTRAINTS INCLUDING GENERATED)",
-            *self.set_defaults(table, for_view=False),
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {self.source}",
-            *self.private(table),
-            *self.fresh_snapshot_guard(table),
-            self.fresh_read_guard(),
-            *self.serializable_guard(table),
         ]
         for rule in info.unique:
             nulls = " NULLS NOT DISTINCT" if rule.nulls_not_distinct else ""
             ddl.append(f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(rule.name)} "
                        f"UNIQUE{nulls} ({_cols(rule.columns)})")
-        ddl += self.copy_functions()
-        ddl += self.live_ddl()
-        ddl.append(self.truncate_trigger())
+        return ddl + self.live_storage()
+
+    def copy_derived(self, cut: bool = False) -> list[str]:
+        """A copy's defaults, access, guards, functions and triggers, each statement safe
+        to run again (see shadow_derived)."""
+        info, o = self.info, self.objects
+        table = self.q(o.view)
+        ddl = [
+            *self.set_defaults(table, for_view=False),
+            *self.private(table),
+            *self.fresh_snapshot_guard(table),
+            self.fresh_read_guard(),
+            *self.serializable_guard(table),
+            *self.copy_functions(),
+            *self.live_access(),
+            *self.truncate_trigger(),
+        ]
         if _identity_always(info):
-            ddl.append(f"CREATE TRIGGER cowproxy_identity BEFORE INSERT OR UPDATE ON {table} "
-                       f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.before_fn)}()")
+            ddl += _trigger(f"CREATE TRIGGER cowproxy_identity BEFORE INSERT OR UPDATE ON {table} "
+                            f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.before_fn)}()")
         # AFTER ROW triggers run at the end of the statement, like PostgreSQL's own
         # foreign key triggers.
-        ddl.append(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {table} "
-                   f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.after_fn)}()")
+        ddl += _trigger(f"CREATE TRIGGER cowproxy_foreign_keys AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                        f"FOR EACH ROW EXECUTE FUNCTION {self.q(o.after_fn)}()")
+        if cut:
+            ddl += self.cut_defaults()
         return ddl
 
     def fresh_snapshot_guard(self, table: str) -> list[str]:
@@ -1009,16 +1079,20 @@ class _Generator:
         say so (`UPDATE 0`). A BEFORE ... FOR EACH STATEMENT trigger (it fires even when
         no row qualifies) gives such a write 40001 instead, with the making transaction's
         id as its argument; later snapshots pass. Reads have their own guard
-        (`fresh_read_guard`): docs/branches.md, mode `copy`."""
+        (`fresh_read_guard`): docs/branches.md, mode `copy`. The trigger is made once, by
+        the transaction that makes the copy (an upgrade keeps it: its argument is that
+        transaction's id)."""
         guard = self.q(COPY_GUARD)
         failure = _raise("40001", _SERIALIZATION_FAILURE, detail=(
             f"pg_catalog.format({quote_literal(COPY_IS_NEWER)}, TG_TABLE_NAME)"), hint="Retry the transaction.")
         return [
             _plpgsql(guard, _unless_visible("TG_ARGV[0]::pg_catalog.xid8", failure)),
             # The id is the making transaction's own, known only while it runs.
-            f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format('CREATE TRIGGER cowproxy_fresh BEFORE INSERT OR UPDATE OR"
+            f"DO $cowproxy$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid ="
+            f" {quote_literal(table)}::pg_catalog.regclass AND tgname = 'cowproxy_fresh') THEN"
+            f" EXECUTE pg_catalog.format('CREATE TRIGGER cowproxy_fresh BEFORE INSERT OR UPDATE OR"
             f" DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION {guard}(%L)', {quote_literal(table)},"
-            f" pg_catalog.pg_current_xact_id()); END $cowproxy$",
+            f" pg_catalog.pg_current_xact_id()); END IF; END $cowproxy$",
         ]
 
     def fresh_read_guard(self) -> str:
@@ -1040,9 +1114,29 @@ class _Generator:
         body = _unless_visible("%L::pg_catalog.xid8", failure.replace("%", "%%"), passing="RETURN true;")
         head = f"CREATE OR REPLACE FUNCTION {self.q(o.fresh_fn)}() RETURNS boolean LANGUAGE plpgsql STABLE".replace("%", "%%")
         template = f"{head} AS $fresh$\nBEGIN\n{_indent(body, 2)}\nEND\n$fresh$"
-        # The id is the making transaction's own, known only while it runs.
-        return (f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format({quote_literal(template)},"
-                f" pg_catalog.pg_current_xact_id()); END $cowproxy$")
+        # The id is the one the write guard's trigger was made with (fresh_snapshot_guard
+        # runs first: in the making transaction it is that transaction's own; an upgrade
+        # keeps it), and the function is made once, like that trigger.
+        # (tgargs: every argument followed by a zero byte; position(haystack, needle))
+        made = (f"(SELECT pg_catalog.convert_from(pg_catalog.substring(t.tgargs, 1,"
+                f" pg_catalog.position(t.tgargs, '\\x00'::pg_catalog.bytea) - 1), 'UTF8') FROM pg_catalog.pg_trigger t"
+                f" WHERE t.tgrelid = {quote_literal(self.q(o.view))}::pg_catalog.regclass AND t.tgname = 'cowproxy_fresh')")
+        return (f"DO $cowproxy$ BEGIN IF pg_catalog.to_regprocedure({quote_literal(self.q(o.fresh_fn) + '()')}) IS NULL"
+                f" THEN EXECUTE pg_catalog.format({quote_literal(template)}, coalesce({made},"
+                f" pg_catalog.pg_current_xact_id()::text)); END IF; END $cowproxy$")
+
+    def overlays_made_stamp(self, only_if_missing: bool = False) -> str:
+        """`OVERLAYS_MADE` returning this transaction's id (serializable_guard): storage
+        runs it, since every transaction that makes overlays moves it on; `only_if_missing`
+        for the derived part, which must not (an upgrade makes no overlay)."""
+        made = self.q(OVERLAYS_MADE)
+        replace = (f"EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION {made}() RETURNS"
+                   f" pg_catalog.xid8 LANGUAGE sql STABLE AS %L', pg_catalog.format('SELECT %L::pg_catalog.xid8',"
+                   f" pg_catalog.pg_current_xact_id()));")
+        if only_if_missing:
+            replace = (f"IF pg_catalog.to_regprocedure({quote_literal(made + '()')}) IS NULL THEN "
+                       f"{replace} END IF;")
+        return f"DO $cowproxy$ BEGIN {replace} END $cowproxy$"
 
     def serializable_guard(self, table: str) -> list[str]:
         """PostgreSQL's SERIALIZABLE checks reads against writes of the same relation. A
@@ -1061,13 +1155,11 @@ class _Generator:
                                               "its earlier reads of production cannot be checked against writes to "
                                               "the overlay."), hint="Retry the transaction.")
         return [
-            f"DO $cowproxy$ BEGIN EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION {made}() RETURNS"
-            f" pg_catalog.xid8 LANGUAGE sql STABLE AS %L', pg_catalog.format('SELECT %L::pg_catalog.xid8',"
-            f" pg_catalog.pg_current_xact_id())); END $cowproxy$",
+            self.overlays_made_stamp(only_if_missing=True),
             _plpgsql(guard, _unless_visible(f"{made}()", failure)),
-            f"CREATE TRIGGER cowproxy_serializable BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT"
-            f" WHEN (pg_catalog.current_setting('transaction_isolation') = 'serializable')"
-            f" EXECUTE FUNCTION {guard}()",
+            *_trigger(f"CREATE TRIGGER cowproxy_serializable BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT"
+                      f" WHEN (pg_catalog.current_setting('transaction_isolation') = 'serializable')"
+                      f" EXECUTE FUNCTION {guard}()"),
         ]
 
     def copy_functions(self) -> list[str]:
@@ -1298,6 +1390,19 @@ def _indent(text: str, spaces: int) -> str:
     return "\n".join(pad + line if line else line for line in text.splitlines())
 
 
+def _trigger(create: str) -> list[str]:
+    """`CREATE [CONSTRAINT] TRIGGER name ... ON relation ...` made safe to run again: the
+    trigger of that name is dropped first (OR REPLACE takes no constraint trigger)."""
+    match = _CREATE_TRIGGER_RE.match(create)
+    assert match is not None, create
+    return [f"DROP TRIGGER IF EXISTS {match.group(1)} ON {match.group(2)}", create]
+
+
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."]+)'
+_CREATE_TRIGGER_RE = re.compile(
+    rf"CREATE (?:CONSTRAINT )?TRIGGER ({_IDENT}) (?:[A-Z ]+?) ON ({_IDENT}(?:\.{_IDENT})?) ")
+
+
 def _plpgsql(name: str, body: str, declare: str = "") -> str:
     """A trigger function. `use_column`: a table column named like one of our variables
     (cowproxy_stored, ...) must not change what the generated SQL means."""
@@ -1359,9 +1464,15 @@ async def create_overlay(
     statements = overlay_ddl(info, branch_schema, source, neighbors, readers_role=readers_role,
                              security_invoker=conn.get_server_version().major >= 15)
     statements += sequence_ownership_ddl(info, branch_schema, present)
-    await conn.execute(f"SET LOCAL ROLE {quote_ident(branch_role)}")
+    await run_as_role(conn, branch_role, statements)
+    await refresh_neighbor_triggers(conn, info, branch_schema, ancestor_schemas)
+
+
+async def run_as_role(conn: asyncpg.Connection, role: str, statements: list[str]) -> None:
+    """Run `statements` in one round trip (a shadow is some hundred statements) as
+    `role`, the branch role that owns, and so may replace, the overlay's objects."""
+    await conn.execute(f"SET LOCAL ROLE {quote_ident(role)}")
     try:
-        # One round trip: a shadow is some hundred statements.
         await conn.execute(";\n".join(statements))
     finally:
         if not conn.is_closed():
@@ -1369,7 +1480,6 @@ async def create_overlay(
                 await conn.execute("RESET ROLE")
             except asyncpg.InFailedSQLTransactionError:
                 pass  # the caller's rollback undoes SET LOCAL too
-    await refresh_neighbor_triggers(conn, info, branch_schema, ancestor_schemas)
 
 
 async def refresh_neighbor_triggers(

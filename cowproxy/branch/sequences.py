@@ -89,13 +89,19 @@ async def fill_overlay_schema(conn: asyncpg.Connection, schema: str, role: str,
             f" CACHE {seq['cache_size']} {'CYCLE' if seq['cycle'] else 'NO CYCLE'}")
         if seq["last_value"] is not None:
             statements.append(f"SELECT pg_catalog.setval({quote_literal(target)}, {seq['last_value']}, true)")
-    statements += [nextval_function_sql(schema),
-                   f"REVOKE ALL ON FUNCTION {quote_ident(schema)}.cowproxy_nextval(regclass, regclass) FROM PUBLIC",
-                   *runtime_functions_sql(schema),
-                   *row_sink_sql(schema),
-                   "RESET ROLE"]
+    statements += [*schema_functions_sql(schema), "RESET ROLE"]
     await conn.execute(";\n".join(statements))
     return len(production)
+
+
+def schema_functions_sql(schema: str) -> list[str]:
+    """The overlay schema's own functions and the row sink, each statement safe to run
+    again over an existing schema (`cowproxy branch upgrade` does; bump OVERLAY_FORMAT
+    in branch/overlay.py when this SQL changes)."""
+    return [nextval_function_sql(schema),
+            f"REVOKE ALL ON FUNCTION {quote_ident(schema)}.cowproxy_nextval(regclass, regclass) FROM PUBLIC",
+            *runtime_functions_sql(schema),
+            *row_sink_sql(schema)]
 
 
 def nextval_function_sql(schema: str) -> str:
@@ -110,7 +116,7 @@ def nextval_function_sql(schema: str) -> str:
     """
     lock = f"{SEQUENCE_LOCK_CLASS}, lock_id"
     return f"""
-CREATE FUNCTION {quote_ident(schema)}.cowproxy_nextval(branch_seq regclass, source_seq regclass)
+CREATE OR REPLACE FUNCTION {quote_ident(schema)}.cowproxy_nextval(branch_seq regclass, source_seq regclass)
 RETURNS bigint LANGUAGE plpgsql VOLATILE AS $cowproxy$
 DECLARE
     source_value bigint := pg_catalog.pg_sequence_last_value(source_seq);
@@ -168,17 +174,17 @@ def runtime_functions_sql(schema: str) -> list[str]:
     not_ours = (f"NOT {SYSTEM_SCHEMA_SQL.format(col='n.nspname')} "
                 f"AND NOT {INTERNAL_SCHEMA_SQL.format(col='n.nspname')}")
     return [
-        f"""CREATE FUNCTION {s}.cowproxy_sequence(seq regclass) RETURNS regclass
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_sequence(seq regclass) RETURNS regclass
     LANGUAGE sql STABLE AS $cowproxy$
     SELECT coalesce((SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', {own}::text, {mapped}))
                        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                       WHERE c.oid = seq AND {not_ours}), seq)
 $cowproxy$""",
-        f"""CREATE FUNCTION {s}.cowproxy_seq_nextval(seq regclass) RETURNS bigint
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_seq_nextval(seq regclass) RETURNS bigint
     LANGUAGE sql VOLATILE AS $cowproxy$ SELECT pg_catalog.nextval({s}.cowproxy_sequence(seq)) $cowproxy$""",
-        f"""CREATE FUNCTION {s}.cowproxy_seq_currval(seq regclass) RETURNS bigint
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_seq_currval(seq regclass) RETURNS bigint
     LANGUAGE sql VOLATILE AS $cowproxy$ SELECT pg_catalog.currval({s}.cowproxy_sequence(seq)) $cowproxy$""",
-        f"""CREATE FUNCTION {s}.cowproxy_setval_mark(seq regclass) RETURNS regclass
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_setval_mark(seq regclass) RETURNS regclass
     LANGUAGE plpgsql VOLATILE AS $cowproxy$
 BEGIN
     IF (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = seq) = {own}::regnamespace THEN
@@ -187,13 +193,13 @@ BEGIN
     RETURN seq;
 END
 $cowproxy$""",
-        f"""CREATE FUNCTION {s}.cowproxy_seq_setval(seq regclass, value bigint) RETURNS bigint
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_seq_setval(seq regclass, value bigint) RETURNS bigint
     LANGUAGE sql VOLATILE AS $cowproxy$
     SELECT pg_catalog.setval({s}.cowproxy_setval_mark({s}.cowproxy_sequence(seq)), value) $cowproxy$""",
-        f"""CREATE FUNCTION {s}.cowproxy_seq_setval(seq regclass, value bigint, is_called boolean) RETURNS bigint
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_seq_setval(seq regclass, value bigint, is_called boolean) RETURNS bigint
     LANGUAGE sql VOLATILE AS $cowproxy$
     SELECT pg_catalog.setval({s}.cowproxy_setval_mark({s}.cowproxy_sequence(seq)), value, is_called) $cowproxy$""",
-        f"""CREATE FUNCTION {s}.cowproxy_serial_sequence(table_name text, column_name text) RETURNS text
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_serial_sequence(table_name text, column_name text) RETURNS text
     LANGUAGE sql STABLE AS $cowproxy$
     SELECT coalesce(pg_catalog.pg_get_serial_sequence(table_name, column_name),
                     (SELECT pg_catalog.pg_get_serial_sequence(pg_catalog.format('%I.%I', pn.nspname, p.relname),

@@ -11,7 +11,8 @@ rows, as the original statement would not.
 
 The view has no columns; its INSTEAD OF trigger returns each row unchanged, so it is
 counted, and stores nothing. Branches created before this version have no sink
-(`has_row_sink`): statements that need it are refused there, with a hint to reset.
+(`has_row_sink`): statements that need it are refused there, with a hint to upgrade
+(`cowproxy branch upgrade` adds it).
 
 Next to it, `cowproxy_raise(sqlstate, message, hint)` raises an error from inside such
 a statement, where plain SQL has no way to: the rewrites use it for PostgreSQL's own
@@ -28,15 +29,17 @@ RAISE_FUNCTION = "cowproxy_raise"
 
 
 def row_sink_sql(schema: str) -> list[str]:
-    """DDL of the sink in overlay schema `schema` (run as the branch role)."""
+    """DDL of the sink in overlay schema `schema` (run as the branch role); safe to run
+    again (`cowproxy branch upgrade`)."""
     s = quote_ident(schema)
     return [
-        f"CREATE VIEW {s}.{ROW_SINK} AS SELECT WHERE false",
-        f"""CREATE FUNCTION {s}.cowproxy_sink_row() RETURNS trigger
+        f"CREATE OR REPLACE VIEW {s}.{ROW_SINK} AS SELECT WHERE false",
+        f"""CREATE OR REPLACE FUNCTION {s}.cowproxy_sink_row() RETURNS trigger
     LANGUAGE plpgsql AS $cowproxy$ BEGIN RETURN NEW; END $cowproxy$""",
+        f"DROP TRIGGER IF EXISTS cowproxy_sink ON {s}.{ROW_SINK}",
         f"CREATE TRIGGER cowproxy_sink INSTEAD OF INSERT ON {s}.{ROW_SINK}"
         f" FOR EACH ROW EXECUTE FUNCTION {s}.cowproxy_sink_row()",
-        f"""CREATE FUNCTION {s}.{RAISE_FUNCTION}(sqlstate text, message text, hint text) RETURNS boolean
+        f"""CREATE OR REPLACE FUNCTION {s}.{RAISE_FUNCTION}(sqlstate text, message text, hint text) RETURNS boolean
     LANGUAGE plpgsql VOLATILE AS $cowproxy$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = hint;

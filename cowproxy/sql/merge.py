@@ -86,7 +86,7 @@ def unsuitable(shape: MergeShape, target: str, table: ShadowTable | None, has_si
             return Refusal("42601", "unreachable WHEN clause specified after unconditional WHEN clause")
     if not has_sink:
         return Refusal("0A000", f'MERGE into "{target}" needs a newer overlay schema on this branch',
-                       "Reset the branch (cowproxy branch reset NAME) to recreate its overlay schema.")
+                       "Upgrade the branch, keeping its rows: cowproxy branch upgrade NAME.")
     if table is None or not table.key:
         return Refusal("0A000", f'MERGE into "{target}" is not supported on this branch: its overlay is not described')
     if any(c.overriding for c in shape.clauses):

@@ -61,7 +61,7 @@ whole-row EXCLUDED, two upserts in one statement, an upsert nested deeper than t
 statement's own WITH list or having a WITH of its own there, EXPLAIN; on overlays made
 before the proposal views also EXCLUDED of a column the INSERT does not give, a conflict
 target column left to its default, DEFAULT in some VALUES rows but not all, DEFAULT
-VALUES, `INSERT ... SELECT *`, OVERRIDING and any upsert inside WITH (hint: reset).
+VALUES, `INSERT ... SELECT *`, OVERRIDING and any upsert inside WITH (hint: upgrade).
 Unqualified column names of the table in SET or WHERE are ambiguous in PostgreSQL
 (EXCLUDED has them too): 42702, as there.
 """
@@ -81,6 +81,7 @@ PROPOSED, INSERTED, UPDATED, LOST = "cowproxy_proposed", "cowproxy_inserted", "c
 
 _COMMA = "ASCII_44"
 _NOT_SUPPORTED = "0A000"
+UPGRADE_HINT = "Upgrade the branch, keeping its rows: cowproxy branch upgrade NAME."
 
 
 def arbiter_columns(oc: OnConflict, table: ShadowTable) -> tuple[str, ...] | None:
@@ -114,16 +115,17 @@ def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTabl
                        "Run the INSERT ... ON CONFLICT DO UPDATE as a statement of its own.")
     if table is None or len(table.types) != len(table.columns):
         return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE is not supported on this branch's "
-                                       f'overlay of "{name}"', "Reset the branch: cowproxy branch reset NAME.")
+                                       f'overlay of "{name}"', UPGRADE_HINT)
     if not has_sink:
         return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE needs a branch made by a newer cowproxy",
-                       "Reset the branch: cowproxy branch reset NAME.")
+                       UPGRADE_HINT)
     for column in shape.columns or ():
         if column not in table.columns:
             return Refusal("42703", f'column "{column}" of relation "{name}" does not exist')
     if shape.columns is not None and len(set(shape.columns)) != len(shape.columns):
         return Refusal("42701", f'column "{_first_repeated(shape.columns)}" specified more than once')
-    reset = "Reset the branch (cowproxy branch reset NAME): its overlay of this table predates support for it."
+    reset = ("Upgrade the branch (cowproxy branch upgrade NAME; it keeps the branch's rows): its overlay of "
+             "this table predates support for it.")
     if shape.source == "default" and not has_proposal:
         return Refusal(_NOT_SUPPORTED, "INSERT ... DEFAULT VALUES ON CONFLICT DO UPDATE is not supported on a "
                                        f'table the branch has changed ("{name}")', reset)

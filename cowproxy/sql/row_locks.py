@@ -159,7 +159,7 @@ def lock_plan(st: Statement, classify: Classify,
     if refusal:
         return refusal
     if any(lock.item.shadow is not None and lock.item.shadow.function is None for lock in locks.values()):
-        return _refusal("on an overlay made by an older cowproxy", "Reset the branch: cowproxy branch reset NAME.")
+        return _refusal("on an overlay made by an older cowproxy", "Upgrade the branch, keeping its rows: cowproxy branch upgrade NAME.")
     names = _output_names(body, items)
     if isinstance(names, Refusal):
         return names

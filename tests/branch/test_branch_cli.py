@@ -81,10 +81,11 @@ def test_create_list_reset_delete_round_trip(cli, name, pg):
 
     entry = listed(cli)[name]
     assert (entry["parent"], entry["tables_changed"], entry["rows_changed"], entry["overlay_bytes"]) == (None, 0, 0, 0)
+    assert entry["needs_upgrade"] is False and entry["overlay_format"] >= 1
     assert entry["created_at"]
     table = cli("list")
     assert table.returncode == 0
-    assert re.search(rf"^\s*{name}\s+-\s+\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\s+0\s+0\s+0 bytes\s*$", table.stdout, re.M), table.stdout
+    assert re.search(rf"^\s*{name}\s+-\s+\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\s+0\s+0\s+0 bytes\s+-\s*$", table.stdout, re.M), table.stdout
     assert "tables changed" in table.stdout and "overlay size" in table.stdout
 
     reset = cli("reset", name)

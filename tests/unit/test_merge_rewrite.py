@@ -177,11 +177,11 @@ def test_unknown_volatility_refuses_every_call_in_the_source():
         is Action.REWRITE
 
 
-def test_a_branch_without_a_row_sink_is_told_to_reset():
+def test_a_branch_without_a_row_sink_is_told_to_upgrade():
     old = BranchPolicy(BranchLayout(**{**LAYOUT.__dict__, "local_names": LAYOUT.local_names - {"cowproxy_sink"}}),
                        Metrics())
     refusal = old.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE").refusal
-    assert refusal.sqlstate == "0A000" and "cowproxy branch reset" in refusal.hint
+    assert refusal.sqlstate == "0A000" and "cowproxy branch upgrade" in refusal.hint
 
 
 @pytest.mark.parametrize("sql", [

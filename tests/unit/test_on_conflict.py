@@ -140,13 +140,13 @@ def test_what_cannot_be_rewritten_exactly_is_refused(policy, sql, sqlstate, word
     assert words in decision.refusal.message
 
 
-def test_without_a_sink_upserts_are_refused_with_a_hint_to_reset():
+def test_without_a_sink_upserts_are_refused_with_a_hint_to_upgrade():
     policy = BranchPolicy(BranchLayout(branch="alice", schema=SCHEMA, search_schemas=(SCHEMA,),
                                        overlays={("public", "t"): SCHEMA}, local_names=NAMES - {"cowproxy_sink"},
                                        shadow_tables={("public", "t"): T}), Metrics())
     refused = policy.decide("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x'")
     assert refused.action is Action.REFUSE and refused.refusal.sqlstate == "0A000"
-    assert "reset" in refused.refusal.hint
+    assert "cowproxy branch upgrade NAME" in refused.refusal.hint
     assert policy.decide("INSERT INTO t (k) VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x' RETURNING k").action \
         is Action.REFUSE  # the duplicate check needs the overlay schema's cowproxy_raise, which came with the sink
 
@@ -259,4 +259,4 @@ def test_what_the_proposal_cannot_mean_exactly_is_still_refused(new_policy, sql,
 
 def test_overriding_with_do_update_needs_the_proposal_views(policy):
     refused = policy.decide("INSERT INTO t (k) OVERRIDING USER VALUE VALUES (1) ON CONFLICT (k) DO UPDATE SET c = 'x'")
-    assert refused.action is Action.REFUSE and refused.refusal.sqlstate == "0A000" and "reset" in refused.refusal.hint
+    assert refused.action is Action.REFUSE and refused.refusal.sqlstate == "0A000" and "cowproxy branch upgrade NAME" in refused.refusal.hint

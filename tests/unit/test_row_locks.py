@@ -153,7 +153,7 @@ def test_output_columns_keep_postgresqls_names(older, target, name):
     ("SELECT w.id FROM workers w LEFT JOIN jobs j ON true FOR UPDATE OF j",
      "FOR UPDATE cannot be applied to the nullable side of an outer join"),
     ("SELECT id FROM jobs ORDER BY id FETCH FIRST 1 ROW WITH TIES FOR UPDATE", "WITH TIES"),
-    ("SELECT * FROM legacy FOR UPDATE", "cowproxy branch reset"),
+    ("SELECT * FROM legacy FOR UPDATE", "cowproxy branch upgrade"),
     ("SELECT xmlroot(NULL, version '1') FROM jobs FOR UPDATE", "name cannot be told"),
 ])
 def test_what_cannot_be_locked_exactly_is_refused(policy, sql, message):
