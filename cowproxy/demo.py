@@ -297,7 +297,7 @@ def ready_panel(state: DemoState, proxy_port: int) -> Panel:
                       style="bold"))
     parts.extend(Text(f"  {query}", no_wrap=True, overflow="ignore") for query in EXAMPLE_QUERIES)
     parts.append(Text())
-    parts.append(Text("branches: cowproxy branch list | create NAME | reset NAME | delete NAME", style="bold"))
+    parts.append(Text("branches: cowproxy branch list | create NAME | reset NAME | upgrade NAME | delete NAME", style="bold"))
     parts.append(Text(f"  export COWPROXY_UPSTREAM={pg.dsn(SAMPLE_DATABASE)}", no_wrap=True, overflow="ignore"))
     parts.append(Text("  cowproxy branch list"))
     # Horizontal rules only: no side borders to get in the way of copy and paste.
