@@ -17,11 +17,17 @@ committed TPC-B transaction adds the same `delta` to one account, one teller, on
 branch and one history row, so over a run the sums of abalance, tbalance and bbalance
 must each grow by exactly the sum of the new history rows' deltas. A difference means
 updates were lost (or applied twice): it is reported, never hidden.
+
+With `--rounds N` every cell runs N times on both routes, the rounds interleaved over
+the whole table (the route that goes first alternates by cell and by round), and each
+number shown is that route's median; every round is listed in the JSON and printed as
+it runs, and the books are audited after every TPC-B run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -91,8 +97,75 @@ def audit(before: Books, after: Books) -> Audit:
 
 @dataclass
 class Measurement:
+    """One route's result for a cell: one pgbench run, or (`rounds`) the median of several."""
+
     run: branching.Run
     audit: Audit | None = None
+    rounds: tuple["Measurement", ...] = ()
+    """The runs this one is the median of (`median_of`); empty for a single run."""
+
+    @classmethod
+    def median_of(cls, runs: list["Measurement"]) -> "Measurement":
+        """The median of each number (tps, latency, CPU per transaction, separately) over
+        `runs`; a run that failed fails it (its error is the one shown)."""
+        if len(runs) == 1:
+            return runs[0]
+        failed = next((m for m in runs if m.run.tps is None), None)
+        if failed is not None:
+            return replace(failed, rounds=tuple(runs))
+        errors = "; ".join(m.run.error for m in runs if m.run.error)
+        run = branching.Run(tps=_median([m.run.tps for m in runs]),
+                            latency_ms=_median([m.run.latency_ms for m in runs]),
+                            transactions=sum(m.run.transactions or 0 for m in runs),
+                            failed=sum(m.run.failed for m in runs), retried=sum(m.run.retried for m in runs),
+                            retries=sum(m.run.retries for m in runs), error=errors or None,
+                            cpu_seconds=_sum_or_none([m.run.cpu_seconds for m in runs]),
+                            postgres_cpu_seconds=_sum_or_none([m.run.postgres_cpu_seconds for m in runs]))
+        return cls(run, rounds=tuple(runs))
+
+    @property
+    def tps(self) -> float | None:
+        return self.run.tps
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.run.latency_ms
+
+    @property
+    def cpu_per_10k(self) -> float | None:
+        if self.rounds:
+            return _median([m.run.cpu_per_10k for m in self.rounds])
+        return self.run.cpu_per_10k
+
+    @property
+    def postgres_cpu_us(self) -> float | None:
+        if self.rounds:
+            return _median([m.run.postgres_cpu_us for m in self.rounds])
+        return self.run.postgres_cpu_us
+
+    @property
+    def audits(self) -> list[Audit]:
+        """The books after each TPC-B run (every round's)."""
+        runs = self.rounds or (self,)
+        return [m.audit for m in runs if m.audit is not None]
+
+    def describe_books(self) -> str:
+        """ok when every run kept the books; else each failing round's drift."""
+        audits = self.audits
+        if all(a.consistent for a in audits):
+            return "ok"
+        if len(audits) == 1:
+            return audits[0].describe()
+        return "; ".join(f"round {i + 1}: {a.describe()}" for i, a in enumerate(audits) if not a.consistent)
+
+
+def _sum_or_none(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if len(present) == len(values) and present else None
 
 
 def run(ctx: BenchContext) -> Section:
@@ -112,12 +185,19 @@ def run(ctx: BenchContext) -> Section:
                 branching.run_pgbench(ctx, direct, ["-S", "-n", "-M", "prepared", "-c", "8", "-j", "2"],
                                       ctx.warmup_seconds)
             warmed_tpcb = False
-            for index, cell in enumerate(cells):
-                if cell.workload == "tpcb" and not warmed_tpcb:
-                    notes.append(_make_overlays(ctx, targets["branch"]))
-                    warmed_tpcb = True
-                order = list(ROUTES[index % 2:] + ROUTES[:index % 2])
-                results[cell.id] = {route: _measure(ctx, targets[route], direct, cell) for route in order}
+            runs: dict[str, dict[str, list[Measurement]]] = {c.id: {r: [] for r in ROUTES} for c in cells}
+            for round_index in range(ctx.rounds):
+                if ctx.rounds > 1:
+                    ctx.say(f"round {round_index + 1} of {ctx.rounds}")
+                for index, cell in enumerate(cells):
+                    if cell.workload == "tpcb" and not warmed_tpcb:
+                        notes.append(_make_overlays(ctx, targets["branch"]))
+                        warmed_tpcb = True
+                    first = (index + round_index) % 2
+                    for route in ROUTES[first:] + ROUTES[:first]:
+                        runs[cell.id][route].append(_measure(ctx, targets[route], direct, cell))
+            results = {cell_id: {route: Measurement.median_of(ms) for route, ms in by_route.items() if ms}
+                       for cell_id, by_route in runs.items()}
             pids = {route: t.pid for route, t in targets.items()}
     finally:
         branching.drop_database(ctx, DATABASE)
@@ -192,7 +272,7 @@ def _print_progress(ctx: BenchContext, cell: pgbench.Cell, route: str, m: Measur
     if cell.workload == "tpcb":
         line += f"  retried {r.retried:,}  failed {r.failed:,}"
     if m.audit is not None:
-        books = m.audit.describe()
+        books = m.describe_books()
         line += "  books " + (books if m.audit.consistent else f"[red]{books}[/red]")
     if r.error:
         line += f"  [red]{r.error[:200]}[/red]"
@@ -228,28 +308,27 @@ def _row(cell: pgbench.Cell, by_route: dict[str, Measurement]) -> list[str]:
         m = by_route.get(route)
         if m is None:
             return "—"
-        return "error" if m.run.tps is None else fmt(value, digits)
+        return "error" if m.tps is None else fmt(value, digits)
 
     passthrough, branch = by_route.get("pass-through"), by_route.get("branch")
-    ratio = (branch.run.tps / passthrough.run.tps
-             if branch and passthrough and branch.run.tps and passthrough.run.tps else None)
+    ratio = (branch.tps / passthrough.tps if branch and passthrough and branch.tps and passthrough.tps else None)
     goal = TARGET_RATIO[cell.workload]
     verdict = "—" if ratio is None else f"≥ {goal:.1f} " + ("met" if ratio >= goal else "missed")
     tpcb = cell.workload == "tpcb" and branch is not None and branch.run.tps is not None
     return [
         cell.id,
-        number("pass-through", passthrough.run.tps if passthrough else None),
-        number("branch", branch.run.tps if branch else None),
+        number("pass-through", passthrough.tps if passthrough else None),
+        number("branch", branch.tps if branch else None),
         fmt(ratio, 2), verdict,
-        number("pass-through", passthrough.run.latency_ms if passthrough else None, 3),
-        number("branch", branch.run.latency_ms if branch else None, 3),
-        number("pass-through", passthrough.run.cpu_per_10k if passthrough else None, 2),
-        number("branch", branch.run.cpu_per_10k if branch else None, 2),
-        number("pass-through", passthrough.run.postgres_cpu_us if passthrough else None),
-        number("branch", branch.run.postgres_cpu_us if branch else None),
+        number("pass-through", passthrough.latency_ms if passthrough else None, 3),
+        number("branch", branch.latency_ms if branch else None, 3),
+        number("pass-through", passthrough.cpu_per_10k if passthrough else None, 2),
+        number("branch", branch.cpu_per_10k if branch else None, 2),
+        number("pass-through", passthrough.postgres_cpu_us if passthrough else None),
+        number("branch", branch.postgres_cpu_us if branch else None),
         fmt(branch.run.retried) if tpcb else "n/a",  # type: ignore[union-attr]
         fmt(branch.run.failed) if tpcb else "n/a",  # type: ignore[union-attr]
-        branch.audit.describe() if tpcb and branch.audit else "n/a",  # type: ignore[union-attr]
+        branch.describe_books() if tpcb and branch.audits else "n/a",  # type: ignore[union-attr]
     ]
 
 
@@ -260,24 +339,35 @@ def _section(ctx: BenchContext, cells: list[pgbench.Cell], results: dict[str, di
         for route, m in by_route.items():
             if m.run.error:
                 notes.append(f"{cell_id} on {route}: {m.run.error.strip()[:400]}")
-            if m.audit is not None and not m.audit.consistent:
-                notes.append(f"{cell_id} on {route}: books do not balance after {m.audit.committed:,} committed "
-                             f"transactions (history deltas {m.audit.expected:+,}; balance sum gained − that: "
-                             f"{m.audit.describe()}): concurrent updates of one row were lost or applied twice")
+            for audit_ in m.audits:
+                if not audit_.consistent:
+                    notes.append(f"{cell_id} on {route}: books do not balance after {audit_.committed:,} committed "
+                                 f"transactions (history deltas {audit_.expected:+,}; balance sum gained − that: "
+                                 f"{audit_.describe()}): concurrent updates of one row were lost or applied twice")
     return Section(
         key="branch_pgbench",
         title="pgbench through a branch vs pass-through to production",
         description=(f"pgbench scale {ctx.scale}, {ctx.seconds} s per run, -j 2 for 8 clients; the two routes run "
-                     "back to back per cell, in alternating order. The branch changed 1 % of pgbench_accounts "
+                     "back to back per cell, in alternating order"
+                     + (f"; {ctx.rounds} rounds over the whole table, each number the median of its "
+                        f"{ctx.rounds} runs" if ctx.rounds > 1 else "") + ". The branch changed 1 % of pgbench_accounts "
                      f"first; TPC-B runs with --max-tries {MAX_TRIES} on both routes."),
         columns=_COLUMNS,
         rows=[_row(c, results[c.id]) for c in cells if c.id in results],
         notes=notes,
         data={"pids": {r: p for r, p in pids.items() if p}, "change_sql": CHANGE_SQL, "target_ratio": TARGET_RATIO,
+              "rounds": ctx.rounds,
               "cells": [{"cell": c.id, "workload": c.workload, "mode": c.mode, "clients": c.clients,
-                         "results": {route: {**asdict(m.run), "cpu_per_10k": m.run.cpu_per_10k,
-                                             "postgres_cpu_us": m.run.postgres_cpu_us,
-                                             "audit": asdict(m.audit) if m.audit else None}
-                                     for route, m in results[c.id].items()}}
+                         "results": {route: _as_json(m) for route, m in results[c.id].items()}}
                         for c in cells if c.id in results]},
     )
+
+
+def _as_json(m: Measurement) -> dict[str, object]:
+    """One route's numbers for a cell (medians with `rounds`), and each round's run."""
+    fields: dict[str, object] = {**asdict(m.run), "cpu_per_10k": m.cpu_per_10k, "postgres_cpu_us": m.postgres_cpu_us,
+                                 "audit": asdict(m.audit) if m.audit else None}
+    if m.rounds:
+        fields["audits"] = [asdict(a) for a in m.audits]
+        fields["rounds"] = [_as_json(r) for r in m.rounds]
+    return fields

@@ -74,8 +74,9 @@ def _scales(value: str | None) -> list[int] | None:
 @click.option("--repeat", type=click.IntRange(1), default=None,
               help="Repetitions of each timed step in branch_create (median shown).  [default: 3; 1 with --quick]")
 @click.option("--rounds", type=click.IntRange(1), default=None,
-              help="Rounds of the proxy-overhead cells: every cell runs on every target once per round, "
-                   "in rotating order, and the table shows each target's median.  [default: 3; 1 with --quick]")
+              help="Rounds of the proxy-overhead and branch_pgbench cells: every cell runs on every target "
+                   "(route) once per round, in rotating order, and the table shows each one's median.  "
+                   "[default: 3; 1 with --quick]")
 @click.option("--bindir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="PostgreSQL binaries to benchmark (default: the embedded PostgreSQL 16).")
 @click.option("--pgbouncer", "pgbouncer", type=click.Path(dir_okay=False, path_type=Path), default=None,
