@@ -593,7 +593,7 @@ class Catalog:
     async def reset(self, name: str) -> Branch:
         return await reset_branch(self._conn, name)
 
-    async def public_write_grants(self) -> list[str]:
+    async def public_write_grants(self) -> builtins.list[str]:
         return await public_write_grants(self._conn)
 
     async def upgrade(self, name: str, force: bool = False,

@@ -1318,7 +1318,7 @@ class _Generator:
             else:
                 if action == "CASCADE":
                     assert new is not None
-                    targets = zip(fk.columns, (f"{new}.{quote_ident(r)}" for r in fk.ref_columns))
+                    targets: Iterable[tuple[str, str]] = zip(fk.columns, (f"{new}.{quote_ident(r)}" for r in fk.ref_columns))
                 else:
                     columns = fk.on_delete_set_columns if event == "DELETE" and fk.on_delete_set_columns else fk.columns
                     value = "NULL" if action == "SET NULL" else "DEFAULT"

@@ -383,7 +383,7 @@ def _foreign_keys(body: dict[str, Any]) -> tuple[ForeignKeyClause, ...]:
     for element in body.get("tableElts", []):
         if "ColumnDef" in element:
             column = element["ColumnDef"]
-            constraints = [(c["Constraint"], (column.get("colname", ""),), True)
+            constraints: list[tuple[Any, tuple[str, ...] | None, bool]] = [(c["Constraint"], (column.get("colname", ""),), True)
                            for c in column.get("constraints", []) if "Constraint" in c]
             # DEFERRABLE / INITIALLY DEFERRED after a column's REFERENCES are nodes of their own
             for i, (con, _, _) in enumerate(constraints):
@@ -706,7 +706,9 @@ def cte_conflict_update(statement: Statement, tokens: list[tuple[int, int, str]]
         if insert is None or (insert.get("onConflictClause") or {}).get("action") != "ONCONFLICT_UPDATE":
             continue
         shape = _conflict_update_shape(insert)
-        if shape is not None and tokens is None:
+        if shape is None:
+            return None
+        if tokens is None:
             return CteUpsert(shape, cte.get("ctename", ""), cte.get("location", -1), -1, 0)
         name_at = next((i for i, t in enumerate(tokens) if t[0] == cte.get("location", -1)), None)
         if shape is None or name_at is None:

@@ -980,7 +980,7 @@ class BranchPolicy:
                 seen.update(s.start for s in targets)
             for scan in st.scans if layout.fresh_copies else ():
                 table = self._production_table(scan.relation, temp_tables)
-                if table not in layout.fresh_copies or scan.relation.location < 0 or scan.relation.location in seen:
+                if table is None or table not in layout.fresh_copies or scan.relation.location < 0 or scan.relation.location in seen:
                     continue
                 spans = spans or NameSpans(sql)
                 splices.append(self._fresh_copy_splice(scan, table, spans))
