@@ -153,6 +153,16 @@ CASES: tuple[Case, ...] = (
          "SELECT id, sku, name, price FROM products WHERE id IN (1, 2) OR sku = 'SKU-NEW-9' ORDER BY id",
          "INSERT INTO products (sku, name, price) VALUES ('SKU-NEW-10', 'w', 4.50) RETURNING id",
          asyncpg=True),
+    # ORMs give RETURNING's ids to their objects in the order proposed (Django's
+    # bulk_create(update_conflicts=True), SQLAlchemy's insertmanyvalues): PostgreSQL returns
+    # the rows in that order, so the comparison is ordered.
+    case("on_conflict_do_update_returning_in_proposed_order", "5.2",
+         "UPDATE customers SET country = 'NL' WHERE id = 1",
+         Step("INSERT INTO customers (name, email, created_at) VALUES "
+              "('Existing', 'ken.berners-lee.2@example.com', '2024-07-01'), ('New', 'new-upsert@example.com', '2024-07-01') "
+              "ON CONFLICT (email) DO UPDATE SET name = excluded.name RETURNING id, name, email", ordered=True),
+         "SELECT id, name FROM customers WHERE id = 2 OR email = 'new-upsert@example.com' ORDER BY id",
+         asyncpg=True),
     case("on_conflict_do_update_overriding_system_value", "5.2",
          "INSERT INTO products (id, sku, name, price) OVERRIDING SYSTEM VALUE VALUES (1, 'SKU-00001', 'x', 1.00), "
          "(2, 'SKU-00002', 'y', 1000.00) ON CONFLICT (id) DO UPDATE SET price = excluded.price "

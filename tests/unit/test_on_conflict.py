@@ -30,6 +30,18 @@ def _dup_check(column: str) -> str:
             f' have duplicate constrained values.\') ELSE false END)')
 
 
+
+def _in_proposed_order(alias: str, arbiter: str = "k") -> str:
+    """The rows inserted and updated, sorted by the position of the proposed row with
+    the same arbiter value (then inserted before updated, then insert order)."""
+    columns = ", ".join(f'"cowproxy_got"."{c}"' for c in ("k", "c", "n", "label"))
+    return (f'(SELECT {columns} FROM (SELECT *, 0 AS cowproxy_from, pg_catalog.row_number() OVER () AS cowproxy_at'
+            ' FROM cowproxy_inserted UNION ALL SELECT *, 1, 0 FROM cowproxy_updated) AS "cowproxy_got"'
+            ' ORDER BY (SELECT "cowproxy_p".cowproxy_n FROM (SELECT *, pg_catalog.row_number() OVER () AS cowproxy_n'
+            f' FROM cowproxy_proposed) AS "cowproxy_p" WHERE "cowproxy_p"."{arbiter}" IS NOT DISTINCT FROM'
+            f' "cowproxy_got"."{arbiter}" ORDER BY 1 LIMIT 1), "cowproxy_got".cowproxy_from, "cowproxy_got".cowproxy_at)'
+            f' AS "{alias}"')
+
 def _lost(column: str) -> str:
     """The check that fails with 40001 when a concurrent insert made a row neither insertable nor updatable."""
     return (f'cowproxy_lost AS (SELECT FROM cowproxy_proposed AS p WHERE p."{column}" IS NOT NULL'
@@ -60,7 +72,7 @@ def test_values_with_alias_parameters_where_and_returning(policy):
         f' SELECT "k", "c" FROM cowproxy_proposed WHERE {_dup_check("k")} RETURNING "a".*), {_lost("k")},'
         f' cowproxy_updated AS (UPDATE {VIEW} AS "a" SET c = EXCLUDED.c || a.c FROM cowproxy_proposed AS excluded'
         f' WHERE {_INSERT_FIRST} AND "a"."k" = excluded."k" AND (a.c <> \'z\') RETURNING "a".*)'
-        ' SELECT a.k, a.c FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"')
+        f' SELECT a.k, a.c FROM {_in_proposed_order("a")}')
 
 
 def test_without_returning_the_rows_go_to_the_sink_and_the_tag_stays(policy):
@@ -85,8 +97,7 @@ def test_a_select_is_the_proposal_and_the_inserts_own_with_comes_first(policy):
         ' CAST("cowproxy_source"."k" AS integer), CAST("cowproxy_source"."label" AS pg_catalog.varchar) FROM'
         ' (SELECT k, (current_setting(\'cowproxy.client_user\')::name) AS "current_user" FROM s)'
         ' AS "cowproxy_source" ("k", "label")),')
-    assert decision.sql.endswith('SELECT * FROM (SELECT * FROM cowproxy_inserted UNION ALL'
-                                 ' SELECT * FROM cowproxy_updated) AS "t"')
+    assert decision.sql.endswith(f'SELECT * FROM {_in_proposed_order("t")}')
     assert decision.tags == ("INSERT",)
 
 
@@ -184,7 +195,7 @@ def test_the_proposal_view_evaluates_the_inserts_own_source_and_every_column_goe
         f' SELECT "k", "c", "n", "label" FROM cowproxy_proposed WHERE {_dup_check("k")} RETURNING "a".*), {_lost("k")},'
         f' cowproxy_updated AS (UPDATE {VIEW} AS "a" SET n = excluded.n, label = excluded.label'
         f' FROM cowproxy_proposed AS excluded WHERE {_INSERT_FIRST} AND "a"."k" = excluded."k" RETURNING "a".*)'
-        ' SELECT a.k FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated) AS "a"')
+        f' SELECT a.k FROM {_in_proposed_order("a")}')
 
 
 @pytest.mark.parametrize("sql, proposal", [
@@ -230,8 +241,7 @@ def test_an_upsert_in_the_statements_with_list_is_lifted_before_it(new_policy):
         f'WITH s AS (SELECT 1 AS k), cowproxy_proposed AS (INSERT INTO "{SCHEMA}"."t$proposal" ("k", "c")'
         " SELECT k, 'x' FROM s RETURNING *), cowproxy_inserted AS (")
     assert decision.sql.endswith(
-        ' u (key) AS (SELECT k FROM (SELECT * FROM cowproxy_inserted UNION ALL SELECT * FROM cowproxy_updated)'
-        ' AS "t") SELECT count(*) FROM u')
+        f' u (key) AS (SELECT k FROM {_in_proposed_order("t")}) SELECT count(*) FROM u')
 
 
 def test_an_upsert_in_with_without_returning_errs_only_where_it_is_read(new_policy):

@@ -1,0 +1,1 @@
+"""The Django app of the ORM suite: its models map production's tables (unmanaged)."""
