@@ -329,20 +329,21 @@ def _rewrite(sql: str, tokens: list[tuple[int, int, str]], shape: ConflictUpdate
 def _in_proposed_order(table: ShadowTable, arbiter: tuple[str, ...], alias: str) -> str:
     """The rows inserted and updated, in the order their rows were proposed, as
     PostgreSQL's RETURNING gives them (an ORM hands the returned ids out in that
-    order): each finds its proposed row by the arbiter's values (NULLs never conflict,
-    so they were all inserted: among themselves they keep the insert's order). A row
-    whose key DO UPDATE changed finds none and comes last."""
+    order): each is joined to its proposed row's position by the arbiter's values (a
+    hash or merge join: a large upsert stays linear). A row with a NULL arbiter value
+    (never a conflict, so inserted) or whose key DO UPDATE changed finds none and comes
+    last, inserted rows in the insert's order."""
     if not arbiter:
         return f"(SELECT * FROM {INSERTED} UNION ALL SELECT * FROM {UPDATED}) AS {alias}"
     got, p = quote_ident("cowproxy_got"), quote_ident("cowproxy_p")
-    match = " AND ".join(f"{p}.{quote_ident(c)} IS NOT DISTINCT FROM {got}.{quote_ident(c)}" for c in arbiter)
-    position = (f"(SELECT {p}.cowproxy_n FROM (SELECT *, pg_catalog.row_number() OVER () AS cowproxy_n"
-                f" FROM {PROPOSED}) AS {p} WHERE {match} ORDER BY 1 LIMIT 1)")
+    keys = _names(arbiter)
+    match = " AND ".join(f"{p}.{quote_ident(c)} = {got}.{quote_ident(c)}" for c in arbiter)
+    positions = (f"(SELECT DISTINCT ON ({keys}) {keys}, cowproxy_n FROM (SELECT *, pg_catalog.row_number() OVER ()"
+                 f" AS cowproxy_n FROM {PROPOSED}) AS {p} ORDER BY {keys}, cowproxy_n) AS {p}")
     columns = ", ".join(f"{got}.{quote_ident(c)}" for c in table.columns)
     return (f"(SELECT {columns} FROM (SELECT *, 0 AS cowproxy_from, pg_catalog.row_number() OVER () AS cowproxy_at"
-            f" FROM {INSERTED} UNION ALL SELECT *, 1, 0 FROM {UPDATED}) AS {got}"
-            f" ORDER BY {position}, {got}.cowproxy_from, {got}.cowproxy_at) AS {alias}")
-
+            f" FROM {INSERTED} UNION ALL SELECT *, 1, 0 FROM {UPDATED}) AS {got} LEFT JOIN {positions} ON {match}"
+            f" ORDER BY {p}.cowproxy_n, {got}.cowproxy_from, {got}.cowproxy_at) AS {alias}")
 
 def _lost(view: str, arbiter: tuple[str, ...], sink: str) -> str:
     """The CTE that fails the statement (40001) if a proposed row was neither inserted

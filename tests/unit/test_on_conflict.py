@@ -37,9 +37,10 @@ def _in_proposed_order(alias: str, arbiter: str = "k") -> str:
     columns = ", ".join(f'"cowproxy_got"."{c}"' for c in ("k", "c", "n", "label"))
     return (f'(SELECT {columns} FROM (SELECT *, 0 AS cowproxy_from, pg_catalog.row_number() OVER () AS cowproxy_at'
             ' FROM cowproxy_inserted UNION ALL SELECT *, 1, 0 FROM cowproxy_updated) AS "cowproxy_got"'
-            ' ORDER BY (SELECT "cowproxy_p".cowproxy_n FROM (SELECT *, pg_catalog.row_number() OVER () AS cowproxy_n'
-            f' FROM cowproxy_proposed) AS "cowproxy_p" WHERE "cowproxy_p"."{arbiter}" IS NOT DISTINCT FROM'
-            f' "cowproxy_got"."{arbiter}" ORDER BY 1 LIMIT 1), "cowproxy_got".cowproxy_from, "cowproxy_got".cowproxy_at)'
+            f' LEFT JOIN (SELECT DISTINCT ON ("{arbiter}") "{arbiter}", cowproxy_n FROM (SELECT *,'
+            ' pg_catalog.row_number() OVER () AS cowproxy_n FROM cowproxy_proposed) AS "cowproxy_p"'
+            f' ORDER BY "{arbiter}", cowproxy_n) AS "cowproxy_p" ON "cowproxy_p"."{arbiter}" = "cowproxy_got"."{arbiter}"'
+            ' ORDER BY "cowproxy_p".cowproxy_n, "cowproxy_got".cowproxy_from, "cowproxy_got".cowproxy_at)'
             f' AS "{alias}"')
 
 def _lost(column: str) -> str:
