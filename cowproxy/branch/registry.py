@@ -20,6 +20,7 @@ from cowproxy import logs
 from cowproxy.branch import catalog
 from cowproxy.branch.introspect import referencing_tables
 from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, qualified, schema_for
+from cowproxy.branch.overlay import overlay_objects
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS_PROBE
 from cowproxy.branch.shadows import load_shadow_tables, unsafe_function_names, volatile_function_names
 from cowproxy.metrics import Metrics
@@ -210,8 +211,6 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
 async def fresh_copies_of(conn: asyncpg.Connection, overlays: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
     """The copies (mode copy) among `overlays` that have a read guard, to its qualified
     name. Copies made before the guard existed have none and stay unguarded."""
-    from cowproxy.branch.overlay import overlay_objects
-
     candidates = {}
     for key, owner in overlays.items():
         try:
@@ -230,8 +229,6 @@ async def branch_children_of(conn: asyncpg.Connection, schema: str,
     """The branch's own tables whose foreign keys reference each production table: the
     tables of the CHECK constraints that call its check functions (branch/references.py),
     found through pg_depend as the parent's trigger finds them."""
-    from cowproxy.branch.overlay import overlay_objects
-
     bases = {}
     for key, owner in overlays.items():
         if owner == schema:
@@ -260,7 +257,6 @@ async def referenced_column_sets_of(conn: asyncpg.Connection, schema: str,
                                     overlays: dict[tuple[str, str], str]) -> dict[tuple[str, str], frozenset[tuple[str, ...]]]:
     """The column sets of the branch's own shadows that its tables may reference
     (branch/references.py): the arguments of their referenced triggers."""
-    from cowproxy.branch.overlay import overlay_objects
     from cowproxy.branch.references import REFERENCED_TRIGGER
 
     views = {}
