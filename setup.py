@@ -28,8 +28,11 @@ def compiled_modules() -> list:
         from mypyc.build import mypycify
 
         extensions = mypycify(COMPILED, opt_level="3", debug_level="0")
-    except Exception as exc:  # mypyc missing or the sources do not type-check
-        print(f"cowproxy: not compiling the data path ({exc}); it runs as plain Python", file=sys.stderr)
+    except (Exception, SystemExit) as exc:
+        # mypyc missing, or the sources (or a module they import) do not type-check:
+        # mypycify reports type errors by raising SystemExit, which would end the install.
+        reason = "type errors above" if isinstance(exc, SystemExit) else exc
+        print(f"cowproxy: not compiling the data path ({reason}); it runs as plain Python", file=sys.stderr)
         return []
     for extension in extensions:
         extension.optional = True  # no C compiler: install the pure-Python modules
