@@ -839,3 +839,29 @@ async def test_write_skew_across_a_tables_first_write_fails_instead_of_committin
         await first.close()
         await second.close()
     assert await production_state(admin) == before
+
+
+async def test_other_isolation_levels_pass_the_serializable_guard_without_a_when(proxy, admin, branches):
+    """The guard's function, not a WHEN on its trigger, lets READ COMMITTED and
+    REPEATABLE READ through (PostgreSQL rebuilds a WHEN on every statement: it cost
+    more than the call). A REPEATABLE READ snapshot taken before the overlay was made
+    writes through it, where SERIALIZABLE (above) fails."""
+    before = await production_state(admin)
+    branch = await branches()
+    early, maker = await on(proxy, branch), await on(proxy, branch)
+    try:
+        await early.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert await early.fetchval("SELECT balance FROM accounts WHERE id = 2") == 100
+        await maker.execute("UPDATE accounts SET balance = 1 WHERE id = 1")  # makes the overlay
+        assert await early.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2") == "UPDATE 1"
+        await early.execute("COMMIT")
+        assert await maker.fetchval("SELECT balance FROM accounts WHERE id = 2") == 101
+    finally:
+        await early.close()
+        await maker.close()
+    guards = await admin.fetch(
+        "SELECT c.relname, t.tgqual IS NULL AS no_when FROM pg_catalog.pg_trigger t"
+        " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE t.tgname = 'cowproxy_serializable' AND n.nspname = $1", f"cowproxy_b_{branch}")
+    assert guards and all(g["no_when"] for g in guards), guards
+    assert await production_state(admin) == before

@@ -61,7 +61,8 @@ SELECT md5(string_agg(line, E'\\n' ORDER BY line)) FROM (
 
 # What an older cowproxy's overlays lacked: the proposal views (EXCLUDED of a column the
 # INSERT leaves to its default), the lock functions (SELECT ... FOR UPDATE) and a copy's
-# read guard (reads under a snapshot older than the copy).
+# read guard (reads under a snapshot older than the copy); and what they had: a WHEN on a
+# copy's write guard.
 MAKE_OLD = """
 DO $$
 DECLARE
@@ -79,6 +80,16 @@ BEGIN
   LOOP
     EXECUTE format('DROP FUNCTION %s', obj.fn);
   END LOOP;
+  FOR obj IN SELECT t.tgrelid::regclass AS rel, t.tgfoid::regproc AS fn,
+                    convert_from(substring(t.tgargs, 1, pg_catalog.position(t.tgargs, '\\x00'::bytea) - 1), 'UTF8') AS made
+               FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+              WHERE t.tgname = 'cowproxy_fresh' AND c.relnamespace = to_regnamespace(quote_ident({schema}))
+  LOOP
+    EXECUTE format('DROP TRIGGER cowproxy_fresh ON %s', obj.rel);
+    EXECUTE format('CREATE TRIGGER cowproxy_fresh BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH STATEMENT'
+                   ' WHEN (NOT pg_visible_in_snapshot(%L::xid8, pg_current_snapshot())) EXECUTE FUNCTION %s(%L)',
+                   obj.rel, obj.made, obj.fn, obj.made);
+  END LOOP;
 END $$;
 UPDATE cowproxy.branches SET overlay_format = 0, schema_version = schema_version + 1 WHERE name = {name};
 UPDATE cowproxy.overlay_tables SET overlay_format = 0 WHERE branch = {name};
@@ -89,6 +100,11 @@ FRESH_GUARD_KNOWS_THE_COPY = """
 SELECT strpos(p.prosrc, quote_literal(convert_from(substring(t.tgargs, 1, pg_catalog.position(t.tgargs, '\\x00'::bytea) - 1), 'UTF8'))) > 0
   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
   JOIN pg_proc p ON p.pronamespace = c.relnamespace AND p.proname = 'events$fresh'
+ WHERE t.tgname = 'cowproxy_fresh' AND c.relname = 'events' AND c.relnamespace = to_regnamespace({schema})
+"""
+
+FRESH_GUARD_WHEN = """
+SELECT t.tgqual IS NOT NULL FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
  WHERE t.tgname = 'cowproxy_fresh' AND c.relname = 'events' AND c.relnamespace = to_regnamespace({schema})
 """
 
@@ -213,6 +229,8 @@ async def test_upgrade_keeps_every_row_and_enables_the_refused_forms(world):
     # The copy's read guard is back, and it knows the transaction that made the copy
     # (the write guard's argument), not the upgrade's.
     assert psql(prod, FRESH_GUARD_KNOWS_THE_COPY.format(schema=f"'cowproxy_b_{name}'")).stdout.strip() == "t"
+    # Its write guard was remade without a WHEN, keeping that transaction's id.
+    assert psql(prod, FRESH_GUARD_WHEN.format(schema=f"'cowproxy_b_{name}'")).stdout.strip() == "f"
 
     conn = await asyncpg.connect(proxy.dsn(name))
     try:
