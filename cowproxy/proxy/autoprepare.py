@@ -161,7 +161,9 @@ class AutoPrepared:
         self.relay: Any = None
         self._entries: dict[tuple[str, bytes] | tuple[str, tuple[str, ...]], _Entry] = {}
         """Parse: (SQL, parameter type OIDs); Query: (literal shape, `bound` key)."""
-        self._pending: list[tuple[str, bytes] | tuple[str, tuple[str, ...]]] = []
+        self.pending: list[tuple[str, bytes] | tuple[str, tuple[str, ...]]] = []
+        """Entries whose Parse is still unanswered: `settle` has work only while this is
+        not empty (or a statement went stale), so the relay skips the call otherwise."""
         self.unnamed_parsed = False
         """A `Parse ""` went upstream since the last Query: the client may have an unnamed statement."""
         self._made = 0              # statements made since the last DISCARD ALL / DEALLOCATE ALL
@@ -195,7 +197,7 @@ class AutoPrepared:
             self._made += 1
             entry = _Entry(f"{NAME_PREFIX}{self._serial}".encode() + b"\x00")
             self._entries[key] = entry
-            self._pending.append(key)
+            self.pending.append(key)
             self.alias = entry.alias
             return frame(PARSE, entry.alias + sql.encode() + b"\x00" + types)
         if not entry.confirmed:
@@ -228,7 +230,7 @@ class AutoPrepared:
             if len(self._entries) < SEEN_LIMIT:
                 entry = _Entry(b"")
                 self._entries[key] = entry
-                self._pending.append(key)
+                self.pending.append(key)
             return None
         if not entry.confirmed:
             return None  # seen or prepared in a request still unanswered: it may yet fail
@@ -248,7 +250,7 @@ class AutoPrepared:
         oids = [_TYPE_OIDS[t] for t in types if t in _TYPE_OIDS]
         entry.name_standin(f"{SIMPLE_PREFIX}{self._serial}".encode() + b"\x00", len(oids), params.rows)
         entry.confirmed = False
-        self._pending.append(key)
+        self.pending.append(key)
         parse = frame(PARSE, entry.alias + parameterized(sql, spans, params, literal).encode() + b"\x00"
                       + _COUNT.pack(len(oids)) + b"".join(_OID.pack(oid) for oid in oids))
         return (_bind_standin(close, parse, entry, encoded),
@@ -361,9 +363,9 @@ class AutoPrepared:
         idle; `stale`: one said a prepared statement is gone or changed its result type."""
         if stale:
             self._entries.clear()
-            self._pending.clear()
+            self.pending.clear()
             return
-        pending = self._pending
+        pending = self.pending
         if not pending:
             return
         if error:
@@ -382,7 +384,7 @@ class AutoPrepared:
         statements passed the gate: prepare afresh from now on. `all_dropped`: every
         named statement of the session is gone (DISCARD ALL, DEALLOCATE ALL)."""
         self._entries.clear()
-        self._pending.clear()
+        self.pending.clear()
         if all_dropped:
             self._made = 0
 
