@@ -22,7 +22,10 @@ seen, prepared and confirmed):
 - `relay` (the SELECT only): a whole round through a real `Relay` as the session makes
   it, transports that discard what they get: the Query in (`from_client`), a canned
   answer to what went upstream out (`from_upstream`, through the response editor
-  for a stand-in); and the same for a relay without a gate (pass-through's route).
+  for a stand-in); and the same for a relay without a gate (pass-through's route);
+- `prepared round`: the same for a named prepared statement's Bind/Execute/Sync (its
+  Parse sent once), a SELECT and an UPDATE whose upsert's tag the response editor
+  edits: what drivers that prepare cost the branch route.
 
 Best of `--rounds` over `--texts` distinct texts, CPU µs per statement. Which data-path
 modules run compiled is printed first (`python setup.py build_ext --inplace`).
@@ -51,7 +54,8 @@ from cowproxy.embedded import EmbeddedPostgres
 from cowproxy.metrics import Metrics
 from cowproxy.histogram import Histogram
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer
-from cowproxy.protocol.messages import encode_query, encode_ready_for_query, frame
+from cowproxy.protocol.messages import (encode_bind, encode_execute, encode_parse, encode_query, encode_ready_for_query,
+                                        encode_sync, frame)
 from cowproxy.proxy.gate import StatementGate
 from cowproxy.proxy.relay import Relay
 from cowproxy.proxy.session import _SCAN_INTEREST
@@ -72,6 +76,17 @@ STATEMENTS: dict[str, Callable[[random.Random], str]] = {
                                  f" ({r.randint(1, 10)}, 1, {r.randint(1, ACCOUNTS)}, {r.randint(-5000, 5000)},"
                                  " CURRENT_TIMESTAMP);"),
 }
+
+PREPARED: dict[str, tuple[str, Callable[[random.Random], tuple[bytes, ...]], bytes, bytes]] = {
+    "select accounts": ("SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+                        lambda r: (str(r.randint(1, ACCOUNTS)).encode(),), b"SELECT 1", b"SELECT 1"),
+    "update tellers": ("UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+                       lambda r: (str(r.randint(-5000, 5000)).encode(), str(r.randint(1, 10)).encode()),
+                       b"INSERT 0 1", b"UPDATE 1"),
+}
+"""A driver's prepared statements (pgbench -M prepared): text, parameters, and the tag
+PostgreSQL answers on the branch (an UPDATE runs as an upsert: the response editor
+shows it as UPDATE) and on pass-through."""
 
 WRITES = ("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1",
           "UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = 1",
@@ -213,6 +228,35 @@ def measure_relay(gate: StatementGate | None, texts: list[str], rounds: int) -> 
             gate.autoprepared.relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
 
 
+def measure_prepared(gate: StatementGate | None, name: str, rng: random.Random, count: int, rounds: int) -> float:
+    """CPU µs per Bind/Execute/Sync round of a named prepared statement through a real
+    `Relay` (its Parse sent once first, as drivers do), answers canned: the branch
+    route's steady state for drivers that prepare, tag edits included."""
+    sql, params, branch_tag, passthrough_tag = PREPARED[name]
+    relay = relay_for(gate)
+    relay.from_client(encode_parse("P0_1", sql) + encode_sync())
+    relay.from_upstream(frame(ord("1"), b"") + encode_ready_for_query(b"I"))
+    assert not relay.pending_ready
+    rows = _DATA_ROW if sql.startswith("SELECT") else b""
+    tag = branch_tag if gate is not None else passthrough_tag
+    reply = frame(ord("2"), b"") + rows + frame(ord("C"), tag + b"\x00") + encode_ready_for_query(b"I")
+    binds = [encode_bind("", "P0_1", params(rng)) + encode_execute("") + encode_sync() for _ in range(count)]
+
+    def run_all() -> None:
+        for bind in binds:
+            relay.from_client(bind)
+            relay.from_upstream(reply)
+
+    run_all()  # warm
+    assert relay.client.last.endswith(encode_ready_for_query(b"I"))
+    assert passthrough_tag + b"\x00" in relay.client.last, relay.client.last  # the client's tag, edited or not
+    try:
+        return _best(run_all, count, rounds)
+    finally:
+        if gate is not None and gate.autoprepared is not None:
+            gate.autoprepared.relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
+
+
 def _best(call: Callable[[], None], count: int, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -289,6 +333,11 @@ def main() -> None:
     selects = texts["select accounts"]
     print(f"relay round, select accounts: branch {measure_relay(gate, selects, args.rounds):.2f} µs, "
           f"no gate (pass-through) {measure_relay(None, selects, args.rounds):.2f} µs")
+    for name in PREPARED:
+        branch = measure_prepared(gate, name, random.Random(7), args.texts, args.rounds)
+        passthrough = measure_prepared(None, name, random.Random(7), args.texts, args.rounds)
+        print(f"prepared round (Bind/Execute/Sync), {name}: branch {branch:.2f} µs, "
+              f"no gate (pass-through) {passthrough:.2f} µs")
     if args.profile:
         profiler = cProfile.Profile()
         chunks = [_chunks(batch) for batch in texts.values()]
