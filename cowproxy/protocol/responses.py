@@ -119,6 +119,10 @@ def edited_tag(tag: str, verb: str) -> str:
     return verb
 
 
+_EDITED_LIMIT: Final = 256
+"""Edited CommandComplete frames a session's editor keeps (`ResponseEditor._edited`)."""
+
+
 def _edited_body(body: bytes, verb: str) -> bytes:
     """A CommandComplete body (tag and its zero byte) with `edited_tag` applied."""
     if not body.endswith(b"\x00"):
@@ -174,6 +178,10 @@ class ResponseEditor:
         self._copy_open = False                 # COPY FROM STDIN runs and its CopyDone is still to be sent
         self._open: _Sent | None = None         # the open cycle, until its Sync is sent
         self._skipping = False                  # an error came; the server skips what is sent until Sync
+        self._edited: dict[tuple[bytes, str], bytes] = {}
+        """(CommandComplete body, verb) -> the edited CommandComplete frame, or b"" when the
+        edit changes nothing: a prepared UPDATE answers "INSERT 0 1" at every execution,
+        and decoding, editing and framing it again cost more than the rest of its round."""
 
     # ---------------------------------------------------------------- hand-over
 
@@ -330,10 +338,10 @@ class ResponseEditor:
                         out.append(buf[pos:start])
                         pos = end
                     else:
-                        edited = _edited_body(body, verb)
-                        if edited != body:
+                        edited = self._edited_frame(body, verb)
+                        if edited:
                             out.append(buf[pos:start])
-                            out.append(frame(COMMAND_COMPLETE, edited))
+                            out.append(edited)
                             pos = end
             if msg_type in caller_interest:
                 caller_events.append((msg_type, body))
@@ -346,6 +354,19 @@ class ResponseEditor:
             return buf, caller_events
         out.append(buf[pos:stop])
         return b"".join(out), caller_events
+
+    def _edited_frame(self, body: bytes, verb: str) -> bytes:
+        """The CommandComplete frame to send instead of the one with `body`, or b"" to
+        keep it (`_edited_body` changes nothing)."""
+        key = (body, verb)
+        edited = self._edited.get(key)
+        if edited is None:
+            new_body = _edited_body(body, verb)
+            edited = frame(COMMAND_COMPLETE, new_body) if new_body != body else b""
+            if len(self._edited) >= _EDITED_LIMIT:
+                self._edited.clear()
+            self._edited[key] = edited
+        return edited
 
     def _settle(self, msg_type: int, body: bytes) -> TagEdit:
         """Apply one answer; return the edit for a CommandComplete."""

@@ -333,6 +333,20 @@ def test_named_portal_keeps_its_edit_across_cycles_of_a_transaction(wire):
     assert editor.idle
 
 
+def test_a_prepared_statement_executed_again_and_again_gets_each_row_count(wire):
+    """A prepared UPDATE answers the same tags at every execution (the editor keeps the
+    edited frames it made, a bounded number): each Execute still shows its own count,
+    past the bound too."""
+    executions = [str(1 + n % 300).encode() for n in range(600)]
+    sent, answer = wire.exchange(
+        encode_parse("upd", f"/*as UPDATE*/ {UPSERT}"), encode_sync(),
+        *(bind_execute("", "upd", n) + encode_sync() for n in executions), cycles=1 + len(executions))
+    editor = new_editor()
+    report(editor, sent)
+    out, _ = run(editor, [answer])
+    assert tags(out) == [f"UPDATE {n.decode()}" for n in executions]
+
+
 def test_close_ends_a_statement_and_a_portal_inside_a_transaction(wire):
     sent, answer = wire.exchange(
         encode_query("BEGIN"), encode_parse("upd", f"/*as UPDATE*/ {UPSERT}"), encode_bind("p", "upd", (b"1",)),
