@@ -268,8 +268,7 @@ def overlay_ddl(
     needs PostgreSQL 15.
     """
     gen = _Generator(info, branch_schema, source, neighbors or {}, readers_role, security_invoker)
-    storage = gen.copy_storage() if info.mode == "copy" else gen.shadow_storage()
-    return [*storage, gen.overlays_made_stamp(), *(gen.copy_derived() if info.mode == "copy" else gen.shadow_derived())]
+    return [*gen.storage(), gen.overlays_made_stamp(), *gen.derived()]
 
 
 def derived_overlay_ddl(
@@ -288,8 +287,7 @@ def derived_overlay_ddl(
     statement may run again over an existing overlay, whichever OVERLAY_FORMAT made it:
     what `cowproxy branch upgrade` runs (branch/upgrade.py). `cut`: the overlay's T$cut
     has its row (a TRUNCATE hid the source)."""
-    gen = _Generator(info, branch_schema, source, neighbors or {}, readers_role, security_invoker)
-    return gen.copy_derived(cut) if info.mode == "copy" else gen.shadow_derived(cut)
+    return _Generator(info, branch_schema, source, neighbors or {}, readers_role, security_invoker).derived(cut)
 
 
 def trigger_function_ddl(
@@ -585,6 +583,14 @@ class _Generator:
                            for s in self.set_defaults(self.q(view), True, cut=True,
                                                       identity=view not in user_views)]
         return statements
+
+    def storage(self) -> list[str]:
+        """The overlay's storage, by the table's mode (never re-run)."""
+        return self.copy_storage() if self.info.mode == "copy" else self.shadow_storage()
+
+    def derived(self, cut: bool = False) -> list[str]:
+        """The overlay's derived objects, by the table's mode (safe to run again)."""
+        return self.copy_derived(cut) if self.info.mode == "copy" else self.shadow_derived(cut)
 
     # mode shadow ----------------------------------------------------------------------
 
