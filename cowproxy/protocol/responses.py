@@ -98,9 +98,11 @@ ANSWER_TYPES: Final = frozenset({
     PORTAL_SUSPENDED, ERROR_RESPONSE, READY_FOR_QUERY, COPY_IN_RESPONSE,
 })
 """The server messages that settle a client message (or start a COPY FROM STDIN)."""
+_ANSWER_TABLE: Final = wanted_table(ANSWER_TYPES)
+"""`ANSWER_TYPES` indexed by type byte: a native lookup where a frozenset would box the type."""
 
 _ROW_COUNT_VERBS: Final = frozenset({"UPDATE", "DELETE", "MERGE", "SELECT", "MOVE", "FETCH", "COPY"})
-_NO_NAME: Final = "\x00"  # a name no C string can hold: for frames too malformed to read
+_NO_NAME: Final = b"\x00"  # a name no C string can hold: for frames too malformed to read
 
 
 def edited_tag(tag: str, verb: str) -> str:
@@ -135,25 +137,36 @@ class _Sent:
 
     __slots__ = ("kind", "name", "other", "edit", "edits", "index", "edit_count", "held", "failed", "hidden")
 
-    def __init__(self, kind: int, name: str = "", other: str = "", edit: TagEdit = None,
+    def __init__(self, kind: int, name: bytes = b"", other: bytes = b"", edit: TagEdit = None,
                  edits: Sequence[TagEdit] = (), hidden: bool = False) -> None:
         self.kind = kind          # the message type, or _EARLIER / _OPEN
-        self.name = name          # statement (Parse, Close S), portal (Bind, Execute, Close P)
-        self.other = other        # Bind: its statement; Close: "S" or "P"
+        self.name = name          # statement (Parse, Close S), portal (Bind, Execute, Close P), as sent
+        self.other = other        # Bind: its statement; Close: b"S" or b"P"
         self.edit = edit          # Parse: the edit its portals' Executes get; Execute: its own
         self.edits = edits        # Query: one edit per statement
         self.index = 0            # Query: statements answered so far; _EARLIER: cycles left
         self.hidden = hidden      # a stand-in's Close, Parse or Bind: its completion is removed
-        self.edit_count = int(edit is not None) + int(any(e is not None for e in edits)) + int(hidden)
+        count = 0                 # a loop, not any(...): this runs for every message sent
+        if edit is not None:
+            count += 1
+        if hidden:
+            count += 1
+        for each in edits:
+            if each is not None:
+                count += 1
+                break
+        self.edit_count = count
         self.held: list[_Sent] = []   # _OPEN: the messages seen in the open cycle
         self.failed = False           # _OPEN: an error came in this cycle
 
 
 _EARLIER: Final = -1  # cycles sent before `engage`: answers pass, ReadyForQuery counts
 _OPEN: Final = -2     # the extended-protocol cycle `engage` found begun (see there)
+_CYCLE: Final = -3    # Bind, Execute, Sync of the unnamed portal, sent with nothing in flight (`_steady_cycle`)
 _CLOSES_CYCLE: Final = frozenset({SYNC, QUERY, FUNCTION_CALL})
 _HELD_TYPES: Final = frozenset({COMMAND_COMPLETE, PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE})
 """Answers held back until whole: the editor may rewrite or remove them."""
+_HELD_TABLE: Final = wanted_table(_HELD_TYPES)
 
 
 class ResponseEditor:
@@ -168,11 +181,11 @@ class ResponseEditor:
         """`scanner` is the session's: the editor walks the stream with it, passing
         its own wanted types per call, and returns only the events the session asked for."""
         self._scanner = scanner
-        self._caller_interest = scanner.interest
+        self._caller_table = wanted_table(scanner.interest)
         self._wanted = wanted_table(scanner.interest | ANSWER_TYPES)
         self._queue: deque[_Sent] = deque()
-        self._statements: dict[str, str] = {}   # only names with an edit
-        self._portals: dict[str, str] = {}
+        self._statements: dict[bytes, str] = {}   # only names with an edit; names as sent (C strings,
+        self._portals: dict[bytes, str] = {}      # never decoded: they are only ever matched)
         self._pending_edits = 0                 # edit-carrying messages still queued
         self._held = b""                        # an incomplete CommandComplete, not yet forwarded
         self._copy_open = False                 # COPY FROM STDIN runs and its CopyDone is still to be sent
@@ -232,27 +245,27 @@ class ResponseEditor:
         first = edits[0] if edits else None
         if first is not None and first.startswith(STANDIN):
             if CLOSE_STEP in first:
-                self._push(_Sent(CLOSE, "", "S", hidden=True))
+                self._push(_Sent(CLOSE, b"", b"S", hidden=True))
             if PARSE_STEP in first:
                 self._push(_Sent(PARSE, _NO_NAME, hidden=True))
-            self._push(_Sent(BIND, "", _NO_NAME, hidden=True))
-            self._push(_Sent(EXECUTE, "", edit=edits[1] if len(edits) > 1 else None))
+            self._push(_Sent(BIND, b"", _NO_NAME, hidden=True))
+            self._push(_Sent(EXECUTE, b"", edit=edits[1] if len(edits) > 1 else None))
             self._push(_Sent(SYNC))
             return
         self._push(_Sent(QUERY, edits=tuple(edits)))
 
-    def sent_parse(self, statement: str, edit: TagEdit) -> None:
+    def sent_parse(self, statement: bytes, edit: TagEdit) -> None:
         self._push(_Sent(PARSE, statement, edit=edit))
 
-    def sent_bind(self, portal: str, statement: str) -> None:
+    def sent_bind(self, portal: bytes, statement: bytes) -> None:
         self._push(_Sent(BIND, portal, statement))
 
-    def sent_execute(self, portal: str) -> None:
+    def sent_execute(self, portal: bytes) -> None:
         self._push(_Sent(EXECUTE, portal))
 
-    def sent_close(self, kind: bytes, name: str) -> None:
+    def sent_close(self, kind: bytes, name: bytes) -> None:
         """Close: `kind` b"S" (statement) or b"P" (portal)."""
-        self._push(_Sent(CLOSE, name, kind.decode("latin-1")))
+        self._push(_Sent(CLOSE, name, kind))
 
     def sent_sync(self) -> None:
         if self._copy_open:
@@ -279,25 +292,50 @@ class ResponseEditor:
     def sent_frames(self, buf: bytes, frames: Sequence[Frame], edits_for: EditsFor) -> None:
         """Report `FrontendFramer` frames going upstream; names are read from the bodies
         and `edits_for` gives the edits of Query and Parse frames."""
+        if len(frames) == 3 and self._steady_cycle(buf, frames):
+            return
         for msg_type, start, end in frames:
             if msg_type == QUERY:
                 self.sent_query(edits_for(QUERY, start, end))
             elif msg_type == PARSE:
                 edits = edits_for(PARSE, start, end)
-                self.sent_parse(_cstring(buf, start, end)[0], edits[0] if edits else None)
+                self.sent_parse(_cname(buf, start, end)[0], edits[0] if edits else None)
             elif msg_type == BIND:
-                portal, pos = _cstring(buf, start, end)
-                self.sent_bind(portal, _cstring(buf, pos, end)[0])
+                portal, pos = _cname(buf, start, end)
+                self.sent_bind(portal, _cname(buf, pos, end)[0])
             elif msg_type == EXECUTE:
-                self.sent_execute(_cstring(buf, start, end)[0])
+                self.sent_execute(_cname(buf, start, end)[0])
             elif msg_type == CLOSE:
-                self.sent_close(buf[start:start + 1], _cstring(buf, start + 1, end)[0])
+                self.sent_close(buf[start:start + 1], _cname(buf, start + 1, end)[0])
             elif msg_type == SYNC:
                 self.sent_sync()
             elif msg_type == FUNCTION_CALL:
                 self.sent_function_call()
             elif msg_type == COPY_DONE or msg_type == COPY_FAIL:
                 self.sent_copy_end()
+
+    def _steady_cycle(self, buf: bytes, frames: Sequence[Frame]) -> bool:
+        """Bind of the unnamed portal, Execute of it, Sync, with nothing else in flight:
+        the round every driver that prepares sends for each execution. It is queued as
+        one `_CYCLE` record instead of three, and the Bind takes its statement's edit
+        now rather than at BindComplete: with nothing in flight no Parse or Close can
+        come between, and a Bind that fails ends its transaction (or fails it, so that
+        nothing can run until a ReadyForQuery with status I clears every portal), so
+        the unnamed portal it would have left in place is never executed."""
+        if self._queue or self._open is not None or self._skipping or self._copy_open:
+            return False
+        bind, execute, sync = frames[0], frames[1], frames[2]
+        if bind[0] != BIND or execute[0] != EXECUTE or sync[0] != SYNC:
+            return False
+        if bind[1] >= bind[2] or buf[bind[1]] != 0 or execute[1] >= execute[2] or buf[execute[1]] != 0:
+            return False  # a named portal (or a malformed frame): the general path
+        edit = self._statements.get(_cname(buf, bind[1] + 1, bind[2])[0])
+        if edit is None:
+            self._portals.pop(b"", None)
+        else:
+            self._portals[b""] = edit
+        self._push(_Sent(_CYCLE, edit=edit))
+        return True
 
     def _push(self, sent: _Sent) -> None:
         if self._skipping:
@@ -325,9 +363,13 @@ class ResponseEditor:
         out: list[bytes] = []
         pos = 0
         caller_events: list[tuple[int, bytes]] = []
-        caller_interest = self._caller_interest
-        for (msg_type, body), end in zip(events, ends):
-            if msg_type in ANSWER_TYPES:
+        caller_table = self._caller_table
+        for index in range(len(events)):
+            event = events[index]
+            msg_type = event[0]
+            body = event[1]
+            if _ANSWER_TABLE[msg_type]:
+                end = ends[index]
                 verb = self._settle(msg_type, body)
                 if verb is not None:
                     end += len(held)
@@ -343,11 +385,11 @@ class ResponseEditor:
                             out.append(buf[pos:start])
                             out.append(edited)
                             pos = end
-            if msg_type in caller_interest:
-                caller_events.append((msg_type, body))
+            if caller_table[msg_type]:
+                caller_events.append(event)
         stop = len(buf)
         msg_type, seen = scanner.unfinished
-        if msg_type in _HELD_TYPES:
+        if msg_type >= 0 and _HELD_TABLE[msg_type]:
             stop = max(pos, stop - seen)
         self._held = buf[stop:]
         if pos == 0 and stop == len(buf):
@@ -379,6 +421,8 @@ class ResponseEditor:
             raise self._out_of_step(msg_type, None)
         head = queue[0]
         kind = head.kind
+        if kind == _CYCLE:
+            return self._settle_cycle(head, msg_type, body)
         if kind == _EARLIER or kind == _OPEN:
             if msg_type == READY_FOR_QUERY:
                 self._end_cycle(head, body)
@@ -420,6 +464,25 @@ class ResponseEditor:
             return _DROP if head.hidden else None
         raise self._out_of_step(msg_type, head)
 
+    def _settle_cycle(self, head: _Sent, msg_type: int, body: bytes) -> TagEdit:
+        """`_settle` for a `_CYCLE` record: what its Bind, Execute and Sync would each
+        have settled, in one place. After an error the server skips to the Sync, which
+        is in the record: the ReadyForQuery comes next either way."""
+        if msg_type == COMMAND_COMPLETE:
+            self._forget_discarded(body)
+            return head.edit
+        if msg_type == READY_FOR_QUERY:
+            self._end_cycle(head, body)
+            return None
+        if msg_type == COPY_IN_RESPONSE:
+            head.kind = EXECUTE  # the Sync was read as part of the copy: the Execute alone is open
+            self._start_copy_in()
+            return None
+        if (msg_type == BIND_COMPLETE or msg_type == ERROR_RESPONSE or msg_type == EMPTY_QUERY_RESPONSE
+                or msg_type == PORTAL_SUSPENDED):
+            return None
+        raise self._out_of_step(msg_type, head)
+
     def _apply(self, sent: _Sent) -> None:
         """A confirmed Parse, Bind or Close takes effect."""
         if sent.kind == PARSE:
@@ -434,7 +497,7 @@ class ResponseEditor:
             else:
                 self._portals[sent.name] = edit
         elif sent.kind == CLOSE:
-            (self._statements if sent.other == "S" else self._portals).pop(sent.name, None)
+            (self._statements if sent.other == b"S" else self._portals).pop(sent.name, None)
 
     def _end_cycle(self, head: _Sent, body: bytes) -> None:
         """ReadyForQuery settles the message at the head of the queue."""
@@ -446,8 +509,8 @@ class ResponseEditor:
             for sent in head.held:
                 self._apply(sent)
         elif head.kind == QUERY:
-            self._statements.pop("", None)
-            self._portals.pop("", None)
+            self._statements.pop(b"", None)
+            self._portals.pop(b"", None)
         self._pop()
         if body[:1] == b"I":
             self._portals.clear()  # the transaction ended, and every portal with it
@@ -488,15 +551,16 @@ class ResponseEditor:
         )
 
 
-_KIND_NAMES: Final = {PARSE: "Parse", BIND: "Bind", EXECUTE: "Execute", CLOSE: "Close", SYNC: "Sync",
+_KIND_NAMES: Final = {_CYCLE: "Bind/Execute/Sync", PARSE: "Parse", BIND: "Bind", EXECUTE: "Execute", CLOSE: "Close", SYNC: "Sync",
                       QUERY: "Query", FUNCTION_CALL: "FunctionCall"}
 
 
-def _cstring(buf: bytes, start: int, end: int) -> tuple[str, int]:
-    """The C string at `start` (bytes that are not UTF-8 kept as surrogates) and the
-    offset after it. An unterminated one gives a name nothing matches: PostgreSQL
-    answers that frame with an ErrorResponse, which settles it."""
+def _cname(buf: bytes, start: int, end: int) -> tuple[bytes, int]:
+    """The name (a C string, as sent) at `start` and the offset after it. Names are
+    only matched, never shown, so they stay bytes: decoding one cost more than the
+    rest of its message's bookkeeping. An unterminated one gives a name nothing
+    matches: PostgreSQL answers that frame with an ErrorResponse, which settles it."""
     nul = buf.find(b"\x00", start, end)
     if nul < 0:
         return _NO_NAME, end
-    return bytes(buf[start:nul]).decode("utf-8", "surrogateescape"), nul + 1
+    return buf[start:nul], nul + 1

@@ -347,6 +347,36 @@ def test_a_prepared_statement_executed_again_and_again_gets_each_row_count(wire)
     assert tags(out) == [f"UPDATE {n.decode()}" for n in executions]
 
 
+def test_bind_execute_sync_rounds_reported_one_at_a_time_stay_in_step(wire):
+    """The round a driver that prepares sends for every execution (Bind of the unnamed
+    portal, Execute, Sync, with nothing else in flight) is followed as one record: its
+    edit, a Bind the server refuses, a COPY FROM STDIN it starts, and a named portal
+    (the general path) in between keep every tag right."""
+    editor = new_editor()
+
+    def round_trip(*client: bytes, until: int = READY_FOR_QUERY) -> bytes:
+        sent = wire.send(*client)
+        answer = wire.read(until)
+        report(editor, sent)  # as the relay reports a chunk: when it goes upstream
+        out, _ = run(editor, [answer])
+        same_but_tags(answer, out)
+        return out
+
+    out = [round_trip(encode_parse("upd", f"/*as UPDATE*/ {UPSERT}"), encode_parse("cp", "COPY t FROM STDIN"),
+                      encode_sync()),
+           round_trip(bind_execute("", "upd", b"2"), encode_sync()),
+           round_trip(bind_execute("", "upd"), encode_sync()),  # 0 parameters for 1: the Bind fails
+           round_trip(bind_execute("", "cp"), encode_sync(), until=ord("G")),
+           round_trip(frame(COPY_DATA, b"60\t1\n"), frame(COPY_DONE, b""), encode_sync()),
+           round_trip(bind_execute("", "upd", b"3"), encode_sync()),
+           round_trip(bind_execute("named", "upd", b"1"), encode_sync()),
+           round_trip(bind_execute("", "upd", b"4"), encode_sync())]
+    whole = b"".join(out)
+    assert tags(whole) == ["UPDATE 2", "COPY 1", "UPDATE 3", "UPDATE 1", "UPDATE 4"]
+    assert [decode_error_fields(body).sqlstate for t, body in messages(whole) if t == ERROR_RESPONSE] == ["08P01"]
+    assert not editor.idle  # "upd" keeps its edit for the next round
+
+
 def test_close_ends_a_statement_and_a_portal_inside_a_transaction(wire):
     sent, answer = wire.exchange(
         encode_query("BEGIN"), encode_parse("upd", f"/*as UPDATE*/ {UPSERT}"), encode_bind("p", "upd", (b"1",)),
@@ -469,7 +499,7 @@ def test_malformed_or_unexpected_answers_are_protocol_violations():
     with pytest.raises(ProtocolViolation):
         editor.feed(frame(COMMAND_COMPLETE, b"INSERT 0 1"))  # no terminating zero byte
     editor = new_editor()
-    editor.sent_parse("s", None)
+    editor.sent_parse(b"s", None)
     with pytest.raises(ProtocolViolation):
         editor.feed(b"2\x00\x00\x00\x04")  # BindComplete for a Parse
     with pytest.raises(ProtocolViolation):
@@ -478,7 +508,7 @@ def test_malformed_or_unexpected_answers_are_protocol_violations():
 
 def test_engage_refuses_to_drop_edits_in_flight():
     editor = new_editor()
-    editor.sent_parse("s", "UPDATE")
+    editor.sent_parse(b"s", "UPDATE")
     with pytest.raises(RuntimeError):
         editor.engage(0)
 
