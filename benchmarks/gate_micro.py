@@ -109,7 +109,7 @@ async def branch_gate(pg: EmbeddedPostgres) -> StatementGate:
         async def materialize(decision: Decision) -> None:
             await registry.materialize(state, decision)
 
-        gate = StatementGate(state.policy, Metrics().statement_tally, version=lambda: state.version, materialize=materialize,
+        gate = StatementGate(state.policy, Metrics().statement_tally, version=state.policy.layout_version, materialize=materialize,
                              autoprepare=True)
         for sql in WRITES:
             buf, frames = FrontendFramer().feed(encode_query(sql))

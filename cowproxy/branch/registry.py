@@ -37,10 +37,6 @@ class BranchState:
     policy: BranchPolicy
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def version(self) -> int:
-        return self.policy.layout.version
-
 
 class BranchRegistry:
     def __init__(self, dsn: str, metrics: Metrics, stats_interval: float = 30.0) -> None:

@@ -61,7 +61,7 @@ class BranchRouter:
         async def materialize(decision: Decision) -> None:
             await self.registry.materialize(state, decision)
 
-        return StatementGate(state.policy, stats, version=lambda: state.version, materialize=materialize,
+        return StatementGate(state.policy, stats, version=state.policy.layout_version, materialize=materialize,
                              autoprepare=True)
 
 

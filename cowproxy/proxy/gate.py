@@ -88,16 +88,11 @@ def _rewritten(msg_type: int, buf: bytes, start: int, end: int, decision: Decisi
     return _replace_parse(buf, start, end, decision.sql, False)
 
 
-def unversioned() -> int:
-    """The layout version of a policy whose layout never changes (production's)."""
-    return 0
-
-
 class StatementGate:
     """One session's view of its policy: temp tables it created, plan-cache sync."""
 
     def __init__(self, policy: StatementPolicy, statements: Callable[[str, str], Tally],
-                 version: Callable[[], int] = unversioned,
+                 version: Tally | None = None,
                  materialize: Callable[[Decision], Awaitable[None]] | None = None,
                  autoprepare: bool = False) -> None:
         self.policy = policy
@@ -107,15 +102,17 @@ class StatementGate:
         self._counts: dict[str, Tally] = {}
         """This policy's counters by statement kind: a statement is counted with one
         lookup by an interned str and a native add, no tuple key and no dict update."""
-        self._version = version
+        self.layout_version = version
+        """The policy's layout version (`BranchPolicy.layout_version`), or None for a
+        layout that never changes (production's). A native cell: the relay reads it."""
         self._materialize = materialize
-        self.synced_version = version()
+        self.synced_version = self.current_version
         self.rewrites: list[tuple[int, bytes, tuple[str | None, ...]]] = []
         """After `scan`: (frame index, bytes to send instead, command tags to show) of
         the frames before the cut that are rewritten rather than forwarded."""
         self.autoprepared: AutoPrepared | None = AutoPrepared() if autoprepare else None
         """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
-        self.statements_only = not autoprepare and version is unversioned
+        self.statements_only = not autoprepare and version is None
         """`scan` acts on Query and Parse frames only: no auto-prepare renames Binds and
         Describes, no layout change makes plans stale. The relay then skips `scan` for a
         chunk with neither (production: Bind/Execute/Sync of a prepared statement),
@@ -123,12 +120,12 @@ class StatementGate:
 
     @property
     def current_version(self) -> int:
-        return self._version()
+        return 0 if self.layout_version is None else self.layout_version.value
 
     @property
     def plans_stale(self) -> bool:
         """The branch layout changed since this session last discarded its plans."""
-        return self._version() != self.synced_version
+        return self.layout_version is not None and self.layout_version.value != self.synced_version
 
     def scan(self, buf: bytes, frames: list[tuple[int, int, int]]) -> int:
         """Decide frames while they are plain forwards or immediate rewrites (listed in

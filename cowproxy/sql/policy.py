@@ -22,6 +22,7 @@ from cowproxy.branch.names import CLIENT_USER_SETTING, overlay_name
 from cowproxy.branch.overlay import OVERRIDING_SYSTEM, OVERRIDING_USER, overlay_objects, proposal_view_name, skip_view_name
 from cowproxy.branch.sequences import RUNTIME_FUNCTIONS
 from cowproxy.branch.sink import has_row_sink, row_sink_target
+from cowproxy.histogram import Tally
 from cowproxy.metrics import Metrics
 from cowproxy.sql import on_conflict, ordered_limit, references, row_locks
 from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, Scan, SqlSyntaxError, Statement, UpdateShape,
@@ -388,6 +389,11 @@ class BranchPolicy:
 
     def __init__(self, layout: BranchLayout, metrics: Metrics) -> None:
         self.layout = layout
+        self.layout_version = Tally()
+        """`layout.version`, in a native cell: a branch session's relay compares it with
+        the version its plans were made under before every chunk it forwards, and
+        reading it must not run Python code (cold, that cost more than the check)."""
+        self.layout_version.value = layout.version
         self.metrics = metrics
         self._cache = DecisionCache(metrics)
         self.label = layout.branch
@@ -401,6 +407,7 @@ class BranchPolicy:
         if layout.version != self.layout.version:
             self._cache = DecisionCache(self.metrics)
         self.layout = layout
+        self.layout_version.value = layout.version
 
     def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision:
         if not temp_tables:

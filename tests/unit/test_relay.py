@@ -257,7 +257,7 @@ def test_a_production_gate_needs_statement_frames_only_and_a_branch_gate_every_f
     assert StatementGate(ProductionPolicy(metrics), metrics.statement_tally).statements_only
     branch = BranchPolicy(BranchLayout(branch="b", schema="cowproxy_b_b", search_schemas=("cowproxy_b_b",)), metrics)
     assert not StatementGate(branch, metrics.statement_tally, autoprepare=True).statements_only
-    assert not StatementGate(branch, metrics.statement_tally, version=lambda: 1).statements_only
+    assert not StatementGate(branch, metrics.statement_tally, version=branch.layout_version).statements_only
 
 
 def test_production_prepared_executions_go_upstream_without_statements_to_decide():
