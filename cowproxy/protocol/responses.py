@@ -56,6 +56,7 @@ from cowproxy.protocol.messages import (
     BIND_COMPLETE,
     CLOSE,
     CLOSE_COMPLETE,
+    DESCRIBE,
     COMMAND_COMPLETE,
     COPY_DONE,
     COPY_FAIL,
@@ -292,7 +293,7 @@ class ResponseEditor:
     def sent_frames(self, buf: bytes, frames: Sequence[Frame], edits_for: EditsFor) -> None:
         """Report `FrontendFramer` frames going upstream; names are read from the bodies
         and `edits_for` gives the edits of Query and Parse frames."""
-        if len(frames) == 3 and self._steady_cycle(buf, frames):
+        if (len(frames) == 3 or len(frames) == 4) and self._steady_cycle(buf, frames):
             return
         for msg_type, start, end in frames:
             if msg_type == QUERY:
@@ -316,16 +317,20 @@ class ResponseEditor:
 
     def _steady_cycle(self, buf: bytes, frames: Sequence[Frame]) -> bool:
         """Bind of the unnamed portal, Execute of it, Sync, with nothing else in flight:
-        the round every driver that prepares sends for each execution. It is queued as
-        one `_CYCLE` record instead of three, and the Bind takes its statement's edit
-        now rather than at BindComplete: with nothing in flight no Parse or Close can
-        come between, and a Bind that fails ends its transaction (or fails it, so that
-        nothing can run until a ReadyForQuery with status I clears every portal), so
-        the unnamed portal it would have left in place is never executed."""
+        the round every driver that prepares sends for each execution (libpq's, so
+        psycopg's and pgbench's, with a Describe after the Bind, whose answer settles
+        nothing). It is queued as one `_CYCLE` record, and the Bind takes its
+        statement's edit now rather than at BindComplete: with nothing in flight no
+        Parse or Close can come between, and a Bind that fails ends its transaction
+        (or fails it, so that nothing can run until a ReadyForQuery with status I
+        clears every portal), so the unnamed portal it would have left in place is
+        never executed."""
         if self._queue or self._open is not None or self._skipping or self._copy_open:
             return False
-        bind, execute, sync = frames[0], frames[1], frames[2]
+        bind, execute, sync = frames[0], frames[-2], frames[-1]
         if bind[0] != BIND or execute[0] != EXECUTE or sync[0] != SYNC:
+            return False
+        if len(frames) == 4 and frames[1][0] != DESCRIBE:
             return False
         if bind[1] >= bind[2] or buf[bind[1]] != 0 or execute[1] >= execute[2] or buf[execute[1]] != 0:
             return False  # a named portal (or a malformed frame): the general path

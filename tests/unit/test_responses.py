@@ -349,9 +349,9 @@ def test_a_prepared_statement_executed_again_and_again_gets_each_row_count(wire)
 
 def test_bind_execute_sync_rounds_reported_one_at_a_time_stay_in_step(wire):
     """The round a driver that prepares sends for every execution (Bind of the unnamed
-    portal, Execute, Sync, with nothing else in flight) is followed as one record: its
-    edit, a Bind the server refuses, a COPY FROM STDIN it starts, and a named portal
-    (the general path) in between keep every tag right."""
+    portal, Describe or not, Execute, Sync, with nothing else in flight) is followed as
+    one record: its edit, a Bind the server refuses, a COPY FROM STDIN it starts, and a
+    named portal (the general path) in between keep every tag right."""
     editor = new_editor()
 
     def round_trip(*client: bytes, until: int = READY_FOR_QUERY) -> bytes:
@@ -370,9 +370,11 @@ def test_bind_execute_sync_rounds_reported_one_at_a_time_stay_in_step(wire):
            round_trip(frame(COPY_DATA, b"60\t1\n"), frame(COPY_DONE, b""), encode_sync()),
            round_trip(bind_execute("", "upd", b"3"), encode_sync()),
            round_trip(bind_execute("named", "upd", b"1"), encode_sync()),
-           round_trip(bind_execute("", "upd", b"4"), encode_sync())]
+           round_trip(bind_execute("", "upd", b"4"), encode_sync()),
+           round_trip(encode_bind("", "upd", (b"5",)), encode_describe(b"P", ""), encode_execute(""),
+                      encode_sync())]  # libpq's round: a Describe of the portal too
     whole = b"".join(out)
-    assert tags(whole) == ["UPDATE 2", "COPY 1", "UPDATE 3", "UPDATE 1", "UPDATE 4"]
+    assert tags(whole) == ["UPDATE 2", "COPY 1", "UPDATE 3", "UPDATE 1", "UPDATE 4", "UPDATE 5"]
     assert [decode_error_fields(body).sqlstate for t, body in messages(whole) if t == ERROR_RESPONSE] == ["08P01"]
     assert not editor.idle  # "upd" keeps its edit for the next round
 
