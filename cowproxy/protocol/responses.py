@@ -164,6 +164,8 @@ class _Sent:
 _EARLIER: Final = -1  # cycles sent before `engage`: answers pass, ReadyForQuery counts
 _OPEN: Final = -2     # the extended-protocol cycle `engage` found begun (see there)
 _CYCLE: Final = -3    # Bind, Execute, Sync of the unnamed portal, sent with nothing in flight (`_steady_cycle`)
+_PLAIN_CYCLE: Final = _Sent(_CYCLE)
+"""The `_CYCLE` of a statement without an edit, shared: nothing changes a `_CYCLE` record."""
 _CLOSES_CYCLE: Final = frozenset({SYNC, QUERY, FUNCTION_CALL})
 _HELD_TYPES: Final = frozenset({COMMAND_COMPLETE, PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE})
 """Answers held back until whole: the editor may rewrite or remove them."""
@@ -339,7 +341,7 @@ class ResponseEditor:
             self._portals.pop(b"", None)
         else:
             self._portals[b""] = edit
-        self._push(_Sent(_CYCLE, edit=edit))
+        self._push(_PLAIN_CYCLE if edit is None else _Sent(_CYCLE, edit=edit))
         return True
 
     def _push(self, sent: _Sent) -> None:
@@ -355,6 +357,30 @@ class ResponseEditor:
             self._queue.append(sent)
 
     # ---------------------------------------------------------------- server side
+
+    def plain_round(self) -> bool:
+        """Only one thing is in flight, a steady round (`_steady_cycle`) of a statement
+        without an edit, and nothing is held back: its answers need no editing, so the
+        caller may walk them with `BackendScanner.feed_ready`, as a session without an
+        editor does, and report the ReadyForQuery with `plain_round_done`. A session
+        whose prepared writes are edited keeps the editor engaged, and this keeps its
+        reads (and BEGIN, COMMIT) off the editor's bookkeeping. What `feed` would have
+        done besides is nothing for such a round, except forgetting the edits of
+        statements a prepared DISCARD ALL or DEALLOCATE ALL removes: a stale edit is
+        never used, since PostgreSQL refuses a Bind of a statement it no longer has and
+        a new Parse of the name replaces the entry."""
+        queue = self._queue
+        if len(queue) != 1 or len(self._held) != 0:
+            return False
+        head = queue[0]
+        return head.kind == _CYCLE and head.edit is None
+
+    def plain_round_done(self, ready: int, status: bytes) -> None:
+        """`ready` ReadyForQuery messages came for the `plain_round`, the last with
+        transaction `status`."""
+        if ready != 1:
+            raise self._out_of_step(READY_FOR_QUERY, None)
+        self._end_cycle(self._queue[0], status)
 
     def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
         """Walk server bytes; return the bytes to forward now and the scanner events
@@ -480,7 +506,8 @@ class ResponseEditor:
             self._end_cycle(head, body)
             return None
         if msg_type == COPY_IN_RESPONSE:
-            head.kind = EXECUTE  # the Sync was read as part of the copy: the Execute alone is open
+            # The Sync was read as part of the copy: the Execute alone is open.
+            self._queue[0] = _Sent(EXECUTE, edit=head.edit)
             self._start_copy_in()
             return None
         if (msg_type == BIND_COMPLETE or msg_type == ERROR_RESPONSE or msg_type == EMPTY_QUERY_RESPONSE

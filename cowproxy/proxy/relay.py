@@ -420,11 +420,20 @@ class Relay:
                 return
         t0 = _clock()
         editor = self.editor
-        if editor is None:
+        if editor is None or editor.plain_round():
             ready = self.scanner.feed_ready(data)
             if ready >= 0:
                 # The common chunk: rows, completions, ReadyForQuery; nothing to edit,
                 # filter or decode (the error filter acts on ErrorResponses only).
+                if editor is not None and ready:
+                    try:
+                        editor.plain_round_done(ready, self.scanner.ready_status)
+                    except ProtocolViolation as exc:
+                        self.session.upstream_broken(exc)
+                        return
+                    if editor.idle:
+                        self.editor = None
+                        self.idle_editor = editor
                 self.client_write(data)
                 if not ready or not self.ready_seen(ready, self.scanner.ready_status, t0):
                     self.proxy_time += _clock() - t0

@@ -25,6 +25,8 @@ from conformance.databases import drop_leftovers
 from conformance.test_pgbench import pgbench_binary, pgbench_counts, pgbench_production
 from cowproxy.branch import catalog
 from cowproxy.protocol.messages import (
+    COPY_DATA,
+    COPY_DONE,
     encode_bind,
     encode_close,
     encode_describe,
@@ -32,6 +34,7 @@ from cowproxy.protocol.messages import (
     encode_parse,
     encode_query,
     encode_sync,
+    frame,
 )
 from rawclient import Message, RawClient
 from support import ProxyProcess
@@ -280,6 +283,40 @@ def test_an_auto_prepared_update_still_shows_its_own_tag(sides):
     answer = sides.request(*execution("SELECT sum(abalance) FROM pgbench_accounts WHERE aid IN (5, 100, 101)"))
     sides.request(encode_query("COMMIT"))
     assert [name for name, _, uses in sides.ours()] == ["cowproxy_ap_1", "cowproxy_ap_2"]
+
+
+def test_a_driver_s_named_statements_answer_as_on_a_copy_round_after_round(sides):
+    """What pgbench -M prepared and psycopg do: Parse named statements once, then one
+    Bind/Describe/Execute/Sync round per execution. The UPDATE's tag is edited (it
+    runs as an upsert), which keeps the response editor engaged for the session, and
+    every other round (reads, BEGIN, COMMIT, a refused Bind, an error, a COPY) must
+    answer as on a copy around it (protocol/responses.py `plain_round`)."""
+    named = {"upd": "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+             "sel": LOOKUP, "begin": "BEGIN", "end": "END",
+             "bad": "SELECT 1 / ($1::int - 1) FROM pgbench_accounts WHERE aid = 100",
+             "copy": "COPY pgbench_history (tid, bid, aid, delta, mtime) FROM STDIN"}
+    sides.request(*(encode_parse(name, sql) for name, sql in named.items()), S)
+
+    def rnd(name: str, *params: bytes) -> list:
+        return sides.request(encode_bind("", name, params), encode_describe(b"P", ""), encode_execute(""), S)
+
+    for aid in (b"100", b"7", b"100", b"0"):
+        rnd("begin")
+        assert [m.body for m in rnd("upd", b"3", aid) if m.type == "C"] == [b"UPDATE 0\x00" if aid == b"0" else b"UPDATE 1\x00"]
+        assert [m.type for m in rnd("sel", aid)] == (["2", "T", "C", "Z"] if aid == b"0" else ["2", "T", "D", "C", "Z"])
+        rnd("end")
+    assert errors(rnd("bad", b"1")) == ["22012"]
+    assert errors(rnd("sel")) == ["08P01"]  # the Bind is refused: one parameter missing
+    assert [m.type for m in rnd("bad", b"2")] == ["2", "T", "D", "C", "Z"]
+    for client in (sides.branch, sides.copy):  # COPY answers CopyInResponse first
+        client.send(encode_bind("", "copy", ()) + encode_describe(b"P", "") + encode_execute("") + S)
+    answers = [[client.read_message() for _ in range(3)] for client in (sides.branch, sides.copy)]
+    assert [[m.type for m in a] for a in answers] == [["2", "n", "G"]] * 2
+    copied = sides.request(frame(COPY_DATA, b"1\t1\t7\t5\t\\N\n"), frame(COPY_DONE, b""), S)
+    assert [m.body for m in copied if m.type == "C"] == [b"COPY 1\x00"]
+    for aid in (b"7", b"100"):
+        assert [m.body for m in rnd("upd", b"1", aid) if m.type == "C"] == [b"UPDATE 1\x00"]
+        rnd("sel", aid)
 
 
 def test_psycopg_without_prepare_sees_what_a_copy_shows(world, pair):
