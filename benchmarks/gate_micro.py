@@ -25,7 +25,15 @@ seen, prepared and confirmed):
   for a stand-in); and the same for a relay without a gate (pass-through's route);
 - `prepared round`: the same for a named prepared statement's Bind/Execute/Sync (its
   Parse sent once), a SELECT and an UPDATE whose upsert's tag the response editor
-  edits: what drivers that prepare cost the branch route.
+  edits: what drivers that prepare cost the branch route. Then libpq's round
+  (Bind/Describe/Execute/Sync: psycopg, pgbench -M prepared) of the SELECT in a
+  session whose prepared UPDATE keeps the response editor engaged, as in TPC-B.
+- `--cold`: the prepared rounds again with the caches emptied before each call
+  (a 2 MiB buffer written between `from_client` and `from_upstream`), p25 and median
+  of the calls' wall time. Under pgbench the proxy shares two cores with PostgreSQL
+  and pgbench, which run between any two chunks: in place, the branch route's
+  prepared round costs several times what it costs on a warm cache, and what a
+  change saves on a warm cache is not what it saves there.
 
 Best of `--rounds` over `--texts` distinct texts, CPU µs per statement. Which data-path
 modules run compiled is printed first (`python setup.py build_ext --inplace`).
@@ -54,8 +62,8 @@ from cowproxy.embedded import EmbeddedPostgres
 from cowproxy.metrics import Metrics
 from cowproxy.histogram import Histogram
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer
-from cowproxy.protocol.messages import (encode_bind, encode_execute, encode_parse, encode_query, encode_ready_for_query,
-                                        encode_sync, frame)
+from cowproxy.protocol.messages import (encode_bind, encode_describe, encode_execute, encode_parse, encode_query,
+                                        encode_ready_for_query, encode_sync, frame)
 from cowproxy.proxy.gate import StatementGate
 from cowproxy.proxy.relay import Relay
 from cowproxy.proxy.session import _SCAN_INTEREST
@@ -228,19 +236,30 @@ def measure_relay(gate: StatementGate | None, texts: list[str], rounds: int) -> 
             gate.autoprepared.relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
 
 
-def measure_prepared(gate: StatementGate | None, name: str, rng: random.Random, count: int, rounds: int) -> float:
-    """CPU µs per Bind/Execute/Sync round of a named prepared statement through a real
-    `Relay` (its Parse sent once first, as drivers do), answers canned: the branch
-    route's steady state for drivers that prepare, tag edits included."""
+def measure_prepared(gate: StatementGate | None, name: str, rng: random.Random, count: int, rounds: int,
+                     libpq: bool = False, engaged: bool = False, cold: bool = False) -> str:
+    """CPU µs per Bind/Execute/Sync round (`libpq`: Bind/Describe/Execute/Sync) of a
+    named prepared statement through a real `Relay` (its Parse sent once first, as
+    drivers do), answers canned: the branch route's steady state for drivers that
+    prepare, tag edits included. `engaged`: an UPDATE prepared first keeps the response
+    editor engaged. `cold`: p25 and median wall µs with the caches emptied per call."""
     sql, params, branch_tag, passthrough_tag = PREPARED[name]
     relay = relay_for(gate)
+    if engaged:
+        relay.from_client(encode_parse("P0_0", PREPARED["update tellers"][0]) + encode_sync())
+        relay.from_upstream(frame(ord("1"), b"") + encode_ready_for_query(b"I"))
+        assert gate is None or relay.editor is not None
     relay.from_client(encode_parse("P0_1", sql) + encode_sync())
     relay.from_upstream(frame(ord("1"), b"") + encode_ready_for_query(b"I"))
     assert not relay.pending_ready
-    rows = _DATA_ROW if sql.startswith("SELECT") else b""
+    selects = sql.startswith("SELECT")
+    rows = _DATA_ROW if selects else b""
+    described = (_ROW_DESCRIPTION if selects else frame(ord("n"), b"")) if libpq else b""
     tag = branch_tag if gate is not None else passthrough_tag
-    reply = frame(ord("2"), b"") + rows + frame(ord("C"), tag + b"\x00") + encode_ready_for_query(b"I")
-    binds = [encode_bind("", "P0_1", params(rng)) + encode_execute("") + encode_sync() for _ in range(count)]
+    reply = frame(ord("2"), b"") + described + rows + frame(ord("C"), tag + b"\x00") + encode_ready_for_query(b"I")
+    describe = encode_describe(b"P", "") if libpq else b""
+    binds = [encode_bind("", "P0_1", params(rng)) + describe + encode_execute("") + encode_sync()
+             for _ in range(count)]
 
     def run_all() -> None:
         for bind in binds:
@@ -251,10 +270,38 @@ def measure_prepared(gate: StatementGate | None, name: str, rng: random.Random, 
     assert relay.client.last.endswith(encode_ready_for_query(b"I"))
     assert passthrough_tag + b"\x00" in relay.client.last, relay.client.last  # the client's tag, edited or not
     try:
-        return _best(run_all, count, rounds)
+        if cold:
+            return "%.2f / %.2f" % _cold(relay, binds, reply)
+        return f"{_best(run_all, count, rounds):.2f}"
     finally:
         if gate is not None and gate.autoprepared is not None:
             gate.autoprepared.relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
+
+
+_CACHE_SIZED = bytearray(2 << 20)
+_CACHE_LINES = b"\x01" * len(range(0, len(_CACHE_SIZED), 64))
+
+
+def _empty_caches() -> None:
+    """Write one byte of every 64 in 2 MiB: what PostgreSQL and pgbench running
+    between two chunks do to the proxy's caches, roughly."""
+    _CACHE_SIZED[::64] = _CACHE_LINES
+
+
+def _cold(relay: Relay, binds: list[bytes], reply: bytes) -> tuple[float, float]:
+    """p25 and median wall µs of a round, caches emptied before each of its two calls."""
+    times = []
+    for bind in binds:
+        _empty_caches()
+        start = time.perf_counter()
+        relay.from_client(bind)
+        sent = time.perf_counter() - start
+        _empty_caches()
+        start = time.perf_counter()
+        relay.from_upstream(reply)
+        times.append(sent + time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 4] * 1e6, times[len(times) // 2] * 1e6
 
 
 def _best(call: Callable[[], None], count: int, rounds: int) -> float:
@@ -314,6 +361,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile the gate loop of every statement")
+    parser.add_argument("--cold", action="store_true", help="the prepared rounds again, caches emptied per call")
     args = parser.parse_args()
     print("compiled modules:", ", ".join(f"{m.rsplit('.', 1)[1]} {s}" for m, s in compiled.status().items()))
     with EmbeddedPostgres() as pg:
@@ -333,11 +381,14 @@ def main() -> None:
     selects = texts["select accounts"]
     print(f"relay round, select accounts: branch {measure_relay(gate, selects, args.rounds):.2f} µs, "
           f"no gate (pass-through) {measure_relay(None, selects, args.rounds):.2f} µs")
-    for name in PREPARED:
-        branch = measure_prepared(gate, name, random.Random(7), args.texts, args.rounds)
-        passthrough = measure_prepared(None, name, random.Random(7), args.texts, args.rounds)
-        print(f"prepared round (Bind/Execute/Sync), {name}: branch {branch:.2f} µs, "
-              f"no gate (pass-through) {passthrough:.2f} µs")
+    kinds = [("Bind/Execute/Sync", name, False, False) for name in PREPARED]
+    kinds.append(("libpq's Bind/Describe/Execute/Sync, editor engaged", "select accounts", True, True))
+    for cold in (False, True) if args.cold else (False,):
+        for label, name, libpq, engaged in kinds:
+            branch = measure_prepared(gate, name, random.Random(7), args.texts, args.rounds, libpq, engaged, cold)
+            passthrough = measure_prepared(None, name, random.Random(7), args.texts, args.rounds, libpq, engaged, cold)
+            print(f"prepared round{' (cold: p25 / median)' if cold else ''} ({label}), {name}: branch {branch} µs, "
+                  f"no gate (pass-through) {passthrough} µs")
     if args.profile:
         profiler = cProfile.Profile()
         chunks = [_chunks(batch) for batch in texts.values()]
