@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final
 
 from cowproxy.protocol.errors import ProtocolViolation
-from cowproxy.protocol.messages import FRONTEND_TYPES, MAX_STARTUP_PACKET, READY_FOR_QUERY
+from cowproxy.protocol.messages import COMMAND_COMPLETE, FRONTEND_TYPES, MAX_STARTUP_PACKET, READY_FOR_QUERY
 
 
 
@@ -209,7 +209,7 @@ class BackendScanner:
     """
 
     __slots__ = ("interest", "_wanted", "_skip", "_head", "_collect_type", "_collect", "_collect_left",
-                 "ready_status")
+                 "ready_status", "tag_at")
 
     def __init__(self, interest: frozenset[int]) -> None:
         self.interest = interest
@@ -220,6 +220,7 @@ class BackendScanner:
         self._collect = bytearray()
         self._collect_left = 0    # ... and how many of its bytes are still to come
         self.ready_status = b"I"  # the status byte of the last ReadyForQuery `feed_ready` counted
+        self.tag_at = -1          # where the last CommandComplete `feed_ready(chunk, True)` walked starts, or -1
 
     def feed(self, chunk: bytes, wanted: bytes | None = None,
              ends: list[int] | None = None) -> list[tuple[int, bytes]]:
@@ -281,7 +282,7 @@ class BackendScanner:
             pos = end
         return events
 
-    def feed_ready(self, chunk: bytes) -> int:
+    def feed_ready(self, chunk: bytes, tags: bool = False) -> int:
         """`feed` for the common chunk, without the events list: the number of
         ReadyForQuery messages it completes (the last one's status in `ready_status`),
         or -1 when it needs `feed`'s events, in which case nothing was consumed.
@@ -293,8 +294,12 @@ class BackendScanner:
         starts inside a split header or message, which only `feed` can finish. The walk
         changes the state only at its end, so the caller can hand the same chunk to
         `feed` after a -1 and get what `feed` alone would have given.
+
+        `tags`: also find the chunk's last CommandComplete (`tag_at`: the offset of its
+        type byte, or -1 if none), for a caller that may rewrite it; one cut by the
+        chunk's end, or a chunk that starts inside a message, is -1 then.
         """
-        if self._head or self._collect_left:
+        if self._head or self._collect_left or (tags and self._skip):
             return -1
         n = len(chunk)
         pos = self._skip
@@ -304,6 +309,7 @@ class BackendScanner:
         wanted = self._wanted
         ready = 0
         last = 0
+        tag_at = -1
         while pos < n:
             if n - pos < 5:
                 return -1
@@ -317,8 +323,13 @@ class BackendScanner:
                 last = pos + 5
             elif length < 4 or wanted[msg_type]:
                 return -1
+            elif tags and msg_type == COMMAND_COMPLETE:
+                if end > n:
+                    return -1
+                tag_at = pos
             pos = end
         self._skip = pos - n
+        self.tag_at = tag_at
         if ready:
             self.ready_status = chunk[last:last + 1]
         return ready

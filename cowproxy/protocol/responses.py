@@ -362,22 +362,45 @@ class ResponseEditor:
         """Only one thing is in flight, a steady round (`_steady_cycle`) of a statement
         without an edit, and nothing is held back: its answers need no editing, so the
         caller may walk them with `BackendScanner.feed_ready`, as a session without an
-        editor does, and report the ReadyForQuery with `plain_round_done`. A session
+        editor does, and report the ReadyForQuery with `round_done`. A session
         whose prepared writes are edited keeps the editor engaged, and this keeps its
         reads (and BEGIN, COMMIT) off the editor's bookkeeping. What `feed` would have
         done besides is nothing for such a round, except forgetting the edits of
         statements a prepared DISCARD ALL or DEALLOCATE ALL removes: a stale edit is
         never used, since PostgreSQL refuses a Bind of a statement it no longer has and
         a new Parse of the name replaces the entry."""
+        head = self._steady_head()
+        return head is not None and head.edit is None
+
+    def edited_round(self) -> bool:
+        """`plain_round`'s case for a statement with an edit: the caller walks the
+        answers with `feed_ready(chunk, tags=True)`, has the one CommandComplete they
+        hold rewritten by `edit_tag`, and reports the ReadyForQuery with `round_done`.
+        A chunk that cuts the CommandComplete, or holds an ErrorResponse, is `feed`'s."""
+        head = self._steady_head()
+        return head is not None and head.edit is not None
+
+    def _steady_head(self) -> _Sent | None:
         queue = self._queue
         if len(queue) != 1 or len(self._held) != 0:
-            return False
+            return None
         head = queue[0]
-        return head.kind == _CYCLE and head.edit is None
+        return head if head.kind == _CYCLE else None
 
-    def plain_round_done(self, ready: int, status: bytes) -> None:
-        """`ready` ReadyForQuery messages came for the `plain_round`, the last with
-        transaction `status`."""
+    def edit_tag(self, data: bytes, at: int) -> bytes:
+        """`data` with the CommandComplete at offset `at` (whole in it) edited for the
+        `edited_round` in flight."""
+        verb = self._queue[0].edit
+        assert verb is not None
+        end = at + 1 + int.from_bytes(data[at + 1:at + 5], "big")
+        edited = self._edited_frame(data[at + 5:end], verb)
+        if not edited:
+            return data
+        return b"".join((data[:at], edited, data[end:]))
+
+    def round_done(self, ready: int, status: bytes) -> None:
+        """`ready` ReadyForQuery messages came for the `plain_round` or `edited_round`,
+        the last with transaction `status`."""
         if ready != 1:
             raise self._out_of_step(READY_FOR_QUERY, None)
         self._end_cycle(self._queue[0], status)

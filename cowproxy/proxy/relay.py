@@ -420,18 +420,24 @@ class Relay:
                 return
         t0 = _clock()
         editor = self.editor
-        if editor is None or editor.plain_round():
-            ready = self.scanner.feed_ready(data)
+        plain = editor is None or editor.plain_round()
+        tags = not plain and editor.edited_round()
+        if plain or tags:
+            ready = self.scanner.feed_ready(data, tags)
             if ready >= 0:
-                # The common chunk: rows, completions, ReadyForQuery; nothing to edit,
-                # filter or decode (the error filter acts on ErrorResponses only).
-                if editor is not None and ready:
+                # The common chunk: rows, completions, ReadyForQuery; nothing to edit
+                # but the tag of a steady round's edited statement, nothing to filter
+                # or decode (the error filter acts on ErrorResponses only).
+                if editor is not None:
                     try:
-                        editor.plain_round_done(ready, self.scanner.ready_status)
+                        if tags and self.scanner.tag_at >= 0:
+                            data = editor.edit_tag(data, self.scanner.tag_at)
+                        if ready:
+                            editor.round_done(ready, self.scanner.ready_status)
                     except ProtocolViolation as exc:
                         self.session.upstream_broken(exc)
                         return
-                    if editor.idle:
+                    if ready and editor.idle:
                         self.editor = None
                         self.idle_editor = editor
                 self.client_write(data)

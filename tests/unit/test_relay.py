@@ -23,13 +23,19 @@ from cowproxy.protocol.messages import (
     COPY_DONE,
     COPY_IN_RESPONSE,
     DATA_ROW,
+    DESCRIBE,
     ERROR_RESPONSE,
     EXECUTE,
     PARSE,
+    PARSE_COMPLETE,
     QUERY,
     READY_FOR_QUERY,
     SYNC,
+    encode_bind,
     encode_error_response,
+    encode_execute,
+    encode_parse,
+    encode_sync,
     frame,
 )
 from cowproxy.proxy.gate import StatementGate
@@ -288,3 +294,51 @@ def test_production_statements_behind_prepared_executions_still_meet_the_gate(st
     relay.from_client(PREPARED + frame(statement, body))
     assert b"".join(upstream.written) == PREPARED  # the frames before it went on
     assert session.slow_paths == [[(statement, len(body) + 5)]] and relay.gate_busy
+
+
+def branch_relay_with_an_edited_statement() -> tuple[Relay, Recorder, Recorder]:
+    """A branch session whose named prepared UPDATE runs as an upsert ("INSERT 0 n"
+    upstream, "UPDATE n" to the client): the response editor stays engaged."""
+    from .test_autoprepare import UPSERT_LAYOUT
+
+    metrics = Metrics()
+    relay, client, upstream, _session = ready_relay(metrics, "alice")
+    relay.gate = StatementGate(BranchPolicy(UPSERT_LAYOUT, metrics), metrics.statement_tally, autoprepare=True)
+    relay.gate.autoprepared.relay = relay
+    for name, sql in (("upd", "UPDATE accounts SET balance = balance + $1 WHERE id = $2"),
+                      ("sel", "SELECT balance FROM accounts WHERE id = $1")):
+        relay.from_client(encode_parse(name, sql) + encode_sync())
+        relay.from_upstream(frame(PARSE_COMPLETE, b"") + frame(READY_FOR_QUERY, b"I"))
+    assert relay.editor is not None and not relay.pending_ready
+    return relay, client, upstream
+
+
+def libpq_round(statement: str, *params: bytes) -> bytes:
+    return (encode_bind("", statement, params) + frame(DESCRIBE, b"P\x00") + encode_execute("")
+            + encode_sync())
+
+
+@pytest.mark.parametrize("split", ["whole", "bytewise", "mid-frame"])
+def test_steady_rounds_of_an_edited_session_are_edited_however_their_answers_are_cut(split):
+    """libpq's round (Bind/Describe/Execute/Sync) with nothing else in flight: the
+    UPDATE's tag is edited on the relay's fast path (`feed_ready` finds it) or, when a
+    chunk cuts it, by the editor's `feed`; a read's answer passes as it came. Either
+    way the client gets the same bytes, and each round ends its request once."""
+    relay, client, _upstream = branch_relay_with_an_edited_statement()
+
+    def update_answer(tag: bytes, status: bytes) -> bytes:
+        return (frame(BIND_COMPLETE, b"") + frame(ord("n"), b"") + frame(COMMAND_COMPLETE, tag)
+                + frame(READY_FOR_QUERY, status))
+
+    rounds = [(libpq_round("upd", b"5", b"1"), update_answer(b"INSERT 0 1\x00", b"T"), update_answer(b"UPDATE 1\x00", b"T")),
+              (libpq_round("sel", b"1"), ANSWER, ANSWER),
+              (libpq_round("upd", b"5", b"2"), update_answer(b"INSERT 0 0\x00", b"I"), update_answer(b"UPDATE 0\x00", b"I"))]
+    for sent, answer, expected in rounds:
+        client.written.clear()
+        relay.from_client(sent)
+        chunks = {"whole": [answer], "bytewise": bytewise(answer), "mid-frame": cut(answer, [3, 9, 14, 23])}[split]
+        for chunk in chunks:
+            relay.from_upstream(chunk)
+        assert b"".join(client.written) == expected
+        assert relay.pending_ready == 0
+    assert relay.editor is not None and relay.tx_status == b"I"
