@@ -123,7 +123,7 @@ async def branch_gate(pg: EmbeddedPostgres) -> StatementGate:
             buf, frames = FrontendFramer().feed(encode_query(sql))
             msg_type, start, end = frames[0]
             await gate.translate(msg_type, buf, start, end)
-        gate.synced_version = gate.current_version  # the session's slow path would DISCARD ALL here
+        gate.plans_synced()  # the session's slow path would DISCARD PLANS here
     finally:
         await registry.close()
     assert gate.autoprepared is not None

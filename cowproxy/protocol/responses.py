@@ -606,7 +606,8 @@ class ResponseEditor:
         )
 
 
-_KIND_NAMES: Final = {_CYCLE: "Bind/Execute/Sync", PARSE: "Parse", BIND: "Bind", EXECUTE: "Execute", CLOSE: "Close", SYNC: "Sync",
+_KIND_NAMES: Final = {_CYCLE: "Bind/Execute/Sync", PARSE: "Parse", BIND: "Bind", EXECUTE: "Execute",
+                      CLOSE: "Close", SYNC: "Sync",
                       QUERY: "Query", FUNCTION_CALL: "FunctionCall"}
 
 

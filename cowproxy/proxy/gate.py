@@ -88,6 +88,11 @@ def _rewritten(msg_type: int, buf: bytes, start: int, end: int, decision: Decisi
     return _replace_parse(buf, start, end, decision.sql, False)
 
 
+_FORWARDS_LIMIT = 64
+"""Texts a session's gate keeps in `StatementGate.forwards` (a session's BEGIN, COMMIT,
+SET, ... repeat; its reads usually differ in their literals)."""
+
+
 class StatementGate:
     """One session's view of its policy: temp tables it created, plan-cache sync."""
 
@@ -110,6 +115,13 @@ class StatementGate:
         self.rewrites: list[tuple[int, bytes, tuple[str | None, ...]]] = []
         """After `scan`: (frame index, bytes to send instead, command tags to show) of
         the frames before the cut that are rewritten rather than forwarded."""
+        self.forwards: dict[bytes, Tally] = {}
+        """Lone simple Queries (their frame bodies) `scan` forwarded as sent, with nothing
+        for auto-prepare to do, and the counter of their kind: the relay forwards them
+        again without calling `scan` (`Relay.remembered`), so an ORM's BEGIN and COMMIT
+        run no Python code on a branch. Valid while the layout and the temp tables are
+        what they were (a stale layout sends every chunk through `scan` first; new temp
+        tables empty it); at most `_FORWARDS_LIMIT` texts."""
         self.autoprepared: AutoPrepared | None = AutoPrepared() if autoprepare else None
         """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
         self.statements_only = not autoprepare and version is None
@@ -126,6 +138,12 @@ class StatementGate:
     def plans_stale(self) -> bool:
         """The branch layout changed since this session last discarded its plans."""
         return self.layout_version is not None and self.layout_version.value != self.synced_version
+
+    def plans_synced(self) -> None:
+        """The session discarded its plans for the current layout: what was decided
+        under the old one, `forwards` included, no longer holds."""
+        self.synced_version = self.current_version
+        self.forwards.clear()
 
     def scan(self, buf: bytes, frames: list[tuple[int, int, int]]) -> int:
         """Decide frames while they are plain forwards or immediate rewrites (listed in
@@ -170,20 +188,28 @@ class StatementGate:
                 self.rewrites.append((index, sent[0], sent[1]))
             elif decision.action is not Action.FORWARD:
                 return index
-            elif prepared is not None:
-                if prepared.alias is not None or decision.preparable or decision.prepared:
-                    sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
-                    if sent is not None:
-                        self.rewrites.append((index, sent[0], sent[1]))
-                        if msg_type == QUERY and not temps:
-                            prepared.learn(sql, policy.cache)
-                elif msg_type == PARSE and buf[start] == 0:
-                    prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
+            elif prepared is not None and (prepared.alias is not None or decision.preparable or decision.prepared):
+                sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                if sent is not None:
+                    self.rewrites.append((index, sent[0], sent[1]))
+                    if msg_type == QUERY and not temps:
+                        prepared.learn(sql, policy.cache)
+            elif msg_type == QUERY:
+                if len(frames) == 1 and not temps:
+                    self._remember(buf[start:end], decision.kind)
+            elif prepared is not None and buf[start] == 0:
+                prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
             counter = counts.get(decision.kind)
             if counter is None:
                 counter = self._counter(decision.kind)
             counter.value += 1
         return len(frames)
+
+    def _remember(self, text: bytes, kind: str) -> None:
+        """Add a Query forwarded as sent to `forwards`."""
+        if len(self.forwards) >= _FORWARDS_LIMIT:
+            self.forwards.clear()
+        self.forwards[text] = self._counter(kind)
 
     def _counter(self, kind: str) -> Tally:
         """The shared counter of this policy's statements of `kind`."""
@@ -257,6 +283,7 @@ class StatementGate:
         self._counter(decision.kind).value += 1
         if decision.creates_temp:
             self.temp_tables = self.temp_tables | frozenset(decision.creates_temp)
+            self.forwards.clear()  # a temp table may hide a name in them
         if prepared is not None:
             sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, (), 0)
             if sent is not None:

@@ -144,6 +144,7 @@ class Relay:
         self._gate: Any = None                   # StatementGate, for branch and production sessions (property `gate`)
         self.gate_statements_only = False        # the gate's `statements_only`: it needs only chunks with Query/Parse
         self.layout_version: Tally | None = None  # the gate's `layout_version` (a native cell)
+        self.forwards: dict[bytes, Tally] = {}    # the gate's `forwards` (the same dict)
         self.active = False                      # READY: the session relays through here
         self.gate_busy = False                   # the gate's slow path owns the client stream
         self.queued: list[bytes] = []            # client bytes that arrived meanwhile
@@ -197,6 +198,7 @@ class Relay:
         self._gate = gate
         self.gate_statements_only = gate is not None and bool(gate.statements_only)
         self.layout_version = None if gate is None else gate.layout_version
+        self.forwards = {} if gate is None else gate.forwards
 
     # ------------------------------------------------------------------ client → upstream
 
@@ -301,7 +303,8 @@ class Relay:
     def forward(self, buf: bytes, frames: list[tuple[int, int, int]], t0: float) -> None:
         """Send whole client frames upstream: through the gate when the route has one."""
         gate = self._gate
-        if gate is not None and needs_scan(gate, frames, self.layout_version):
+        if (gate is not None and needs_scan(gate, frames, self.layout_version)
+                and not self.remembered(gate, buf, frames)):
             cut: int = gate.scan(buf, frames)
             if gate.rewrites or cut < len(frames):
                 self.forward_before(buf, frames, cut, gate.rewrites, t0)
@@ -316,6 +319,27 @@ class Relay:
             self.editor.sent_frames(buf, frames, no_edits)
         self.upstream_write(buf)
         self.proxy_time += _clock() - t0
+
+    def remembered(self, gate: Any, buf: bytes, frames: list[tuple[int, int, int]]) -> bool:
+        """A lone Query the gate forwarded as sent before (`StatementGate.forwards`),
+        counted here instead of scanned: with no auto-prepare alias to clear and no
+        stale layout, `scan` would forward it again and only count it."""
+        if len(frames) != 1 or len(self.forwards) == 0:
+            return False
+        frame = frames[0]
+        if frame[0] != QUERY:
+            return False
+        prepared = gate.autoprepared
+        if prepared is not None and prepared.alias is not None:
+            return False
+        layout_version = self.layout_version
+        if layout_version is not None and layout_version.value != gate.synced_version:
+            return False
+        counter = self.forwards.get(buf[frame[1]:frame[2]])
+        if counter is None:
+            return False
+        counter.value += 1
+        return True
 
     def forward_before(self, buf: bytes, frames: list[tuple[int, int, int]], cut: int,
                        rewrites: list[tuple[int, bytes, tuple[str | None, ...]]], t0: float) -> None:

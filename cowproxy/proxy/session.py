@@ -280,7 +280,7 @@ class ClientSession(asyncio.Protocol):
             await relay.idle_waiter
         if self.state is not State.READY or self._upstream is None:
             return
-        relay.gate.synced_version = relay.gate.current_version
+        relay.gate.plans_synced()
         relay.swallow_ready += 1
         self._upstream.write(encode_query("DISCARD PLANS"))
 

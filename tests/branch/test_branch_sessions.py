@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from cowproxy.branch import catalog
+from rawclient import RawClient
 from support import UPSTREAM_ROLE_SQL, metric_value, psql, wait_until
 
 pytestmark = pytest.mark.pg15
@@ -144,6 +145,28 @@ async def test_a_prepared_statement_sees_a_table_another_session_changed(branch_
     await writer.execute("UPDATE bs_orders SET customer = 'changed' WHERE id = 9")
     assert await stmt.fetchval(9) == "changed"
     await reader.close()
+    await writer.close()
+
+
+async def test_a_repeated_simple_query_sees_a_table_another_session_changed(branch_proxy, branch):
+    """A simple Query over a table the branch has not changed is forwarded as sent, and
+    the relay forwards the same text again without the gate (proxy/gate.py `forwards`);
+    once another session's first write makes the table a shadow, the text is read
+    through the shadow (schema-qualified: forwarded as sent it would read production)."""
+    reader = RawClient(branch_proxy.port)
+    reader.startup(database=branch)
+    sql = "SELECT customer FROM public.bs_orders WHERE id = 9"
+
+    def customer() -> bytes:
+        rows = [m.body for m in reader.query(sql) if m.type == "D"]
+        assert len(rows) == 1
+        return rows[0][6:]
+
+    assert [customer() for _ in range(3)] == [b"c9"] * 3
+    writer = await connect(branch_proxy, branch)
+    await writer.execute("UPDATE bs_orders SET customer = 'changed' WHERE id = 9")
+    assert [customer() for _ in range(2)] == [b"changed"] * 2
+    reader.terminate()
     await writer.close()
 
 

@@ -35,6 +35,7 @@ from cowproxy.protocol.messages import (
     encode_error_response,
     encode_execute,
     encode_parse,
+    encode_query,
     encode_sync,
     frame,
 )
@@ -342,3 +343,29 @@ def test_steady_rounds_of_an_edited_session_are_edited_however_their_answers_are
         assert b"".join(client.written) == expected
         assert relay.pending_ready == 0
     assert relay.editor is not None and relay.tx_status == b"I"
+
+
+def test_a_lone_query_the_gate_forwarded_as_sent_is_counted_without_a_scan_again():
+    """An ORM's BEGIN and COMMIT, repeated: the relay forwards and counts them from the
+    gate's `forwards` (no Python code runs); a text never seen, or one sent with other
+    frames, still meets the gate, and a refused one is never remembered."""
+    metrics = Metrics()
+    relay, _client, upstream, session = production_relay(metrics)
+    scans: list[int] = []
+    scan = relay.gate.scan
+    relay.gate.scan = lambda buf, frames: scans.append(len(frames)) or scan(buf, frames)
+    ready = frame(READY_FOR_QUERY, b"I")
+    sent = [encode_query("BEGIN"), encode_query("COMMIT"), encode_query("BEGIN"), encode_query("COMMIT"),
+            encode_query("BEGIN") + encode_query("COMMIT"), encode_query("SELECT 1"), encode_query("BEGIN")]
+    for chunk in sent:
+        relay.from_client(chunk)
+        for _ in range(chunk.count(b"Q")):
+            relay.from_upstream(ready)
+    assert scans == [1, 1, 2, 1]  # BEGIN, COMMIT, the two-Query chunk, SELECT 1
+    assert upstream.written == sent
+    assert metrics.statement_counts() == {("production", "passthrough"): 8}  # every one counted once
+    refused = encode_query("SET default_transaction_read_only = off")
+    for _ in range(2):
+        relay.gate_busy = False
+        relay.from_client(refused)
+    assert len(session.slow_paths) == 2 and scans[-2:] == [1, 1]
