@@ -94,6 +94,22 @@ def _connect_upstream(upstream: tuple[str, int]) -> socket.socket:
     return sock
 
 
+def _accept_pair(listener: socket.socket, upstream: tuple[str, int]) -> tuple[socket.socket, socket.socket] | None:
+    """The next client and its own upstream connection (loopback: a blocking connect is
+    instant), or None: no client waiting on a non-blocking listener, or no upstream."""
+    try:
+        client, _ = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return None
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        server = _connect_upstream(upstream)
+    except OSError:
+        client.close()
+        return None
+    return client, server
+
+
 def _listener(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -272,16 +288,10 @@ async def _serve_add_reader(port: int, upstream: tuple[str, int]) -> None:
     pairs: set[RawPair] = set()
 
     def accept() -> None:
-        try:
-            client, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
+        accepted = _accept_pair(listener, upstream)
+        if accepted is None:
             return
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            server = _connect_upstream(upstream)  # loopback: a blocking connect is instant
-        except OSError:
-            client.close()
-            return
+        client, server = accepted
         client.setblocking(False)
         server.setblocking(False)
         pairs.add(RawPair(loop, client, server, buf))
@@ -328,16 +338,10 @@ def serve_epoll(port: int, upstream: tuple[str, int]) -> None:
     while True:
         for fd, events in ep.poll():
             if fd == lfd:
-                try:
-                    client, _ = listener.accept()
-                except (BlockingIOError, InterruptedError):
+                accepted = _accept_pair(listener, upstream)
+                if accepted is None:
                     continue
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                try:
-                    server = _connect_upstream(upstream)
-                except OSError:
-                    client.close()
-                    continue
+                client, server = accepted
                 client.setblocking(False)
                 server.setblocking(False)
                 c, s = client.fileno(), server.fileno()
@@ -414,13 +418,10 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 def serve_threads(port: int, upstream: tuple[str, int]) -> None:
     listener = _listener(port)
     while True:
-        client, _ = listener.accept()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            server = _connect_upstream(upstream)
-        except OSError:
-            client.close()
+        accepted = _accept_pair(listener, upstream)
+        if accepted is None:
             continue
+        client, server = accepted
         for src, dst in ((client, server), (server, client)):
             threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
 
