@@ -122,6 +122,11 @@ def edited_tag(tag: str, verb: str) -> str:
     return verb
 
 
+NOT_STEADY: Final = 0
+PLAIN_ROUND: Final = 1
+EDITED_ROUND: Final = 2
+"""`ResponseEditor.steady_round`: what is in flight."""
+
 _EDITED_LIMIT: Final = 256
 """Edited CommandComplete frames a session's editor keeps (`ResponseEditor._edited`)."""
 
@@ -163,7 +168,7 @@ class _Sent:
 
 _EARLIER: Final = -1  # cycles sent before `engage`: answers pass, ReadyForQuery counts
 _OPEN: Final = -2     # the extended-protocol cycle `engage` found begun (see there)
-_CYCLE: Final = -3    # Bind, Execute, Sync of the unnamed portal, sent with nothing in flight (`_steady_cycle`)
+_CYCLE: Final = -3    # Bind, [Describe,] Execute, Sync of the unnamed portal, nothing else in flight (`_steady_cycle`)
 _PLAIN_CYCLE: Final = _Sent(_CYCLE)
 """The `_CYCLE` of a statement without an edit, shared: nothing changes a `_CYCLE` record."""
 _CLOSES_CYCLE: Final = frozenset({SYNC, QUERY, FUNCTION_CALL})
@@ -358,38 +363,34 @@ class ResponseEditor:
 
     # ---------------------------------------------------------------- server side
 
-    def plain_round(self) -> bool:
-        """Only one thing is in flight, a steady round (`_steady_cycle`) of a statement
-        without an edit, and nothing is held back: its answers need no editing, so the
+    def steady_round(self) -> int:
+        """`PLAIN_ROUND` or `EDITED_ROUND` when only one thing is in flight, a steady
+        round (`_steady_cycle`), and nothing is held back; else `NOT_STEADY`.
+
+        A plain round's statement has no edit: its answers need no editing, so the
         caller may walk them with `BackendScanner.feed_ready`, as a session without an
-        editor does, and report the ReadyForQuery with `round_done`. A session
-        whose prepared writes are edited keeps the editor engaged, and this keeps its
-        reads (and BEGIN, COMMIT) off the editor's bookkeeping. What `feed` would have
-        done besides is nothing for such a round, except forgetting the edits of
-        statements a prepared DISCARD ALL or DEALLOCATE ALL removes: a stale edit is
-        never used, since PostgreSQL refuses a Bind of a statement it no longer has and
-        a new Parse of the name replaces the entry."""
-        head = self._steady_head()
-        return head is not None and head.edit is None
+        editor does, and report the ReadyForQuery with `round_done`. A session whose
+        prepared writes are edited keeps the editor engaged, and this keeps its reads
+        (and BEGIN, COMMIT) off the editor's bookkeeping. What `feed` would have done
+        besides is nothing for such a round, except forgetting the edits of statements
+        a prepared DISCARD ALL or DEALLOCATE ALL removes: a stale edit is never used,
+        since PostgreSQL refuses a Bind of a statement it no longer has and a new Parse
+        of the name replaces the entry.
 
-    def edited_round(self) -> bool:
-        """`plain_round`'s case for a statement with an edit: the caller walks the
-        answers with `feed_ready(chunk, tags=True)`, has the one CommandComplete they
-        hold rewritten by `edit_tag`, and reports the ReadyForQuery with `round_done`.
-        A chunk that cuts the CommandComplete, or holds an ErrorResponse, is `feed`'s."""
-        head = self._steady_head()
-        return head is not None and head.edit is not None
-
-    def _steady_head(self) -> _Sent | None:
+        An edited round is walked with `feed_ready(chunk, tags=True)` as well: `edit_tag`
+        rewrites the one CommandComplete it finds. A chunk that cuts the CommandComplete,
+        or holds an ErrorResponse, is `feed`'s."""
         queue = self._queue
         if len(queue) != 1 or len(self._held) != 0:
-            return None
+            return NOT_STEADY
         head = queue[0]
-        return head if head.kind == _CYCLE else None
+        if head.kind != _CYCLE:
+            return NOT_STEADY
+        return PLAIN_ROUND if head.edit is None else EDITED_ROUND
 
     def edit_tag(self, data: bytes, at: int) -> bytes:
         """`data` with the CommandComplete at offset `at` (whole in it) edited for the
-        `edited_round` in flight."""
+        edited round in flight (`steady_round`)."""
         verb = self._queue[0].edit
         assert verb is not None
         end = at + 1 + int.from_bytes(data[at + 1:at + 5], "big")
@@ -399,8 +400,8 @@ class ResponseEditor:
         return b"".join((data[:at], edited, data[end:]))
 
     def round_done(self, ready: int, status: bytes) -> None:
-        """`ready` ReadyForQuery messages came for the `plain_round` or `edited_round`,
-        the last with transaction `status`."""
+        """`ready` ReadyForQuery messages came for the steady round in flight
+        (`steady_round`), the last with transaction `status`."""
         if ready != 1:
             raise self._out_of_step(READY_FOR_QUERY, None)
         self._end_cycle(self._queue[0], status)

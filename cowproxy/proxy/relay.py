@@ -21,7 +21,7 @@ from typing import Any, Callable, Final
 from cowproxy.histogram import Histogram, Tally
 from cowproxy.protocol.errors import ProtocolViolation
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer, frame_end, frame_offsets
-from cowproxy.protocol.responses import ResponseEditor
+from cowproxy.protocol.responses import EDITED_ROUND, NOT_STEADY, PLAIN_ROUND, ResponseEditor
 from cowproxy.protocol.messages import (
     BIND,
     CLOSE,
@@ -76,6 +76,12 @@ def needs_scan(gate: Any, frames: list[tuple[int, int, int]], layout_version: Ta
         msg_type = frame[0]
         if msg_type == QUERY or msg_type == PARSE:
             return True
+    return gate_state_pending(gate, layout_version)
+
+
+def gate_state_pending(gate: Any, layout_version: Tally | None) -> bool:
+    """An auto-prepare rename is pending or the layout's plans are stale: the gate must
+    see the chunk, whatever it holds."""
     prepared = gate.autoprepared
     if prepared is not None and prepared.alias is not None:
         return True
@@ -327,13 +333,7 @@ class Relay:
         if len(frames) != 1 or len(self.forwards) == 0:
             return False
         frame = frames[0]
-        if frame[0] != QUERY:
-            return False
-        prepared = gate.autoprepared
-        if prepared is not None and prepared.alias is not None:
-            return False
-        layout_version = self.layout_version
-        if layout_version is not None and layout_version.value != gate.synced_version:
+        if frame[0] != QUERY or gate_state_pending(gate, self.layout_version):
             return False
         counter = self.forwards.get(buf[frame[1]:frame[2]])
         if counter is None:
@@ -444,9 +444,9 @@ class Relay:
                 return
         t0 = _clock()
         editor = self.editor
-        plain = editor is None or editor.plain_round()
-        tags = not plain and editor.edited_round()
-        if plain or tags:
+        steady = PLAIN_ROUND if editor is None else editor.steady_round()
+        if steady != NOT_STEADY:
+            tags = steady == EDITED_ROUND
             ready = self.scanner.feed_ready(data, tags)
             if ready >= 0:
                 # The common chunk: rows, completions, ReadyForQuery; nothing to edit

@@ -290,7 +290,7 @@ def test_a_driver_s_named_statements_answer_as_on_a_copy_round_after_round(sides
     Bind/Describe/Execute/Sync round per execution. The UPDATE's tag is edited (it
     runs as an upsert), which keeps the response editor engaged for the session, and
     every other round (reads, BEGIN, COMMIT, a refused Bind, an error, a COPY) must
-    answer as on a copy around it (protocol/responses.py `plain_round`)."""
+    answer as on a copy around it (protocol/responses.py `steady_round`)."""
     named = {"upd": "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
              "sel": LOOKUP, "begin": "BEGIN", "end": "END",
              "bad": "SELECT 1 / ($1::int - 1) FROM pgbench_accounts WHERE aid = 100",
