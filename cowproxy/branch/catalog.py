@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 CATALOG_VERSION = "1"
 """The version `_CATALOG_DDL` makes; `_CATALOG_MIGRATIONS` take it to LATEST_CATALOG_VERSION."""
 
-LATEST_CATALOG_VERSION = 2
+LATEST_CATALOG_VERSION = 3
 
 CATALOG_LOCK = int.from_bytes(b"cowproxy", "big")
 """Key of the transaction-level advisory lock every catalog change holds."""
@@ -165,6 +165,19 @@ _CATALOG_MIGRATIONS = {
 ALTER TABLE cowproxy.branches ADD COLUMN IF NOT EXISTS overlay_format integer NOT NULL DEFAULT 0;
 ALTER TABLE cowproxy.overlay_tables ADD COLUMN IF NOT EXISTS overlay_format integer NOT NULL DEFAULT 0;
 """,
+    # The branch's copies of production functions (branch/functions.py).
+    3: """
+CREATE TABLE IF NOT EXISTS cowproxy.overlay_functions (
+    branch        text NOT NULL REFERENCES cowproxy.branches(name) ON DELETE CASCADE,
+    source_schema text NOT NULL,
+    source_name   text NOT NULL,
+    arguments     text NOT NULL,  -- pg_get_function_identity_arguments: one row per overload
+    copied_body   text NOT NULL,  -- md5 of the copy's body when made: a branch's own replacement differs
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (branch, source_schema, source_name, arguments)
+);
+DROP POLICY IF EXISTS cowproxy_private ON cowproxy.overlay_functions;
+""" + private_table_sql("cowproxy.overlay_functions", "the cowproxy catalog"),
 }
 """Catalog version → the DDL that makes it from the one before (run in order, once)."""
 
@@ -444,6 +457,7 @@ async def reset_branch(conn: asyncpg.Connection, name: str) -> Branch:
         parent_schema = schema_for(branch.parent) if branch.parent else None
         await fill_overlay_schema(conn, branch.schema_name, branch.role_name, parent_schema)
         await conn.execute("DELETE FROM cowproxy.overlay_tables WHERE branch = $1", name)
+        await conn.execute("DELETE FROM cowproxy.overlay_functions WHERE branch = $1", name)
         from cowproxy.branch.overlay import OVERLAY_FORMAT  # pglast: lazily
 
         await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1, overlay_format = $2"

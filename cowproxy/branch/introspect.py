@@ -405,3 +405,39 @@ async def dependent_views(conn: asyncpg.Connection, tables: Iterable[tuple[str, 
         rows = await conn.fetch(_DEPENDENT_VIEWS_SQL, oids)
     return [ViewInfo(r["nspname"], r["relname"], r["definition"].strip().rstrip(";"), tuple(r["options"]))
             for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionInfo:
+    """A production function or procedure in SQL or PL/pgSQL, as `pg_get_functiondef`
+    prints it with every name schema-qualified (branch/functions.py copies it)."""
+
+    schema: str
+    name: str
+    arguments: str          # pg_get_function_identity_arguments: tells overloads apart
+    definition: str         # CREATE OR REPLACE FUNCTION|PROCEDURE ... (complete)
+    search_path: bool       # the function sets its own search_path (proconfig)
+
+
+_PRODUCTION_FUNCTIONS_SQL = f"""
+SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS arguments,
+       pg_catalog.pg_get_functiondef(p.oid) AS definition,
+       coalesce(pg_catalog.array_to_string(p.proconfig, ' '), '') LIKE '%search_path=%' AS search_path
+  FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+ WHERE l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p')
+   AND p.prorettype NOT IN ('pg_catalog.trigger'::pg_catalog.regtype, 'pg_catalog.event_trigger'::pg_catalog.regtype)
+   AND NOT {INTERNAL_SCHEMA_SQL.format(col="n.nspname")} AND NOT {SYSTEM_SCHEMA_SQL.format(col="n.nspname")}
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e')
+ ORDER BY n.nspname, p.proname, p.oid
+"""
+
+
+async def production_functions(conn: asyncpg.Connection) -> list[FunctionInfo]:
+    """Production's own SQL and PL/pgSQL functions and procedures (not extensions',
+    not trigger functions: a branch never calls production's triggers)."""
+    async with _qualified_names(conn):
+        rows = await conn.fetch(_PRODUCTION_FUNCTIONS_SQL)
+    return [FunctionInfo(r["nspname"], r["proname"], r["arguments"], r["definition"], r["search_path"]) for r in rows]

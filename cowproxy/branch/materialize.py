@@ -2,7 +2,8 @@
 
 Runs in the control plane (an admin connection) under the catalog lock, in one
 transaction: the overlay objects, the branch's copies of the production views over the
-new overlays (`dependents.py`), their catalog rows and the branch's new schema_version
+new overlays (`dependents.py`) and of the functions that must read them (`functions.py`),
+their catalog rows and the branch's new schema_version
 commit together, so a concurrent session sees all of it or none.
 """
 
@@ -14,6 +15,7 @@ import asyncpg
 
 from cowproxy.branch import catalog
 from cowproxy.branch.dependents import copy_dependent_views
+from cowproxy.branch.functions import copy_dependent_functions
 from cowproxy.branch.introspect import describe_table
 from cowproxy.branch.overlay import OVERLAY_FORMAT, create_overlay, resolve_relations, tables_needing_overlay_with
 from cowproxy.sql.analyze import Relation
@@ -75,6 +77,8 @@ async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branc
                 "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
                 " VALUES ($1, $2, $3, NULL, 'view') ON CONFLICT DO NOTHING",
                 [(branch.name, schema, name) for schema, name in views])
+            await copy_dependent_functions(conn, branch.name, branch.schema_name, branch.role_name, ancestor_schemas,
+                                           readers)
             await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1 WHERE name = $1",
                                branch.name)
             await conn.execute("SELECT pg_notify($1, $2)", "cowproxy_catalog", branch.name)

@@ -64,7 +64,7 @@ from cowproxy.branch.introspect import Column, ForeignKey, TableInfo, UniqueRule
 from cowproxy.branch.names import overlay_name, qualified, quote_ident
 from cowproxy.sql.rewrite import quote_literal
 
-OVERLAY_FORMAT = 2
+OVERLAY_FORMAT = 3
 """The format of the overlay objects this code makes. Bump it whenever the SQL below
 changes (or that of the schema-level objects: branch/sequences.py, branch/sink.py,
 branch/references.py): the catalog records the format each branch and overlay was made
@@ -73,7 +73,9 @@ their derived objects (`derived_overlay_ddl`) keeping their rows. A change to st
 (`*_storage`: T$rows, its indexes, T$live, T$cut, a copy) needs a migration step in
 branch/upgrade.py as well. 0: made before formats were recorded. 2: the serializable
 guard tests the isolation level in its function, and neither it nor a copy's
-freshness guard (`cowproxy_fresh`) has a WHEN on its trigger."""
+freshness guard (`cowproxy_fresh`) has a WHEN on its trigger. 3: production functions
+that find changed tables without the session's search_path have copies in the branch
+(branch/functions.py)."""
 
 MAX_IDENTIFIER_BYTES = 63
 """PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated."""

@@ -201,7 +201,21 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         referenced_columns=await referenced_column_sets_of(conn, chain[0].schema_name, overlays),
         branch_children=await branch_children_of(conn, chain[0].schema_name, overlays),
         fresh_copies=await fresh_copies_of(conn, overlays),
+        function_copies=await function_copies_of(conn, names),
     )
+
+
+async def function_copies_of(conn: asyncpg.Connection, chain: list[str]) -> dict[tuple[str, str], str]:
+    """Production functions the branch or an ancestor copied (branch/functions.py), to
+    the nearest schema holding a copy: qualified calls are sent there."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT branch, source_schema, source_name FROM cowproxy.overlay_functions WHERE branch = ANY($1::text[])",
+        chain)
+    order = {name: i for i, name in enumerate(chain)}
+    copies: dict[tuple[str, str], str] = {}
+    for r in sorted(rows, key=lambda r: -order[r["branch"]]):
+        copies[(r["source_schema"], r["source_name"])] = schema_for(r["branch"])
+    return copies
 
 
 async def fresh_copies_of(conn: asyncpg.Connection, overlays: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:

@@ -19,7 +19,8 @@ sessions' next statements see only new objects: a replaced view or trigger inval
 their cached plans (prepared statements are planned again), and a replaced PL/pgSQL
 function is compiled again by each session on its next call (PostgreSQL compares the
 function's catalog row). Copies of production views (mode 'view') are production's SQL,
-not cowproxy's: left as they are.
+not cowproxy's: left as they are; production functions that must read the overlays are
+copied as a first write would copy them (branch/functions.py: format 3 made them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from cowproxy.branch import catalog
+from cowproxy.branch.functions import copy_dependent_functions
 from cowproxy.branch.introspect import TableInfo, describe_table
 from cowproxy.branch.names import BranchError, qualified
 from cowproxy.branch.overlay import (
@@ -111,6 +113,9 @@ async def upgrade_branch(conn: asyncpg.Connection, name: str, *, force: bool = F
                 await _upgrade_overlay(conn, branch, (schema, table), mode, key, ancestor_schemas, readers)
                 if progress is not None:
                     progress(f"{schema}.{table}", done, len(tables))
+            if tables:
+                await copy_dependent_functions(conn, name, branch.schema_name, branch.role_name, ancestor_schemas,
+                                               readers)
         except asyncpg.LockNotAvailableError:
             raise BranchError(f'branch "{name}" is busy: a session holds a lock on its overlay',
                               "finish or close the open transactions on the branch, then retry") from None

@@ -269,6 +269,7 @@ class Statement:
     merges: tuple[Relation, ...] = ()      # MERGE targets
     user_functions: tuple[UserFunction, ...] = ()  # current_user, session_user, ...
     runtime_sequence_calls: tuple[FunctionCall, ...] = ()  # sequence named at run time
+    qualified_calls: tuple[Relation, ...] = ()  # calls of schema-qualified functions: `public.f(...)`
     location: int = 0                      # byte span of the statement in the SQL string
     length: int = 0                        # 0: to the end of the string
     update_target: Relation | None = None  # a top-level UPDATE's table
@@ -366,6 +367,7 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         user_functions=tuple(UserFunction(location, column) for location, column in walker.user_functions.items()),
         runtime_sequence_calls=tuple(FunctionCall(location, name, walker.call_columns.get(location))
                                      for location, name in walker.runtime_sequence_calls),
+        qualified_calls=tuple(walker.qualified_calls),
         update_target=_relation(body["relation"]) if node == "UpdateStmt" and body.get("relation") else None,
         body=body if node in ("UpdateStmt", "InsertStmt", "MergeStmt")
         or node == "SelectStmt" and (walker.locking or body.get("limitCount") and body.get("sortClause"))
@@ -513,6 +515,7 @@ class _Walker:
         self.cte_names: set[str] = set()
         self.user_functions: dict[int, str | None] = {}  # location → output column name
         self.runtime_sequence_calls: list[tuple[int, str]] = []
+        self.qualified_calls: list[Relation] = []
         self.call_columns: dict[int, str] = {}  # FuncCall location → its output column name
         self.scans: list[Scan] = []
         self.single_refs: set[str] = set()  # one-name ColumnRefs: a column, or a whole-row reference to a FROM item
@@ -542,6 +545,8 @@ class _Walker:
                         self.writes.append(_relation(value["relation"]))
                     elif key == "FuncCall":
                         self._func_call(value)
+                    elif key == "CallStmt" and value.get("funccall"):
+                        self._func_call(value["funccall"])  # a bare FuncCall, not wrapped
                     elif key in _FROM_ITEM_KEYS:
                         self._from_items(value)
                     elif key == "JoinExpr":
@@ -609,6 +614,8 @@ class _Walker:
         schema = names[0].lower() if len(names) > 1 else None
         if schema and schema.startswith(INTERNAL_SCHEMA_PREFIX):
             self._check_schema(schema)
+        if schema and schema != "pg_catalog" and len(names) == 2:
+            self.qualified_calls.append(Relation(names[0], names[1], call.get("location", -1)))
         if name in RUNTIME_SEQUENCE_FUNCTIONS and (schema is None or schema == "pg_catalog"):
             args = call.get("args", [])
             if name in ("pg_get_serial_sequence", "setval") or args and "sval" not in args[0].get("A_Const", {}):

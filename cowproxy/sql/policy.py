@@ -118,6 +118,10 @@ class BranchLayout:
     copy has a read guard, to the guard function's qualified name (overlay.py
     `fresh_read_guard`): reads of them are rewritten to call it first."""
 
+    function_copies: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """Production functions (schema, name) the branch or an ancestor copied into its
+    schema (branch/functions.py), to that schema: qualified calls are sent to the copy."""
+
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
 
@@ -1003,6 +1007,14 @@ class BranchPolicy:
                 name = layout.overlay_names.get((rel.schema, rel.name), rel.name)
                 splices.append(Splice(start, end, f"{quote_ident(target)}.{quote_ident(name)}"))
                 seen.add(rel.location)
+            for call in st.qualified_calls if layout.function_copies else ():
+                owner = layout.function_copies.get((call.schema or "", call.name))
+                if owner is None or call.location < 0 or call.location in seen:
+                    continue
+                spans = spans or NameSpans(sql)
+                start, end = spans.qualified_name(call.location)
+                splices.append(Splice(start, end, f"{quote_ident(owner)}.{quote_ident(overlay_name(call.schema or '', call.name))}"))
+                seen.add(call.location)
             if st.user_functions:
                 spans = spans or NameSpans(sql)
                 splices += user_function_splices(sql, [st], spans)

@@ -59,15 +59,7 @@ class NameSpans:
     """Finds the byte span of a (possibly qualified) name starting at a location."""
 
     def __init__(self, sql: str) -> None:
-        # The scanner counts characters, the parse tree bytes: keep byte offsets here.
-        tokens = pg_parser.scan(sql)
-        if sql.isascii():
-            self._spans = [(t.start, t.end + 1, t.name) for t in tokens]
-        else:
-            to_byte = [0]
-            for ch in sql:
-                to_byte.append(to_byte[-1] + len(ch.encode()))
-            self._spans = [(to_byte[t.start], to_byte[t.end + 1], t.name) for t in tokens]
+        self._spans = [(start, end, name) for start, end, name, _kind in byte_tokens(sql)]
         self._by_start = {span[0]: i for i, span in enumerate(self._spans)}
 
     def qualified_name(self, location: int) -> tuple[int, int]:
@@ -138,6 +130,69 @@ class NameSpans:
         if i is None:
             raise ValueError(f"no token starts at byte {location}")
         return location, self._spans[i][1]
+
+
+@dataclass(frozen=True, slots=True)
+class QualifiedName:
+    """A two-part name `schema.name` found by the scanner, where it is in the text."""
+
+    start: int   # byte offset of `schema`
+    end: int     # byte offset just after `name`
+    schema: str  # as PostgreSQL folds it: unquoted lower-cased, quoted kept
+    name: str
+    called: bool  # an opening parenthesis follows: a function (or procedure) call
+
+
+_IDENTIFIER_KINDS = frozenset({"UNRESERVED_KEYWORD", "COL_NAME_KEYWORD", "TYPE_FUNC_NAME_KEYWORD", "RESERVED_KEYWORD"})
+
+
+def qualified_names(sql: str) -> list[QualifiedName]:
+    """Every `a.b` in `sql` that starts a name (`a.b.c` gives `a.b`; the `b.c` of
+    `a.b.c` is not one), from the scanner alone: no parse, so it serves texts that do
+    not parse as one statement, such as a PL/pgSQL body. Names inside string literals
+    are not seen (dynamic SQL stays as written). Which pairs mean relations or
+    functions is for the caller to decide (`x.y` may as well be a column of `x`)."""
+    raw = sql.encode()
+    tokens = [t for t in byte_tokens(sql) if t[2] not in _COMMENTS]
+    found = []
+    for i in range(len(tokens) - 2):
+        if tokens[i + 1][2] != _DOT or (i > 0 and tokens[i - 1][2] == _DOT):
+            continue
+        first, second = tokens[i], tokens[i + 2]
+        if not (is_identifier(first) and is_identifier(second)):
+            continue
+        called = i + 3 < len(tokens) and tokens[i + 3][2] == "ASCII_40"
+        found.append(QualifiedName(first[0], second[1], identifier_value(raw[first[0]:first[1]].decode()),
+                                   identifier_value(raw[second[0]:second[1]].decode()), called))
+    return found
+
+
+ByteToken = tuple[int, int, str, str]
+"""(start byte, end byte, scanner name, keyword kind) of one token."""
+
+
+def byte_tokens(sql: str) -> list[ByteToken]:
+    """The scanner's tokens of `sql` with byte offsets: the scanner counts characters,
+    parse trees and splices count bytes."""
+    tokens = pg_parser.scan(sql)
+    if sql.isascii():
+        return [(t.start, t.end + 1, t.name, t.kind) for t in tokens]
+    to_byte = [0]
+    for ch in sql:
+        to_byte.append(to_byte[-1] + len(ch.encode()))
+    return [(to_byte[t.start], to_byte[t.end + 1], t.name, t.kind) for t in tokens]
+
+
+def is_identifier(token: ByteToken) -> bool:
+    """The token can be a name: an identifier, or a keyword used as one."""
+    return token[2] == "IDENT" or token[3] in _IDENTIFIER_KINDS
+
+
+def identifier_value(text: str) -> str:
+    """An identifier token's name as PostgreSQL resolves it: quoted kept, else lower-cased."""
+    if text.startswith('"'):
+        return text[1:-1].replace('""', '"')
+    return text.lower()
 
 
 def apply_within(sql: str, splices: list[Splice], start: int, end: int) -> str:

@@ -41,6 +41,8 @@ CREATE VIEW customer_totals AS
      GROUP BY o.customer_id;
 CREATE FUNCTION order_total(wanted int) RETURNS numeric LANGUAGE sql STABLE
     AS $$ SELECT sum(qty * price) FROM order_items WHERE order_id = wanted $$;
+CREATE FUNCTION richest_owner() RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public
+    AS $$ SELECT owner FROM accounts ORDER BY balance DESC, id LIMIT 1 $$;
 """
 """Customers 1-5 have two orders each (order o belongs to customer 1 + o % 5); every order
 has two lines, worth 10 and 20: order_totals is 30 an order, customer_totals 60."""
@@ -310,6 +312,36 @@ async def test_tables_a_branch_creates_are_closed_to_other_branch_roles(pg, prod
         assert await stacked.fetchval("SELECT count(*) FROM copied_b") == 2
     finally:
         await stacked.close()
+
+
+async def test_a_branch_s_function_copies_are_closed_to_other_branch_roles(pg, production, admin, branches):
+    """SPEC §6: a branch's copy of a SECURITY DEFINER production function runs as the
+    branch's role, which reads the branch's overlay rows: another branch's role, logged
+    in directly, may not call it (42501); a branch stacked on it calls it, by name or
+    schema-qualified, and sees its parent's rows through it."""
+    database, proxy = production
+    b = await branches("_b")
+    a, child = await branches("_a"), await branches("_kid", parent=b)
+    writer = await on(proxy, b)
+    try:
+        await writer.execute("UPDATE accounts SET owner = 'secret of b', balance = 10000 WHERE id = 4")
+        assert await writer.fetchval("SELECT richest_owner()") == "secret of b"
+    finally:
+        await writer.close()
+    role_a = await catalog.get_branch(admin, a)
+    direct = await asyncpg.connect(pg.dsn(database, user=role_a.role_name, password=role_a.role_password))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await direct.fetchval(f"SELECT {quote_ident(f'cowproxy_b_{b}')}.richest_owner()")
+    finally:
+        await direct.close()
+    stacked = await on(proxy, child)
+    try:
+        assert await stacked.fetchval("SELECT richest_owner()") == "secret of b"
+        assert await stacked.fetchval("SELECT public.richest_owner()") == "secret of b"
+    finally:
+        await stacked.close()
+    assert await admin.fetchval("SELECT richest_owner()") == "owner1"
 
 
 async def test_not_null_and_check_errors_name_the_table_as_production_does(production, admin, branches):

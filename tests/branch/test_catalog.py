@@ -460,7 +460,7 @@ async def test_concurrent_ensure_catalog_from_two_processes_is_safe(fresh_server
         await asyncio.gather(*(ensure_catalog(c) for c in conns))
         await asyncio.gather(*(ensure_catalog(c) for c in conns))  # and idempotent
         tables = await conns[0].fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'cowproxy' ORDER BY 1")
-        assert [t[0] for t in tables] == ["branches", "overlay_tables", "settings"]
+        assert [t[0] for t in tables] == ["branches", "overlay_functions", "overlay_tables", "settings"]
         public_grants = await conns[0].fetchval(
             "SELECT count(*) FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspname = 'cowproxy' AND a.grantee = 0")
         assert public_grants == 0

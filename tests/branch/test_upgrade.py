@@ -435,3 +435,50 @@ async def test_a_catalog_made_before_formats_is_migrated_and_its_branches_flagge
             await c.delete("veteran")
     finally:
         psql(pg.dsn(), "DROP DATABASE IF EXISTS upgrade_cat WITH (FORCE)")
+
+
+async def test_upgrade_copies_the_production_functions_that_read_the_overlays(world):
+    """Format 3: a production function with its own search_path reads the branch's rows
+    through the branch's copy of it. A branch left without the copy (as an older
+    cowproxy made it) reads production's rows through it until `upgrade` copies it."""
+    proxy, prod = world
+    name = "fn_upgrade"
+    await delete_branches(prod, name)
+    psql(prod, "CREATE FUNCTION tag_count() RETURNS bigint LANGUAGE sql STABLE SET search_path = public"
+               " AS 'SELECT count(*) FROM tags'")
+    try:
+        async with catalog.Catalog(prod) as c:
+            await c.create(name)
+        conn = await asyncpg.connect(proxy.dsn(name))
+        try:
+            assert await conn.fetchval("SELECT tag_count()") == 5
+            await conn.execute("DELETE FROM tags WHERE id = 5")
+            assert await conn.fetchval("SELECT tag_count()") == 4
+        finally:
+            await conn.close()
+        psql(prod, f"DROP FUNCTION cowproxy_b_{name}.tag_count();"
+                   f"DELETE FROM cowproxy.overlay_functions WHERE branch = '{name}';"
+                   f"UPDATE cowproxy.overlay_tables SET overlay_format = 2 WHERE branch = '{name}';"
+                   f"UPDATE cowproxy.branches SET overlay_format = 2, schema_version = schema_version + 1"
+                   f" WHERE name = '{name}'; NOTIFY cowproxy_catalog, '{name}'")
+        conn = await asyncpg.connect(proxy.dsn(name))
+        try:
+            assert await conn.fetchval("SELECT tag_count()") == 5  # production's rows
+        finally:
+            await conn.close()
+        assert listed(prod)[name]["needs_upgrade"]
+        upgraded = cli(prod, "upgrade", name)
+        assert upgraded.returncode == 0, upgraded.stderr
+        conn = await asyncpg.connect(proxy.dsn(name))
+        try:
+            assert await conn.fetchval("SELECT tag_count()") == 4
+            for _ in range(100):  # the proxy reloads the layout on the catalog's NOTIFY
+                if await conn.fetchval("SELECT public.tag_count()") == 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert await conn.fetchval("SELECT public.tag_count()") == 4
+        finally:
+            await conn.close()
+    finally:
+        await delete_branches(prod, name)
+        psql(prod, "DROP FUNCTION IF EXISTS tag_count()")

@@ -10,7 +10,10 @@ Added here, in the pristine template only:
 - `tickets`: every column has a default (INSERT ... DEFAULT VALUES), a CHECK, an array,
   and a foreign key ON DELETE SET NULL to customers;
 - `category_paths`: a view with a recursive CTE, and `customer_orders(int)`: a SQL
-  function returning SETOF a production table.
+  function returning SETOF a production table;
+- functions that find their tables without the session's search_path (their own
+  `SET search_path`, qualified names, `BEGIN ATOMIC` and `RETURN` bodies, PL/pgSQL,
+  overloads, a qualified call of another) and a procedure that writes.
 Every value is fixed, so the template, production and every copy hold the same rows.
 """
 
@@ -73,6 +76,42 @@ CREATE FUNCTION customer_orders(p_customer_id integer) RETURNS SETOF orders
 LANGUAGE sql STABLE AS $$
     SELECT * FROM orders WHERE customer_id = p_customer_id
 $$;
+
+-- Functions that find their tables without the caller's search_path (each form a
+-- branch must copy, branch/functions.py): their own search_path, schema-qualified
+-- names, bodies bound at creation (BEGIN ATOMIC, RETURN), PL/pgSQL, a call of
+-- another such function by its qualified name, and a procedure that writes.
+CREATE FUNCTION order_count_secure(p_customer integer) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT count(*) FROM orders WHERE customer_id = p_customer
+$$;
+CREATE FUNCTION ticket_subjects(p_customer integer) RETURNS SETOF text
+LANGUAGE sql STABLE AS 'SELECT subject FROM public.tickets WHERE customer_id = p_customer ORDER BY id';
+CREATE FUNCTION ticket_subjects(p_subject text) RETURNS SETOF text
+LANGUAGE sql STABLE AS 'SELECT subject FROM public.tickets WHERE subject LIKE p_subject ORDER BY id';
+CREATE FUNCTION category_depth(p_category integer) RETURNS integer
+LANGUAGE sql STABLE BEGIN ATOMIC
+    SELECT depth FROM category_paths WHERE id = p_category;
+END;
+CREATE FUNCTION customer_spend(p_customer integer) RETURNS numeric
+LANGUAGE sql STABLE LEAKPROOF
+RETURN (SELECT coalesce(sum(i.quantity * i.unit_price), 0)
+          FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.customer_id = p_customer);
+CREATE FUNCTION customer_summary(p_customer integer, OUT orders_placed bigint, OUT tickets_open bigint)
+LANGUAGE plpgsql STABLE AS $body$
+BEGIN
+    SELECT count(*) INTO orders_placed FROM public.orders WHERE customer_id = p_customer;
+    SELECT count(*) INTO tickets_open FROM "public"."tickets" t WHERE t.customer_id = p_customer;
+END
+$body$;
+CREATE FUNCTION customer_score(p_customer integer) RETURNS numeric
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT public.customer_spend(p_customer) + public.order_count_secure(p_customer)
+$$;
+CREATE PROCEDURE reprioritize_tickets(p_customer integer, p_priority integer)
+LANGUAGE sql BEGIN ATOMIC
+    UPDATE tickets SET priority = p_priority WHERE customer_id = p_customer;
+END;
 
 ANALYZE categories, product_categories, tickets;
 """
