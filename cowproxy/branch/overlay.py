@@ -75,7 +75,9 @@ branch/upgrade.py as well. 0: made before formats were recorded. 2: the serializ
 guard tests the isolation level in its function, and neither it nor a copy's
 freshness guard (`cowproxy_fresh`) has a WHEN on its trigger. 3: production functions
 that find changed tables without the session's search_path have copies in the branch
-(branch/functions.py)."""
+(branch/functions.py), and each parent's referenced trigger also serves DEFERRABLE and
+MATCH FULL foreign keys, kept as constraint triggers calling `T$fkt(...)` functions
+(branch/references.py)."""
 
 MAX_IDENTIFIER_BYTES = 63
 """PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated."""

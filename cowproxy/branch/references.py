@@ -21,6 +21,25 @@ would leave a child's rows pointing nowhere.
 The description of each foreign key is in its CHECK expression: the check function's
 arguments are the child's columns, then the constraint's name, the child table's name,
 its column list as messages print it, and the actions (pg_constraint's letters).
+
+A CHECK runs when the row is written and cannot be deferred, so a DEFERRABLE foreign
+key (and a MATCH FULL one, whose NULL rule the check function does not know) is a
+*constraint trigger* on the child instead, named as the foreign key: `CREATE CONSTRAINT
+TRIGGER "<name>" AFTER INSERT OR UPDATE OF <columns> ON <child> [NOT] DEFERRABLE
+[INITIALLY DEFERRED] FOR EACH ROW EXECUTE FUNCTION "B"."T$fkt(cols)"('<spec>')`.
+PostgreSQL gives it a pg_constraint row of that name, so `SET CONSTRAINTS name | ALL`
+defers or hurries it as it would the foreign key, COMMIT runs the deferred checks, and
+DROP TABLE, ALTER TABLE ... DROP CONSTRAINT and ROLLBACK take it with the table. The
+spec (JSON: the child's columns, the actions, the match type) is the trigger's one
+argument; the referenced trigger reads it back from `pg_get_triggerdef` to find these
+children. The trigger function checks the row as it is when the check runs: a row gone
+or changed since (no child row has that key any more) passes, as PostgreSQL's deferred
+check skips rows no longer live. The parent's NO ACTION is deferred too: instead of
+raising, the referenced trigger touches the children's key columns (`SET k = k`), which
+queues their constraint trigger; if the parent key is still missing when it runs, it
+raises PostgreSQL's `update or delete on table ...` error (the child's key unchanged
+tells it the parent went). RESTRICT, CASCADE, SET NULL and SET DEFAULT act at once, as
+PostgreSQL's (never deferred) action triggers do.
 """
 
 from __future__ import annotations
@@ -47,6 +66,18 @@ _ARGS_AFTER_KEY = 5  # constraint, table, columns, on delete, on update
 def check_function_name(schema: str, table: str, ref_columns: Sequence[str]) -> str:
     """The check function of production table `schema.table`'s columns `ref_columns`."""
     return _suffixed(_base_name(schema, table), "$fk(" + ",".join(ref_columns) + ")")
+
+
+def check_trigger_function_name(schema: str, table: str, ref_columns: Sequence[str]) -> str:
+    """The constraint triggers' function of production table `schema.table`'s columns
+    `ref_columns` (DEFERRABLE and MATCH FULL foreign keys)."""
+    return _suffixed(_base_name(schema, table), "$fkt(" + ",".join(ref_columns) + ")")
+
+
+def trigger_spec(columns: Sequence[str], on_delete: str, on_update: str, match: str) -> str:
+    """The one argument of a foreign key's constraint trigger: what the trigger function
+    and the parent's referenced trigger need to know of it."""
+    return json.dumps({"columns": list(columns), "delete": on_delete, "update": on_update, "match": match})
 
 
 def referenced_function_name(schema: str, table: str) -> str:
@@ -84,21 +115,99 @@ def check_function_ddl(info: TableInfo, branch_schema: str, ref_columns: Sequenc
             f"({params}) RETURNS boolean LANGUAGE plpgsql AS $cowproxy$\nBEGIN\n{_indent(body, 2)}\nEND\n$cowproxy$")
 
 
+def check_trigger_function_ddl(info: TableInfo, branch_schema: str, ref_columns: Sequence[str]) -> str:
+    """`B."T$fkt(cols)"()`: the constraint triggers' function of the foreign keys to
+    (T, cols) that a CHECK cannot be (module docstring). Child columns come from the
+    spec (TG_ARGV[0]), so one function serves every child; one dynamic query per row
+    counts the key's NULLs, asks whether a child row still has the key (a deferred
+    check of a row deleted or changed since passes) and whether the parent has it."""
+    view = qualified(branch_schema, overlay_objects(info.schema, info.table).view)
+    n = len(ref_columns)
+    types = [info.column(c).sql_type for c in ref_columns]
+    new_cols = ", ".join("($1).%I" for _ in range(n))
+    child_args = ", ".join(f"c[{i + 1}]" for i in range(n))
+    twice = ", ".join(f"c[{i + 1}], c[{i + 1}]" for i in range(n))
+    live = " AND ".join("k.%I = ($1).%I" for _ in range(n))
+    same = " AND ".join("k.%I IS NOT DISTINCT FROM ($1).%I" for _ in range(n))
+    parent = " AND ".join(f"p.{quote_ident(col).replace('%', '%%')} = ($1).%I::{t}" for col, t in zip(ref_columns, types))
+    unchanged = " AND ".join("($1).%I IS NOT DISTINCT FROM ($2).%I" for _ in range(n))
+    values = " || ', ' || ".join("coalesce(($1).%I::text, 'null')" for _ in range(n))
+    probe = quote_literal(f"SELECT pg_catalog.num_nulls({new_cols}), EXISTS (SELECT 1 FROM %s k WHERE {live}), "
+                          f"EXISTS (SELECT 1 FROM {view.replace('%', '%%')} p WHERE {parent}), {values}")
+    mixed_live = quote_literal(f"SELECT EXISTS (SELECT 1 FROM %s k WHERE {same})")
+    unchanged_sql = quote_literal(f"SELECT {unchanged}")
+    parent_key = quote_literal("Key (" + ", ".join(ref_columns) + ")=(")
+    parent_message = quote_literal(f'update or delete on table "{info.table}" violates foreign key constraint "')
+    missing = quote_literal(f') is not present in table "{info.table}".')
+    schema = quote_literal(branch_schema)
+    body = (
+        f"EXECUTE format({probe}, {child_args}, TG_RELID::pg_catalog.regclass, {twice}, {child_args}, {child_args})\n"
+        f"  INTO nulls, live, present, key USING NEW;\n"
+        f"IF nulls = {n} THEN\n  RETURN NULL;\nEND IF;\n"
+        f"IF nulls > 0 THEN\n"
+        f"  IF spec->>'match' = 'f' THEN\n"
+        f"    EXECUTE format({mixed_live}, TG_RELID::pg_catalog.regclass, {twice}) INTO live USING NEW;\n"
+        f"    IF live THEN\n"
+        f"      RAISE EXCEPTION USING ERRCODE = '23503',\n"
+        f"        MESSAGE = 'insert or update on table \"' || TG_TABLE_NAME || '\" violates foreign key constraint \"' || TG_NAME || '\"',\n"
+        f"        DETAIL = 'MATCH FULL does not allow mixing of null and nonnull key values.',\n"
+        f"        SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, CONSTRAINT = TG_NAME;\n"
+        f"    END IF;\n"
+        f"  END IF;\n"
+        f"  RETURN NULL;\n"
+        f"END IF;\n"
+        f"IF present OR NOT live THEN\n  RETURN NULL;\nEND IF;\n"
+        f"IF TG_OP = 'UPDATE' THEN\n"
+        f"  EXECUTE format({unchanged_sql}, {twice}) INTO live USING OLD, NEW;\n"
+        f"  IF live THEN  -- the key did not change: the parent's row went (a deferred NO ACTION)\n"
+        f"    RAISE EXCEPTION USING ERRCODE = '23503',\n"
+        f"      MESSAGE = {parent_message} || TG_NAME || '\" on table \"' || TG_TABLE_NAME || '\"',\n"
+        f"      DETAIL = {parent_key} || key || ') is still referenced from table \"' || TG_TABLE_NAME || '\".',\n"
+        f"      SCHEMA = {schema}, TABLE = TG_TABLE_NAME, CONSTRAINT = TG_NAME;\n"
+        f"  END IF;\n"
+        f"END IF;\n"
+        f"RAISE EXCEPTION USING ERRCODE = '23503',\n"
+        f"  MESSAGE = 'insert or update on table \"' || TG_TABLE_NAME || '\" violates foreign key constraint \"' || TG_NAME || '\"',\n"
+        f"  DETAIL = 'Key (' || pg_catalog.array_to_string(c, ', ') || ')=(' || key || {missing},\n"
+        f"  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, CONSTRAINT = TG_NAME;"
+    )
+    name = qualified(branch_schema, check_trigger_function_name(info.schema, info.table, ref_columns))
+    return (f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $cowproxy$\n"
+            f"DECLARE\n  spec jsonb := TG_ARGV[0]::jsonb;\n"
+            f"  c text[] := ARRAY(SELECT a.x FROM pg_catalog.jsonb_array_elements_text(spec->'columns') WITH ORDINALITY a(x, n) ORDER BY a.n);\n"
+            f"  nulls integer;\n  live boolean;\n  present boolean;\n  key text;\n"
+            f"BEGIN\n{_indent(body, 2)}\nEND\n$cowproxy$")
+
+
 # Every CHECK constraint calling one check function: the child, its columns in the
 # order of the call's arguments (conkey lists a CHECK's columns in order of first
-# appearance), and the actions, the call's last two arguments.
-_CHILDREN_SQL = """SELECT con.conrelid::pg_catalog.regclass::text AS child, c.relname::text AS child_name, con.conname::text AS conname,
+# appearance), and the actions, the call's last two arguments; then every constraint
+# trigger of the trigger function, whose spec (its one argument, read back from
+# pg_get_triggerdef) says the same. `deferrable`: the parent's NO ACTION is deferred too.
+_CHILDREN_SQL = """SELECT * FROM (
+SELECT con.conrelid::pg_catalog.regclass::text AS child, c.relname::text AS child_name, con.conname::text AS conname,
        (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(a.attname) ORDER BY k.n)
           FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY k(num, n)
           JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num) AS columns,
        (pg_catalog.regexp_match(pg_catalog.pg_get_constraintdef(con.oid),
-                                '''([arcnd])''::text, ''([arcnd])''::text\\)\\)$')) AS actions
+                                '''([arcnd])''::text, ''([arcnd])''::text\\)\\)$')) AS actions,
+       false AS deferrable, con.oid AS seq
   FROM pg_catalog.pg_depend d
   JOIN pg_catalog.pg_constraint con ON con.oid = d.objid AND con.contype = 'c'
   JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
  WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
    AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid = {function}
- ORDER BY con.oid"""
+UNION ALL
+SELECT t.tgrelid::pg_catalog.regclass::text, c.relname::text, t.tgname::text,
+       (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(a.x) ORDER BY a.n)
+          FROM pg_catalog.jsonb_array_elements_text(s.spec->'columns') WITH ORDINALITY a(x, n)),
+       ARRAY[s.spec->>'delete', s.spec->>'update'], t.tgdeferrable, t.tgconstraint
+  FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+ CROSS JOIN LATERAL (SELECT pg_catalog.replace((pg_catalog.regexp_match(pg_catalog.pg_get_triggerdef(t.oid),
+                                                '\\(''(.*)''\\)$'))[1], '''''', '''')::jsonb AS spec) s
+ WHERE t.tgfoid = {trigger_function}) fk
+ ORDER BY fk.seq"""
 
 
 def referenced_function_ddl(info: TableInfo, branch_schema: str, column_sets: Sequence[Sequence[str]]) -> str:
@@ -111,7 +220,10 @@ def referenced_function_ddl(info: TableInfo, branch_schema: str, column_sets: Se
     blocks = []
     for cols in column_sets:
         function = qualified(branch_schema, check_function_name(info.schema, info.table, cols))
-        children = _CHILDREN_SQL.format(function=f"{quote_literal(function + '(' + ', '.join(info.column(c).sql_type for c in cols) + ', text, text, text, text, text)')}::pg_catalog.regprocedure")
+        trigger_function = qualified(branch_schema, check_trigger_function_name(info.schema, info.table, cols))
+        children = _CHILDREN_SQL.format(
+            function=f"{quote_literal(function + '(' + ', '.join(info.column(c).sql_type for c in cols) + ', text, text, text, text, text)')}::pg_catalog.regprocedure",
+            trigger_function=f"{quote_literal(trigger_function + '()')}::pg_catalog.regprocedure")
         ref_values = " || ', ' || ".join(f"coalesce(OLD.{quote_ident(c)}::text, 'null')" for c in cols)
         old_match = " AND ".join(f"c.%s = ($1).{quote_ident(c)}" for c in cols)
         not_null = " AND ".join("c.%s IS NOT NULL" for _ in cols)
@@ -119,6 +231,8 @@ def referenced_function_ddl(info: TableInfo, branch_schema: str, column_sets: Se
         changed = " OR ".join(f"OLD.{quote_ident(c)} IS DISTINCT FROM NEW.{quote_ident(c)}" for c in cols)
         again = f"EXISTS (SELECT 1 FROM {view} t WHERE {_match('t', cols, 'OLD', cols)})"
         set_new = ", ".join(f"%s = ($2).{quote_ident(c)}" for c in cols)
+        touch = ", ".join("%s = c.%s" for _ in cols)
+        child_columns_twice = ", ".join(f"fk.columns[{i + 1}], fk.columns[{i + 1}]" for i in range(len(cols)))
         set_null = ", ".join("%s = NULL" for _ in cols)
         set_default = ", ".join("%s = DEFAULT" for _ in cols)
         message = quote_literal(f'update or delete on table "{info.table}" violates foreign key constraint "')
@@ -128,7 +242,9 @@ def referenced_function_ddl(info: TableInfo, branch_schema: str, column_sets: Se
             f"IF TG_OP = 'DELETE' OR {changed} THEN\n"
             f"  FOR fk IN {_indent(children, 12).lstrip()} LOOP\n"
             f"    action := CASE TG_OP WHEN 'DELETE' THEN fk.actions[1] ELSE fk.actions[2] END;\n"
-            f"    IF action IN ('a', 'r') THEN\n"
+            f"    IF action = 'a' AND fk.deferrable THEN  -- queue the child's own check (module docstring)\n"
+            f"      EXECUTE format('UPDATE %s c SET {touch} WHERE {old_match}', fk.child, {child_columns_twice}, {child_columns}) USING OLD;\n"
+            f"    ELSIF action IN ('a', 'r') THEN\n"
             f"      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s c WHERE {old_match})', fk.child, {child_columns}) INTO hit USING OLD;\n"
             f"      IF hit AND (action = 'r' OR NOT {again}) THEN\n"
             f"        RAISE EXCEPTION USING ERRCODE = '23503',\n"
@@ -180,6 +296,7 @@ def referenced_ddl(info: TableInfo, branch_schema: str, column_sets: Sequence[Se
     trigger = quote_ident(REFERENCED_TRIGGER)
     return [
         *(check_function_ddl(info, branch_schema, cols) for cols in column_sets),
+        *(check_trigger_function_ddl(info, branch_schema, cols) for cols in column_sets),
         referenced_function_ddl(info, branch_schema, column_sets),
         f"DROP TRIGGER IF EXISTS {trigger} ON {view}",
         f"CREATE TRIGGER {trigger} INSTEAD OF UPDATE OR DELETE ON {view} FOR EACH ROW EXECUTE FUNCTION {function}({args})",

@@ -254,9 +254,17 @@ async def branch_children_of(conn: asyncpg.Connection, schema: str,
         "  AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"
         " JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid"
         " WHERE n.nspname = $1 AND c.contype = 'c' AND p.proname LIKE '%$fk(%' ORDER BY t.relname", schema)
+    # DEFERRABLE and MATCH FULL ones are constraint triggers calling T$fkt(cols)
+    rows = [*rows, *await conn.fetch(
+        "SELECT DISTINCT c.relname, p.proname FROM pg_catalog.pg_trigger t"
+        " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"
+        " WHERE n.nspname = $1 AND t.tgconstraint <> 0 AND p.proname LIKE '%$fkt(%' ORDER BY c.relname", schema)]
     found: dict[tuple[str, str], list[str]] = {}
     for r in rows:
-        prefix = r["proname"][:r["proname"].index("$fk(") + 4]
+        proname = r["proname"].replace("$fkt(", "$fk(")
+        prefix = proname[:proname.index("$fk(") + 4]
         key = bases.get(prefix)
         if key is not None and r["relname"] not in found.setdefault(key, []):
             found[key].append(r["relname"])

@@ -95,7 +95,8 @@ class Overriding:
 
 @dataclass(frozen=True, slots=True)
 class ForeignKeyClause:
-    """A FOREIGN KEY / REFERENCES clause of a CREATE TABLE (column- or table-level)."""
+    """A FOREIGN KEY / REFERENCES clause of a CREATE TABLE (column- or table-level), or
+    of an ALTER TABLE's ADD [COLUMN] (`Statement.altered` names the table)."""
 
     location: int                          # byte offset where the clause starts (at CONSTRAINT if named)
     parent: Relation                       # the referenced table
@@ -108,6 +109,7 @@ class ForeignKeyClause:
     delete_set_columns: bool = False       # ON DELETE SET NULL (cols): PostgreSQL 15+
     deferrable: bool = False
     column_level: bool = True
+    initially_deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +276,10 @@ class Statement:
     length: int = 0                        # 0: to the end of the string
     update_target: Relation | None = None  # a top-level UPDATE's table
     drops_prepared: str = ""               # "all": DISCARD ALL, DEALLOCATE ALL; "one": DEALLOCATE name
-    foreign_keys: tuple[ForeignKeyClause, ...] = ()  # CREATE TABLE's FOREIGN KEY / REFERENCES clauses
+    foreign_keys: tuple[ForeignKeyClause, ...] = ()  # CREATE TABLE's (ALTER TABLE's ADD) FOREIGN KEY / REFERENCES clauses
+    altered: Relation | None = None        # ALTER TABLE adding foreign keys: its table
+    alter_commands: int = 0                # ALTER TABLE adding foreign keys: how many subcommands it has
+    dropped_constraint: str | None = None  # ALTER TABLE t DROP CONSTRAINT name (its one subcommand): the name
     scans: tuple[Scan, ...] = ()           # tables read as FROM items (not TABLESAMPLE), in reading statements
     body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's, MERGE's, locking or ORDER BY ... LIMIT SELECT's parse tree
 
@@ -351,12 +356,22 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
     if node == "TruncateStmt":
         truncate = Truncate(tuple(_relation(r["RangeVar"]) for r in body.get("relations", [])),
                             cascade=body.get("behavior") == "DROP_CASCADE")
-    foreign_keys = _foreign_keys(body) if node == "CreateStmt" else ()
+    foreign_keys = _foreign_keys(body.get("tableElts", [])) if node == "CreateStmt" else ()
+    altered, alter_commands, dropped_constraint = None, 0, None
+    if node == "AlterTableStmt" and body.get("objtype") == "OBJECT_TABLE" and body.get("relation"):
+        foreign_keys = _foreign_keys([(cmd.get("AlterTableCmd") or {}).get("def") or {} for cmd in body.get("cmds", [])
+                                      if (cmd.get("AlterTableCmd") or {}).get("subtype") in ("AT_AddConstraint", "AT_AddColumn")])
+        if foreign_keys:
+            altered, alter_commands = _relation(body["relation"]), len(body.get("cmds", []))
+        cmds = [cmd.get("AlterTableCmd") or {} for cmd in body.get("cmds", [])]
+        if len(cmds) == 1 and cmds[0].get("subtype") == "AT_DropConstraint" and cmds[0].get("name"):
+            altered, alter_commands, dropped_constraint = _relation(body["relation"]), 1, cmds[0]["name"]
     scanning = node in _SCANNING_NODES and not (node == "CreateTableAsStmt" and body.get("objtype") == "OBJECT_MATVIEW")
     scans = tuple(sc for sc in walker.scans if scanning and (sc.relation.schema or sc.relation.name not in walker.cte_names)
                   and not walker.schema_column_refs and sc.name not in walker.single_refs)
     return Statement(
-        foreign_keys=foreign_keys, scans=scans,
+        foreign_keys=foreign_keys, scans=scans, altered=altered, alter_commands=alter_commands,
+        dropped_constraint=dropped_constraint,
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
         creates_temp=creates_temp, advances_sequences=walker.advances_sequences,
@@ -379,10 +394,11 @@ def _names(items: list[dict[str, Any]] | None) -> tuple[str, ...]:
     return tuple(item.get("String", {}).get("sval", "") for item in items or ())
 
 
-def _foreign_keys(body: dict[str, Any]) -> tuple[ForeignKeyClause, ...]:
-    """The FOREIGN KEY and REFERENCES clauses of a CREATE TABLE, in text order."""
+def _foreign_keys(elements: list[dict[str, Any]]) -> tuple[ForeignKeyClause, ...]:
+    """The FOREIGN KEY and REFERENCES clauses of a CREATE TABLE's elements (or of an
+    ALTER TABLE's added columns and constraints), in text order."""
     found: list[ForeignKeyClause] = []
-    for element in body.get("tableElts", []):
+    for element in elements:
         if "ColumnDef" in element:
             column = element["ColumnDef"]
             constraints: list[tuple[Any, tuple[str, ...] | None, bool]] = [(c["Constraint"], (column.get("colname", ""),), True)
@@ -393,6 +409,8 @@ def _foreign_keys(body: dict[str, Any]) -> tuple[ForeignKeyClause, ...]:
                     for earlier, _, _ in reversed(constraints[:i]):
                         if earlier.get("contype") == "CONSTR_FOREIGN":
                             earlier["deferrable"] = True
+                            if con.get("contype") == "CONSTR_ATTR_DEFERRED":
+                                earlier["initdeferred"] = True
                             break
         elif "Constraint" in element:
             constraints = [(element["Constraint"], None, False)]
@@ -408,7 +426,7 @@ def _foreign_keys(body: dict[str, Any]) -> tuple[ForeignKeyClause, ...]:
                 ref_columns=ref or None, name=con.get("conname"), match=con.get("fk_matchtype", "s"),
                 on_delete=con.get("fk_del_action", "a"), on_update=con.get("fk_upd_action", "a"),
                 delete_set_columns=bool(con.get("fk_del_set_cols")), deferrable=bool(con.get("deferrable")),
-                column_level=column_level))
+                column_level=column_level, initially_deferred=bool(con.get("initdeferred"))))
     return tuple(sorted(found, key=lambda fk: fk.location))
 
 

@@ -30,7 +30,7 @@ from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict
 from cowproxy.sql.literals import number_spans
 from cowproxy.sql.numbers import blanked, filled
 from cowproxy.sql.merge import MERGE_TAG, merge_splice, unsuitable as merge_unsuitable
-from cowproxy.sql.rewrite import NameSpans, Splice, apply, quote_ident, quote_literal
+from cowproxy.sql.rewrite import NameSpans, Splice, apply, apply_within, quote_ident, quote_literal
 from cowproxy.sql.upsert import UPDATE_TAG, ShadowTable, unsuitable, upsert_splice
 
 CACHE_SIZE = 4096
@@ -474,7 +474,7 @@ class BranchPolicy:
             if refusal:
                 return Decision(Action.REFUSE, "refused", refusal=refusal)
         splices = self._splices(sql, statements, temp_tables)
-        splices = self._reference_splices(sql, statements, splices, temp_tables)
+        splices, reference_tags = self._reference_splices(sql, statements, splices, temp_tables)
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
@@ -483,6 +483,8 @@ class BranchPolicy:
         named = splices
         splices = self._ordered_limits(sql, statements, splices, temp_tables)
         splices = self._row_locks(sql, statements, splices, named, temp_tables)
+        if any(reference_tags):
+            tags = tuple(r or (tags[i] if tags else None) for i, r in enumerate(reference_tags))
         touches_overlay = bool(splices) or self._touches_overlay(statements)
         kind = _kind_label(statements, touches_overlay)
         temps = tuple(name for st in statements for name in st.creates_temp)
@@ -536,18 +538,37 @@ class BranchPolicy:
 
     # CREATE TABLE ... REFERENCES a production table (sql/references.py) -----------------
 
+    def _child_table(self, st: Statement, temp_tables: frozenset[str]) -> Relation | None:
+        """The table of the branch's own whose foreign keys `st` declares: a CREATE
+        TABLE's, or an ALTER TABLE's that is not one of production's changed tables (a
+        table created earlier in this transaction is not in the layout yet; an untouched
+        production table's ALTER fails upstream on ownership, as it would unrewritten)."""
+        if not st.foreign_keys or st.creates_temp:
+            return None
+        child = st.creates[0] if st.creates else st.altered
+        if child is None:
+            return None
+        if child.schema is not None and child.schema not in self.layout.search_schemas:
+            return None
+        if st.altered is not None:
+            if child.schema is None and child.name in temp_tables:
+                return None
+            table = self._production_table(child, temp_tables)
+            if table is not None and (table in self.layout.overlays or table in self.layout.referenced_by):
+                return None
+        return child
+
     def _production_parents(self, st: Statement, temp_tables: frozenset[str]
                             ) -> list[tuple[ForeignKeyClause, tuple[str, str]]]:
-        """The foreign keys of a CREATE TABLE of the branch's own that reference production
-        tables (a table the branch created, or the new table itself, is referenced natively)."""
-        if not st.foreign_keys or st.creates_temp or not st.creates:
-            return []
-        created = st.creates[0]
-        if created.schema is not None and created.schema not in self.layout.search_schemas:
+        """The foreign keys of a CREATE TABLE (ALTER TABLE) of the branch's own that
+        reference production tables (a table the branch created, or the new table
+        itself, is referenced natively)."""
+        child = self._child_table(st, temp_tables)
+        if child is None:
             return []
         found = []
         for fk in st.foreign_keys:
-            if fk.parent.schema is None and fk.parent.name == created.name:
+            if fk.parent.schema is None and fk.parent.name == child.name:
                 continue
             table = self._production_table(fk.parent, temp_tables)
             if table is not None:
@@ -562,6 +583,10 @@ class BranchPolicy:
             refusal = references.unsupported(fk)
             if refusal:
                 return refusal
+            if st.altered is not None and st.alter_commands > 1 and references.needs_trigger(fk):
+                return Refusal("0A000", f'a DEFERRABLE or MATCH FULL foreign key to a production table ("{fk.parent.name}") '
+                                        "is not supported on a branch in an ALTER TABLE with other subcommands",
+                               "Add it in an ALTER TABLE of its own.")
             if self._needs_overlay(fk.parent, temp_tables):
                 missing.append(fk.parent)
                 requests.append((table, fk.ref_columns))
@@ -577,24 +602,86 @@ class BranchPolicy:
         return None
 
     def _reference_splices(self, sql: str, statements: list[Statement], splices: list[Splice],
-                           temp_tables: frozenset[str]) -> list[Splice]:
+                           temp_tables: frozenset[str]) -> tuple[list[Splice], list[str | None]]:
+        """The foreign keys to production tables as CHECKs, or (DEFERRABLE, MATCH FULL)
+        as constraint triggers the statement, wrapped in a DO block, creates; and the
+        tags the client must see for such DO blocks, one per statement."""
         spans: NameSpans | None = None
+        tags: list[str | None] = []
         for st in statements:
             parents = self._production_parents(st, temp_tables)
+            tag: str | None = None
+            child = self._child_table(st, temp_tables) if parents else None
             taken = {fk.name for fk in st.foreign_keys if fk.name}
+            body: list[str] = []
             for fk, table in parents:
                 shadow = self.layout.shadow_tables.get(table)
                 if shadow is None:
                     continue
+                assert child is not None
                 ref, _ = references.referenced_columns(fk, shadow)
                 assert ref is not None
-                name = references.constraint_name(st.creates[0].name, fk, taken)
+                name = references.constraint_name(child.name, fk, taken)
                 taken.add(name)
                 spans = spans or NameSpans(sql)
-                replacement = references.check_splice(spans, fk, name, st.creates[0].name, table, shadow, ref,
-                                                      self.layout.schema)
+                if references.needs_trigger(fk):
+                    table_sql = apply_within(sql, splices, *spans.qualified_name(child.location))
+                    if st.altered is None or not _not_valid(spans, st):
+                        body.append(references.validation_sql(fk, name, table_sql, child.name, table, shadow, ref,
+                                                              self.layout.schema))
+                    body.append(references.trigger_sql(fk, name, table_sql, table, ref, self.layout.schema) + ";")
+                    replacement = references.removal_splice(spans, fk)
+                else:
+                    replacement = references.check_splice(spans, fk, name, child.name, table, shadow, ref,
+                                                          self.layout.schema)
                 splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
-        return splices
+            if st.dropped_constraint is not None and not st.foreign_keys:
+                dropping = self._drop_constraint_splice(sql, st, splices, temp_tables)
+                if dropping is not None:
+                    splices = [s for s in splices if not dropping.start <= s.start < dropping.end] + [dropping]
+                    tag = "ALTER TABLE"
+            if body:
+                assert spans is not None
+                tokens = spans.statement_tokens(st.location, st.length)
+                start, end = tokens[0][0], tokens[-1][1]
+                opening, closing = references.do_block("\n".join(body), sql)
+                if st.altered is not None:  # the ADD was its one subcommand: the block is all of it
+                    splices = [s for s in splices if not start <= s.start < end]
+                    splices.append(Splice(start, end, opening + "\n".join(body) + closing))
+                else:
+                    splices.append(Splice(start, start, opening))
+                    splices.append(Splice(end, end, ";\n" + "\n".join(body) + closing))
+                tag = "ALTER TABLE" if st.altered is not None else "CREATE TABLE"
+            tags.append(tag)
+        return splices, tags
+
+    def _drop_constraint_splice(self, sql: str, st: Statement, splices: list[Splice],
+                                temp_tables: frozenset[str]) -> Splice | None:
+        """ALTER TABLE <the branch's table> DROP CONSTRAINT name, when the name may be a
+        foreign key that is a constraint trigger (sql/references.py): PostgreSQL will not
+        drop a constraint trigger's constraint (2BP01), so a DO block drops the trigger
+        if it is one of those, else runs the statement as written."""
+        assert st.altered is not None and st.dropped_constraint is not None
+        if st.altered.schema is not None and st.altered.schema not in self.layout.search_schemas:
+            return None
+        if st.altered.schema is None and st.altered.name in temp_tables:
+            return None
+        table = self._production_table(st.altered, temp_tables)
+        if table is not None and (table in self.layout.overlays or table in self.layout.referenced_by):
+            return None
+        spans = NameSpans(sql)
+        tokens = spans.statement_tokens(st.location, st.length)
+        start, end = tokens[0][0], tokens[-1][1]
+        table_sql = apply_within(sql, splices, *spans.qualified_name(st.altered.location))
+        statement = apply_within(sql, splices, start, end)
+        name = quote_literal(st.dropped_constraint)
+        body = (f"IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid\n"
+                f"            WHERE t.tgrelid = pg_catalog.to_regclass({quote_literal(table_sql)}) AND t.tgname = {name}\n"
+                f"              AND t.tgconstraint <> 0 AND p.proname LIKE '%$fkt(%') THEN\n"
+                f"  DROP TRIGGER {quote_ident(st.dropped_constraint)} ON {table_sql};\n"
+                f"ELSE\n  {statement};\nEND IF;")
+        opening, closing = references.do_block(body, sql)
+        return Splice(start, end, opening + body + closing)
 
     # TRUNCATE (SPEC §5.2) -------------------------------------------------------------
 
@@ -1108,3 +1195,9 @@ def _kind_label(statements: list[Statement], touches_overlay: bool) -> str:
     if Kind.READ in kinds and touches_overlay:
         return "read"
     return "passthrough"
+
+
+def _not_valid(spans: NameSpans, st: Statement) -> bool:
+    """ALTER TABLE ... ADD ... NOT VALID: the existing rows are not checked."""
+    names = [t[2] for t in spans.statement_tokens(st.location, st.length)]
+    return any(a == "NOT" and b == "VALID" for a, b in zip(names, names[1:]))

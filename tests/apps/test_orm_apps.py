@@ -98,3 +98,46 @@ def test_django_upsert_gives_each_object_its_own_id(apps_env, workspace):
             (o.email, Customer.objects.get(email=o.email).pk) for o in objects]
     finally:
         django_app.connections.close_all()
+
+
+def django_add_reviews(dsn: str) -> tuple[list[tuple[int, str, str]], list[tuple[int, int]]]:
+    """What `manage.py migrate` runs to add a model with a ForeignKey to an existing
+    table (CREATE TABLE; ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY ... DEFERRABLE
+    INITIALLY DEFERRED; CREATE INDEX; one transaction), then reviews: one of an existing
+    product, one of a missing product (refused at COMMIT), one of a product deleted
+    in the same transaction as its review was written (refused at COMMIT)."""
+    from django.db import IntegrityError
+
+    from . import django_app
+    from .shop.models import Review
+
+    django_app.use_database(dsn)
+    try:
+        with django_app.connections["default"].schema_editor() as editor:
+            editor.create_model(Review)
+        Review.objects.create(product_id=1, stars=5)
+        refused = []
+        for product_id in (999999, 2):
+            try:
+                with django_app.transaction.atomic():
+                    Review.objects.create(product_id=product_id, stars=1)
+                    if product_id == 2:
+                        django_app.connections["default"].cursor().execute(
+                            "DELETE FROM product_categories WHERE product_id = 2;"
+                            "DELETE FROM order_items WHERE product_id = 2; DELETE FROM products WHERE id = 2")
+            except IntegrityError as error:
+                refused.append((product_id, error.__cause__.sqlstate, type(error.__cause__).__name__))
+        return refused, list(Review.objects.order_by("id").values_list("product_id", "stars"))
+    finally:
+        django_app.connections.close_all()
+
+
+def test_django_adds_a_model_with_a_foreign_key_to_production_as_on_a_copy(apps_env, workspace):
+    """SPEC §5 on the part of migrations this issue owns (a new table): Django's own DDL
+    for a new model whose ForeignKey points at a production table, and the deferred
+    checks of that key at COMMIT, behave on a branch as on a copy."""
+    branch = django_add_reviews(workspace.branch_dsn)
+    copy = django_add_reviews(workspace.copy_dsn)
+    assert branch == copy
+    assert [(product, sqlstate) for product, sqlstate, _ in branch[0]] == [(999999, "23503"), (2, "23503")]
+    assert branch[1] == [(1, 5)]

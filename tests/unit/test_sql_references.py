@@ -80,9 +80,8 @@ def test_branch_tables_and_the_new_table_itself_are_referenced_natively():
 def test_what_a_branch_cannot_do_is_refused_and_bad_keys_are_postgresqls_errors():
     policy = _policy(referenced=frozenset({("id",)}))
     refused = {
-        "CREATE TABLE r (p int REFERENCES products DEFERRABLE)": "0A000",
-        "CREATE TABLE r (p int REFERENCES products INITIALLY DEFERRED)": "0A000",
-        "CREATE TABLE r (a int, b int, FOREIGN KEY (a, b) REFERENCES products (id, sku) MATCH FULL)": "0A000",
+        "CREATE TABLE r (p int REFERENCES products ON DELETE SET NULL (p))": "0A000",
+        "ALTER TABLE boxes ADD COLUMN note text, ADD FOREIGN KEY (p) REFERENCES products DEFERRABLE": "0A000",
         "CREATE TABLE r (p int REFERENCES products (name))": "42830",
         "CREATE TABLE r (p int REFERENCES products (nope))": "42703",
         "CREATE TABLE r (a int, b int, FOREIGN KEY (a, b) REFERENCES products (id))": "42830",
@@ -90,3 +89,37 @@ def test_what_a_branch_cannot_do_is_refused_and_bad_keys_are_postgresqls_errors(
     for sql, sqlstate in refused.items():
         decision = policy.decide(sql)
         assert decision.action is Action.REFUSE and decision.refusal.sqlstate == sqlstate, sql
+
+
+def test_deferrable_and_match_full_keys_are_constraint_triggers_in_a_do_block():
+    policy = _policy(referenced=frozenset({("id",)}))
+    decision = policy.decide("CREATE TABLE r (id int, p int REFERENCES products DEFERRABLE INITIALLY DEFERRED NOT NULL, "
+                             "q int, FOREIGN KEY (q) REFERENCES products MATCH FULL)")
+    assert decision.action is Action.REWRITE and decision.tags == ("CREATE TABLE",)
+    sql = decision.sql
+    assert sql.startswith("DO $cowproxy_fk$ BEGIN\nCREATE TABLE r (id int, p int  NOT NULL, q int);\n")
+    assert sql.endswith("END $cowproxy_fk$")
+    function = f'"{SCHEMA}"."{check_function_name("public", "products", ("id",)).replace("$fk(", "$fkt(")}"'
+    assert (f'CREATE CONSTRAINT TRIGGER "r_p_fkey" AFTER INSERT OR UPDATE OF "p" ON r DEFERRABLE INITIALLY DEFERRED '
+            f'FOR EACH ROW EXECUTE FUNCTION {function}(\'{{"columns": ["p"], "delete": "a", "update": "a", "match": "s"}}\')') in sql
+    assert 'CREATE CONSTRAINT TRIGGER "r_q_fkey" AFTER INSERT OR UPDATE OF "q" ON r NOT DEFERRABLE' in sql
+    assert "MATCH FULL does not allow mixing of null and nonnull key values." in sql
+    # a text holding the block's dollar tag gets another
+    other = policy.decide("CREATE TABLE \"$cowproxy_fk$\" (p int REFERENCES products DEFERRABLE)")
+    assert other.sql.startswith("DO $cowproxy_fk1$ BEGIN")
+
+
+def test_alter_table_add_foreign_key_of_a_new_table():
+    policy = _policy(referenced=frozenset({("id",)}))
+    plain = policy.decide("ALTER TABLE boxes ADD CONSTRAINT boxes_p FOREIGN KEY (p) REFERENCES products (id) ON DELETE CASCADE")
+    assert plain.action is Action.REWRITE and plain.tags == ()
+    assert plain.sql == (f'ALTER TABLE boxes ADD CONSTRAINT "boxes_p" CHECK ("{SCHEMA}"."products$fk(id)"'
+                         "(\"p\"::integer, 'boxes_p', 'boxes', 'p', 'c', 'a'))")
+    django = policy.decide('ALTER TABLE "boxes" ADD CONSTRAINT "boxes_p_fk_products_id" FOREIGN KEY ("p") '
+                           'REFERENCES "products" ("id") DEFERRABLE INITIALLY DEFERRED')
+    assert django.tags == ("ALTER TABLE",) and django.sql.startswith("DO $cowproxy_fk$ BEGIN\nPERFORM ")
+    assert 'FROM "boxes" c;' in django.sql and 'ON "boxes" DEFERRABLE INITIALLY DEFERRED' in django.sql
+    not_valid = policy.decide("ALTER TABLE boxes ADD FOREIGN KEY (p) REFERENCES products MATCH FULL NOT VALID")
+    assert "PERFORM" not in not_valid.sql and '"boxes_p_fkey"' in not_valid.sql
+    # ALTER TABLE of a changed production table is not this rewrite's business
+    assert policy.decide("ALTER TABLE products ADD FOREIGN KEY (id) REFERENCES products DEFERRABLE").action is Action.FORWARD
