@@ -38,7 +38,7 @@ import asyncpg
 
 from cowproxy import logs
 from cowproxy.branch.introspect import FunctionInfo, production_functions
-from cowproxy.branch.names import overlay_name, qualified, quote_ident
+from cowproxy.branch.names import is_internal_schema, overlay_name, qualified, quote_ident
 from cowproxy.branch.overlay import resolve_relations
 from cowproxy.sql.rewrite import (QualifiedName, Splice, apply, byte_tokens, identifier_value, is_identifier,
                                   qualified_names, quote_literal)
@@ -179,14 +179,13 @@ async def copy_dependent_functions(
         return []
     schemas = [branch_schema, *ancestor_schemas]
     namespaces = {r["nspname"] for r in await conn.fetch("SELECT nspname FROM pg_catalog.pg_namespace")}
-    pairs = {(ref.schema, ref.name) for text in texts.values() for ref in text.references
-             if not ref.called and ref.schema in namespaces and not ref.schema.startswith("cowproxy")}
-    pairs |= {("public", word) for function, text in texts.items() if text.path_public >= 0 for word in text.words}
-    resolved = await resolve_relations(conn, pairs, schemas)
-    qualified_pairs = {(ref.schema, ref.name) for text in texts.values() for ref in text.references if not ref.called}
-    relations = {key: target for key, target in resolved.items() if target != qualified(*key) and key in qualified_pairs}
-    public_overlays = frozenset(name for (schema, name), target in resolved.items()
-                                if schema == "public" and target != qualified(schema, name))
+    qualified_pairs = {(ref.schema, ref.name) for text in texts.values() for ref in text.references
+                       if not ref.called and ref.schema in namespaces and not is_internal_schema(ref.schema)}
+    words = {word for text in texts.values() if text.path_public >= 0 for word in text.words}
+    resolved = await resolve_relations(conn, qualified_pairs | {("public", word) for word in words}, schemas)
+    redirected = {key: target for key, target in resolved.items() if target != qualified(*key)}
+    relations = {key: target for key, target in redirected.items() if key in qualified_pairs}
+    public_overlays = frozenset(name for schema, name in redirected if schema == "public")
     copied = _functions_to_copy(texts, relations, public_overlays, branch_schema)
     if not copied:
         return []
