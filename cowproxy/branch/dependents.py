@@ -16,7 +16,7 @@ later changes to the view are not seen (materialized views are not copied at all
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -33,11 +33,15 @@ async def copy_dependent_views(
     branch_schema: str,
     branch_role: str,
     ancestor_schemas: Sequence[str] = (),
+    functions: Mapping[tuple[str, str], str] | None = None,
 ) -> list[tuple[str, str]]:
     """(Re)create, in the caller's transaction and as `branch_role`, the branch's copy
-    of every production view over `tables`; returns the views copied, as production
-    (schema, name). Run after the tables' overlays exist."""
-    views = await dependent_views(conn, tables)
+    of every production view over `tables`, or calling one of `functions` (production
+    functions the branch has copies of, to the copy's qualified name: branch/functions.py);
+    returns the views copied, as production (schema, name). Run after the tables'
+    overlays (and the function copies) exist."""
+    functions = functions or {}
+    views = await dependent_views(conn, tables, functions)
     if not views:
         return []
     schemas = [branch_schema, *ancestor_schemas]
@@ -46,7 +50,7 @@ async def copy_dependent_views(
     try:
         # In order: a view over another view is retargeted once that one's copy exists.
         for view in views:
-            definition = await _retarget(conn, view.definition, schemas)
+            definition = await _retarget(conn, view.definition, schemas, functions)
             copy = qualified(branch_schema, overlay_name(view.schema, view.name))
             create = f"CREATE OR REPLACE VIEW {copy}{_options(view, security_invoker)} AS {definition}"
             try:
@@ -74,14 +78,21 @@ def _options(view: ViewInfo, security_invoker: bool) -> str:
     return (" WITH (" + ", ".join(f"{k} = {v}" for k, v in options.items()) + ")") if options else ""
 
 
-async def _retarget(conn: asyncpg.Connection, definition: str, schemas: Sequence[str]) -> str:
-    """`definition` (every relation schema-qualified) with each relation that the branch
-    (or an ancestor) overlays or has copied named by that overlay or copy instead."""
-    relations = [rel for st in analyze(definition) for rel in (*st.reads, *st.writes)
+async def _retarget(conn: asyncpg.Connection, definition: str, schemas: Sequence[str],
+                    functions: Mapping[tuple[str, str], str]) -> str:
+    """`definition` (every relation and function schema-qualified) with each relation
+    that the branch (or an ancestor) overlays or has copied named by that overlay or
+    copy instead, and each call of a copied function by the copy."""
+    statements = analyze(definition)
+    relations = [rel for st in statements for rel in (*st.reads, *st.writes)
                  if rel.schema is not None and rel.location >= 0]
     resolved = await resolve_relations(conn, [(r.schema, r.name) for r in relations], schemas)
     spans = NameSpans(definition)
     splices = []
+    for call in (call for st in statements for call in st.qualified_calls):
+        target = functions.get((call.schema or "", call.name))
+        if target is not None and call.location >= 0:
+            splices.append(Splice(*spans.qualified_name(call.location), target))
     for rel in relations:
         target = resolved[(rel.schema, rel.name)]
         if target != qualified(rel.schema, rel.name):

@@ -38,7 +38,7 @@ import asyncpg
 
 from cowproxy import logs
 from cowproxy.branch.introspect import FunctionInfo, production_functions
-from cowproxy.branch.names import is_internal_schema, overlay_name, qualified, quote_ident
+from cowproxy.branch.names import is_internal_schema, overlay_name, qualified, quote_ident, schema_for
 from cowproxy.branch.overlay import resolve_relations
 from cowproxy.sql.rewrite import (QualifiedName, Splice, apply, byte_tokens, identifier_value, is_identifier,
                                   qualified_names, quote_literal)
@@ -288,3 +288,17 @@ async def _routine(conn: asyncpg.Connection, schema: str, name: str, arguments: 
         "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p WHERE p.pronamespace = $1::regnamespace"
         " AND p.proname = $2 AND pg_catalog.pg_get_function_identity_arguments(p.oid) = $3",
         quote_ident(schema), name, arguments)
+
+
+async def function_copies_of(conn: asyncpg.Connection, chain: list[str]) -> dict[tuple[str, str], str]:
+    """Production functions the branch or an ancestor copied (branch/functions.py), to
+    the nearest schema holding a copy: qualified calls are sent there (sql/policy.py),
+    and view copies call it (branch/dependents.py)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT branch, source_schema, source_name FROM cowproxy.overlay_functions WHERE branch = ANY($1::text[])",
+        chain)
+    order = {name: i for i, name in enumerate(chain)}
+    copies: dict[tuple[str, str], str] = {}
+    for r in sorted(rows, key=lambda r: -order[r["branch"]]):
+        copies[(r["source_schema"], r["source_name"])] = schema_for(r["branch"])
+    return copies

@@ -368,8 +368,9 @@ WITH RECURSIVE production_views AS (
     SELECT r.ev_class, 1
       FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
      WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
-       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-       AND d.refobjid = ANY ($1::pg_catalog.oid[]) AND r.ev_class IN (SELECT oid FROM production_views)
+       AND (d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY ($1::pg_catalog.oid[])
+            OR d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid = ANY ($2::pg_catalog.oid[]))
+       AND r.ev_class IN (SELECT oid FROM production_views)
     UNION
     SELECT r.ev_class, dependents.depth + 1
       FROM dependents
@@ -389,12 +390,14 @@ SELECT n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid) AS definition,
 """
 
 
-async def dependent_views(conn: asyncpg.Connection, tables: Iterable[tuple[str, str]]) -> list[ViewInfo]:
-    """Production views that read any of `tables`, directly or through other views,
-    each after the views it reads. Materialized views are not included (their rows are
-    stored: a branch cannot merge into them)."""
-    tables = list(tables)
-    if not tables:
+async def dependent_views(conn: asyncpg.Connection, tables: Iterable[tuple[str, str]],
+                          functions: Iterable[tuple[str, str]] = ()) -> list[ViewInfo]:
+    """Production views that read any of `tables` or call any of `functions` (every
+    overload of each name), directly or through other views, each after the views it
+    reads. Materialized views are not included (their rows are stored: a branch
+    cannot merge into them)."""
+    tables, functions = list(tables), list(functions)
+    if not tables and not functions:
         return []
     async with _qualified_names(conn):
         oids = await conn.fetchval(
@@ -402,7 +405,12 @@ async def dependent_views(conn: asyncpg.Connection, tables: Iterable[tuple[str, 
             " JOIN pg_catalog.pg_namespace ns ON ns.nspname = t.s"
             " JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = t.n",
             [s for s, _ in tables], [t for _, t in tables])
-        rows = await conn.fetch(_DEPENDENT_VIEWS_SQL, oids)
+        function_oids = await conn.fetchval(
+            "SELECT coalesce(array_agg(p.oid), '{}') FROM unnest($1::text[], $2::text[]) t(s, n)"
+            " JOIN pg_catalog.pg_namespace ns ON ns.nspname = t.s"
+            " JOIN pg_catalog.pg_proc p ON p.pronamespace = ns.oid AND p.proname = t.n",
+            [s for s, _ in functions], [f for _, f in functions])
+        rows = await conn.fetch(_DEPENDENT_VIEWS_SQL, oids, function_oids)
     return [ViewInfo(r["nspname"], r["relname"], r["definition"].strip().rstrip(";"), tuple(r["options"]))
             for r in rows]
 

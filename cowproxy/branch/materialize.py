@@ -15,8 +15,9 @@ import asyncpg
 
 from cowproxy.branch import catalog
 from cowproxy.branch.dependents import copy_dependent_views
-from cowproxy.branch.functions import copy_dependent_functions
+from cowproxy.branch.functions import copy_dependent_functions, function_copies_of
 from cowproxy.branch.introspect import describe_table
+from cowproxy.branch.names import overlay_name, qualified
 from cowproxy.branch.overlay import OVERLAY_FORMAT, create_overlay, resolve_relations, tables_needing_overlay_with
 from cowproxy.sql.analyze import Relation
 
@@ -72,14 +73,36 @@ async def materialize_tables(conn: asyncpg.Connection, chain: list[catalog.Branc
             done.add(key)
             created.append(key)
         if created:
-            views = await copy_dependent_views(conn, created, branch.schema_name, branch.role_name, ancestor_schemas)
+            views = await copy_dependents(conn, chain, created, readers)
             await conn.executemany(
                 "INSERT INTO cowproxy.overlay_tables (branch, source_schema, source_table, key_columns, mode)"
                 " VALUES ($1, $2, $3, NULL, 'view') ON CONFLICT DO NOTHING",
                 [(branch.name, schema, name) for schema, name in views])
-            await copy_dependent_functions(conn, branch.name, branch.schema_name, branch.role_name, ancestor_schemas,
-                                           readers)
             await conn.execute("UPDATE cowproxy.branches SET schema_version = schema_version + 1 WHERE name = $1",
                                branch.name)
             await conn.execute("SELECT pg_notify($1, $2)", "cowproxy_catalog", branch.name)
     return created
+
+
+async def copy_dependents(conn: asyncpg.Connection, chain: list[catalog.Branch], created: list[tuple[str, str]],
+                          readers: str) -> list[tuple[str, str]]:
+    """The branch's copies of what production defined over the new overlays: views over
+    them, functions whose bodies name them (or those views) without the search_path,
+    then views that call those functions, and once more the functions bound to such a
+    view. Returns the views copied. Deeper chains of views and functions calling one
+    another are not followed further."""
+    branch, ancestors = chain[0], [b.schema_name for b in chain[1:]]
+    names = [b.name for b in chain]
+    views = await copy_dependent_views(conn, created, branch.schema_name, branch.role_name, ancestors,
+                                       await _function_targets(conn, names))
+    if not await copy_dependent_functions(conn, branch.name, branch.schema_name, branch.role_name, ancestors, readers):
+        return views
+    calling = await copy_dependent_views(conn, (), branch.schema_name, branch.role_name, ancestors,
+                                         await _function_targets(conn, names))
+    if set(calling) - set(views):
+        await copy_dependent_functions(conn, branch.name, branch.schema_name, branch.role_name, ancestors, readers)
+    return list(dict.fromkeys(views + calling))
+
+
+async def _function_targets(conn: asyncpg.Connection, chain: list[str]) -> dict[tuple[str, str], str]:
+    return {key: qualified(owner, overlay_name(*key)) for key, owner in (await function_copies_of(conn, chain)).items()}

@@ -18,6 +18,7 @@ import asyncpg
 
 from cowproxy import logs
 from cowproxy.branch import catalog
+from cowproxy.branch.functions import function_copies_of
 from cowproxy.branch.introspect import referencing_tables
 from cowproxy.branch.names import NOTIFY_CHANNEL, overlay_name, qualified, schema_for
 from cowproxy.branch.overlay import overlay_objects
@@ -203,19 +204,6 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         fresh_copies=await fresh_copies_of(conn, overlays),
         function_copies=await function_copies_of(conn, names),
     )
-
-
-async def function_copies_of(conn: asyncpg.Connection, chain: list[str]) -> dict[tuple[str, str], str]:
-    """Production functions the branch or an ancestor copied (branch/functions.py), to
-    the nearest schema holding a copy: qualified calls are sent there."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT branch, source_schema, source_name FROM cowproxy.overlay_functions WHERE branch = ANY($1::text[])",
-        chain)
-    order = {name: i for i, name in enumerate(chain)}
-    copies: dict[tuple[str, str], str] = {}
-    for r in sorted(rows, key=lambda r: -order[r["branch"]]):
-        copies[(r["source_schema"], r["source_name"])] = schema_for(r["branch"])
-    return copies
 
 
 async def fresh_copies_of(conn: asyncpg.Connection, overlays: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:

@@ -13,7 +13,8 @@ Added here, in the pristine template only:
   function returning SETOF a production table;
 - functions that find their tables without the session's search_path (their own
   `SET search_path`, qualified names, `BEGIN ATOMIC` and `RETURN` bodies, PL/pgSQL,
-  overloads, a qualified call of another) and a procedure that writes.
+  overloads, a qualified call of another), a view calling one and a function bound to
+  that view, and a procedure that writes.
 Every value is fixed, so the template, production and every copy hold the same rows.
 """
 
@@ -108,6 +109,11 @@ CREATE FUNCTION customer_score(p_customer integer) RETURNS numeric
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT public.customer_spend(p_customer) + public.order_count_secure(p_customer)
 $$;
+CREATE VIEW customer_order_counts AS SELECT id, order_count_secure(id) AS orders FROM customers;
+CREATE FUNCTION busiest_customer() RETURNS integer
+LANGUAGE sql STABLE BEGIN ATOMIC
+    SELECT id FROM customer_order_counts ORDER BY orders DESC, id LIMIT 1;
+END;
 CREATE PROCEDURE reprioritize_tickets(p_customer integer, p_priority integer)
 LANGUAGE sql BEGIN ATOMIC
     UPDATE tickets SET priority = p_priority WHERE customer_id = p_customer;
