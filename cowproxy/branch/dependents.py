@@ -24,6 +24,7 @@ from cowproxy.branch.introspect import ViewInfo, dependent_views
 from cowproxy.branch.names import overlay_name, qualified, quote_ident
 from cowproxy.branch.overlay import resolve_relations
 from cowproxy.sql.analyze import analyze
+from cowproxy.sql.policy import function_copy_splices
 from cowproxy.sql.rewrite import NameSpans, Splice, apply
 
 
@@ -89,10 +90,8 @@ async def _retarget(conn: asyncpg.Connection, definition: str, schemas: Sequence
     resolved = await resolve_relations(conn, [(r.schema, r.name) for r in relations], schemas)
     spans = NameSpans(definition)
     splices = []
-    for call in (call for st in statements for call in st.qualified_calls):
-        target = functions.get((call.schema or "", call.name))
-        if target is not None and call.location >= 0:
-            splices.append(Splice(*spans.qualified_name(call.location), target))
+    for st in statements:
+        splices += function_copy_splices(st, functions, spans)
     for rel in relations:
         target = resolved[(rel.schema, rel.name)]
         if target != qualified(rel.schema, rel.name):

@@ -40,11 +40,8 @@ from cowproxy import logs
 from cowproxy.branch.introspect import FunctionInfo, production_functions
 from cowproxy.branch.names import is_internal_schema, overlay_name, qualified, quote_ident, schema_for
 from cowproxy.branch.overlay import resolve_relations
-from cowproxy.sql.rewrite import (QualifiedName, Splice, apply, byte_tokens, identifier_value, is_identifier,
-                                  qualified_names, quote_literal)
-
-_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
-_DOT = "ASCII_46"
+from cowproxy.sql.rewrite import (DOT, QualifiedName, Splice, apply, code_byte_tokens, identifier_value,
+                                  is_identifier, qualified_names, quote_literal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +58,10 @@ class FunctionText:
 def read_definition(definition: str) -> FunctionText:
     """Find the header's name, LEAKPROOF and SET search_path, and the body's names.
     Raises ValueError for a text it cannot read (the function is then not copied)."""
-    tokens = [t for t in byte_tokens(definition) if t[2] not in _COMMENTS]
+    tokens = code_byte_tokens(definition)
     raw = definition.encode()
     start = next((i for i, t in enumerate(tokens) if t[2] in ("FUNCTION", "PROCEDURE")), None)
-    if start is None or start + 3 >= len(tokens) or tokens[start + 2][2] != _DOT:
+    if start is None or start + 3 >= len(tokens) or tokens[start + 2][2] != DOT:
         raise ValueError("no qualified function name")
     name = (tokens[start + 1][0], tokens[start + 3][1])
     depth, body = 0, None
@@ -93,7 +90,7 @@ def read_definition(definition: str) -> FunctionText:
         offset = tokens[body + 1][0] + len(tag.encode())
         references = tuple(QualifiedName(q.start + offset, q.end + offset, q.schema, q.name, q.called)
                            for q in qualified_names(inner))
-        words = _words([t for t in byte_tokens(inner) if t[2] not in _COMMENTS], inner.encode())
+        words = _words(code_byte_tokens(inner), inner.encode())
     else:
         body_start = tokens[body][0]
         references = tuple(q for q in qualified_names(definition) if q.start >= body_start)
@@ -124,7 +121,7 @@ def _words(tokens: list, raw: bytes) -> frozenset[str]:
     for i, token in enumerate(tokens):
         if not is_identifier(token) or token[3] == "RESERVED_KEYWORD":
             continue
-        if i > 0 and tokens[i - 1][2] == _DOT or i + 1 < len(tokens) and tokens[i + 1][2] == _DOT:
+        if i > 0 and tokens[i - 1][2] == DOT or i + 1 < len(tokens) and tokens[i + 1][2] == DOT:
             continue
         words.add(identifier_value(raw[token[0]:token[1]].decode()))
     return frozenset(words)
@@ -189,7 +186,7 @@ async def copy_dependent_functions(
     copied = _functions_to_copy(texts, relations, public_overlays, branch_schema)
     if not copied:
         return []
-    functions = {key: qualified(branch_schema, overlay_name(*key)) for key in copied}
+    functions = {key: copy_name(branch_schema, key) for key in copied}
     own = await _branch_own_functions(conn, branch, branch_schema)
     made: list[tuple[str, str, str]] = []
     order = {key: i for i, key in enumerate(copied)}
@@ -237,7 +234,7 @@ def _functions_to_copy(texts: Mapping[FunctionInfo, FunctionText], relations: Ma
     grown = True
     while grown:
         grown = False
-        functions = {key: qualified(branch_schema, overlay_name(*key)) for key in copied}
+        functions = {key: copy_name(branch_schema, key) for key in copied}
         for function, text in texts.items():
             key = (function.schema, function.name)
             if key not in copied and needs_copy(text, relations, functions, public_overlays):
@@ -290,15 +287,21 @@ async def _routine(conn: asyncpg.Connection, schema: str, name: str, arguments: 
         quote_ident(schema), name, arguments)
 
 
+def copy_name(owner_schema: str, function: tuple[str, str]) -> str:
+    """The qualified name of production function `function`'s copy in `owner_schema`."""
+    return qualified(owner_schema, overlay_name(*function))
+
+
 async def function_copies_of(conn: asyncpg.Connection, chain: list[str]) -> dict[tuple[str, str], str]:
-    """Production functions the branch or an ancestor copied (branch/functions.py), to
-    the nearest schema holding a copy: qualified calls are sent there (sql/policy.py),
-    and view copies call it (branch/dependents.py)."""
+    """Production functions the branch or an ancestor copied, to the qualified name of
+    the nearest copy: qualified calls are sent there (sql/policy.py), and view copies
+    call it (branch/dependents.py)."""
     rows = await conn.fetch(
         "SELECT DISTINCT branch, source_schema, source_name FROM cowproxy.overlay_functions WHERE branch = ANY($1::text[])",
         chain)
     order = {name: i for i, name in enumerate(chain)}
     copies: dict[tuple[str, str], str] = {}
     for r in sorted(rows, key=lambda r: -order[r["branch"]]):
-        copies[(r["source_schema"], r["source_name"])] = schema_for(r["branch"])
+        key = (r["source_schema"], r["source_name"])
+        copies[key] = copy_name(schema_for(r["branch"]), key)
     return copies

@@ -17,7 +17,6 @@ from cowproxy.branch import catalog
 from cowproxy.branch.dependents import copy_dependent_views
 from cowproxy.branch.functions import copy_dependent_functions, function_copies_of
 from cowproxy.branch.introspect import describe_table
-from cowproxy.branch.names import overlay_name, qualified
 from cowproxy.branch.overlay import OVERLAY_FORMAT, create_overlay, resolve_relations, tables_needing_overlay_with
 from cowproxy.sql.analyze import Relation
 
@@ -94,15 +93,12 @@ async def copy_dependents(conn: asyncpg.Connection, chain: list[catalog.Branch],
     branch, ancestors = chain[0], [b.schema_name for b in chain[1:]]
     names = [b.name for b in chain]
     views = await copy_dependent_views(conn, created, branch.schema_name, branch.role_name, ancestors,
-                                       await _function_targets(conn, names))
+                                       await function_copies_of(conn, names))
     if not await copy_dependent_functions(conn, branch.name, branch.schema_name, branch.role_name, ancestors, readers):
         return views
     calling = await copy_dependent_views(conn, (), branch.schema_name, branch.role_name, ancestors,
-                                         await _function_targets(conn, names))
+                                         await function_copies_of(conn, names))
     if set(calling) - set(views):
         await copy_dependent_functions(conn, branch.name, branch.schema_name, branch.role_name, ancestors, readers)
     return list(dict.fromkeys(views + calling))
 
-
-async def _function_targets(conn: asyncpg.Connection, chain: list[str]) -> dict[tuple[str, str], str]:
-    return {key: qualified(owner, overlay_name(*key)) for key, owner in (await function_copies_of(conn, chain)).items()}

@@ -120,7 +120,7 @@ class BranchLayout:
 
     function_copies: Mapping[tuple[str, str], str] = field(default_factory=dict)
     """Production functions (schema, name) the branch or an ancestor copied into its
-    schema (branch/functions.py), to that schema: qualified calls are sent to the copy."""
+    schema (branch/functions.py), to the copy's qualified name: qualified calls go there."""
 
     def shadow_for_unqualified(self, name: str) -> bool:
         return any((s, name) in self.overlays for s in self.production_schemas) or name in self.local_names
@@ -1094,14 +1094,11 @@ class BranchPolicy:
                 name = layout.overlay_names.get((rel.schema, rel.name), rel.name)
                 splices.append(Splice(start, end, f"{quote_ident(target)}.{quote_ident(name)}"))
                 seen.add(rel.location)
-            for call in st.qualified_calls if layout.function_copies else ():
-                owner = layout.function_copies.get((call.schema or "", call.name))
-                if owner is None or call.location < 0 or call.location in seen:
-                    continue
+            if st.qualified_calls and layout.function_copies:
                 spans = spans or NameSpans(sql)
-                start, end = spans.qualified_name(call.location)
-                splices.append(Splice(start, end, f"{quote_ident(owner)}.{quote_ident(overlay_name(call.schema or '', call.name))}"))
-                seen.add(call.location)
+                calls = function_copy_splices(st, layout.function_copies, spans)
+                splices += calls
+                seen.update(s.start for s in calls)
             if st.user_functions:
                 spans = spans or NameSpans(sql)
                 splices += user_function_splices(sql, [st], spans)
@@ -1148,6 +1145,17 @@ class BranchPolicy:
 
 
 _CLIENT_USER_SQL = f"current_setting({quote_literal(CLIENT_USER_SETTING)})::name"
+
+
+def function_copy_splices(st: Statement, copies: Mapping[tuple[str, str], str], spans: NameSpans) -> list[Splice]:
+    """Each schema-qualified call of a production function the branch has a copy of
+    (branch/functions.py) calls the copy: `copies` maps (schema, name) to its name."""
+    splices = []
+    for call in st.qualified_calls:
+        target = copies.get((call.schema or "", call.name))
+        if target is not None and call.location >= 0:
+            splices.append(Splice(*spans.qualified_name(call.location), target))
+    return splices
 
 
 def user_function_splices(sql: str, statements: list[Statement], spans: NameSpans | None = None) -> list[Splice]:

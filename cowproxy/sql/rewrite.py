@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pglast import parser as pg_parser
 
-_DOT = "ASCII_46"
+DOT = "ASCII_46"
 _SEMICOLON = "ASCII_59"
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
@@ -68,7 +68,7 @@ class NameSpans:
         if i is None:
             raise ValueError(f"no token starts at byte {location}")
         end = self._spans[i][1]
-        while i + 2 < len(self._spans) and self._spans[i + 1][2] == _DOT:
+        while i + 2 < len(self._spans) and self._spans[i + 1][2] == DOT:
             i += 2
             end = self._spans[i][1]
         return location, end
@@ -153,10 +153,10 @@ def qualified_names(sql: str) -> list[QualifiedName]:
     are not seen (dynamic SQL stays as written). Which pairs mean relations or
     functions is for the caller to decide (`x.y` may as well be a column of `x`)."""
     raw = sql.encode()
-    tokens = [t for t in byte_tokens(sql) if t[2] not in _COMMENTS]
+    tokens = code_byte_tokens(sql)
     found = []
     for i in range(len(tokens) - 2):
-        if tokens[i + 1][2] != _DOT or (i > 0 and tokens[i - 1][2] == _DOT):
+        if tokens[i + 1][2] != DOT or (i > 0 and tokens[i - 1][2] == DOT):
             continue
         first, second = tokens[i], tokens[i + 2]
         if not (is_identifier(first) and is_identifier(second)):
@@ -181,6 +181,11 @@ def byte_tokens(sql: str) -> list[ByteToken]:
     for ch in sql:
         to_byte.append(to_byte[-1] + len(ch.encode()))
     return [(to_byte[t.start], to_byte[t.end + 1], t.name, t.kind) for t in tokens]
+
+
+def code_byte_tokens(sql: str) -> list[ByteToken]:
+    """`byte_tokens` without the comments: what the code is made of."""
+    return [t for t in byte_tokens(sql) if t[2] not in _COMMENTS]
 
 
 def is_identifier(token: ByteToken) -> bool:
