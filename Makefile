@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.installed
 # The data path is compiled with mypyc (setup.py) in place, so an edit of one of those
 # sources reinstalls too (pip rebuilds them; about 20 s).
 COMPILED_SOURCES := cowproxy/protocol/framing.py cowproxy/protocol/responses.py cowproxy/proxy/relay.py \
-                    cowproxy/histogram.py cowproxy/sql/literals.py cowproxy/sql/numbers.py
+                    cowproxy/histogram.py cowproxy/sql/literals.py cowproxy/sql/numbers.py \
+                    cowproxy/proxy/_pump.c
 
 $(STAMP): pyproject.toml setup.py $(COMPILED_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -9,7 +9,7 @@ package installs and runs them interpreted, slower but identical.
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 COMPILED = [
     "cowproxy/protocol/framing.py",
@@ -19,6 +19,11 @@ COMPILED = [
     "cowproxy/sql/literals.py",
     "cowproxy/sql/numbers.py",
 ]
+
+NATIVE_RELAY = Extension("cowproxy.proxy._pump", ["cowproxy/proxy/_pump.c"], extra_compile_args=["-O2"],
+                         optional=True)
+"""The relay thread of pass-through sessions (proxy/pump.py): plain C on Linux's epoll.
+Optional like the mypyc modules: without it, sessions stay on the Python relay."""
 
 
 def compiled_modules() -> list:
@@ -39,4 +44,10 @@ def compiled_modules() -> list:
     return extensions
 
 
-setup(ext_modules=compiled_modules())
+def native_modules() -> list:
+    if os.environ.get("COWPROXY_PURE_PYTHON") or not sys.platform.startswith("linux"):
+        return []
+    return [NATIVE_RELAY]
+
+
+setup(ext_modules=compiled_modules() + native_modules())

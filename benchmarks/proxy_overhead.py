@@ -24,7 +24,9 @@ from benchmarks.report import MISSING, Column, Section, fmt
 from benchmarks.targets import CowProxy, PgBouncer, Target, TargetUnavailable, direct_target, ensure_pgbouncer
 
 TARGET_NAMES = ("direct", "pgbouncer", "cowproxy", "cowproxy-ro")
-PROXIES = ("pgbouncer", "cowproxy", "cowproxy-ro")
+OPTIONAL_TARGETS = ("cowproxy-py",)
+"""Run only when named in --targets: the pass-through proxy on its Python relay."""
+PROXIES = ("pgbouncer", "cowproxy", "cowproxy-py", "cowproxy-ro")
 
 
 @dataclass
@@ -97,7 +99,7 @@ def start_targets(ctx: BenchContext, stack: contextlib.ExitStack) -> tuple[dict[
                 stack.callback(bouncer.stop)  # registered first: stop() also removes its temp dir
                 target = bouncer.start()
             else:
-                proxy = CowProxy(ctx.pg, passthrough=name == "cowproxy")
+                proxy = CowProxy(ctx.pg, passthrough=name != "cowproxy-ro", python_relay=name == "cowproxy-py")
                 stack.callback(proxy.stop)
                 target = proxy.start()
         except TargetUnavailable as exc:

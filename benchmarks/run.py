@@ -66,7 +66,8 @@ def _scales(value: str | None) -> list[int] | None:
               help="Comma-separated cell ids or globs, e.g. select-simple-c1 or 'select-*' "
                    "(sections proxy and branch_pgbench).")
 @click.option("--targets", "targets", default=",".join(proxy_overhead.TARGET_NAMES), show_default=True,
-              help="Comma-separated targets to compare.")
+              help="Comma-separated targets to compare; add cowproxy-py for the pass-through proxy on "
+                   "its Python relay (COWPROXY_NATIVE_RELAY=0).")
 @click.option("--sections", default=",".join(SECTIONS), show_default=True, help="Benchmark sections to run.")
 @click.option("--sizes", default=None, metavar="SCALES",
               help="pgbench scales of the databases branch_create times (1 ≈ 15 MB, 7 ≈ 105 MB, 70 ≈ 1 GB; "
@@ -98,10 +99,11 @@ def main(seconds: int | None, quick: bool, scale: int | None, only: str, targets
     repeat = repeat or (1 if quick else 3)
     rounds = rounds or (1 if quick else 3)
     target_names = _csv(targets)
-    unknown = set(target_names) - set(proxy_overhead.TARGET_NAMES)
+    known = proxy_overhead.TARGET_NAMES + proxy_overhead.OPTIONAL_TARGETS
+    unknown = set(target_names) - set(known)
     if unknown or not target_names:
         raise click.BadParameter(f"unknown target(s) {sorted(unknown)}; choose from "
-                                 f"{', '.join(proxy_overhead.TARGET_NAMES)}", param_hint="--targets")
+                                 f"{', '.join(known)}", param_hint="--targets")
     section_names = _csv(sections)
     if set(section_names) - set(SECTIONS) or not section_names:
         raise click.BadParameter(f"choose from {', '.join(SECTIONS)}", param_hint="--sections")

@@ -131,18 +131,22 @@ class CowProxy(ChildProcess):
     """`cowproxy serve`, clients asking for the production database by name.
 
     `passthrough=True` (target `cowproxy`) adds `--passthrough`: the proxy core alone,
+    on its native relay thread (proxy/pump.py); target `cowproxy-py` is the same with
+    `COWPROXY_NATIVE_RELAY=0`, every chunk relayed by the Python relay (relay.py).
     relaying as the client's own user with no statement analysis, writes included:
     the same job pgbouncer does. `passthrough=False` (target `cowproxy-ro`) is the
     product's production route: read-only, every Query/Parse looked up in (or, on a
     miss, analysed into) the statement policy's cache before it is forwarded.
     """
 
-    def __init__(self, pg: EmbeddedPostgres, passthrough: bool = True, dbname: str = "postgres") -> None:
-        self.name = "cowproxy" if passthrough else "cowproxy-ro"
+    def __init__(self, pg: EmbeddedPostgres, passthrough: bool = True, dbname: str = "postgres",
+                 python_relay: bool = False) -> None:
+        self.name = ("cowproxy-py" if python_relay else "cowproxy") if passthrough else "cowproxy-ro"
         super().__init__()
         self.pg = pg
         self.passthrough = passthrough
         self.dbname = dbname
+        self.python_relay = python_relay
 
     def start(self) -> Target:
         from cowproxy import __version__
@@ -152,9 +156,12 @@ class CowProxy(ChildProcess):
                 "--listen", f"127.0.0.1:{port}"]
         if self.passthrough:
             argv.append("--passthrough")
-        self._spawn(argv, port, cwd=str(REPO_ROOT))
+        env = {**os.environ, "COWPROXY_NATIVE_RELAY": "0"} if self.python_relay else None
+        self._spawn(argv, port, cwd=str(REPO_ROOT), env=env)
         assert self.proc is not None
         mode = "--passthrough" if self.passthrough else "production read-only"
+        if self.passthrough:
+            mode += ", Python relay (COWPROXY_NATIVE_RELAY=0)" if self.python_relay else ", native relay"
         return Target(self.name, "127.0.0.1", port, self.dbname, pid=self.proc.pid,
                       version=f"cowproxy {__version__}", read_only=not self.passthrough, mode=mode)
 

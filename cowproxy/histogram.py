@@ -50,9 +50,14 @@ class Histogram:
 
     def buckets(self) -> list[tuple[str, int]]:
         """(upper bound, cumulative count) pairs, Prometheus's `le` buckets."""
-        out: list[tuple[str, int]] = []
-        running = 0
-        for bound, c in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.counts):
-            running += c
-            out.append((bound, running))
-        return out
+        return cumulative_buckets(self.counts)
+
+
+def cumulative_buckets(counts: list[int]) -> list[tuple[str, int]]:
+    """Counts per bucket (+Inf last) as (upper bound, cumulative count) pairs."""
+    out: list[tuple[str, int]] = []
+    running = 0
+    for bound, c in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts):
+        running += c
+        out.append((bound, running))
+    return out

@@ -9,12 +9,12 @@ a custom collector turns them into metric families only when Prometheus scrapes.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from cowproxy.histogram import Histogram, Tally
+from cowproxy.histogram import Histogram, Tally, cumulative_buckets
 
 
 class Metrics:
@@ -31,6 +31,7 @@ class Metrics:
         self.overlay_rows: dict[str, int] = {}
         self.overlay_bytes: dict[str, int] = {}
         self.protocol_violations = 0
+        self.native: Any = None  # proxy/pump.py NativeRelay: its thread's counts are added at scrape time
 
     def statement_tally(self, branch: str, kind: str) -> Tally:
         """The one counter of (branch, kind) statements that relays and statement gates
@@ -47,7 +48,22 @@ class Metrics:
         for key, tally in list(self.statement_tallies.items()):
             if tally.value:
                 counts[key] = counts.get(key, 0) + tally.value
+        if self.native is not None:
+            for key, n in self.native.statement_counts().items():
+                if n:
+                    counts[key] = counts.get(key, 0) + n
         return counts
+
+    def latency_buckets(self, part: str) -> tuple[list[tuple[str, int]], float]:
+        """`part`'s latency histogram as Prometheus `le` buckets and their sum: the
+        Python relays' observations plus the native relay's."""
+        hist = self.latency[part]
+        counts, total = hist.counts, hist.total
+        if self.native is not None:
+            native_counts, native_total, _ = self.native.latency(part)
+            counts = [a + b for a, b in zip(counts, native_counts)]
+            total += native_total
+        return cumulative_buckets(counts), total
 
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=True)
@@ -82,9 +98,21 @@ class _MetricsCollector(Collector):
             "Time from a client's request to ReadyForQuery, split into time spent in the proxy and upstream",
             labels=["part"],
         )
-        for part, hist in m.latency.items():
-            h.add_metric([part], hist.buckets(), hist.total)
+        for part in m.latency:
+            buckets, total = m.latency_buckets(part)
+            h.add_metric([part], buckets, total)
         yield h
+        if m.native is not None:
+            g = GaugeMetricFamily("cowproxy_native_relay_sessions",
+                                  "Pass-through sessions the native relay thread holds now")
+            g.add_metric([], m.native.attached())
+            yield g
+            c = CounterMetricFamily("cowproxy_native_relay_handbacks",
+                                    "Sessions the native relay thread gave back to the Python relay, by reason",
+                                    labels=["reason"])
+            for reason, n in m.native.handbacks().items():
+                c.add_metric([reason], n)
+            yield c
         c = CounterMetricFamily("cowproxy_rewrite_cache", "Rewrite cache lookups", labels=["result"])
         for result, n in m.rewrite_cache.items():
             c.add_metric([result], n)

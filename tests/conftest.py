@@ -22,6 +22,8 @@ def pytest_sessionstart(session):
     from cowproxy import compiled
 
     stale = [name for name, state in compiled.status().items() if state == "stale"]
+    if compiled.native_status() == "stale":
+        stale.append(compiled.NATIVE_MODULE)
     if stale:
         pytest.exit(f"compiled modules older than their sources: {', '.join(stale)}; "
                     "rebuild with `make install` (or pip install -e .)", returncode=4)

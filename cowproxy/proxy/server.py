@@ -12,6 +12,7 @@ import asyncpg
 
 from cowproxy import compiled, logs
 from cowproxy.metrics import Metrics, serve_metrics
+from cowproxy.proxy import pump
 from cowproxy.proxy.routing import PassthroughRouter, Router
 from cowproxy.proxy.session import ClientSession, ProxyContext
 from cowproxy.proxy.upstream import UpstreamAddress
@@ -57,6 +58,7 @@ class ProxyServer:
             tls=tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None,
             max_message_size=config.max_message_size,
             startup_timeout=config.startup_timeout,
+            native_relay=pump.enabled(),
         )
         self._server: asyncio.base_events.Server | None = None
         self._deadline = 0.0
@@ -93,7 +95,7 @@ class ProxyServer:
         logs.event("listening", host=self.config.listen_host, port=self.port,
                    upstream=self.ctx.upstream.display, tls=self.ctx.tls is not None,
                    metrics=f"{self.config.metrics_host}:{self.config.metrics_port}" if self.config.metrics_port else None,
-                   data_path=compiled.summary())
+                   data_path=compiled.summary(), native_relay=self.ctx.native_relay)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop accepting, let running queries and open transactions finish, then close
@@ -115,6 +117,8 @@ class ProxyServer:
             # Cut sessions cancel their running queries upstream: let those cancels go
             # out before the loop stops, or the queries would run on for nobody.
             await asyncio.wait(set(self.ctx.background), timeout=5)
+        if self.ctx.native is not None:
+            self.ctx.native.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._registry is not None:

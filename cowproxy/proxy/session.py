@@ -16,6 +16,9 @@ client frames are framed whole (`FrontendFramer`) and forwarded as one write per
 server bytes are forwarded the moment they arrive while `BackendScanner` peeks at
 headers for ReadyForQuery and ErrorResponse only. Rows are never decoded. What is not a
 plain forward (the statement gate's slow path, injected queries) comes back here.
+On a pass-through route the session goes one step further when both streams are between
+frames: the native relay thread (proxy/pump.py) takes both sockets until something
+needs the `Relay` again (`_try_attach`, `_handed_back`, `_take_back`).
 
 Backpressure both ways: when one side's transport buffers past its high-water mark,
 reading from the other side pauses until it drains (a slow client cannot make the
@@ -72,6 +75,7 @@ from cowproxy.protocol.messages import (
     encode_terminate,
     negotiate_protocol_version,
 )
+from cowproxy.proxy import pump
 from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
 from cowproxy.proxy.relay import FixedEdits, Relay
 from cowproxy.proxy.routing import Route, RouteRefused, Router
@@ -123,6 +127,16 @@ class ProxyContext:
     background: set[asyncio.Task] = field(default_factory=set)
     """Session tasks (connect, TLS, cancel) kept alive until done: the loop holds only
     weak references, and draining waits for the cancels of cut sessions."""
+    native_relay: bool = False
+    """Pass-through sessions may relay on the native thread (proxy/pump.py)."""
+    native: pump.NativeRelay | None = None
+    """That thread, started by the first session that attaches."""
+
+    def native_thread(self) -> pump.NativeRelay | None:
+        if self.native is None and self.native_relay:
+            self.native = pump.NativeRelay(asyncio.get_running_loop(), self.max_message_size)
+            self.metrics.native = self.native
+        return self.native
 
     def spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -186,7 +200,11 @@ class ClientSession(asyncio.Protocol):
         self._auth_framer = FrontendFramer(ctx.max_message_size, _AUTH_CLIENT_TYPES)
         self._backend_framer = FrontendFramer(2**31, _ANY_TYPE)
         self._client_paused = False
+        self._upstream_paused = False          # backpressure: the client's transport is full
         self._finished = False
+        self._link: int | None = None          # the native relay holds the session (proxy/pump.py)
+        self._native_fds: tuple[int, int] | None = None  # both sockets, plain: it may hold it
+        self._native_slot: int | None = None
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statement_tally   # the gate's statement counters, by (branch, kind)
         self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
@@ -328,6 +346,7 @@ class ClientSession(asyncio.Protocol):
         """Release everything the session holds, exactly once."""
         if self._finished:
             return
+        self._take_back()
         self._finished = True
         was = self.state
         self.state = State.CLOSED
@@ -359,10 +378,14 @@ class ClientSession(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._upstream is not None:
             self._upstream.pause_reading()
+            self._upstream_paused = True
 
     def resume_writing(self) -> None:
         if self._upstream is not None and not self._upstream.is_closing():
             self._upstream.resume_reading()
+            self._upstream_paused = False
+        if self._native_fds is not None and self._link is None:
+            self._try_attach()
 
     def client_pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -373,6 +396,8 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and self._client_paused and not self.transport.is_closing():
             self.transport.resume_reading()
             self._client_paused = False
+        if self._native_fds is not None and self._link is None:
+            self._try_attach()
 
     # ---------------------------------------------------------------- startup phase
 
@@ -610,10 +635,19 @@ class ClientSession(asyncio.Protocol):
         relay.client, relay.upstream, relay.active = self.transport, self._upstream, True
         # From now on the event loop calls the relay directly, one Python frame less per
         # chunk each way (transports cache `data_received` when given their protocol).
-        self.data_received = relay.from_client  # type: ignore[method-assign]
+        self._native_fds = self._plain_sockets() if relay.gate is None else None
+        native = self.ctx.native_thread() if self._native_fds is not None else None
+        if native is not None:
+            self._native_slot = native.slot((self.branch, "passthrough"))
+        if self._native_slot is None:
+            self._native_fds = None
+        from_client, from_upstream = relay.from_client, relay.from_upstream
+        if self._native_fds is not None:
+            from_client, from_upstream = self._client_then_attach, self._upstream_then_attach
+        self.data_received = from_client  # type: ignore[method-assign]
         self.transport.set_protocol(self)  # type: ignore[union-attr]
         if self._upstream_proto is not None and self._upstream is not None:
-            self._upstream_proto.data_received = relay.from_upstream  # type: ignore[method-assign]
+            self._upstream_proto.data_received = from_upstream  # type: ignore[method-assign]
             self._upstream.set_protocol(self._upstream_proto)
         self.ctx.metrics.connections[self.branch] += 1
         self.ctx.metrics.connections_total[self.branch] += 1
@@ -623,6 +657,101 @@ class ClientSession(asyncio.Protocol):
         early, self._early = b"".join(self._early), []
         if early:
             self.data_received(early)
+        elif self._native_fds is not None:
+            self._try_attach()
+
+    # ---------------------------------------------------------------- the native relay
+
+    def _plain_sockets(self) -> tuple[int, int] | None:
+        """Both sockets' descriptors, if the native relay may read and write them:
+        plain sockets on both sides (no TLS layer in between)."""
+        fds = []
+        for transport in (self.transport, self._upstream):
+            if transport is None or transport.get_extra_info("ssl_object") is not None:
+                return None
+            sock = transport.get_extra_info("socket")
+            if sock is None:
+                return None
+            fds.append(sock.fileno())
+        return fds[0], fds[1]
+
+    def _client_then_attach(self, data: bytes) -> None:
+        """`Relay.from_client` while the session is not on the native relay; then back to
+        it if the chunk left both streams on a boundary."""
+        self.relay.from_client(data)
+        if self._link is None:
+            self._try_attach()
+
+    def _upstream_then_attach(self, data: bytes) -> None:
+        self.relay.from_upstream(data)
+        if self._link is None:
+            self._try_attach()
+
+    def _try_attach(self) -> None:
+        """Hand both sockets to the native relay when nothing but plain forwarding is
+        going on: the relay's framer and scanner on boundaries, nothing queued, held,
+        edited or paused, nothing waiting in either transport's write buffer."""
+        relay, client, upstream, native = self.relay, self.transport, self._upstream, self.ctx.native
+        if (self._link is not None or self._native_fds is None or native is None or native.closed
+                or self.state is not State.READY or not relay.active or relay.gate is not None
+                or relay.editor is not None or relay.gate_busy or relay.queued or relay.copy_in
+                or relay.terminating or relay.swallow_ready or relay.refused is not None
+                or self._client_paused or self._upstream_paused
+                or relay.framer.buffered or not relay.scanner.at_boundary
+                or client is None or upstream is None or client.is_closing() or upstream.is_closing()
+                or client.get_write_buffer_size() or upstream.get_write_buffer_size()):
+            return
+        assert self._native_slot is not None
+        client.pause_reading()
+        upstream.pause_reading()
+        try:
+            self._link = native.attach(*self._native_fds, self._native_slot, pump.RelayState.of(relay),
+                                       self._handed_back)
+        except OSError as exc:
+            logs.event("native_relay_refused", logging.WARNING, branch=self.branch, error=str(exc))
+            self._native_fds = None
+            client.resume_reading()
+            upstream.resume_reading()
+
+    def _take_back(self) -> pump.Returned | None:
+        """Take the session back from the native relay (None if it did not hold it): the
+        relay's state, then the bytes the thread could not write yet, in order."""
+        link, self._link = self._link, None
+        if link is None or self.ctx.native is None:
+            return None
+        back = self.ctx.native.detach(link)
+        if back is None:
+            return None
+        back.state.restore(self.relay)
+        client, upstream = self.transport, self._upstream
+        for transport in (client, upstream):
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+        if back.to_client and client is not None and not client.is_closing():
+            client.write(back.to_client)
+        if back.to_upstream and upstream is not None and not upstream.is_closing():
+            upstream.write(back.to_upstream)
+        return back
+
+    def _handed_back(self) -> None:
+        """The native relay met something only the `Relay` handles: it gets the chunk
+        the thread did not forward, as if it had read it itself."""
+        back = self._take_back()
+        if back is None:
+            return
+        if back.reason == pump.BACK_CLIENT_DATA:
+            self.relay.from_client(back.tail)
+        elif back.reason == pump.BACK_UPSTREAM_DATA:
+            self.relay.from_upstream(back.tail)
+        elif back.reason == pump.BACK_UPSTREAM_INVALID:
+            self.upstream_broken(ProtocolViolation(back.invalid))
+            return
+        else:
+            # BACK_CLOSED: end of stream or a socket error; the transports, reading
+            # again, meet it themselves. The session does not go back to the thread.
+            self._native_fds = None
+            return
+        self._try_attach()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self._upstream = self.relay.upstream = None
@@ -715,6 +844,7 @@ class ClientSession(asyncio.Protocol):
 
     def _fatal(self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
         """Send one FATAL ErrorResponse and close this client (and only this client)."""
+        self._take_back()
         self.ctx.metrics.errors[sqlstate] += 1
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode_error_response("FATAL", sqlstate, message, detail=detail, hint=hint))
@@ -724,10 +854,13 @@ class ClientSession(asyncio.Protocol):
     def terminate_if_idle(self) -> bool:
         """For draining: close the session with 57P01 if it is between transactions."""
         relay = self.relay
+        held = self._take_back()
         if self.state is State.READY and not relay.pending_ready and not relay.copy_in and relay.tx_status == b"I":
             self._fatal("57P01", "terminating connection because cowproxy is shutting down")
             return True
         if self.state in (State.STARTUP, State.TLS_HANDSHAKE) and self.transport is not None:
             self.transport.close()
             return True
+        if held:
+            self._try_attach()
         return False

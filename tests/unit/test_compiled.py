@@ -23,7 +23,27 @@ def test_the_makefile_rebuilds_when_a_compiled_source_changes():
 
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     listed = re.search(r"^COMPILED_SOURCES\s*:=\s*(.*)$", text, flags=re.M).group(1).split()
+    native = str(compiled.NATIVE_SOURCE.relative_to(ROOT))
+    assert native in listed
+    listed.remove(native)
     assert [s.removesuffix(".py").replace("/", ".") for s in listed] == list(compiled.COMPILED_MODULES)
+
+
+def test_setup_builds_the_native_relay_the_runtime_reports_on():
+    import setuptools
+
+    built = []
+    original = setuptools.setup
+    setuptools.setup = lambda **kwargs: built.extend(kwargs.get("ext_modules", []))
+    try:
+        namespace: dict = {"__name__": "setup_under_test"}
+        source = (ROOT / "setup.py").read_text().replace("setup(ext_modules=", "setuptools.setup(ext_modules=")
+        exec(compile("import setuptools\n" + source, "setup.py", "exec"), namespace)
+        extension = namespace["NATIVE_RELAY"]
+    finally:
+        setuptools.setup = original
+    assert extension.name == compiled.NATIVE_MODULE
+    assert [str(ROOT / s) for s in extension.sources] == [str(compiled.NATIVE_SOURCE)]
 
 
 def test_status_names_every_compiled_module_with_a_known_state():
@@ -42,3 +62,4 @@ def test_ci_runs_the_compiled_data_path():
     if not os.environ.get("CI"):
         return
     assert compiled.summary() == "compiled", compiled.status()
+    assert compiled.native_status() == "compiled"

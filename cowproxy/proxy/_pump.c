@@ -1,0 +1,927 @@
+/*
+ * cowproxy.proxy._pump: the steady state of pass-through sessions, relayed by one
+ * native thread (see proxy/pump.py for how sessions hand themselves over and back).
+ *
+ * Why: every byte a pass-through session relays is forwarded unchanged; what the proxy
+ * adds per request is a walk of the frame headers (ReadyForQuery counting, statement
+ * counts, the latency split). In CPython with uvloop that walk is cheap, but the event
+ * loop and interpreter around each read and write cost a few microseconds of CPU per
+ * transaction more than pgbouncer (README, "What limits it"). Here a thread with its
+ * own epoll does the reads, walks and writes without the interpreter or the GIL.
+ *
+ * The rule that keeps it small: the thread does only the plain cases and gives the
+ * session back to Python (the "hand-back") for anything else, untouched:
+ *   - a client chunk is forwarded only if it is whole frames of the types in
+ *     `client_native` (Query, Parse, Bind, Execute, Describe, Sync, Close, Flush) with
+ *     valid lengths; otherwise the whole chunk goes back unforwarded, and Python's relay
+ *     sees exactly the bytes it would have seen;
+ *   - a server chunk is forwarded up to the first message whose type is in
+ *     `upstream_special` (ErrorResponse, CopyInResponse); the rest goes back starting at
+ *     that message's first byte, so Python's scanner starts on a message boundary;
+ *   - end of stream, a socket error and a server message with an impossible length end
+ *     the link too (Python then meets the condition itself, as it would have).
+ * The state the relay keeps (ReadyForQuery owed, extended-protocol and COPY
+ * bookkeeping, the request's timing) moves in with `attach` and out with `detach`, so
+ * Python's `Relay` carries on where the thread stopped.
+ *
+ * Backpressure: a write that would block keeps its rest in the link and stops reading
+ * the side that produced it until the rest is written (at most one read of data held).
+ *
+ * Concurrency: one mutex. The thread holds it while it acts on a batch of epoll events
+ * and releases it while it waits; Python takes it for attach, detach and reading the
+ * counters. The thread never touches a Python object.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_SIZE (256 * 1024)
+#define MAX_EVENTS 64
+#define MAX_SLOTS 4096
+#define MAX_BUCKETS 64
+#define WAKE_TOKEN UINT64_MAX
+
+#define OWES_READY 1
+#define IS_STATEMENT 2
+
+/* Why a link went back to Python. */
+enum { ATTACHED = 0, BACK_CLIENT_DATA = 1, BACK_UPSTREAM_DATA = 2, BACK_CLOSED = 3, BACK_UPSTREAM_INVALID = 4 };
+
+typedef struct {
+    char *data;
+    size_t len;
+    size_t off;
+} Pending;
+
+typedef struct {
+    uint32_t gen;
+    int in_use;
+    int state;                 /* ATTACHED or a BACK_* reason */
+    int client_fd, upstream_fd;
+    int slot;
+    uint32_t client_mask, upstream_mask;
+    /* the relay's state (proxy/relay.py, same names) */
+    long long pending_ready;
+    int mid_extended;
+    long long copy_syncs;
+    int copy_end_sent;
+    int tx_status;
+    int cycle_failed;
+    int failed_since_idle;
+    int statement_gone;
+    double cycle_start;
+    double proxy_time;
+    /* where the server stream stands between chunks */
+    uint32_t skip;             /* body bytes of the current message still to come */
+    unsigned char head[6];     /* a header cut by a chunk's end (6: ReadyForQuery's status) */
+    int head_len;
+    /* bytes a write could not take yet */
+    Pending to_client, to_upstream;
+    /* what goes back to Python */
+    char *tail;
+    size_t tail_len;
+    char invalid[96];
+} Link;
+
+typedef struct {
+    unsigned long long bins[MAX_BUCKETS + 1];
+    double total;
+    unsigned long long count;
+} Latency;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    int epfd, wakefd, notifyfd;
+    int stopping;
+    unsigned char client_native[256];
+    unsigned char upstream_special[256];
+    unsigned long long max_message_size;
+    double bounds[MAX_BUCKETS];
+    int nbounds;
+    Link **links;
+    int nlinks, cap;
+    int *back;                 /* link indexes handed back, not yet reported */
+    int nback, back_cap;
+    int notify_due;
+    unsigned long long statements[MAX_SLOTS];
+    int nslots;
+    Latency latency[2];        /* 0: proxy, 1: upstream */
+    unsigned long long handbacks[5];
+    char *scratch;
+} Pump;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static uint64_t token(int index, uint32_t gen, int upstream) {
+    return ((uint64_t)gen << 32) | ((uint64_t)(uint32_t)index << 1) | (uint64_t)(upstream ? 1 : 0);
+}
+
+static void observe(Latency *h, const double *bounds, int nbounds, double seconds) {
+    int i = 0;
+    while (i < nbounds && seconds > bounds[i])
+        i++;
+    h->bins[i]++;
+    h->total += seconds;
+    h->count++;
+}
+
+/* ------------------------------------------------------------------ hand-back */
+
+static void set_masks(Pump *p, int index, Link *l);
+
+static void hand_back(Pump *p, int index, Link *l, int reason) {
+    if (l->state != ATTACHED)
+        return;
+    l->state = reason;
+    epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->client_fd, NULL);
+    epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
+    if (p->nback == p->back_cap) {
+        int cap = p->back_cap ? p->back_cap * 2 : 64;
+        int *grown = realloc(p->back, sizeof(int) * (size_t)cap);
+        if (grown == NULL)
+            abort();
+        p->back = grown;
+        p->back_cap = cap;
+    }
+    p->back[p->nback++] = index;
+    p->handbacks[reason]++;
+    p->notify_due = 1;
+}
+
+static int keep_tail(Link *l, const char *data, size_t len) {
+    l->tail = malloc(len ? len : 1);
+    if (l->tail == NULL)
+        return -1;
+    memcpy(l->tail, data, len);
+    l->tail_len = len;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ writes */
+
+/* Write `data` to `fd`; keep what the socket does not take in `pending`.
+   0: all written or kept; -1: the socket failed (the rest is kept for Python). */
+static int send_or_keep(int fd, Pending *pending, const char *data, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = send(fd, data + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            done += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        int failed = !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+        size_t rest = len - done;
+        char *copy = malloc(rest);
+        if (copy == NULL)
+            abort();
+        memcpy(copy, data + done, rest);
+        pending->data = copy;
+        pending->len = rest;
+        pending->off = 0;
+        return failed ? -1 : 0;
+    }
+    return 0;
+}
+
+/* Write what `pending` holds. 0: progress or would block; -1: the socket failed. */
+static int flush(int fd, Pending *pending) {
+    while (pending->off < pending->len) {
+        ssize_t n = send(fd, pending->data + pending->off, pending->len - pending->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            pending->off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        return -1;
+    }
+    free(pending->data);
+    pending->data = NULL;
+    pending->len = pending->off = 0;
+    return 0;
+}
+
+static void set_masks(Pump *p, int index, Link *l) {
+    uint32_t client = (l->to_upstream.data ? 0 : EPOLLIN) | (l->to_client.data ? EPOLLOUT : 0);
+    uint32_t upstream = (l->to_client.data ? 0 : EPOLLIN) | (l->to_upstream.data ? EPOLLOUT : 0);
+    struct epoll_event ev;
+    if (client != l->client_mask) {
+        ev.events = client;
+        ev.data.u64 = token(index, l->gen, 0);
+        epoll_ctl(p->epfd, EPOLL_CTL_MOD, l->client_fd, &ev);
+        l->client_mask = client;
+    }
+    if (upstream != l->upstream_mask) {
+        ev.events = upstream;
+        ev.data.u64 = token(index, l->gen, 1);
+        epoll_ctl(p->epfd, EPOLL_CTL_MOD, l->upstream_fd, &ev);
+        l->upstream_mask = upstream;
+    }
+}
+
+/* ------------------------------------------------------------------ client → upstream */
+
+/* Relay.note for the frame types the thread forwards. */
+static int note(Link *l, unsigned char type) {
+    switch (type) {
+    case 'Q':
+        l->mid_extended = 0;
+        l->copy_syncs = 0;
+        l->copy_end_sent = 0;
+        return OWES_READY | IS_STATEMENT;
+    case 'S':
+        l->mid_extended = 0;
+        if (!l->copy_end_sent)
+            l->copy_syncs++;
+        return OWES_READY;
+    case 'E':
+        l->mid_extended = 1;
+        l->copy_syncs = 0;
+        l->copy_end_sent = 0;
+        return IS_STATEMENT;
+    case 'P': case 'B': case 'D': case 'C':
+        l->mid_extended = 1;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* Whether the chunk is whole frames the thread forwards as they are. */
+static int plain_client_chunk(Pump *p, const unsigned char *buf, size_t n) {
+    size_t pos = 0;
+    while (pos < n) {
+        if (n - pos < 5)
+            return 0;
+        uint32_t length = be32(buf + pos + 1);
+        if (!p->client_native[buf[pos]] || length < 4 || length > p->max_message_size)
+            return 0;
+        if ((uint64_t)length + 1 > n - pos)
+            return 0;
+        pos += (size_t)length + 1;
+    }
+    return 1;
+}
+
+/* Read a chunk from `fd` into the scratch buffer: its length, or 0 when there is nothing
+   to act on (nothing to read yet, or end of stream / an error: the link went back). */
+static ssize_t read_chunk(Pump *p, int index, Link *l, int fd) {
+    ssize_t n;
+    do {
+        n = recv(fd, p->scratch, READ_SIZE, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 0;
+    if (n <= 0) {
+        hand_back(p, index, l, BACK_CLOSED);
+        return 0;
+    }
+    return n;
+}
+
+static void from_client(Pump *p, int index, Link *l) {
+    ssize_t n = read_chunk(p, index, l, l->client_fd);
+    if (n == 0)
+        return;
+    double t0 = now();
+    const unsigned char *buf = (const unsigned char *)p->scratch;
+    if (!plain_client_chunk(p, buf, (size_t)n)) {
+        if (keep_tail(l, p->scratch, (size_t)n) < 0)
+            abort();
+        hand_back(p, index, l, BACK_CLIENT_DATA);
+        return;
+    }
+    long long owed = 0, statements = 0;
+    size_t pos = 0;
+    while (pos < (size_t)n) {
+        int noted = note(l, buf[pos]);
+        owed += noted & OWES_READY;
+        statements += noted >> 1;
+        pos += (size_t)be32(buf + pos + 1) + 1;
+    }
+    p->statements[l->slot] += (unsigned long long)statements;
+    if (owed) {
+        if (!l->pending_ready) {
+            l->cycle_start = t0;
+            l->proxy_time = 0.0;
+        }
+        l->pending_ready += owed;
+    }
+    if (send_or_keep(l->upstream_fd, &l->to_upstream, p->scratch, (size_t)n) < 0) {
+        hand_back(p, index, l, BACK_CLOSED);
+        return;
+    }
+    l->proxy_time += now() - t0;
+}
+
+/* ------------------------------------------------------------------ upstream → client */
+
+static void request_done(Pump *p, Link *l, double t0) {
+    l->failed_since_idle = 0;
+    l->statement_gone = 0;
+    double t = now();
+    double proxy = l->proxy_time + (t - t0);
+    double upstream = t - l->cycle_start - proxy;
+    observe(&p->latency[0], p->bounds, p->nbounds, proxy);
+    observe(&p->latency[1], p->bounds, p->nbounds, upstream > 0.0 ? upstream : 0.0);
+}
+
+/* Walk a server chunk. Returns where the part to forward ends: the chunk's length, or
+   the offset of the first message Python must see. Counts ReadyForQuery messages in
+   *ready and their last status in *status; -1 for an impossible length. */
+static long scan_upstream(Pump *p, Link *l, const unsigned char *buf, size_t n, long long *ready, int *status) {
+    size_t pos = 0;
+    while (pos < n) {
+        if (l->skip) {
+            size_t take = l->skip < n - pos ? l->skip : n - pos;
+            pos += take;
+            l->skip -= (uint32_t)take;
+            continue;
+        }
+        unsigned char type;
+        uint32_t length;
+        if (l->head_len == 0) {
+            type = buf[pos];
+            if (p->upstream_special[type])
+                return (long)pos;
+            if (n - pos >= 6 || (n - pos >= 5 && type != 'Z')) {
+                length = be32(buf + pos + 1);
+                if (length < 4 || (type == 'Z' && length != 5)) {
+                    snprintf(l->invalid, sizeof l->invalid, "invalid message length %u from server", length);
+                    return -1;
+                }
+                if (type == 'Z') {
+                    (*ready)++;
+                    *status = buf[pos + 5];
+                    pos += 6;
+                } else {
+                    pos += 5;
+                    l->skip = length - 4;
+                }
+                continue;
+            }
+        }
+        /* a header cut by a chunk's end: gather it */
+        while (pos < n && l->head_len < 6) {
+            if (l->head_len == 5 && l->head[0] != 'Z')
+                break;
+            l->head[l->head_len++] = buf[pos++];
+        }
+        int need = l->head[0] == 'Z' ? 6 : 5;
+        if (l->head_len < need)
+            continue;  /* pos == n: the rest comes with the next chunk */
+        type = l->head[0];
+        length = be32(l->head + 1);
+        l->head_len = 0;
+        if (length < 4 || (type == 'Z' && length != 5)) {
+            snprintf(l->invalid, sizeof l->invalid, "invalid message length %u from server", length);
+            return -1;
+        }
+        if (type == 'Z') {
+            (*ready)++;
+            *status = l->head[5];
+        } else {
+            l->skip = length - 4;
+        }
+    }
+    return (long)n;
+}
+
+static void from_upstream(Pump *p, int index, Link *l) {
+    ssize_t n = read_chunk(p, index, l, l->upstream_fd);
+    if (n == 0)
+        return;
+    double t0 = now();
+    long long ready = 0;
+    int status = l->tx_status;
+    long end = scan_upstream(p, l, (const unsigned char *)p->scratch, (size_t)n, &ready, &status);
+    if (end < 0) {
+        hand_back(p, index, l, BACK_UPSTREAM_INVALID);
+        return;
+    }
+    if (end > 0 && send_or_keep(l->client_fd, &l->to_client, p->scratch, (size_t)end) < 0) {
+        hand_back(p, index, l, BACK_CLOSED);
+        return;
+    }
+    int done = 0;
+    if (ready) {
+        l->tx_status = status;
+        l->cycle_failed = 0;
+        while (ready && l->pending_ready) {
+            ready--;
+            l->pending_ready--;
+            if (!l->pending_ready) {
+                request_done(p, l, t0);
+                done = 1;
+            }
+        }
+    }
+    if (end < n) {
+        if (keep_tail(l, p->scratch + end, (size_t)(n - end)) < 0)
+            abort();
+        hand_back(p, index, l, BACK_UPSTREAM_DATA);
+    }
+    if (!done)
+        l->proxy_time += now() - t0;
+}
+
+/* ------------------------------------------------------------------ the thread */
+
+static void act(Pump *p, uint64_t tok, uint32_t events) {
+    int index = (int)((tok & 0xffffffffu) >> 1);
+    int upstream = (int)(tok & 1);
+    uint32_t gen = (uint32_t)(tok >> 32);
+    if (index >= p->nlinks)
+        return;
+    Link *l = p->links[index];
+    if (l == NULL || !l->in_use || l->gen != gen || l->state != ATTACHED)
+        return;
+    int fd = upstream ? l->upstream_fd : l->client_fd;
+    Pending *out = upstream ? &l->to_upstream : &l->to_client;
+    int acted = 0;
+    if (out->data && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+        acted = 1;
+        if (flush(fd, out) < 0) {
+            hand_back(p, index, l, BACK_CLOSED);
+            return;
+        }
+    }
+    /* reading this side is allowed while the other side's writes are not held up */
+    int may_read = upstream ? l->to_client.data == NULL : l->to_upstream.data == NULL;
+    if (may_read && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
+        acted = 1;
+        if (upstream)
+            from_upstream(p, index, l);
+        else
+            from_client(p, index, l);
+    }
+    if (l->state != ATTACHED)
+        return;
+    if (!acted && (events & (EPOLLERR | EPOLLHUP))) {
+        hand_back(p, index, l, BACK_CLOSED);  /* a hang-up on a side held up: Python ends it */
+        return;
+    }
+    set_masks(p, index, l);
+}
+
+static void *run(void *arg) {
+    Pump *p = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);  /* signals are the main thread's */
+    struct epoll_event events[MAX_EVENTS];
+    for (;;) {
+        int n = epoll_wait(p->epfd, events, MAX_EVENTS, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        pthread_mutex_lock(&p->mu);
+        if (p->stopping) {
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.u64 == WAKE_TOKEN) {
+                uint64_t v;
+                ssize_t r = read(p->wakefd, &v, sizeof v);
+                (void)r;
+                continue;
+            }
+            act(p, events[i].data.u64, events[i].events);
+        }
+        int notify = p->notify_due;
+        p->notify_due = 0;
+        pthread_mutex_unlock(&p->mu);
+        if (notify) {
+            uint64_t one = 1;
+            ssize_t r = write(p->notifyfd, &one, sizeof one);
+            (void)r;
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ Python API */
+
+static void lock(Pump *p) {
+    if (pthread_mutex_trylock(&p->mu) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&p->mu);
+    Py_END_ALLOW_THREADS
+}
+
+static void unlock(Pump *p) {
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int table_from(PyObject *obj, unsigned char out[256], const char *what) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view.len != 256) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "%s: expected a 256-byte table", what);
+        return -1;
+    }
+    memcpy(out, view.buf, 256);
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+static int Pump_init(Pump *p, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"client_native", "upstream_special", "max_message_size", "bounds", NULL};
+    PyObject *client_native, *upstream_special, *bounds;
+    unsigned long long max_message_size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOKO", kwlist, &client_native, &upstream_special,
+                                     &max_message_size, &bounds))
+        return -1;
+    if (p->epfd > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Pump is already initialised");
+        return -1;
+    }
+    if (table_from(client_native, p->client_native, "client_native") < 0 ||
+        table_from(upstream_special, p->upstream_special, "upstream_special") < 0)
+        return -1;
+    PyObject *seq = PySequence_Fast(bounds, "bounds: expected a sequence of floats");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq);
+    if (nb > MAX_BUCKETS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "bounds: too many buckets");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        p->bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    p->nbounds = (int)nb;
+    p->max_message_size = max_message_size;
+    p->scratch = malloc(READ_SIZE);
+    if (p->scratch == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    p->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    p->notifyfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->epfd < 0 || p->wakefd < 0 || p->notifyfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_TOKEN};
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->wakefd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    if (pthread_create(&p->thread, NULL, run, p) != 0) {
+        PyErr_SetString(PyExc_OSError, "could not start the relay thread");
+        return -1;
+    }
+    p->thread_started = 1;
+    return 0;
+}
+
+static void stop(Pump *p) {
+    if (!p->thread_started)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = 1;
+    pthread_mutex_unlock(&p->mu);
+    uint64_t one = 1;
+    ssize_t r = write(p->wakefd, &one, sizeof one);
+    (void)r;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(p->thread, NULL);
+    Py_END_ALLOW_THREADS
+    p->thread_started = 0;
+}
+
+static void free_link(Link *l) {
+    free(l->to_client.data);
+    free(l->to_upstream.data);
+    free(l->tail);
+    l->to_client.data = l->to_upstream.data = NULL;
+    l->tail = NULL;
+    l->in_use = 0;
+}
+
+static void Pump_dealloc(Pump *p) {
+    stop(p);
+    for (int i = 0; i < p->nlinks; i++) {
+        if (p->links[i]) {
+            free_link(p->links[i]);
+            free(p->links[i]);
+        }
+    }
+    free(p->links);
+    free(p->back);
+    free(p->scratch);
+    if (p->epfd > 0)
+        close(p->epfd);
+    if (p->wakefd > 0)
+        close(p->wakefd);
+    if (p->notifyfd > 0)
+        close(p->notifyfd);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyObject *Pump_close(Pump *p, PyObject *unused) {
+    stop(p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pump_fileno(Pump *p, PyObject *unused) {
+    return PyLong_FromLong(p->notifyfd);
+}
+
+static PyObject *Pump_slot(Pump *p, PyObject *unused) {
+    if (p->nslots >= MAX_SLOTS)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(p->nslots++);
+}
+
+/* attach(client_fd, upstream_fd, slot, state) -> link id; state as `detach` returns it. */
+static PyObject *Pump_attach(Pump *p, PyObject *args) {
+    int client_fd, upstream_fd, slot;
+    long long pending_ready, copy_syncs;
+    int mid_extended, copy_end_sent, tx_status, cycle_failed, failed_since_idle, statement_gone;
+    double cycle_start, proxy_time;
+    if (!PyArg_ParseTuple(args, "iii(LpLpipppdd)", &client_fd, &upstream_fd, &slot, &pending_ready, &mid_extended,
+                          &copy_syncs, &copy_end_sent, &tx_status, &cycle_failed, &failed_since_idle, &statement_gone,
+                          &cycle_start, &proxy_time))
+        return NULL;
+    if (slot < 0 || slot >= p->nslots) {
+        PyErr_SetString(PyExc_ValueError, "attach: unknown slot");
+        return NULL;
+    }
+    if (!p->thread_started) {
+        PyErr_SetString(PyExc_RuntimeError, "attach: the relay thread is stopped");
+        return NULL;
+    }
+    lock(p);
+    int index = -1;
+    for (int i = 0; i < p->nlinks; i++) {
+        if (p->links[i] && !p->links[i]->in_use) {
+            index = i;
+            break;
+        }
+    }
+    if (index < 0) {
+        if (p->nlinks == p->cap) {
+            int cap = p->cap ? p->cap * 2 : 64;
+            Link **grown = realloc(p->links, sizeof(Link *) * (size_t)cap);
+            if (grown == NULL) {
+                unlock(p);
+                return PyErr_NoMemory();
+            }
+            p->links = grown;
+            p->cap = cap;
+        }
+        Link *fresh = calloc(1, sizeof(Link));
+        if (fresh == NULL) {
+            unlock(p);
+            return PyErr_NoMemory();
+        }
+        index = p->nlinks++;
+        p->links[index] = fresh;
+    }
+    Link *l = p->links[index];
+    uint32_t gen = l->gen + 1;
+    memset(l, 0, sizeof *l);
+    l->gen = gen;
+    l->in_use = 1;
+    l->state = ATTACHED;
+    l->client_fd = client_fd;
+    l->upstream_fd = upstream_fd;
+    l->slot = slot;
+    l->pending_ready = pending_ready;
+    l->mid_extended = mid_extended;
+    l->copy_syncs = copy_syncs;
+    l->copy_end_sent = copy_end_sent;
+    l->tx_status = tx_status;
+    l->cycle_failed = cycle_failed;
+    l->failed_since_idle = failed_since_idle;
+    l->statement_gone = statement_gone;
+    l->cycle_start = cycle_start;
+    l->proxy_time = proxy_time;
+    l->client_mask = l->upstream_mask = EPOLLIN;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = token(index, gen, 0)};
+    int failed = epoll_ctl(p->epfd, EPOLL_CTL_ADD, client_fd, &ev) < 0;
+    if (!failed) {
+        ev.data.u64 = token(index, gen, 1);
+        if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, upstream_fd, &ev) < 0) {
+            int saved = errno;
+            epoll_ctl(p->epfd, EPOLL_CTL_DEL, client_fd, NULL);
+            errno = saved;
+            failed = 1;
+        }
+    }
+    if (failed) {
+        int saved = errno;
+        l->in_use = 0;
+        unlock(p);
+        errno = saved;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    unlock(p);
+    return PyLong_FromUnsignedLongLong(((unsigned long long)gen << 32) | (unsigned long long)index);
+}
+
+static PyObject *bytes_of(const char *data, size_t len) {
+    if (data == NULL)
+        return PyBytes_FromStringAndSize("", 0);
+    return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+}
+
+/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid) or None if unknown.
+   Takes the link out of the thread's hands (if it still had it) and frees it. */
+static PyObject *Pump_detach(Pump *p, PyObject *arg) {
+    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    int index = (int)(id & 0xffffffffu);
+    uint32_t gen = (uint32_t)(id >> 32);
+    lock(p);
+    Link *l = index < p->nlinks ? p->links[index] : NULL;
+    if (l == NULL || !l->in_use || l->gen != gen) {
+        unlock(p);
+        Py_RETURN_NONE;
+    }
+    if (l->state == ATTACHED) {
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->client_fd, NULL);
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
+    }
+    PyObject *result = Py_BuildValue(
+        "(i(LiLiiiiidd)NNNs)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
+        l->tx_status, l->cycle_failed, l->failed_since_idle, l->statement_gone, l->cycle_start, l->proxy_time,
+        bytes_of(l->to_client.data ? l->to_client.data + l->to_client.off : NULL, l->to_client.len - l->to_client.off),
+        bytes_of(l->to_upstream.data ? l->to_upstream.data + l->to_upstream.off : NULL,
+                 l->to_upstream.len - l->to_upstream.off),
+        bytes_of(l->tail, l->tail_len), l->invalid);
+    free_link(l);
+    unlock(p);
+    return result;
+}
+
+/* returned() -> [link id, ...] handed back since the last call. */
+static PyObject *Pump_returned(Pump *p, PyObject *unused) {
+    uint64_t v;
+    ssize_t r = read(p->notifyfd, &v, sizeof v);
+    (void)r;
+    lock(p);
+    PyObject *out = PyList_New(0);
+    for (int i = 0; out != NULL && i < p->nback; i++) {
+        Link *l = p->links[p->back[i]];
+        if (!l->in_use || l->state == ATTACHED)
+            continue;
+        PyObject *id = PyLong_FromUnsignedLongLong(((unsigned long long)l->gen << 32) | (unsigned long long)p->back[i]);
+        if (id == NULL || PyList_Append(out, id) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(id);
+    }
+    p->nback = 0;
+    unlock(p);
+    return out;
+}
+
+static PyObject *Pump_statements(Pump *p, PyObject *arg) {
+    long slot = PyLong_AsLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (slot < 0 || slot >= p->nslots) {
+        PyErr_SetString(PyExc_ValueError, "statements: unknown slot");
+        return NULL;
+    }
+    lock(p);
+    unsigned long long n = p->statements[slot];
+    unlock(p);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+/* latency(part) -> ([count per bucket, +Inf last], total seconds, count); 0 proxy, 1 upstream. */
+static PyObject *Pump_latency(Pump *p, PyObject *arg) {
+    long part = PyLong_AsLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (part != 0 && part != 1) {
+        PyErr_SetString(PyExc_ValueError, "latency: part is 0 (proxy) or 1 (upstream)");
+        return NULL;
+    }
+    lock(p);
+    Latency h = p->latency[part];
+    unlock(p);
+    PyObject *bins = PyList_New(p->nbounds + 1);
+    if (bins == NULL)
+        return NULL;
+    for (int i = 0; i <= p->nbounds; i++)
+        PyList_SET_ITEM(bins, i, PyLong_FromUnsignedLongLong(h.bins[i]));
+    return Py_BuildValue("(NdK)", bins, h.total, h.count);
+}
+
+/* handbacks() -> counts by reason (index: 1 client data, 2 upstream data, 3 closed, 4 invalid). */
+static PyObject *Pump_handbacks(Pump *p, PyObject *unused) {
+    lock(p);
+    PyObject *out = Py_BuildValue("(KKKKK)", p->handbacks[0], p->handbacks[1], p->handbacks[2], p->handbacks[3],
+                                  p->handbacks[4]);
+    unlock(p);
+    return out;
+}
+
+static PyObject *Pump_attached(Pump *p, PyObject *unused) {
+    int n = 0;
+    lock(p);
+    for (int i = 0; i < p->nlinks; i++)
+        if (p->links[i] && p->links[i]->in_use && p->links[i]->state == ATTACHED)
+            n++;
+    unlock(p);
+    return PyLong_FromLong(n);
+}
+
+static PyMethodDef Pump_methods[] = {
+    {"attach", (PyCFunction)Pump_attach, METH_VARARGS,
+     "attach(client_fd, upstream_fd, slot, state) -> link: the thread relays both sockets from now on."},
+    {"detach", (PyCFunction)Pump_detach, METH_O,
+     "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid) or None: take the link back."},
+    {"returned", (PyCFunction)Pump_returned, METH_NOARGS, "Links the thread handed back since the last call."},
+    {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS, "An eventfd that is readable when links were handed back."},
+    {"slot", (PyCFunction)Pump_slot, METH_NOARGS, "A new statement counter (None when all are taken)."},
+    {"statements", (PyCFunction)Pump_statements, METH_O, "Statements the thread relayed for a counter."},
+    {"latency", (PyCFunction)Pump_latency, METH_O, "The thread's latency histogram (0: proxy, 1: upstream)."},
+    {"handbacks", (PyCFunction)Pump_handbacks, METH_NOARGS, "Hand-backs so far, by reason."},
+    {"attached", (PyCFunction)Pump_attached, METH_NOARGS, "Links the thread relays now."},
+    {"close", (PyCFunction)Pump_close, METH_NOARGS, "Stop the thread (links still attached stay with it, unread)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PumpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cowproxy.proxy._pump.Pump",
+    .tp_basicsize = sizeof(Pump),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One relay thread for pass-through sessions' steady state (see proxy/pump.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Pump_init,
+    .tp_dealloc = (destructor)Pump_dealloc,
+    .tp_methods = Pump_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "cowproxy.proxy._pump",
+    "The native relay thread of pass-through sessions (see proxy/pump.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__pump(void) {
+    if (PyType_Ready(&PumpType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&PumpType);
+    if (PyModule_AddObject(m, "Pump", (PyObject *)&PumpType) < 0) {
+        Py_DECREF(&PumpType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "ATTACHED", ATTACHED);
+    PyModule_AddIntConstant(m, "BACK_CLIENT_DATA", BACK_CLIENT_DATA);
+    PyModule_AddIntConstant(m, "BACK_UPSTREAM_DATA", BACK_UPSTREAM_DATA);
+    PyModule_AddIntConstant(m, "BACK_CLOSED", BACK_CLOSED);
+    PyModule_AddIntConstant(m, "BACK_UPSTREAM_INVALID", BACK_UPSTREAM_INVALID);
+    return m;
+}

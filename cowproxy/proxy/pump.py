@@ -1,0 +1,186 @@
+"""The native relay: pass-through sessions' steady state on one C thread (`_pump.c`).
+
+A pass-through session (no statement gate, no response editor, no TLS on either side)
+spends its life relaying whole frames and counting ReadyForQuery. When its `Relay` is
+between frames on both streams, the session *attaches* to the pump: both transports
+stop reading and the pump's thread reads, walks the headers and writes, with the same
+bookkeeping as `Relay` (relay.py) and without the interpreter. Anything that is not a
+plain forward (an ErrorResponse or CopyInResponse from the server, a client chunk with
+another frame type or a cut frame, end of stream, a socket error) makes the thread hand
+the session back: its state, the bytes it could not write yet and the chunk it did not
+forward return to the `Relay`, which handles them as if it had read them itself, and
+the session attaches again once it is back between frames (session.py, `_pump_*`).
+
+Why: the Python relay's own work is a fraction of a microsecond per transaction, but the
+event loop and interpreter around each read and write cost several (README, "What
+limits it"); here they cost what pgbouncer's do.
+
+What the thread counts (statements by the session's metrics key, the latency split)
+lives in the thread's counters, which `Metrics` adds at scrape time (`statements`,
+`latency`). `COWPROXY_NATIVE_RELAY=0` (or a build without a C compiler) keeps every
+session on the Python relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cowproxy.histogram import LATENCY_BUCKETS
+from cowproxy.protocol.messages import (
+    BIND,
+    CLOSE,
+    COPY_IN_RESPONSE,
+    DESCRIBE,
+    ERROR_RESPONSE,
+    EXECUTE,
+    FLUSH,
+    PARSE,
+    QUERY,
+    SYNC,
+)
+
+try:
+    from cowproxy.proxy import _pump
+except ImportError:  # not built (no C compiler, COWPROXY_PURE_PYTHON, not Linux)
+    _pump = None  # type: ignore[assignment]
+
+CLIENT_NATIVE = frozenset({QUERY, PARSE, BIND, EXECUTE, DESCRIBE, SYNC, CLOSE, FLUSH})
+"""Client frame types the thread forwards itself (`Relay.note` handles them alike)."""
+UPSTREAM_SPECIAL = frozenset({ERROR_RESPONSE, COPY_IN_RESPONSE})
+"""Server message types the thread hands back: the relay's scanner acts on them."""
+
+BACK_CLIENT_DATA = 1
+BACK_UPSTREAM_DATA = 2
+BACK_CLOSED = 3
+BACK_UPSTREAM_INVALID = 4
+
+
+def _table(types: frozenset[int]) -> bytes:
+    return bytes(1 if t in types else 0 for t in range(256))
+
+
+def enabled() -> bool:
+    """Whether this process relays pass-through sessions natively."""
+    return _pump is not None and os.environ.get("COWPROXY_NATIVE_RELAY", "1") != "0"
+
+
+@dataclass(frozen=True)
+class RelayState:
+    """The `Relay` fields the thread carries (relay.py, same names), in and out."""
+
+    pending_ready: int
+    mid_extended: bool
+    copy_syncs: int
+    copy_end_sent: bool
+    tx_status: bytes
+    cycle_failed: bool
+    failed_since_idle: bool
+    statement_gone: bool
+    cycle_start: float
+    proxy_time: float
+
+    @classmethod
+    def of(cls, relay: Any) -> "RelayState":
+        return cls(relay.pending_ready, relay.mid_extended, relay.copy_syncs, relay.copy_end_sent, relay.tx_status,
+                   relay.cycle_failed, relay.failed_since_idle, relay.statement_gone, relay.cycle_start,
+                   relay.proxy_time)
+
+    def as_tuple(self) -> tuple:
+        return (self.pending_ready, self.mid_extended, self.copy_syncs, self.copy_end_sent, self.tx_status[0],
+                self.cycle_failed, self.failed_since_idle, self.statement_gone, self.cycle_start, self.proxy_time)
+
+    def restore(self, relay: Any) -> None:
+        relay.pending_ready = self.pending_ready
+        relay.mid_extended = self.mid_extended
+        relay.copy_syncs = self.copy_syncs
+        relay.copy_end_sent = self.copy_end_sent
+        relay.tx_status = self.tx_status
+        relay.cycle_failed = self.cycle_failed
+        relay.failed_since_idle = self.failed_since_idle
+        relay.statement_gone = self.statement_gone
+        relay.cycle_start = self.cycle_start
+        relay.proxy_time = self.proxy_time
+
+
+@dataclass(frozen=True)
+class Returned:
+    """A session taken back from the thread: what the `Relay` must carry on with."""
+
+    reason: int                 # 0: taken back by the session; else a BACK_* reason
+    state: RelayState
+    to_client: bytes            # bytes the thread could not write yet, in order
+    to_upstream: bytes
+    tail: bytes                 # the chunk (part) it did not forward: from the client or upstream, by reason
+    invalid: str                # BACK_UPSTREAM_INVALID: what was wrong
+
+
+class NativeRelay:
+    """The process's relay thread, with the sessions it holds (link id → session)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_message_size: int) -> None:
+        assert _pump is not None
+        self._pump = _pump.Pump(_table(CLIENT_NATIVE), _table(UPSTREAM_SPECIAL), max_message_size,
+                                list(LATENCY_BUCKETS))
+        self._loop = loop
+        self._holders: dict[int, Callable[[], None]] = {}
+        self._slots: dict[tuple[str, str], int | None] = {}
+        loop.add_reader(self._pump.fileno(), self._on_returned)
+        self.closed = False
+
+    def slot(self, key: tuple[str, str]) -> int | None:
+        """The thread's statement counter for a metrics key (None: all are taken)."""
+        if key not in self._slots:
+            self._slots[key] = self._pump.slot()
+        return self._slots[key]
+
+    def attach(self, client_fd: int, upstream_fd: int, slot: int, state: RelayState,
+               handed_back: Callable[[], None]) -> int:
+        link: int = self._pump.attach(client_fd, upstream_fd, slot, state.as_tuple())
+        self._holders[link] = handed_back
+        return link
+
+    def detach(self, link: int) -> Returned | None:
+        """Take a session back (it may already have been handed back)."""
+        self._holders.pop(link, None)
+        got = self._pump.detach(link)
+        if got is None:
+            return None
+        reason, state, to_client, to_upstream, tail, invalid = got
+        pending, mid, syncs, end_sent, status, failed, failed_idle, gone, start, proxy = state
+        return Returned(reason, RelayState(pending, bool(mid), syncs, bool(end_sent), bytes([status]), bool(failed),
+                                           bool(failed_idle), bool(gone), start, proxy),
+                        to_client, to_upstream, tail, invalid)
+
+    def _on_returned(self) -> None:
+        for link in self._pump.returned():
+            handed_back = self._holders.get(link)
+            if handed_back is not None:
+                handed_back()
+
+    def statement_counts(self) -> dict[tuple[str, str], int]:
+        return {key: self._pump.statements(slot) for key, slot in list(self._slots.items()) if slot is not None}
+
+    def latency(self, part: str) -> tuple[list[int], float, int]:
+        """The thread's histogram of `part` ("proxy" or "upstream"): per-bucket counts
+        (not cumulative, +Inf last), their sum in seconds, their number."""
+        bins, total, count = self._pump.latency(0 if part == "proxy" else 1)
+        return bins, total, count
+
+    def handbacks(self) -> dict[str, int]:
+        counts = self._pump.handbacks()
+        return {"client_data": counts[BACK_CLIENT_DATA], "upstream_data": counts[BACK_UPSTREAM_DATA],
+                "closed": counts[BACK_CLOSED], "upstream_invalid": counts[BACK_UPSTREAM_INVALID]}
+
+    def attached(self) -> int:
+        return self._pump.attached()
+
+    def close(self) -> None:
+        """Stop the thread (after the sessions were taken back or closed)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._pump.fileno())
+        self._pump.close()

@@ -1,0 +1,257 @@
+"""The native relay thread (`cowproxy/proxy/_pump.c`) on socket pairs: what it forwards,
+where it hands a session back, and the relay state it carries in and out.
+
+These drive the C code alone, byte for byte, with cuts at every position; the
+integration tests (tests/integration/test_native_relay.py) run it under real clients
+and a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cowproxy.histogram import LATENCY_BUCKETS
+from cowproxy.proxy import pump
+
+_pump = pytest.importorskip("cowproxy.proxy._pump", reason="the native relay is not built here")
+
+
+def message(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def ready(status: bytes = b"I") -> bytes:
+    return message(b"Z", status)
+
+
+def state(pending_ready: int = 0, tx_status: bytes = b"I", **fields: object) -> pump.RelayState:
+    values = dict(pending_ready=pending_ready, mid_extended=False, copy_syncs=0, copy_end_sent=False,
+                  tx_status=tx_status, cycle_failed=False, failed_since_idle=False, statement_gone=False,
+                  cycle_start=time.perf_counter(), proxy_time=0.0)
+    values.update(fields)
+    return pump.RelayState(**values)  # type: ignore[arg-type]
+
+
+class Rig:
+    """A pump with one link: `app` is the client's end, `server` the upstream's."""
+
+    def __init__(self, relay_state: pump.RelayState | None = None, max_message_size: int = 1 << 20) -> None:
+        self.pump = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.UPSTREAM_SPECIAL),
+                               max_message_size, list(LATENCY_BUCKETS))
+        self.slot = self.pump.slot()
+        self.app, proxy_client = socket.socketpair()
+        proxy_upstream, self.server = socket.socketpair()
+        self.kept = (proxy_client, proxy_upstream)
+        for sock in self.kept:
+            sock.setblocking(False)
+        self.link = self.pump.attach(proxy_client.fileno(), proxy_upstream.fileno(), self.slot,
+                                     (relay_state or state()).as_tuple())
+
+    def close(self) -> None:
+        self.pump.close()
+        for sock in (self.app, self.server, *self.kept):
+            sock.close()
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def handed_back(self, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.link in self.pump.returned():
+                return True
+            time.sleep(0.002)
+        return False
+
+    def detach(self) -> tuple:
+        got = self.pump.detach(self.link)
+        assert got is not None
+        return got
+
+
+def read_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def send_in_pieces(sock: socket.socket, data: bytes, cuts: list[int]) -> None:
+    """Write `data` cut at `cuts`, pausing between pieces so the thread reads each alone."""
+    last = 0
+    for cut in sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]:
+        sock.sendall(data[last:cut])
+        last = cut
+        time.sleep(0.002)
+
+
+plain_server_message = st.one_of(
+    st.binary(max_size=40).map(lambda b: message(b"D", b)),
+    st.just(message(b"C", b"SELECT 1\0")),
+    st.just(message(b"1")), st.just(message(b"2")),
+    st.binary(max_size=10).map(lambda b: message(b"N", b)),
+    st.sampled_from([b"I", b"T", b"E"]).map(ready),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(plain_server_message, min_size=1, max_size=12), st.lists(st.integers(1, 400), max_size=6))
+def test_server_bytes_go_to_the_client_unchanged_and_every_ready_for_query_is_counted(messages, cuts):
+    stream = b"".join(messages)
+    readies = [m for m in messages if m[:1] == b"Z"]
+    owed = len(readies) + 1  # one more owed than will come: the link stays mid-request
+    with Rig(state(pending_ready=owed)) as rig:
+        send_in_pieces(rig.server, stream, cuts)
+        assert read_exactly(rig.app, len(stream)) == stream
+        reason, after, to_client, to_upstream, tail, _ = rig.detach()
+    assert reason == 0  # still attached: taken back by the session, not handed back
+    assert (to_client, to_upstream, tail) == (b"", b"", b"")
+    assert after[0] == owed - len(readies)                      # pending_ready
+    if readies:
+        assert after[4] == readies[-1][5]                        # tx_status: the last one's
+        assert after[5] == 0                                     # cycle_failed cleared
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(plain_server_message, max_size=8), st.sampled_from([b"E", b"G"]),
+       st.lists(plain_server_message, max_size=4), st.lists(st.integers(1, 300), max_size=5))
+def test_the_server_stream_is_handed_back_at_the_first_message_python_must_see(before, special, after, cuts):
+    """Everything before an ErrorResponse or CopyInResponse is forwarded; the rest of
+    that chunk comes back starting at its type byte, the rest stays unread."""
+    stop = message(special, b"SERROR\0\0")
+    stream = b"".join(before) + stop + b"".join(after)
+    head = b"".join(before)
+    with Rig(state(pending_ready=100)) as rig:
+        send_in_pieces(rig.server, stream, cuts)
+        assert rig.handed_back()
+        reason, relay_state, to_client, _, tail, _ = rig.detach()
+        forwarded = read_exactly(rig.app, len(head))
+        rig.app.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            rig.app.recv(1)  # nothing past the special message reached the client
+        time.sleep(0.02)
+        unread = b""
+        rig.kept[1].setblocking(False)
+        try:
+            while True:
+                unread += rig.kept[1].recv(65536)
+        except BlockingIOError:
+            pass
+    assert reason == pump.BACK_UPSTREAM_DATA
+    assert forwarded + to_client == head
+    assert tail[:1] == special and head + tail + unread == stream
+    assert relay_state[0] == 100 - sum(1 for m in before if m[:1] == b"Z")
+
+
+def test_a_bad_server_length_hands_the_session_back_as_invalid():
+    with Rig() as rig:
+        rig.server.sendall(b"D\x00\x00\x00\x02")
+        assert rig.handed_back()
+        reason, _, _, _, _, invalid = rig.detach()
+    assert reason == pump.BACK_UPSTREAM_INVALID
+    assert "invalid message length 2" in invalid
+
+
+def test_client_frames_are_forwarded_whole_with_the_relays_bookkeeping():
+    extended = (message(b"P", b"\0SELECT 1\0\0\0") + message(b"B", b"\0\0" + b"\0" * 6) + message(b"D", b"P\0")
+                + message(b"E", b"\0\0\0\0\0") + message(b"S"))
+    with Rig() as rig:
+        rig.app.sendall(extended)
+        assert read_exactly(rig.server, len(extended)) == extended
+        rig.app.sendall(message(b"Q", b"SELECT 2\0"))
+        assert read_exactly(rig.server, 14) == message(b"Q", b"SELECT 2\0")
+        time.sleep(0.01)
+        assert rig.pump.statements(rig.slot) == 2     # the Execute and the Query
+        rig.server.sendall(message(b"C", b"SELECT 1\0") + ready(b"T"))
+        read_exactly(rig.app, 20)
+        _, after, *_ = rig.detach()
+    pending, mid_extended, copy_syncs, _, status = after[:5]
+    assert pending == 1 and not mid_extended and status == ord("T")
+    assert copy_syncs == 0  # the Query after the Sync reset it, as Relay.note does
+
+
+@pytest.mark.parametrize("chunk", [
+    message(b"X"),                                        # Terminate: Python's to handle
+    message(b"Q", b"SELECT 1\0") + message(b"d", b"x"),   # CopyData among plain frames
+    message(b"Q", b"SELECT 1\0")[:7],                     # a frame cut by the chunk's end
+    b"Q\x00\x00\x00\x02",                                 # a bad length
+    message(b"Q", b"x" * 200),                            # longer than max_message_size
+], ids=["terminate", "copy-data", "cut-frame", "bad-length", "too-long"])
+def test_a_client_chunk_with_anything_else_comes_back_whole_and_unforwarded(chunk):
+    with Rig(max_message_size=100) as rig:
+        rig.app.sendall(chunk)
+        assert rig.handed_back()
+        reason, after, _, to_upstream, tail, _ = rig.detach()
+        rig.kept[1].setblocking(False)
+        rig.server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            rig.server.recv(1)
+    assert reason == pump.BACK_CLIENT_DATA and tail == chunk and to_upstream == b""
+    assert after[0] == 0  # nothing was counted as sent
+
+
+def test_end_of_stream_hands_the_session_back_closed():
+    with Rig() as rig:
+        rig.app.shutdown(socket.SHUT_WR)
+        assert rig.handed_back()
+        assert rig.detach()[0] == pump.BACK_CLOSED
+
+
+def test_a_client_that_does_not_read_holds_back_the_server_not_memory():
+    """Backpressure: once the client's socket is full, the thread keeps at most one
+    read's worth and stops reading the server, whose writes then block."""
+    row = message(b"D", b"r" * 8000)
+    stream = row * 2048  # 16 MB of rows
+    with Rig(state(pending_ready=1)) as rig:
+        rig.server.setblocking(False)
+        sent = 0
+        blocked = False
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sent < len(stream):
+            try:
+                sent += rig.server.send(stream[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.05)
+                try:
+                    sent += rig.server.send(stream[sent:sent + 65536])
+                except BlockingIOError:
+                    blocked = True
+                    break
+        assert blocked, f"the server could write {sent} bytes into a proxy whose client reads nothing"
+        assert sent < 8 * 2**20
+        received = read_exactly(rig.app, sent, timeout=10)  # the client reads: the thread goes on
+        rest = stream[sent:sent + (-sent) % len(row)]  # to the end of the row it was writing
+        rig.server.setblocking(True)
+        rig.server.sendall(rest + ready())
+        received += read_exactly(rig.app, len(rest) + 6)
+        time.sleep(0.01)
+        after = rig.detach()[1]
+    assert received == stream[:sent] + rest + ready()
+    assert after[0] == 0
+
+
+def test_latency_is_observed_once_per_request():
+    with Rig() as rig:
+        before = rig.pump.latency(0)[2]
+        for _ in range(5):
+            rig.app.sendall(message(b"Q", b"SELECT 1\0"))
+            read_exactly(rig.server, 14)
+            rig.server.sendall(message(b"C", b"SELECT 1\0") + ready())
+            read_exactly(rig.app, 20)
+        time.sleep(0.01)
+        bins, total, count = rig.pump.latency(0)
+        upstream_count = rig.pump.latency(1)[2]
+    assert count - before == 5 == upstream_count and sum(bins) == count and total >= 0
