@@ -228,9 +228,18 @@ class MergeClause:
     action: str                            # "update", "delete", "insert" or "nothing"
     has_condition: bool
     by_source: bool = False                # WHEN NOT MATCHED BY SOURCE: PostgreSQL 17
-    overriding: bool = False               # INSERT ... OVERRIDING SYSTEM|USER VALUE
+    overriding: str = ""                   # INSERT ... OVERRIDING SYSTEM|USER VALUE: "system", "user"
     insert_columns: int = 0                # INSERT (a, b): 2; 0 when no column list
     defaults: tuple[bool, ...] = ()        # INSERT ... VALUES: which items are DEFAULT; () for DEFAULT VALUES
+
+
+@dataclass(frozen=True, slots=True)
+class SourceItem:
+    """A FROM item of a MERGE's source whose row a query can carry whole (`name.*`) and
+    show again under its name (sql/merge.py, the form that evaluates the source once)."""
+
+    name: str                              # its alias, or the table's name
+    columns: tuple[str, ...] = ()          # its column aliases, as in `src AS s(a, b)`
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +255,12 @@ class MergeShape:
     clauses: tuple[MergeClause, ...]
     functions: frozenset[str]              # functions called in the source, ON and WHEN conditions
     returning: bool                        # MERGE ... RETURNING: PostgreSQL 17
+    source_items: tuple[SourceItem, ...] | None = None
+    """The source's FROM items, as the SET lists and INSERT values can name them; None
+    when one has no whole row to carry: a function call (a scalar one's row is its
+    value), a subquery without alias, a table function, or an unaliased join with
+    USING or NATURAL (its merged columns are no one item's)."""
+    sampled: bool = False                  # TABLESAMPLE without REPEATABLE in the source: a new sample each scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -832,7 +847,7 @@ def merge_shape(statement: Statement) -> MergeShape | None:
         clauses.append(MergeClause(
             matched=kind == "MERGE_WHEN_MATCHED", action=_MERGE_ACTIONS.get(clause.get("commandType", ""), "?"),
             has_condition=bool(clause.get("condition")), by_source=kind == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE",
-            overriding=clause.get("override", "OVERRIDING_NOT_SET") != "OVERRIDING_NOT_SET",
+            overriding=_OVERRIDING.get(clause.get("override", ""), ""),
             insert_columns=len(clause.get("targetList", [])) if clause.get("commandType") == "CMD_INSERT" else 0,
             defaults=tuple("SetToDefault" in v for v in values)))
     refs = _References()
@@ -843,7 +858,42 @@ def merge_shape(statement: Statement) -> MergeShape | None:
         condition_at=first_location(body.get("joinCondition", {})),
         clauses=tuple(clauses), functions=frozenset(refs.functions),
         returning=bool(body.get("returningList") or body.get("returningClause")),
+        source_items=_source_items(body.get("sourceRelation", {})),
+        sampled=_sampled(body.get("sourceRelation", {})),
     )
+
+
+def _source_items(node: dict[str, Any]) -> tuple[SourceItem, ...] | None:
+    """The FROM items a MERGE's source (one FROM item, maybe a join) makes visible by
+    name, in order; None: one whose row cannot be carried (MergeShape.source_items)."""
+    empty: dict[str, Any] = {}
+    key, value = next(iter(node.items()), ("", empty))
+    if key == "RangeTableSample":
+        key, value = next(iter(value.get("relation", empty).items()), ("", empty))
+    alias: dict[str, Any] = value.get("alias") or {}
+    columns = tuple(c.get("String", {}).get("sval", "") for c in alias.get("colnames", []))
+    if key == "RangeVar":
+        return (SourceItem(alias.get("aliasname") or value.get("relname", ""), columns),)
+    if key in ("RangeSubselect", "JoinExpr") and alias.get("aliasname"):
+        return (SourceItem(alias["aliasname"], columns),)
+    if key == "JoinExpr" and not value.get("usingClause") and not value.get("isNatural"):
+        left, right = _source_items(value.get("larg", {})), _source_items(value.get("rarg", {}))
+        return None if left is None or right is None else left + right
+    return None
+
+
+def _sampled(node: Any) -> bool:
+    """A TABLESAMPLE without REPEATABLE in the source's FROM items: each scan samples anew."""
+    if isinstance(node, list):
+        return any(_sampled(item) for item in node)
+    if not isinstance(node, dict):
+        return False
+    for key, value in node.items():
+        if key == "RangeTableSample" and not value.get("repeatable"):
+            return True
+        if isinstance(value, (dict, list)) and _sampled(value):
+            return True
+    return False
 
 
 def first_location(node: Any) -> int:

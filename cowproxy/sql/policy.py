@@ -1038,7 +1038,8 @@ class BranchPolicy:
             spans = spans or NameSpans(sql)
             try:
                 replacement = merge_splice(sql, st, shape, self.layout.shadow_tables[table],
-                                           row_sink_target(self.layout.schema), spans, splices)
+                                           row_sink_target(self.layout.schema), spans, splices,
+                                           self._merge_insert_views(table), self.layout.volatile_functions)
             except ValueError:
                 replacement = None  # sent as written: PostgreSQL refuses MERGE into a view (0A000)
             if replacement is None:
@@ -1046,6 +1047,13 @@ class BranchPolicy:
             splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
             merged[n] = MERGE_TAG
         return splices, tuple(merged) if any(merged) else ()
+
+    def _merge_insert_views(self, table: tuple[str, str]) -> dict[str, str]:
+        """The views a MERGE's `INSERT ... OVERRIDING SYSTEM|USER VALUE` inserts into, as
+        INSERT's (`_overriding_splices`); a clause without one inserts into the shadow."""
+        objects = overlay_objects(*table)
+        views = {OVERRIDING_SYSTEM: objects.system_view, OVERRIDING_USER: objects.user_view}
+        return {clause: self._own(view) for clause, view in views.items() if view in self.layout.local_names}
 
     def _merge_target(self, st: Statement, temp_tables: frozenset[str]) -> tuple[tuple[str, str], MergeShape] | None:
         shape = merge_shape(st)

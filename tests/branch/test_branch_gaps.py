@@ -542,6 +542,10 @@ async def test_a_row_affected_a_second_time_gets_postgres_own_error(proxy, admin
                                " WHEN MATCHED THEN UPDATE SET name = 'merged'")
         assert merge.value.args[0] == "MERGE command cannot affect row a second time"
         assert merge.value.hint == "Ensure that not more than one source row matches any one target row."
+        with pytest.raises(asyncpg.CardinalityViolationError) as volatile:  # the source evaluated once (sql/merge.py)
+            await conn.execute("MERGE INTO customers c USING (SELECT 2 AS id, random() AS r UNION ALL SELECT 2, random())"
+                               " s ON c.id = s.id WHEN MATCHED AND s.r < 2 THEN UPDATE SET name = 'merged'")
+        assert (volatile.value.args[0], volatile.value.hint) == (merge.value.args[0], merge.value.hint)
         assert await conn.fetchval("SELECT name FROM customers WHERE id = 2") == "changed"
     finally:
         await conn.close()

@@ -5,7 +5,7 @@ on PostgreSQL is the conformance suite's `merge_*` cases (tests/conformance/case
 import pytest
 
 from cowproxy.metrics import Metrics
-from cowproxy.sql.analyze import analyze, merge_shape
+from cowproxy.sql.analyze import SourceItem, analyze, merge_shape
 from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy
 from cowproxy.sql.upsert import ShadowTable
 
@@ -140,13 +140,15 @@ def test_tags_of_a_multi_statement_string(policy):
 
 
 @pytest.mark.parametrize("sql, sqlstate, words", [
-    ("MERGE INTO t USING (SELECT random() AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE", "0A000", "volatile"),
-    ("MERGE INTO t USING src s ON t.id = s.id AND clock_timestamp() > now() WHEN MATCHED THEN DELETE",
-     "0A000", "volatile"),
-    ("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED AND nextval('q') > 1 THEN INSERT DEFAULT VALUES",
-     "0A000", "volatile"),
-    ("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED THEN INSERT (id) OVERRIDING SYSTEM VALUE VALUES (1)",
-     "0A000", "OVERRIDING"),
+    # a volatile source whose rows cannot be carried whole
+    ("MERGE INTO t USING generate_series(1, (random() * 9)::int) g ON t.id = g WHEN MATCHED THEN DELETE",
+     "0A000", "volatile function (random)"),
+    ("MERGE INTO t USING (SELECT 1 AS id) ON t.id = id AND random() < 1 WHEN MATCHED THEN DELETE",
+     "0A000", "subquery without alias"),
+    ("MERGE INTO t USING a JOIN b USING (k) ON t.id = k WHEN MATCHED AND random() < 1 THEN DELETE",
+     "0A000", "join with USING"),
+    ("MERGE INTO t USING a NATURAL JOIN src TABLESAMPLE bernoulli (5) ON t.id = a.id WHEN MATCHED THEN DELETE",
+     "0A000", "TABLESAMPLE"),
     ("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE WHEN MATCHED AND s.x = 1 THEN DO NOTHING",
      "42601", "unreachable WHEN clause"),
     ("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED THEN DO NOTHING WHEN MATCHED THEN DELETE"
@@ -169,12 +171,82 @@ def test_volatile_functions_in_set_and_values_run_once_per_row_and_are_fine(poli
     assert "INSERT INTO t (id, x) SELECT nextval('q'), random() FROM src s WHERE NOT EXISTS" in decision.sql
 
 
-def test_unknown_volatility_refuses_every_call_in_the_source():
+def test_unknown_volatility_evaluates_every_call_in_the_source_once():
     bare = BranchPolicy(BranchLayout(**{**LAYOUT.__dict__, "volatile_functions": None}), Metrics())
-    assert bare.decide("MERGE INTO t USING (SELECT abs(-1) AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE").action \
+    assert "cowproxy_p AS MATERIALIZED" in bare.decide(
+        "MERGE INTO t USING (SELECT abs(-1) AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE").sql
+    assert "MATERIALIZED" not in bare.decide(
+        "MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = abs(s.x)").sql
+    assert bare.decide("MERGE INTO t USING generate_series(1, 2) g ON t.id = g WHEN MATCHED THEN DELETE").action \
         is Action.REFUSE
-    assert bare.decide("MERGE INTO t USING src s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = abs(s.x)").action \
-        is Action.REWRITE
+
+
+def test_a_volatile_when_condition_is_chosen_once_and_every_action_reads_the_choice(policy):
+    decision = policy.decide(
+        "MERGE INTO t AS a USING src AS s ON a.id = s.id"
+        " WHEN MATCHED AND a.p = random() THEN UPDATE SET x = s.x"
+        " WHEN MATCHED THEN DELETE"
+        " WHEN NOT MATCHED AND s.x > 0 THEN INSERT (id, x) VALUES (s.id, s.x)")
+    assert decision.action is Action.REWRITE and decision.tags == ("MERGE",)
+    rows = ('LEFT JOIN LATERAL (SELECT ({0}.cowproxy_r1).* WHERE pg_catalog.num_nonnulls({0}.cowproxy_r1) = 1)'
+            ' AS "s" ON true')
+    assert decision.sql == (
+        'WITH cowproxy_p AS MATERIALIZED (SELECT "a"."id" AS cowproxy_k1, CASE WHEN "a"."id" IS NULL THEN 0'
+        " ELSE CASE WHEN (a.p = random()) THEN 1 ELSE 2 END END AS cowproxy_w, \"s\".*::record AS cowproxy_r1"
+        ' FROM src AS s LEFT JOIN t AS "a" ON (a.id = s.id)),'
+        " cowproxy_n AS MATERIALIZED (SELECT CASE WHEN (s.x > 0) THEN 3 ELSE 0 END AS cowproxy_w,"
+        f" cowproxy_p.cowproxy_r1 FROM cowproxy_p {rows.format('cowproxy_p')} WHERE cowproxy_p.cowproxy_k1 IS NULL),"
+        f" cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN {SECOND_TIME} END AS e FROM cowproxy_p"
+        " WHERE cowproxy_w IN (1, 2) GROUP BY cowproxy_k1),"
+        f' cowproxy_m1 AS (UPDATE t AS "a" SET x = s.x FROM cowproxy_p {rows.format("cowproxy_p")}'
+        ' WHERE "a"."id" = cowproxy_p.cowproxy_k1 AND cowproxy_p.cowproxy_w = 1 RETURNING 1),'
+        ' cowproxy_m2 AS (DELETE FROM t AS "a" USING cowproxy_p'
+        ' WHERE "a"."id" = cowproxy_p.cowproxy_k1 AND cowproxy_p.cowproxy_w = 2 RETURNING 1),'
+        f" cowproxy_m3 AS (INSERT INTO t (id, x) SELECT s.id, s.x FROM cowproxy_n {rows.format('cowproxy_n')}"
+        " WHERE cowproxy_n.cowproxy_w = 3 RETURNING 1)"
+        f" INSERT INTO {SINK} SELECT FROM cowproxy_m0 WHERE e IS NOT NULL UNION ALL SELECT FROM cowproxy_m1"
+        " UNION ALL SELECT FROM cowproxy_m2 UNION ALL SELECT FROM cowproxy_m3"
+        " UNION ALL SELECT FROM cowproxy_p WHERE cowproxy_w IS NULL UNION ALL SELECT FROM cowproxy_n WHERE cowproxy_w IS NULL")
+
+
+def test_every_from_item_of_a_volatile_source_is_carried_whole_with_its_column_aliases(policy):
+    text = policy.decide("MERGE INTO lines l USING orders o JOIN (VALUES (1, nextval('q'))) AS v(n, r) ON true"
+                         " ON l.order_id = o.id AND l.line_no = v.n"
+                         " WHEN MATCHED AND o.x > 0 THEN UPDATE SET qty = v.r WHEN MATCHED THEN DO NOTHING").sql
+    assert ('"o".*::record AS cowproxy_r1, "v".*::record AS cowproxy_r2 FROM orders o JOIN (VALUES (1, nextval(\'q\')))'
+            " AS v(n, r) ON true LEFT JOIN lines AS \"l\" ON (l.order_id = o.id AND l.line_no = v.n))") in text
+    assert ('UPDATE lines AS "l" SET qty = v.r FROM cowproxy_p LEFT JOIN LATERAL (SELECT (cowproxy_p.cowproxy_r1).*'
+            ' WHERE pg_catalog.num_nonnulls(cowproxy_p.cowproxy_r1) = 1) AS "o" ON true LEFT JOIN LATERAL'
+            ' (SELECT (cowproxy_p.cowproxy_r2).* WHERE pg_catalog.num_nonnulls(cowproxy_p.cowproxy_r2) = 1)'
+            ' AS "v"("n", "r") ON true WHERE "l"."order_id" = cowproxy_p.cowproxy_k1'
+            ' AND "l"."line_no" = cowproxy_p.cowproxy_k2 AND cowproxy_p.cowproxy_w = 1') in text
+    assert "GROUP BY cowproxy_k1, cowproxy_k2" in text and "cowproxy_n" not in text
+    only_nothing = policy.decide("MERGE INTO t USING src s ON t.id = s.id AND random() < $1 WHEN MATCHED THEN DO NOTHING"
+                                 " WHEN NOT MATCHED AND s.x > $2 THEN DO NOTHING").sql
+    assert only_nothing.endswith(f"INSERT INTO {SINK} SELECT FROM cowproxy_p WHERE cowproxy_w IS NULL"
+                                 " UNION ALL SELECT FROM cowproxy_n WHERE cowproxy_w IS NULL")
+    assert "$1" in only_nothing and "(s.x > $2)" in only_nothing
+
+
+def test_insert_overriding_goes_to_the_view_for_its_clause_with_the_clause():
+    views = BranchPolicy(BranchLayout(**{**LAYOUT.__dict__, "local_names": LAYOUT.local_names | {"t$system", "t$user"}}),
+                         Metrics())
+    text = views.decide("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED AND s.x > 0 THEN INSERT (id, x)"
+                        " OVERRIDING SYSTEM VALUE VALUES (s.id, s.x) WHEN NOT MATCHED THEN INSERT OVERRIDING USER VALUE"
+                        " VALUES (s.id, DEFAULT, 1)").sql
+    assert (f'INSERT INTO "{SCHEMA}"."t$system" (id, x) OVERRIDING SYSTEM VALUE SELECT s.id, s.x FROM src s'
+            in text)
+    assert f'INSERT INTO "{SCHEMA}"."t$user" ("id", "p") OVERRIDING USER VALUE SELECT s.id, 1 FROM src s' in text
+    once = views.decide("MERGE INTO t USING src s ON t.id = s.id AND random() < 1 WHEN NOT MATCHED THEN INSERT (id)"
+                        " OVERRIDING /* kept */ SYSTEM VALUE VALUES (s.id)").sql
+    assert f'INSERT INTO "{SCHEMA}"."t$system" (id) OVERRIDING /* kept */ SYSTEM VALUE SELECT s.id FROM cowproxy_n' in once
+
+
+def test_insert_overriding_without_its_view_inserts_into_the_shadow(policy):
+    """An overlay made before the views, or a table where the clause changes nothing."""
+    text = policy.decide("MERGE INTO t USING src s ON t.id = s.id WHEN NOT MATCHED THEN INSERT (id)"
+                         " OVERRIDING SYSTEM VALUE VALUES (1)").sql
+    assert "cowproxy_m1 AS (INSERT INTO t (id) OVERRIDING SYSTEM VALUE SELECT 1 FROM src s WHERE NOT EXISTS" in text
 
 
 def test_a_branch_without_a_row_sink_is_told_to_upgrade():
@@ -215,6 +287,13 @@ def test_texts_that_differ_in_numbers_share_one_rewrite_template(policy):
     assert policy.metrics.rewrite_cache["hit"] == hits + 1
     assert decision == BranchPolicy(LAYOUT, Metrics()).decide(second)
     assert decision.sql.count("(VALUES (10, 20))") == 2 and "(s.x > 30)" in decision.sql
+    once = "MERGE INTO t USING (VALUES ({0}, random())) s(id, r) ON t.id = s.id WHEN MATCHED AND s.r < {0} THEN DELETE"
+    policy.decide(once.format(7))
+    hits = policy.metrics.rewrite_cache["hit"]
+    decision = policy.decide(once.format(70))
+    assert policy.metrics.rewrite_cache["hit"] == hits + 1
+    assert decision == BranchPolicy(LAYOUT, Metrics()).decide(once.format(70))
+    assert decision.sql.count("(VALUES (70, random()))") == 1 and "(s.r < 70)" in decision.sql
 
 
 def test_the_shape_of_a_merge():
@@ -227,3 +306,25 @@ def test_the_shape_of_a_merge():
         (True, "update", True), (False, "insert", False), (True, "nothing", False)]
     assert shape.clauses[1].insert_columns == 2 and shape.clauses[1].defaults == (False, True)
     assert st.location + shape.condition_at > 0 and merge_shape(analyze("SELECT 1")[0]) is None
+    assert shape.source_items == (SourceItem("w"),) and not shape.sampled
+
+
+@pytest.mark.parametrize("source, items, sampled", [
+    ("public.src", (SourceItem("src"),), False),
+    ("src AS s(a, b)", (SourceItem("s", ("a", "b")),), False),
+    ("(VALUES (1)) v(id)", (SourceItem("v", ("id",)),), False),
+    ("a JOIN b bb ON true CROSS JOIN LATERAL (SELECT 1) c", (SourceItem("a"), SourceItem("bb"), SourceItem("c")), False),
+    ("(a JOIN b USING (k)) AS j", (SourceItem("j"),), False),
+    ("a TABLESAMPLE system (5) REPEATABLE (1)", (SourceItem("a"),), False),
+    ("a AS s TABLESAMPLE bernoulli (5)", (SourceItem("s"),), True),
+    ("(SELECT * FROM a TABLESAMPLE bernoulli (5)) s", (SourceItem("s"),), True),
+    ("generate_series(1, 2) g", None, False),
+    ("(SELECT 1)", None, False),
+    ("a JOIN b USING (k)", None, False),
+    ("a NATURAL JOIN b", None, False),
+    ("a JOIN generate_series(1, 2) g ON true", None, False),
+])
+def test_the_source_items_of_a_merge(source, items, sampled):
+    (st,) = analyze(f"MERGE INTO t USING {source} ON true WHEN MATCHED THEN DELETE")
+    shape = merge_shape(st)
+    assert (shape.source_items, shape.sampled) == (items, sampled)
