@@ -734,11 +734,14 @@ class ClientSession(asyncio.Protocol):
         return back
 
     def _handed_back(self) -> None:
-        """The native relay met something only the `Relay` handles: it gets the chunk
-        the thread did not forward, as if it had read it itself."""
+        """The native relay met something only the `Relay` handles."""
         back = self._take_back()
-        if back is None:
-            return
+        if back is not None:
+            self._carry_on(back)
+
+    def _carry_on(self, back: pump.Returned) -> None:
+        """After a hand-back: the `Relay` gets the chunk the thread did not forward, as if
+        it had read it itself; then the session goes back to the thread if it can."""
         if back.reason == pump.BACK_CLIENT_DATA:
             self.relay.from_client(back.tail)
         elif back.reason == pump.BACK_UPSTREAM_DATA:
@@ -855,6 +858,9 @@ class ClientSession(asyncio.Protocol):
         """For draining: close the session with 57P01 if it is between transactions."""
         relay = self.relay
         held = self._take_back()
+        if held is not None and held.reason:
+            self._carry_on(held)  # the thread had just handed it back: busy, ask again later
+            return False
         if self.state is State.READY and not relay.pending_ready and not relay.copy_in and relay.tx_status == b"I":
             self._fatal("57P01", "terminating connection because cowproxy is shutting down")
             return True
