@@ -56,7 +56,7 @@
 #define OWES_READY 1
 #define IS_STATEMENT 2
 
-/* Why a link went back to Python. */
+/* Why a link went back to Python (proxy/pump.py has the same numbers, BACK_*). */
 enum { ATTACHED = 0, BACK_CLIENT_DATA = 1, BACK_UPSTREAM_DATA = 2, BACK_CLOSED = 3, BACK_UPSTREAM_INVALID = 4 };
 
 typedef struct {
@@ -918,10 +918,5 @@ PyMODINIT_FUNC PyInit__pump(void) {
         Py_DECREF(m);
         return NULL;
     }
-    PyModule_AddIntConstant(m, "ATTACHED", ATTACHED);
-    PyModule_AddIntConstant(m, "BACK_CLIENT_DATA", BACK_CLIENT_DATA);
-    PyModule_AddIntConstant(m, "BACK_UPSTREAM_DATA", BACK_UPSTREAM_DATA);
-    PyModule_AddIntConstant(m, "BACK_CLOSED", BACK_CLOSED);
-    PyModule_AddIntConstant(m, "BACK_UPSTREAM_INVALID", BACK_UPSTREAM_INVALID);
     return m;
 }

@@ -9,7 +9,8 @@ plain forward (an ErrorResponse or CopyInResponse from the server, a client chun
 another frame type or a cut frame, end of stream, a socket error) makes the thread hand
 the session back: its state, the bytes it could not write yet and the chunk it did not
 forward return to the `Relay`, which handles them as if it had read them itself, and
-the session attaches again once it is back between frames (session.py, `_pump_*`).
+the session attaches again once it is back between frames (session.py: `_try_attach`,
+`_take_back`, `_carry_on`).
 
 Why: the Python relay's own work is a fraction of a microsecond per transaction, but the
 event loop and interpreter around each read and write cost several (README, "What
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from typing import Any, Callable
 
 from cowproxy.histogram import LATENCY_BUCKETS
@@ -84,25 +85,15 @@ class RelayState:
 
     @classmethod
     def of(cls, relay: Any) -> "RelayState":
-        return cls(relay.pending_ready, relay.mid_extended, relay.copy_syncs, relay.copy_end_sent, relay.tx_status,
-                   relay.cycle_failed, relay.failed_since_idle, relay.statement_gone, relay.cycle_start,
-                   relay.proxy_time)
+        return cls(**{f.name: getattr(relay, f.name) for f in fields(cls)})
 
     def as_tuple(self) -> tuple:
-        return (self.pending_ready, self.mid_extended, self.copy_syncs, self.copy_end_sent, self.tx_status[0],
-                self.cycle_failed, self.failed_since_idle, self.statement_gone, self.cycle_start, self.proxy_time)
+        """The fields in order, as `_pump.Pump.attach` takes them (tx_status as its byte)."""
+        return tuple(value[0] if isinstance(value, bytes) else value for value in astuple(self))
 
     def restore(self, relay: Any) -> None:
-        relay.pending_ready = self.pending_ready
-        relay.mid_extended = self.mid_extended
-        relay.copy_syncs = self.copy_syncs
-        relay.copy_end_sent = self.copy_end_sent
-        relay.tx_status = self.tx_status
-        relay.cycle_failed = self.cycle_failed
-        relay.failed_since_idle = self.failed_since_idle
-        relay.statement_gone = self.statement_gone
-        relay.cycle_start = self.cycle_start
-        relay.proxy_time = self.proxy_time
+        for f in fields(self):
+            setattr(relay, f.name, getattr(self, f.name))
 
 
 @dataclass(frozen=True)
@@ -166,8 +157,7 @@ class NativeRelay:
     def latency(self, part: str) -> tuple[list[int], float, int]:
         """The thread's histogram of `part` ("proxy" or "upstream"): per-bucket counts
         (not cumulative, +Inf last), their sum in seconds, their number."""
-        bins, total, count = self._pump.latency(0 if part == "proxy" else 1)
-        return bins, total, count
+        return self._pump.latency(0 if part == "proxy" else 1)
 
     def handbacks(self) -> dict[str, int]:
         counts = self._pump.handbacks()

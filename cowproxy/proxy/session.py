@@ -384,8 +384,7 @@ class ClientSession(asyncio.Protocol):
         if self._upstream is not None and not self._upstream.is_closing():
             self._upstream.resume_reading()
             self._upstream_paused = False
-        if self._native_fds is not None and self._link is None:
-            self._try_attach()
+        self._try_attach()
 
     def client_pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -396,8 +395,7 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and self._client_paused and not self.transport.is_closing():
             self.transport.resume_reading()
             self._client_paused = False
-        if self._native_fds is not None and self._link is None:
-            self._try_attach()
+        self._try_attach()
 
     # ---------------------------------------------------------------- startup phase
 
@@ -679,13 +677,11 @@ class ClientSession(asyncio.Protocol):
         """`Relay.from_client` while the session is not on the native relay; then back to
         it if the chunk left both streams on a boundary."""
         self.relay.from_client(data)
-        if self._link is None:
-            self._try_attach()
+        self._try_attach()
 
     def _upstream_then_attach(self, data: bytes) -> None:
         self.relay.from_upstream(data)
-        if self._link is None:
-            self._try_attach()
+        self._try_attach()
 
     def _try_attach(self) -> None:
         """Hand both sockets to the native relay when nothing but plain forwarding is
