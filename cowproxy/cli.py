@@ -57,7 +57,9 @@ def main(log_level: str) -> None:
 @click.option("--passthrough", is_flag=True,
               help="No branches: relay the production database as the client's own user, writes included. "
                    "For benchmarking the proxy core; production is NOT protected in this mode. Sessions "
-                   "between frames relay on a native thread (COWPROXY_NATIVE_RELAY=0: the Python relay only).")
+                   "between frames relay on a native thread (COWPROXY_NATIVE_RELAY=0: the Python relay only; "
+                   "without this flag branch and production sessions do too while they only execute prepared "
+                   "statements).")
 def serve(upstream: str, listen: str, metrics: str | None, tls_cert: str | None, tls_key: str | None,
           max_message_size: int, drain_timeout: float, startup_timeout: float, overlay_stats_interval: float,
           passthrough: bool) -> None:

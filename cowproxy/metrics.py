@@ -104,7 +104,7 @@ class _MetricsCollector(Collector):
         yield h
         if m.native is not None:
             g = GaugeMetricFamily("cowproxy_native_relay_sessions",
-                                  "Pass-through sessions the native relay thread holds now")
+                                  "Sessions the native relay thread holds now (pass-through, and gated ones between statements)")
             g.add_metric([], m.native.attached())
             yield g
             c = CounterMetricFamily("cowproxy_native_relay_handbacks",

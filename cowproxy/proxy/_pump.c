@@ -1,6 +1,7 @@
 /*
- * cowproxy.proxy._pump: the steady state of pass-through sessions, relayed by one
- * native thread (see proxy/pump.py for how sessions hand themselves over and back).
+ * cowproxy.proxy._pump: the steady state of sessions (pass-through ones, and gated ones
+ * between statements), relayed by one native thread (see proxy/pump.py for how sessions
+ * hand themselves over and back).
  *
  * Why: every byte a pass-through session relays is forwarded unchanged; what the proxy
  * adds per request is a walk of the frame headers (ReadyForQuery counting, statement
@@ -14,7 +15,11 @@
  *   - a client chunk is forwarded only if it is whole frames of the types in
  *     `client_native` (Query, Parse, Bind, Execute, Describe, Sync, Close, Flush) with
  *     valid lengths; otherwise the whole chunk goes back unforwarded, and Python's relay
- *     sees exactly the bytes it would have seen;
+ *     sees exactly the bytes it would have seen. A *gated* link (a session whose
+ *     statement gate must see every Query and Parse: branches, production) forwards the
+ *     types in `client_gated` only (no Query, no Parse), and only while its *epoch* (the
+ *     branch's layout version, which Python sets with `set_epoch`) is the one it was
+ *     attached under: a new overlay means the gate must resynchronise plans first;
  *   - a server chunk is forwarded up to the first message whose type is in
  *     `upstream_special` (ErrorResponse, CopyInResponse); the rest goes back starting at
  *     that message's first byte, so Python's scanner starts on a message boundary;
@@ -70,7 +75,11 @@ typedef struct {
     int in_use;
     int state;                 /* ATTACHED or a BACK_* reason */
     int client_fd, upstream_fd;
-    int slot;
+    int slot;                  /* statement counter, or -1: the gate counts (gated links) */
+    int gated;                 /* forward `client_gated` types only */
+    int epoch;                 /* -1, or the epoch this link's chunks depend on ... */
+    unsigned long long epoch_value;  /* ... and its value when the link was attached */
+    unsigned long long chunks;       /* client chunks forwarded since the link was attached */
     uint32_t client_mask, upstream_mask;
     /* the relay's state (proxy/relay.py, same names) */
     long long pending_ready;
@@ -109,6 +118,7 @@ typedef struct {
     int epfd, wakefd, notifyfd;
     int stopping;
     unsigned char client_native[256];
+    unsigned char client_gated[256];
     unsigned char upstream_special[256];
     unsigned long long max_message_size;
     double bounds[MAX_BUCKETS];
@@ -120,6 +130,8 @@ typedef struct {
     int notify_due;
     unsigned long long statements[MAX_SLOTS];
     int nslots;
+    unsigned long long epochs[MAX_SLOTS];
+    int nepochs;
     Latency latency[2];        /* 0: proxy, 1: upstream */
     unsigned long long handbacks[5];
     char *scratch;
@@ -274,14 +286,17 @@ static int note(Link *l, unsigned char type) {
     }
 }
 
-/* Whether the chunk is whole frames the thread forwards as they are. */
-static int plain_client_chunk(Pump *p, const unsigned char *buf, size_t n) {
+/* Whether the chunk is whole frames the thread forwards as they are, for this link. */
+static int plain_client_chunk(Pump *p, Link *l, const unsigned char *buf, size_t n) {
+    const unsigned char *types = l->gated ? p->client_gated : p->client_native;
+    if (l->epoch >= 0 && p->epochs[l->epoch] != l->epoch_value)
+        return 0;
     size_t pos = 0;
     while (pos < n) {
         if (n - pos < 5)
             return 0;
         uint32_t length = be32(buf + pos + 1);
-        if (!p->client_native[buf[pos]] || length < 4 || length > p->max_message_size)
+        if (!types[buf[pos]] || length < 4 || length > p->max_message_size)
             return 0;
         if ((uint64_t)length + 1 > n - pos)
             return 0;
@@ -312,7 +327,7 @@ static void from_client(Pump *p, int index, Link *l) {
         return;
     double t0 = now();
     const unsigned char *buf = (const unsigned char *)p->scratch;
-    if (!plain_client_chunk(p, buf, (size_t)n)) {
+    if (!plain_client_chunk(p, l, buf, (size_t)n)) {
         if (keep_tail(l, p->scratch, (size_t)n) < 0)
             abort();
         hand_back(p, index, l, BACK_CLIENT_DATA);
@@ -326,7 +341,9 @@ static void from_client(Pump *p, int index, Link *l) {
         statements += noted >> 1;
         pos += (size_t)be32(buf + pos + 1) + 1;
     }
-    p->statements[l->slot] += (unsigned long long)statements;
+    if (l->slot >= 0)
+        p->statements[l->slot] += (unsigned long long)statements;
+    l->chunks++;
     if (owed) {
         if (!l->pending_ready) {
             l->cycle_start = t0;
@@ -559,10 +576,11 @@ static int table_from(PyObject *obj, unsigned char out[256], const char *what) {
 }
 
 static int Pump_init(Pump *p, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"client_native", "upstream_special", "max_message_size", "bounds", NULL};
-    PyObject *client_native, *upstream_special, *bounds;
+    static char *kwlist[] = {"client_native", "client_gated", "upstream_special", "max_message_size", "bounds",
+                             NULL};
+    PyObject *client_native, *client_gated, *upstream_special, *bounds;
     unsigned long long max_message_size;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOKO", kwlist, &client_native, &upstream_special,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOKO", kwlist, &client_native, &client_gated, &upstream_special,
                                      &max_message_size, &bounds))
         return -1;
     if (p->epfd > 0) {
@@ -570,6 +588,7 @@ static int Pump_init(Pump *p, PyObject *args, PyObject *kwds) {
         return -1;
     }
     if (table_from(client_native, p->client_native, "client_native") < 0 ||
+        table_from(client_gated, p->client_gated, "client_gated") < 0 ||
         table_from(upstream_special, p->upstream_special, "upstream_special") < 0)
         return -1;
     PyObject *seq = PySequence_Fast(bounds, "bounds: expected a sequence of floats");
@@ -676,18 +695,24 @@ static PyObject *Pump_slot(Pump *p, PyObject *unused) {
     return PyLong_FromLong(p->nslots++);
 }
 
-/* attach(client_fd, upstream_fd, slot, state) -> link id; state as `detach` returns it. */
+/* attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state) -> link id; state
+   as `detach` returns it; slot -1: count no statements; epoch -1: depend on none. */
 static PyObject *Pump_attach(Pump *p, PyObject *args) {
-    int client_fd, upstream_fd, slot;
+    int client_fd, upstream_fd, slot, gated, epoch;
+    unsigned long long epoch_value;
     long long pending_ready, copy_syncs;
     int mid_extended, copy_end_sent, tx_status, cycle_failed, failed_since_idle, statement_gone;
     double cycle_start, proxy_time;
-    if (!PyArg_ParseTuple(args, "iii(LpLpipppdd)", &client_fd, &upstream_fd, &slot, &pending_ready, &mid_extended,
-                          &copy_syncs, &copy_end_sent, &tx_status, &cycle_failed, &failed_since_idle, &statement_gone,
-                          &cycle_start, &proxy_time))
+    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)", &client_fd, &upstream_fd, &slot, &gated, &epoch, &epoch_value,
+                          &pending_ready, &mid_extended, &copy_syncs, &copy_end_sent, &tx_status, &cycle_failed,
+                          &failed_since_idle, &statement_gone, &cycle_start, &proxy_time))
         return NULL;
-    if (slot < 0 || slot >= p->nslots) {
+    if (slot < -1 || slot >= p->nslots) {
         PyErr_SetString(PyExc_ValueError, "attach: unknown slot");
+        return NULL;
+    }
+    if (epoch < -1 || epoch >= p->nepochs) {
+        PyErr_SetString(PyExc_ValueError, "attach: unknown epoch");
         return NULL;
     }
     if (!p->thread_started) {
@@ -730,6 +755,9 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     l->client_fd = client_fd;
     l->upstream_fd = upstream_fd;
     l->slot = slot;
+    l->gated = gated;
+    l->epoch = epoch;
+    l->epoch_value = epoch_value;
     l->pending_ready = pending_ready;
     l->mid_extended = mid_extended;
     l->copy_syncs = copy_syncs;
@@ -769,7 +797,7 @@ static PyObject *bytes_of(const char *data, size_t len) {
     return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
 }
 
-/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid) or None if unknown.
+/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks) or None if unknown.
    Takes the link out of the thread's hands (if it still had it) and frees it. */
 static PyObject *Pump_detach(Pump *p, PyObject *arg) {
     unsigned long long id = PyLong_AsUnsignedLongLong(arg);
@@ -788,12 +816,12 @@ static PyObject *Pump_detach(Pump *p, PyObject *arg) {
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
     }
     PyObject *result = Py_BuildValue(
-        "(i(LiLiiiiidd)NNNs)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
+        "(i(LiLiiiiidd)NNNsK)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
         l->tx_status, l->cycle_failed, l->failed_since_idle, l->statement_gone, l->cycle_start, l->proxy_time,
         bytes_of(l->to_client.data ? l->to_client.data + l->to_client.off : NULL, l->to_client.len - l->to_client.off),
         bytes_of(l->to_upstream.data ? l->to_upstream.data + l->to_upstream.off : NULL,
                  l->to_upstream.len - l->to_upstream.off),
-        bytes_of(l->tail, l->tail_len), l->invalid);
+        bytes_of(l->tail, l->tail_len), l->invalid, l->chunks);
     free_link(l);
     unlock(p);
     return result;
@@ -818,6 +846,28 @@ static PyObject *Pump_returned(Pump *p, PyObject *unused) {
     p->nback = 0;
     unlock(p);
     return out;
+}
+
+static PyObject *Pump_epoch(Pump *p, PyObject *unused) {
+    if (p->nepochs >= MAX_SLOTS)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(p->nepochs++);
+}
+
+/* set_epoch(epoch, value): links attached under another value hand back their next client chunk. */
+static PyObject *Pump_set_epoch(Pump *p, PyObject *args) {
+    int epoch;
+    unsigned long long value;
+    if (!PyArg_ParseTuple(args, "iK", &epoch, &value))
+        return NULL;
+    if (epoch < 0 || epoch >= p->nepochs) {
+        PyErr_SetString(PyExc_ValueError, "set_epoch: unknown epoch");
+        return NULL;
+    }
+    lock(p);
+    p->epochs[epoch] = value;
+    unlock(p);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Pump_statements(Pump *p, PyObject *arg) {
@@ -875,12 +925,15 @@ static PyObject *Pump_attached(Pump *p, PyObject *unused) {
 
 static PyMethodDef Pump_methods[] = {
     {"attach", (PyCFunction)Pump_attach, METH_VARARGS,
-     "attach(client_fd, upstream_fd, slot, state) -> link: the thread relays both sockets from now on."},
+     "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state) -> link: the thread relays both "
+     "sockets from now on."},
     {"detach", (PyCFunction)Pump_detach, METH_O,
-     "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid) or None: take the link back."},
+     "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks) or None: take the link back."},
     {"returned", (PyCFunction)Pump_returned, METH_NOARGS, "Links the thread handed back since the last call."},
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS, "An eventfd that is readable when links were handed back."},
     {"slot", (PyCFunction)Pump_slot, METH_NOARGS, "A new statement counter (None when all are taken)."},
+    {"epoch", (PyCFunction)Pump_epoch, METH_NOARGS, "A new epoch (None when all are taken)."},
+    {"set_epoch", (PyCFunction)Pump_set_epoch, METH_VARARGS, "set_epoch(epoch, value)."},
     {"statements", (PyCFunction)Pump_statements, METH_O, "Statements the thread relayed for a counter."},
     {"latency", (PyCFunction)Pump_latency, METH_O, "The thread's latency histogram (0: proxy, 1: upstream)."},
     {"handbacks", (PyCFunction)Pump_handbacks, METH_NOARGS, "Hand-backs so far, by reason."},
@@ -894,7 +947,7 @@ static PyTypeObject PumpType = {
     .tp_name = "cowproxy.proxy._pump.Pump",
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One relay thread for pass-through sessions' steady state (see proxy/pump.py).",
+    .tp_doc = "One relay thread for sessions' steady state (see proxy/pump.py).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Pump_init,
     .tp_dealloc = (destructor)Pump_dealloc,

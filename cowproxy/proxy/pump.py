@@ -1,10 +1,23 @@
-"""The native relay: pass-through sessions' steady state on one C thread (`_pump.c`).
+"""The native relay: sessions' steady state on one C thread (`_pump.c`).
 
 A pass-through session (no statement gate, no response editor, no TLS on either side)
 spends its life relaying whole frames and counting ReadyForQuery. When its `Relay` is
 between frames on both streams, the session *attaches* to the pump: both transports
 stop reading and the pump's thread reads, walks the headers and writes, with the same
-bookkeeping as `Relay` (relay.py) and without the interpreter. Anything that is not a
+bookkeeping as `Relay` (relay.py) and without the interpreter.
+
+A *gated* session (a branch's or production's: its statement gate decides every Query
+and Parse) attaches too once it is quiet: its last client chunks held no statement,
+nothing of the gate's is pending (an auto-prepare rename, stale plans), no response
+editor follows its answers. That is a driver executing its prepared statements
+(Bind/Execute/Sync), the steady state of `pgbench -M prepared`, asyncpg and every
+driver that prepares. The thread then forwards only statement-free chunks (`CLIENT_GATED`)
+and hands back the first Query or Parse; and on a branch only while the branch's layout
+version is the one the session's plans were made under: `set_layout` moves the branch's
+*epoch* in the thread (`NativeRelay.epoch`), and the thread hands back the next chunk of
+every session attached under the old one, so the gate discards its plans as it would
+have. The gate counts statements when it decides them, not when they run, so the thread
+counts none for gated sessions. Anything that is not a
 plain forward (an ErrorResponse or CopyInResponse from the server, a client chunk with
 another frame type or a cut frame, end of stream, a socket error) makes the thread hand
 the session back: its state, the bytes it could not write yet and the chunk it did not
@@ -26,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from dataclasses import astuple, dataclass, fields
 from typing import Any, Callable
 
@@ -50,6 +64,12 @@ except ImportError:  # not built (no C compiler, COWPROXY_PURE_PYTHON, not Linux
 
 CLIENT_NATIVE = frozenset({QUERY, PARSE, BIND, EXECUTE, DESCRIBE, SYNC, CLOSE, FLUSH})
 """Client frame types the thread forwards itself (`Relay.note` handles them alike)."""
+CLIENT_GATED = CLIENT_NATIVE - {QUERY, PARSE}
+"""... for a gated session: no statement, which only its gate may decide."""
+NO_COUNT = -1
+"""`attach`'s statement counter for a gated session: none (its gate counts)."""
+NO_EPOCH = -1
+"""`attach`'s epoch for a session whose plans depend on none (pass-through, production)."""
 UPSTREAM_SPECIAL = frozenset({ERROR_RESPONSE, COPY_IN_RESPONSE})
 """Server message types the thread hands back: the relay's scanner acts on them."""
 
@@ -106,6 +126,7 @@ class Returned:
     to_upstream: bytes
     tail: bytes                 # the chunk (part) it did not forward: from the client or upstream, by reason
     invalid: str                # BACK_UPSTREAM_INVALID: what was wrong
+    chunks: int                 # client chunks the thread forwarded while it held the session
 
 
 class NativeRelay:
@@ -113,11 +134,13 @@ class NativeRelay:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_message_size: int) -> None:
         assert _pump is not None
-        self._pump = _pump.Pump(_table(CLIENT_NATIVE), _table(UPSTREAM_SPECIAL), max_message_size,
-                                list(LATENCY_BUCKETS))
+        self._pump = _pump.Pump(_table(CLIENT_NATIVE), _table(CLIENT_GATED), _table(UPSTREAM_SPECIAL),
+                                max_message_size, list(LATENCY_BUCKETS))
         self._loop = loop
         self._holders: dict[int, Callable[[], None]] = {}
         self._slots: dict[tuple[str, str], int | None] = {}
+        self._epochs: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()  # policy -> epoch
+        self._free_epochs: list[int] = []         # epochs of policies that are gone
         loop.add_reader(self._pump.fileno(), self._on_returned)
         self.closed = False
 
@@ -127,9 +150,30 @@ class NativeRelay:
             self._slots[key] = self._pump.slot()
         return self._slots[key]
 
+    def epoch(self, policy: Any) -> int | None:
+        """The thread's epoch of a branch's layout (`BranchPolicy`): kept equal to its
+        `layout_version` from now on (None: all are taken)."""
+        if policy in self._epochs:
+            return self._epochs[policy]
+        epoch: int | None = self._free_epochs.pop() if self._free_epochs else self._pump.epoch()
+        self._epochs[policy] = epoch
+        if epoch is not None:
+            pump = self._pump
+            pump.set_epoch(epoch, policy.layout_version.value)
+            policy.watch_layout(lambda version: pump.set_epoch(epoch, version))
+            # A policy outlives the sessions that use it (they hold it through their
+            # gates), so its epoch is free for another once it is gone.
+            weakref.finalize(policy, self._free_epochs.append, epoch)
+        return epoch
+
     def attach(self, client_fd: int, upstream_fd: int, slot: int, state: RelayState,
-               handed_back: Callable[[], None]) -> int:
-        link: int = self._pump.attach(client_fd, upstream_fd, slot, state.as_tuple())
+               handed_back: Callable[[], None], *, gated: bool = False, epoch: int = NO_EPOCH,
+               version: int = 0) -> int:
+        """Relay both sockets on the thread until it hands the session back (`handed_back`
+        is called on the event loop) or `detach`. A `gated` session's chunks with a
+        statement go back; with an `epoch`, so do all its chunks once the epoch is no
+        longer `version`."""
+        link: int = self._pump.attach(client_fd, upstream_fd, slot, gated, epoch, version, state.as_tuple())
         self._holders[link] = handed_back
         return link
 
@@ -139,11 +183,11 @@ class NativeRelay:
         got = self._pump.detach(link)
         if got is None:
             return None
-        reason, state, to_client, to_upstream, tail, invalid = got
+        reason, state, to_client, to_upstream, tail, invalid, chunks = got
         pending, mid, syncs, end_sent, status, failed, failed_idle, gone, start, proxy = state
         return Returned(reason, RelayState(pending, bool(mid), syncs, bool(end_sent), bytes([status]), bool(failed),
                                            bool(failed_idle), bool(gone), start, proxy),
-                        to_client, to_upstream, tail, invalid)
+                        to_client, to_upstream, tail, invalid, chunks)
 
     def _on_returned(self) -> None:
         for link in self._pump.returned():

@@ -62,26 +62,27 @@ def no_edits(msg_type: int, start: int, end: int) -> tuple[str | None, ...]:
     return ()
 
 
-def needs_scan(gate: Any, frames: list[tuple[int, int, int]], layout_version: Tally | None) -> bool:
-    """Whether the gate must see these frames: a Query or Parse (a statement to decide),
-    a Bind/Describe/Close the auto-prepare renames, or a branch layout that changed
-    (the gate discards cached plans first). A chunk of Bind/Execute/Sync of the
-    client's own prepared statements, the steady state of every driver that prepares,
-    needs none of it: skipping the gate's interpreted `scan` for it saves ~1-2 µs a
-    statement on a branch. `layout_version` is the gate's (`StatementGate.layout_version`),
-    read here as a native cell: the check runs no Python code, which matters more than
-    its instructions, since between two chunks PostgreSQL and the clients run on the
-    same cores and the proxy comes back to cold caches."""
+def has_statement(frames: list[tuple[int, int, int]]) -> bool:
+    """Whether the frames include a Query or Parse: a statement the gate must decide.
+    The gate must also see a chunk without one while `gate_state_pending`. A chunk of
+    Bind/Execute/Sync of the client's own prepared statements, the steady state of every
+    driver that prepares, needs neither: skipping the gate's interpreted `scan` for it
+    saves ~1-2 µs a statement on a branch, and a session sending only such chunks can
+    relay on the native thread (`Relay.quiet_chunks`, proxy/pump.py)."""
     for frame in frames:
         msg_type = frame[0]
         if msg_type == QUERY or msg_type == PARSE:
             return True
-    return gate_state_pending(gate, layout_version)
+    return False
 
 
 def gate_state_pending(gate: Any, layout_version: Tally | None) -> bool:
-    """An auto-prepare rename is pending or the layout's plans are stale: the gate must
-    see the chunk, whatever it holds."""
+    """An auto-prepare rename is pending or the layout's plans are stale (the gate
+    discards cached plans first): the gate must see the chunk, whatever it holds.
+    `layout_version` is the gate's (`StatementGate.layout_version`), read here as a
+    native cell: the check runs no Python code, which matters more than its
+    instructions, since between two chunks PostgreSQL and the clients run on the same
+    cores and the proxy comes back to cold caches."""
     prepared = gate.autoprepared
     if prepared is not None and prepared.alias is not None:
         return True
@@ -151,6 +152,7 @@ class Relay:
         self.gate_statements_only = False        # the gate's `statements_only`: it needs only chunks with Query/Parse
         self.layout_version: Tally | None = None  # the gate's `layout_version` (a native cell)
         self.forwards: dict[bytes, Tally] = {}    # the gate's `forwards` (the same dict)
+        self.quiet_chunks = 0                    # client chunks in a row with no Query or Parse (gated routes)
         self.active = False                      # READY: the session relays through here
         self.gate_busy = False                   # the gate's slow path owns the client stream
         self.queued: list[bytes] = []            # client bytes that arrived meanwhile
@@ -289,6 +291,7 @@ class Relay:
                 self.forward(buf, frame_offsets(buf, n), t0)
                 return
             pos = frame_end(buf, pos)
+        self.quiet_chunks += 1
         owed = 0
         pos = 0
         while pos < n:
@@ -309,7 +312,9 @@ class Relay:
     def forward(self, buf: bytes, frames: list[tuple[int, int, int]], t0: float) -> None:
         """Send whole client frames upstream: through the gate when the route has one."""
         gate = self._gate
-        if (gate is not None and needs_scan(gate, frames, self.layout_version)
+        statement = gate is not None and has_statement(frames)
+        self.quiet_chunks = 0 if statement else self.quiet_chunks + 1
+        if (gate is not None and (statement or gate_state_pending(gate, self.layout_version))
                 and not self.remembered(gate, buf, frames)):
             cut: int = gate.scan(buf, frames)
             if gate.rewrites or cut < len(frames):

@@ -16,9 +16,10 @@ client frames are framed whole (`FrontendFramer`) and forwarded as one write per
 server bytes are forwarded the moment they arrive while `BackendScanner` peeks at
 headers for ReadyForQuery and ErrorResponse only. Rows are never decoded. What is not a
 plain forward (the statement gate's slow path, injected queries) comes back here.
-On a pass-through route the session goes one step further when both streams are between
-frames: the native relay thread (proxy/pump.py) takes both sockets until something
-needs the `Relay` again (`_try_attach`, `_handed_back`, `_take_back`).
+When both streams are between frames the session goes one step further: the native
+relay thread (proxy/pump.py) takes both sockets until something needs the `Relay` again
+(`_try_attach`, `_handed_back`, `_take_back`); on a route with a statement gate, only
+while the client sends no statements (`_gate_quiet`).
 
 Backpressure both ways: when one side's transport buffers past its high-water mark,
 reading from the other side pauses until it drains (a slow client cannot make the
@@ -77,7 +78,7 @@ from cowproxy.protocol.messages import (
 )
 from cowproxy.proxy import pump
 from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
-from cowproxy.proxy.relay import FixedEdits, Relay
+from cowproxy.proxy.relay import FixedEdits, Relay, gate_state_pending
 from cowproxy.proxy.routing import Route, RouteRefused, Router
 from cowproxy.proxy.upstream import UpstreamAddress, open_upstream
 
@@ -90,6 +91,14 @@ _SCAN_INTEREST = frozenset({READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE})
 _PLANNED_TYPES = frozenset({QUERY, PARSE, BIND})  # where a stale cached plan could be used
 _ASYNC_BACKEND_TYPES = frozenset({PARAMETER_STATUS, NOTICE_RESPONSE, NOTIFICATION_RESPONSE})
 _perf = time.perf_counter
+QUIET_CHUNKS = 2
+"""Client chunks in a row without a statement before a gated session attaches to the
+native relay; doubled (up to `QUIET_CHUNKS_MAX`) after an attachment that forwarded
+fewer chunks than it waited for. Attaching and handing back cost about a dozen system
+calls, more than relaying a chunk in Python, so a session that alternates statements
+and executions (`BEGIN`, two prepared statements, `COMMIT`) stays in Python, and a
+driver that only executes its prepared statements attaches once."""
+QUIET_CHUNKS_MAX = 1024
 CANCEL_ATTEMPTS = 6
 CANCEL_RETRY_SECONDS = 0.5
 """A vanished client's query is cancelled up to this many times, this far apart."""
@@ -205,6 +214,8 @@ class ClientSession(asyncio.Protocol):
         self._link: int | None = None          # the native relay holds the session (proxy/pump.py)
         self._native_fds: tuple[int, int] | None = None  # both sockets, plain: it may hold it
         self._native_slot: int | None = None
+        self._native_epoch = pump.NO_EPOCH
+        self._quiet_needed = QUIET_CHUNKS
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statement_tally   # the gate's statement counters, by (branch, kind)
         self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
@@ -633,10 +644,10 @@ class ClientSession(asyncio.Protocol):
         relay.client, relay.upstream, relay.active = self.transport, self._upstream, True
         # From now on the event loop calls the relay directly, one Python frame less per
         # chunk each way (transports cache `data_received` when given their protocol).
-        self._native_fds = self._plain_sockets() if relay.gate is None else None
+        self._native_fds = self._plain_sockets()
         native = self.ctx.native_thread() if self._native_fds is not None else None
         if native is not None:
-            self._native_slot = native.slot((self.branch, "passthrough"))
+            self._native_slot, self._native_epoch = self._native_counters(native)
         if self._native_slot is None:
             self._native_fds = None
         from_client, from_upstream = relay.from_client, relay.from_upstream
@@ -660,6 +671,18 @@ class ClientSession(asyncio.Protocol):
 
     # ---------------------------------------------------------------- the native relay
 
+    def _native_counters(self, native: pump.NativeRelay) -> tuple[int | None, int]:
+        """The thread's statement counter and epoch for this session (slot None: the
+        thread has none left to give). A gated session's statements are counted by its
+        gate; a branch's plans depend on its layout version."""
+        relay = self.relay
+        if relay.gate is None:
+            return native.slot((self.branch, "passthrough")), pump.NO_EPOCH
+        if relay.layout_version is None:
+            return pump.NO_COUNT, pump.NO_EPOCH
+        epoch = native.epoch(relay.gate.policy)
+        return (None, pump.NO_EPOCH) if epoch is None else (pump.NO_COUNT, epoch)
+
     def _plain_sockets(self) -> tuple[int, int] | None:
         """Both sockets' descriptors, if the native relay may read and write them:
         plain sockets on both sides (no TLS layer in between)."""
@@ -676,20 +699,35 @@ class ClientSession(asyncio.Protocol):
     def _client_then_attach(self, data: bytes) -> None:
         """`Relay.from_client` while the session is not on the native relay; then back to
         it if the chunk left both streams on a boundary."""
-        self.relay.from_client(data)
-        self._try_attach()
+        relay = self.relay
+        relay.from_client(data)
+        if relay.gate is None or relay.quiet_chunks >= self._quiet_needed:
+            self._try_attach()
 
     def _upstream_then_attach(self, data: bytes) -> None:
-        self.relay.from_upstream(data)
-        self._try_attach()
+        relay = self.relay
+        relay.from_upstream(data)
+        if relay.gate is None or relay.quiet_chunks >= self._quiet_needed:
+            self._try_attach()
+
+    def _gate_quiet(self, relay: Relay, gate: Any) -> bool:
+        """Whether a gated session may relay on the thread: its last chunks held no
+        statement, and nothing of its gate's is pending (auto-prepare's rename or
+        statements awaiting their answers, plans of an older layout)."""
+        if relay.quiet_chunks < self._quiet_needed or gate_state_pending(gate, relay.layout_version):
+            return False
+        prepared = gate.autoprepared
+        return prepared is None or len(prepared.pending) == 0
 
     def _try_attach(self) -> None:
         """Hand both sockets to the native relay when nothing but plain forwarding is
         going on: the relay's framer and scanner on boundaries, nothing queued, held,
         edited or paused, nothing waiting in either transport's write buffer."""
         relay, client, upstream, native = self.relay, self.transport, self._upstream, self.ctx.native
+        gate = relay.gate
         if (self._link is not None or self._native_fds is None or native is None or native.closed
-                or self.state is not State.READY or not relay.active or relay.gate is not None
+                or self.state is not State.READY or not relay.active
+                or (gate is not None and not self._gate_quiet(relay, gate))
                 or relay.editor is not None or relay.gate_busy or relay.queued or relay.copy_in
                 or relay.terminating or relay.swallow_ready or relay.refused is not None
                 or self._client_paused or self._upstream_paused
@@ -702,7 +740,8 @@ class ClientSession(asyncio.Protocol):
         upstream.pause_reading()
         try:
             self._link = native.attach(*self._native_fds, self._native_slot, pump.RelayState.of(relay),
-                                       self._handed_back)
+                                       self._handed_back, gated=gate is not None, epoch=self._native_epoch,
+                                       version=0 if gate is None else gate.synced_version)
         except OSError as exc:
             logs.event("native_relay_refused", logging.WARNING, branch=self.branch, error=str(exc))
             self._native_fds = None
@@ -739,6 +778,9 @@ class ClientSession(asyncio.Protocol):
         """After a hand-back: the `Relay` gets the chunk the thread did not forward, as if
         it had read it itself; then the session goes back to the thread if it can."""
         if back.reason == pump.BACK_CLIENT_DATA:
+            if self.relay.gate is not None:
+                worth = back.chunks >= self._quiet_needed
+                self._quiet_needed = QUIET_CHUNKS if worth else min(2 * self._quiet_needed, QUIET_CHUNKS_MAX)
             self.relay.from_client(back.tail)
         elif back.reason == pump.BACK_UPSTREAM_DATA:
             self.relay.from_upstream(back.tail)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
@@ -401,6 +402,12 @@ class BranchPolicy:
         self.metrics = metrics
         self._cache = DecisionCache(metrics)
         self.label = layout.branch
+        self._watchers: list[Callable[[int], object]] = []
+
+    def watch_layout(self, watcher: Callable[[int], object]) -> None:
+        """Call `watcher(version)` whenever the layout version changes: sessions the
+        native relay holds read no `layout_version` (proxy/pump.py, epochs)."""
+        self._watchers.append(watcher)
 
     @property
     def cache(self) -> DecisionCache:
@@ -412,6 +419,8 @@ class BranchPolicy:
             self._cache = DecisionCache(self.metrics)
         self.layout = layout
         self.layout_version.value = layout.version
+        for watcher in self._watchers:
+            watcher(layout.version)
 
     def decide(self, sql: str, temp_tables: frozenset[str] = frozenset()) -> Decision:
         if not temp_tables:

@@ -41,16 +41,21 @@ def state(pending_ready: int = 0, tx_status: bytes = b"I", **fields: object) -> 
 class Rig:
     """A pump with one link: `app` is the client's end, `server` the upstream's."""
 
-    def __init__(self, relay_state: pump.RelayState | None = None, max_message_size: int = 1 << 20) -> None:
-        self.pump = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.UPSTREAM_SPECIAL),
-                               max_message_size, list(LATENCY_BUCKETS))
+    def __init__(self, relay_state: pump.RelayState | None = None, max_message_size: int = 1 << 20, *,
+                 gated: bool = False, epoch_version: int | None = None) -> None:
+        self.pump = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.CLIENT_GATED),
+                               pump._table(pump.UPSTREAM_SPECIAL), max_message_size, list(LATENCY_BUCKETS))
         self.slot = self.pump.slot()
+        self.epoch = pump.NO_EPOCH if epoch_version is None else self.pump.epoch()
+        if epoch_version is not None:
+            self.pump.set_epoch(self.epoch, epoch_version)
         self.app, proxy_client = socket.socketpair()
         proxy_upstream, self.server = socket.socketpair()
         self.kept = (proxy_client, proxy_upstream)
         for sock in self.kept:
             sock.setblocking(False)
-        self.link = self.pump.attach(proxy_client.fileno(), proxy_upstream.fileno(), self.slot,
+        self.link = self.pump.attach(proxy_client.fileno(), proxy_upstream.fileno(),
+                                     pump.NO_COUNT if gated else self.slot, gated, self.epoch, epoch_version or 0,
                                      (relay_state or state()).as_tuple())
 
     def close(self) -> None:
@@ -116,7 +121,7 @@ def test_server_bytes_go_to_the_client_unchanged_and_every_ready_for_query_is_co
     with Rig(state(pending_ready=owed)) as rig:
         send_in_pieces(rig.server, stream, cuts)
         assert read_exactly(rig.app, len(stream)) == stream
-        reason, after, to_client, to_upstream, tail, _ = rig.detach()
+        reason, after, to_client, to_upstream, tail, *_ = rig.detach()
     assert reason == 0  # still attached: taken back by the session, not handed back
     assert (to_client, to_upstream, tail) == (b"", b"", b"")
     assert after[0] == owed - len(readies)                      # pending_ready
@@ -137,7 +142,7 @@ def test_the_server_stream_is_handed_back_at_the_first_message_python_must_see(b
     with Rig(state(pending_ready=100)) as rig:
         send_in_pieces(rig.server, stream, cuts)
         assert rig.handed_back()
-        reason, relay_state, to_client, _, tail, _ = rig.detach()
+        reason, relay_state, to_client, _, tail, *_ = rig.detach()
         forwarded = read_exactly(rig.app, len(head))
         rig.app.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -160,7 +165,7 @@ def test_a_bad_server_length_hands_the_session_back_as_invalid():
     with Rig() as rig:
         rig.server.sendall(b"D\x00\x00\x00\x02")
         assert rig.handed_back()
-        reason, _, _, _, _, invalid = rig.detach()
+        reason, _, _, _, _, invalid, _ = rig.detach()
     assert reason == pump.BACK_UPSTREAM_INVALID
     assert "invalid message length 2" in invalid
 
@@ -194,7 +199,7 @@ def test_a_client_chunk_with_anything_else_comes_back_whole_and_unforwarded(chun
     with Rig(max_message_size=100) as rig:
         rig.app.sendall(chunk)
         assert rig.handed_back()
-        reason, after, _, to_upstream, tail, _ = rig.detach()
+        reason, after, _, to_upstream, tail, *_ = rig.detach()
         rig.kept[1].setblocking(False)
         rig.server.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -255,3 +260,61 @@ def test_latency_is_observed_once_per_request():
         bins, total, count = rig.pump.latency(0)
         upstream_count = rig.pump.latency(1)[2]
     assert count - before == 5 == upstream_count and sum(bins) == count and total >= 0
+
+
+EXECUTION = message(b"B", b"\0s1\0" + b"\0" * 6) + message(b"E", b"\0\0\0\0\0") + message(b"S")
+"""A driver executing its prepared statement `s1`: what a gated session relays natively."""
+
+
+def nothing_forwarded(rig: Rig) -> bool:
+    rig.server.setblocking(False)
+    try:
+        rig.server.recv(1)
+    except BlockingIOError:
+        return True
+    return False
+
+
+def test_a_gated_session_relays_executions_and_counts_no_statements():
+    """The gate counts statements when it decides them: the thread counts none."""
+    with Rig(gated=True) as rig:
+        for _ in range(3):
+            rig.app.sendall(EXECUTION)
+            assert read_exactly(rig.server, len(EXECUTION)) == EXECUTION
+            rig.server.sendall(message(b"2") + message(b"C", b"SELECT 1\0") + ready())
+            read_exactly(rig.app, 5 + 14 + 6)
+        time.sleep(0.01)
+        assert rig.pump.statements(rig.slot) == 0
+        reason, after, *_, chunks = rig.detach()
+    assert reason == 0 and after[0] == 0 and chunks == 3
+
+
+@pytest.mark.parametrize("chunk", [
+    message(b"Q", b"SELECT 1\0"),
+    message(b"P", b"\0SELECT 1\0\0\0") + EXECUTION,
+    EXECUTION + message(b"Q", b"SELECT 1\0"),
+], ids=["query", "parse-first", "query-last"])
+def test_a_gated_session_hands_back_every_chunk_with_a_statement(chunk):
+    with Rig(gated=True) as rig:
+        rig.app.sendall(chunk)
+        assert rig.handed_back()
+        reason, after, _, to_upstream, tail, _, chunks = rig.detach()
+        assert nothing_forwarded(rig)
+    assert reason == pump.BACK_CLIENT_DATA and tail == chunk and to_upstream == b"" and chunks == 0
+    assert after[0] == 0
+
+
+def test_a_new_epoch_hands_back_the_next_chunk_of_sessions_attached_under_the_old_one():
+    """A branch's layout changed: the session's plans may read a table that now has a
+    shadow, so its next execution goes to the gate (which discards them) first."""
+    with Rig(gated=True, epoch_version=7) as rig:
+        rig.app.sendall(EXECUTION)
+        assert read_exactly(rig.server, len(EXECUTION)) == EXECUTION
+        rig.server.sendall(message(b"C", b"SELECT 1\0") + ready())
+        read_exactly(rig.app, 20)
+        rig.pump.set_epoch(rig.epoch, 8)
+        rig.app.sendall(EXECUTION)
+        assert rig.handed_back()
+        reason, _, _, _, tail, _, chunks = rig.detach()
+        assert nothing_forwarded(rig)
+    assert reason == pump.BACK_CLIENT_DATA and tail == EXECUTION and chunks == 1

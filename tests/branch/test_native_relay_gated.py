@@ -1,0 +1,134 @@
+"""Branch and production sessions on the native relay thread (proxy/pump.py), under real
+clients.
+
+A gated session (its statement gate decides every Query and Parse) goes to the thread
+once it only executes prepared statements, and comes back for each statement. What must
+hold: answers are the branch's, whichever side relays them; a new overlay made by another
+session takes the session back before its next execution, so plans made before it are
+discarded (the branch's rows, never production's stale ones); statement metrics count
+what the gate decided, as on the Python relay. A proxy process of its own keeps the
+gauge exact.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from cowproxy.branch import catalog
+from support import ProxyProcess, metric_value, psql, wait_until
+
+pytestmark = [pytest.mark.pg15,
+              pytest.mark.skipif(not __import__("cowproxy.proxy.pump", fromlist=["enabled"]).enabled(),
+                                 reason="the native relay is not built or is switched off")]
+
+SCHEMA = """
+DROP TABLE IF EXISTS nr_accounts, nr_notes CASCADE;
+CREATE TABLE nr_accounts (id int PRIMARY KEY, balance int NOT NULL);
+CREATE TABLE nr_notes (id int PRIMARY KEY, body text);
+INSERT INTO nr_accounts SELECT g, 100 FROM generate_series(1, 20) g;
+INSERT INTO nr_notes SELECT g, 'note ' || g FROM generate_series(1, 20) g;
+"""
+
+
+@pytest.fixture(scope="module")
+def own_proxy(pg):
+    psql(pg.dsn(), SCHEMA)
+    with ProxyProcess(pg.dsn("postgres"), branches=True) as p:
+        yield p
+    psql(pg.dsn(), "DROP TABLE IF EXISTS nr_accounts, nr_notes CASCADE")
+
+
+@pytest.fixture
+async def branch(pg, own_proxy, request):
+    name = "nr_" + request.node.name.removeprefix("test_")[:30].lower()
+    conn = await asyncpg.connect(pg.dsn())
+    await catalog.ensure_catalog(conn)
+    if await catalog.get_branch(conn, name):
+        await catalog.delete_branch(conn, name)
+    await catalog.create_branch(conn, name)
+    yield name
+    await catalog.delete_branch(conn, name)
+    await conn.close()
+
+
+def held(proxy: ProxyProcess) -> float:
+    return metric_value(proxy.scrape_metrics(), "cowproxy_native_relay_sessions")
+
+
+def handbacks(proxy: ProxyProcess) -> float:
+    return metric_value(proxy.scrape_metrics(), "cowproxy_native_relay_handbacks_total", reason="client_data")
+
+
+async def test_a_branch_session_executing_prepared_statements_is_held_and_reads_the_branch(own_proxy, branch):
+    conn = await asyncpg.connect(own_proxy.dsn(branch))
+    await conn.execute("UPDATE nr_accounts SET balance = balance + id WHERE id <= 5")
+    lookup = await conn.prepare("SELECT balance FROM nr_accounts WHERE id = $1")
+    for _ in range(3):
+        assert [await lookup.fetchval(i) for i in (1, 5, 6)] == [101, 105, 100]
+    assert wait_until(lambda: held(own_proxy) == 1)
+    # on the thread: the same answers, errors included (an error goes through Python)
+    assert [await lookup.fetchval(i) for i in range(1, 21)] == [100 + i for i in range(1, 6)] + [100] * 15
+    divide = await conn.prepare("SELECT balance / $1 FROM nr_accounts WHERE id = 1")
+    for _ in range(3):
+        assert await divide.fetchval(2) == 50
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await divide.fetchval(0)
+    assert await divide.fetchval(1) == 101
+    # a statement goes back to the gate: a write still lands in the branch
+    before = handbacks(own_proxy)
+    assert await conn.execute("UPDATE nr_accounts SET balance = 0 WHERE id = 2") == "UPDATE 1"
+    assert handbacks(own_proxy) >= before + 1
+    assert await lookup.fetchval(2) == 0
+    await conn.close()
+    assert wait_until(lambda: held(own_proxy) == 0)
+
+
+async def test_a_new_overlay_takes_a_held_session_back_before_its_next_execution(pg, own_proxy, branch):
+    """The reader's plan was made while nr_notes was production's; another session's
+    first write gives it a shadow, and the reader's next execution must read it."""
+    reader = await asyncpg.connect(own_proxy.dsn(branch))
+    lookup = await reader.prepare("SELECT body FROM nr_notes WHERE id = $1")
+    for _ in range(4):
+        assert await lookup.fetchval(9) == "note 9"
+    assert wait_until(lambda: held(own_proxy) == 1)
+    writer = await asyncpg.connect(own_proxy.dsn(branch))
+    assert await writer.execute("UPDATE nr_notes SET body = 'changed' WHERE id = 9") == "UPDATE 1"
+    assert await lookup.fetchval(9) == "changed"
+    assert [await lookup.fetchval(9) for _ in range(5)] == ["changed"] * 5
+    await writer.execute("DELETE FROM nr_notes WHERE id = 9")
+    assert await lookup.fetchval(9) is None
+    await reader.close()
+    await writer.close()
+    assert psql(pg.dsn(), "SELECT body FROM nr_notes WHERE id = 9").stdout.split() == ["note", "9"]
+
+
+async def test_statement_metrics_count_what_the_gate_decided_on_either_relay(own_proxy, branch):
+    """A prepared statement is counted when its Parse is decided, not per execution (the
+    Python relay's rule), so moving a session to the thread changes no count."""
+    def counted() -> float:
+        return sum(float(line.rpartition(" ")[2]) for line in own_proxy.scrape_metrics().splitlines()
+                   if line.startswith("cowproxy_statements_total{") and f'branch="{branch}"' in line)
+
+    conn = await asyncpg.connect(own_proxy.dsn(branch))
+    await conn.execute("UPDATE nr_accounts SET balance = 1 WHERE id = 20")
+    lookup = await conn.prepare("SELECT balance FROM nr_accounts WHERE id = $1")
+    before = counted()
+    assert before >= 2  # the UPDATE and the Parse, at least
+    for _ in range(20):
+        await lookup.fetchval(20)
+    assert held(own_proxy) == 1
+    assert counted() == before
+    await conn.close()
+
+
+async def test_production_sessions_executing_prepared_statements_are_held_and_stay_read_only(own_proxy):
+    conn = await asyncpg.connect(own_proxy.dsn("postgres"))
+    lookup = await conn.prepare("SELECT balance FROM nr_accounts WHERE id = $1")
+    for _ in range(3):
+        assert await lookup.fetchval(3) == 100
+    assert wait_until(lambda: held(own_proxy) == 1)
+    with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+        await conn.execute("UPDATE nr_accounts SET balance = 0 WHERE id = 3")
+    assert await lookup.fetchval(3) == 100
+    await conn.close()
