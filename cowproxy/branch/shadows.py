@@ -60,6 +60,16 @@ SELECT r.source_schema, r.source_table, con.conname,
  ORDER BY con.conname
 """
 
+_REFERENCED_SQL = """
+SELECT DISTINCT r.source_schema, r.source_table
+  FROM unnest($1::text[], $2::text[]) r(source_schema, source_table)
+  JOIN pg_catalog.pg_namespace n ON n.nspname = r.source_schema
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = r.source_table
+  JOIN pg_catalog.pg_constraint con ON con.confrelid = c.oid AND con.contype = 'f'
+"""
+"""The tables another table's foreign key references (a MERGE's DELETE of a row changed
+meanwhile keeps the trigger path there, sql/merge.py)."""
+
 _LOCK_FUNCTIONS_SQL = """
 SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = $1 AND p.proname = ANY ($2::text[])
@@ -93,13 +103,15 @@ async def load_shadow_tables(conn: asyncpg.Connection, branch_schema: str,
     objects = [overlay_objects(w[1], w[2]) for w in wanted]
     names = [name for o in objects for name in (o.lock_fn, o.relock_fn)]
     lock_functions = {r["proname"] for r in await conn.fetch(_LOCK_FUNCTIONS_SQL, branch_schema, names)}
+    referenced = {(r["source_schema"], r["source_table"])
+                  for r in await conn.fetch(_REFERENCED_SQL, [w[1] for w in wanted], [w[2] for w in wanted])}
     return {table: _shadow_table(cols, constraints.get(table, []), overlay_objects(*table).lock_fn in lock_functions,
-                                 overlay_objects(*table).relock_fn in lock_functions)
+                                 overlay_objects(*table).relock_fn in lock_functions, table in referenced)
             for table, cols in columns.items()}
 
 
 def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tuple[str, ...]]],
-                  lockable: bool, relockable: bool = False) -> ShadowTable:
+                  lockable: bool, relockable: bool = False, referenced: bool = True) -> ShadowTable:
     generated = frozenset(c["attname"] for c in columns if c["generated"])
     return ShadowTable(
         columns=tuple(c["attname"] for c in columns),
@@ -110,6 +122,7 @@ def _shadow_table(columns: list[asyncpg.Record], constraints: list[tuple[str, tu
         constraints=tuple(constraints),
         lockable=lockable,
         relockable=relockable,
+        referenced=referenced,
     )
 
 

@@ -26,6 +26,15 @@ shadow through search_path).
   the next Parse of "" or Query (both replace the unnamed statement) or Close of
   statement "" (forwarded, so a later Bind fails with 26000 as on PostgreSQL); meanwhile
   Bind and Describe of statement "" are renamed (`rename`).
+* A pending entry dropped while it is the alias is *doubtful*: its server statement
+  exists only if its Parse succeeded. PostgreSQL drops the unnamed statement before it
+  parses a `Parse ""`, so after one that failed a copy answers a Bind or Describe of ""
+  with 26000 `unnamed prepared statement does not exist`; the renamed frame gets
+  `prepared statement "cowproxy_ap_<n>" does not exist`, which `client_errors` (the
+  branch session's error filter) puts in PostgreSQL's words for the unnamed statement.
+  (Not exact: a first-sight Parse the server skipped, after an error earlier in its
+  cycle, leaves a copy's previous unnamed statement in place; the branch then reports
+  it missing.)
 
 The simple protocol (`query`): a Query whose one statement is such a statement inlines
 its values (`... WHERE aid = 4711`), a new text per execution. Its numbers that are
@@ -76,8 +85,9 @@ from __future__ import annotations
 import struct
 from typing import Any, Sequence
 
-from cowproxy.protocol.messages import (BIND, CLOSE, DESCRIBE, EXECUTE, FUNCTION_CALL, PARSE, QUERY, SYNC, encode_close,
-                                        encode_describe, encode_execute, encode_parse, encode_sync, frame)
+from cowproxy.protocol.messages import (BIND, CLOSE, DESCRIBE, ERROR_RESPONSE, EXECUTE, FUNCTION_CALL, PARSE, QUERY,
+                                        SYNC, encode_close, encode_describe, encode_execute, encode_parse, encode_sync,
+                                        frame)
 from cowproxy.protocol.responses import CLOSE_STEP, PARSE_STEP, STANDIN
 from cowproxy.sql.numbers import bind_numbers, bind_values
 from cowproxy.sql.parameterize import parameterized, parameters
@@ -96,6 +106,8 @@ _FAILING_PARSE = encode_parse("", "SELECT")
 """Cheap like the empty statement, but refused in a failed transaction like any other."""
 
 _STATEMENT_UNNAMED = b"S\x00"   # Describe / Close body of statement ""
+_UNNAMED_MISSING = b"\x00Munnamed prepared statement does not exist\x00"
+"""The message field of PostgreSQL's 26000 for a Bind or Describe of a missing statement ""."""
 
 _CLOSE_STATEMENT = encode_close(b"S", "")
 _TAIL = encode_execute("") + encode_sync()
@@ -170,6 +182,11 @@ class AutoPrepared:
         self._recipes: dict[str, _Recipe] = {}
         """Client literal shape → its stand-in's recipe (`fast_query`), learned by `learn`."""
         self._serial = 0            # never reused: a dropped entry's statement may still exist
+        self.doubtful: bytes | None = None
+        """The message field PostgreSQL gives a renamed frame when the last doubtful
+        alias's statement is missing (`settle`), or None."""
+        self.route_filter: Any = None
+        """The route's error filter (branch/errors.py), applied before `client_errors`' own edit."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -369,8 +386,12 @@ class AutoPrepared:
         if not pending:
             return
         if error:
+            alias = self.alias
             for key in pending:
-                self._entries.pop(key, None)
+                entry = self._entries.pop(key, None)
+                if entry is not None and alias is not None and entry.alias == alias:
+                    # Its Parse may have failed, and with it the client's unnamed statement.
+                    self.doubtful = b'\x00Mprepared statement "' + alias[:-1] + b'" does not exist\x00'
             pending.clear()
         elif not mid_cycle:
             for key in pending:
@@ -378,6 +399,25 @@ class AutoPrepared:
                 if entry is not None:
                     entry.confirmed = True
             pending.clear()
+
+    def client_errors(self, data: bytes, events: list[tuple[int, bytes]]) -> bytes:
+        """The branch session's error filter: the route's, then each ErrorResponse that
+        says the doubtful alias's statement does not exist (a Bind or Describe of ""
+        renamed to it, after its Parse failed) in PostgreSQL's words for statement ""."""
+        if self.route_filter is not None:
+            data = self.route_filter(data, events)
+        missing = self.doubtful
+        if missing is None:
+            return data
+        for msg_type, body in events:
+            if msg_type != ERROR_RESPONSE or missing not in body:
+                continue
+            at = data.rfind(body)
+            if at < 5:
+                continue  # began in an earlier chunk, already forwarded
+            fixed = frame(ERROR_RESPONSE, body.replace(missing, _UNNAMED_MISSING, 1))
+            data = data[:at - 5] + fixed + data[at + len(body):]
+        return data
 
     def forget(self, all_dropped: bool) -> None:
         """A statement that drops (DISCARD ALL, DEALLOCATE) or may change (DDL) server

@@ -640,6 +640,10 @@ class ClientSession(asyncio.Protocol):
                 relay.gate.autoprepared.relay = relay  # reads pending_ready and tx_status
         if self.route is not None:
             relay.error_filter = self.route.error_filter
+            prepared = relay.gate.autoprepared if relay.gate is not None else None
+            if prepared is not None:
+                prepared.route_filter = relay.error_filter
+                relay.error_filter = prepared.client_errors  # (26000 of a failed Parse "")
         relay.tx_status = rfq_body[:1]
         relay.client, relay.upstream, relay.active = self.transport, self._upstream, True
         # From now on the event loop calls the relay directly, one Python frame less per

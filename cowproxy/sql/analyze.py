@@ -732,6 +732,15 @@ def conflict_update_shape(statement: Statement) -> ConflictUpdateShape | None:
     return _conflict_update_shape(body)
 
 
+def conflict_nothing_shape(statement: Statement) -> ConflictUpdateShape | None:
+    """The shape of a top-level `INSERT ... ON CONFLICT DO NOTHING` (its DO UPDATE fields
+    empty), for sql/on_conflict.py `overriding_nothing_splice`; None for other statements."""
+    body = statement.body
+    if statement.node != "InsertStmt" or body is None:
+        return None
+    return _conflict_update_shape(body, "ONCONFLICT_NOTHING")
+
+
 def cte_conflict_update(statement: Statement, tokens: list[tuple[int, int, str]] | None = None) -> CteUpsert | None:
     """The upsert among the CTEs of the statement's own WITH list (`tokens`: the
     statement's code tokens, for the span of the CTE's query), or None. Upserts nested
@@ -775,9 +784,9 @@ def cte_conflict_update(statement: Statement, tokens: list[tuple[int, int, str]]
     return None
 
 
-def _conflict_update_shape(body: dict[str, Any]) -> ConflictUpdateShape | None:
+def _conflict_update_shape(body: dict[str, Any], action: str = "ONCONFLICT_UPDATE") -> ConflictUpdateShape | None:
     clause = body.get("onConflictClause") or {}
-    if clause.get("action") != "ONCONFLICT_UPDATE":
+    if clause.get("action") != action:
         return None
     target = body.get("relation", {})
     columns = tuple(raw.get("ResTarget", {}).get("name", "") for raw in body.get("cols", [])) or None

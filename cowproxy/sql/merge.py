@@ -84,6 +84,11 @@ proxy on a 100,000-row shadow, medians of three runs on a shared machine: 100 so
 inserted, 890-930 ms against 810-970 ms), and the per-CTE form takes every source,
 function calls in FROM included.
 
+Where the overlay has `T$relock` and a MATCHED clause updates or deletes, the evaluated-once
+form is used whatever is volatile, with READ COMMITTED's re-check of the rows those clauses
+take (`_rechecked`): a row another transaction changed while the MERGE waited is decided
+again on its new version, as PostgreSQL's EvalPlanQual does, instead of failing with 40001.
+
 `INSERT ... OVERRIDING SYSTEM VALUE | USER VALUE` inserts into the shadow's `T$system`
 or `T$user` view, with the clause, as an INSERT does (sql/policy.py `_overriding_splices`).
 SET lists, INSERT columns and values are evaluated once per row acted on, as in MERGE.
@@ -98,6 +103,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from cowproxy.branch.overlay import DELETED
 from cowproxy.branch.sink import raise_call
 from cowproxy.sql.analyze import MergeClause, MergeShape, Refusal, SourceItem, Statement
 from cowproxy.sql.rewrite import CLOSING, OPENING, NameSpans, Splice, apply_within, nesting, quote_ident
@@ -106,6 +112,7 @@ from cowproxy.sql.upsert import ShadowTable
 MERGE_TAG = "MERGE"
 
 _COMMA = "ASCII_44"
+_EQUALS = "ASCII_61"
 _OPEN_PAREN = "ASCII_40"
 _OPEN = OPENING | {"CASE"}      # ( [ CASE
 _CLOSE = CLOSING | {"END_P"}    # ) ] END
@@ -162,6 +169,8 @@ class _When:
     number: int                            # 1-based, in the statement's order
     condition: str | None
     set_list: str = ""                     # UPDATE SET <set_list>
+    set_items: tuple[tuple[str, str], ...] | None = None
+    """UPDATE SET as (column, expression) pairs; None: an item that is not `column = expr`."""
     columns: tuple[str, ...] | None = None  # INSERT (<columns>)
     values: tuple[str, ...] | None = None   # INSERT ... VALUES (<values>); None: DEFAULT VALUES
     overriding: str = ""                    # INSERT ... OVERRIDING <SYSTEM|USER> VALUE, as written
@@ -212,15 +221,27 @@ class _Tokens:
         return tuple(out)
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """What READ COMMITTED's re-check of a MERGE's MATCHED actions needs of the shadow
+    (`_rechecked`): its rows table and T$relock function, qualified."""
+
+    rows: str
+    relock: str
+
+
 def merge_splice(sql: str, statement: Statement, shape: MergeShape, table: ShadowTable, sink: str,
                  spans: NameSpans, splices: list[Splice], insert_views: Mapping[str, str] | None = None,
-                 volatile_functions: frozenset[str] | None = frozenset()) -> Splice | None:
+                 volatile_functions: frozenset[str] | None = frozenset(),
+                 recheck: Recheck | None = None) -> Splice | None:
     """The splice that replaces `statement` (a MERGE of shape `shape` into a shadow, which
     `unsuitable` accepted) in `sql` with data-modifying CTEs ending in an insert into
     `sink`; `splices` are the policy's name rewrites, applied to the pieces copied;
     `insert_views` the shadow's views for INSERT ... OVERRIDING SYSTEM|USER VALUE by
     clause ("system", "user"; a clause without one inserts into the shadow, as INSERT
-    does); `volatile_functions` as for `unsuitable`. None: syntax newer than PostgreSQL
+    does); `volatile_functions` as for `unsuitable`; `recheck`: the shadow's T$relock and
+    rows table, for READ COMMITTED's re-check of rows changed meanwhile (None: an
+    overlay without T$relock, such a row fails with 40001). None: syntax newer than PostgreSQL
     16, to be sent unchanged. ValueError: tokens this reading of the grammar does not
     expect (then too the MERGE is sent unchanged, and PostgreSQL refuses a MERGE into a
     view with 0A000)."""
@@ -263,7 +284,11 @@ def merge_splice(sql: str, statement: Statement, shape: MergeShape, table: Shado
     alias = quote_ident(shape.alias or shape.relation.name)
     views = insert_views or {}
     into = {w.number: views.get(w.clause.overriding, target) for w in clauses if w.clause.action == "insert"}
-    if volatile_calls(shape, volatile_functions) and shape.source_items is not None:
+    modifying = any(w.clause.matched and w.clause.action in _MODIFY for w in clauses)
+    if recheck is not None and modifying and shape.source_items is not None:
+        text = _rechecked(ctes, target, alias, source, condition, clauses, table, sink, into, shape.source_items,
+                          recheck)
+    elif volatile_calls(shape, volatile_functions) and shape.source_items is not None:
         text = _evaluated_once(ctes, target, alias, source, condition, clauses, table, sink, into, shape.source_items)
     else:
         text = _statement(ctes, target, alias, source, condition, clauses, table, sink, into)
@@ -284,7 +309,9 @@ def _when(t: _Tokens, first: int, last: int, clause: MergeClause, number: int) -
         then = t.expect(j, "THEN")
     a = then + 1
     if clause.action == "update":
-        return _When(clause, number, condition, set_list=t.text(t.expect(a + 1, "SET") + 1, last))
+        first_item = t.expect(a + 1, "SET") + 1
+        return _When(clause, number, condition, set_list=t.text(first_item, last),
+                     set_items=_set_items(t, first_item, last))
     if clause.action != "insert":
         return _When(clause, number, condition)
     b = t.expect(a, "INSERT") + 1
@@ -303,6 +330,33 @@ def _when(t: _Tokens, first: int, last: int, clause: MergeClause, number: int) -
     if len(values) != len(clause.defaults):
         raise ValueError(f"{len(values)} INSERT values found, {len(clause.defaults)} parsed")
     return _When(clause, number, condition, columns=columns, values=values, overriding=overriding)
+
+
+def _set_items(t: _Tokens, first: int, last: int) -> tuple[tuple[str, str], ...] | None:
+    """The SET list in tokens first..last as (column, expression text) pairs, the column
+    as PostgreSQL folds it; None when an item is not a plain `column = expression`
+    (a subscript, a field, `(a, b) = ...`, DEFAULT, a Unicode-escaped name)."""
+    depth = t.depth[first]
+    items: list[tuple[str, str]] = []
+    start = first
+    for j in range(first, last + 2):
+        if j <= last and not (t.name(j) == _COMMA and t.depth[j] == depth):
+            continue
+        if j - start < 3 or t.name(start + 1) != _EQUALS:
+            return None
+        name = t.sql[t.tokens[start][0]:t.tokens[start][1]]
+        if name.startswith('"') and name.endswith('"') and len(name) > 1:
+            column = name[1:-1].replace('""', '"')
+        elif name[:1].isalpha() or name[:1] == "_":
+            column = "".join(c.lower() if "A" <= c <= "Z" else c for c in name)  # ASCII only, as PostgreSQL
+        else:
+            return None
+        expression = t.text(start + 2, j - 1)
+        if expression.strip().upper() == "DEFAULT":
+            return None
+        items.append((column, expression))
+        start = j + 1
+    return tuple(items)
 
 
 def _choice(clauses: list[_When]) -> str:
@@ -445,11 +499,7 @@ def _evaluated_once(ctes: str, target: str, alias: str, source: str, on: str, cl
     reads = []
     modifying = [w.number for w in matched if w.clause.action in _MODIFY]
     if modifying:
-        # Two source rows that would UPDATE or DELETE one target row: 21000.
-        second_time = raise_call(sink, "21000", "MERGE command cannot affect row a second time",
-                                 "Ensure that not more than one source row matches any one target row.")
-        parts.append(f"cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN {second_time} END AS e FROM {_PAIRS}"
-                     f" WHERE cowproxy_w IN ({', '.join(map(str, modifying))}) GROUP BY {', '.join(keys)})")
+        parts.append(_matched_twice(sink, modifying, keys))
         reads.append("SELECT FROM cowproxy_m0 WHERE e IS NOT NULL")
 
     same_row = " AND ".join(f"{alias}.{quote_ident(c)} = {_PAIRS}.{k}" for c, k in zip(table.key, keys))
@@ -470,6 +520,15 @@ def _evaluated_once(ctes: str, target: str, alias: str, source: str, on: str, cl
     return f"WITH {ctes}{', '.join(parts)} INSERT INTO {sink} {' UNION ALL '.join(reads + evaluated)}"
 
 
+def _matched_twice(sink: str, modifying: list[int], keys: list[str]) -> str:
+    """The CTE `cowproxy_m0` that fails the statement with 21000 when two source rows would
+    UPDATE or DELETE one target row (the WHEN clauses numbered `modifying`)."""
+    second_time = raise_call(sink, "21000", "MERGE command cannot affect row a second time",
+                             "Ensure that not more than one source row matches any one target row.")
+    return (f"cowproxy_m0 AS (SELECT CASE WHEN count(*) > 1 THEN {second_time} END AS e FROM {_PAIRS}"
+            f" WHERE cowproxy_w IN ({', '.join(map(str, modifying))}) GROUP BY {', '.join(keys)})")
+
+
 def _source_rows(cte: str, items: tuple[SourceItem, ...]) -> str:
     """The source's rows carried in `cte`, shown again under their names: SET lists and
     INSERT values name them as in the MERGE (the column aliases too: a table's row has
@@ -483,3 +542,139 @@ def _source_rows(cte: str, items: tuple[SourceItem, ...]) -> str:
         out.append(f" LEFT JOIN LATERAL (SELECT ({row}).* WHERE pg_catalog.num_nonnulls({row}) = 1)"
                    f" AS {quote_ident(item.name)}{columns} ON true")
     return "".join(out)
+
+
+# READ COMMITTED's re-check of the MATCHED actions ---------------------------------------
+
+_LOCKED = "cowproxy_l"
+_CHECKED = "cowproxy_e"
+_NO_LONGER = "cowproxy_x"
+_GONE = "-1"
+"""cowproxy_e.cowproxy_w of a pair whose target row no longer satisfies ON, or was deleted
+meanwhile: its source row takes the NOT MATCHED clauses, as in PostgreSQL 15 and 16."""
+
+
+def _rechecked(ctes: str, target: str, alias: str, source: str, on: str, clauses: list[_When],
+               table: ShadowTable, sink: str, into: Mapping[int, str], items: tuple[SourceItem, ...],
+               recheck: Recheck) -> str:
+    """The MERGE as `_evaluated_once` writes it, with READ COMMITTED's re-check of every
+    pair a MATCHED UPDATE or DELETE takes (ExecMergeMatched's EvalPlanQual):
+
+    `cowproxy_l` locks each such target row with T$relock (a production row is claimed
+    first), which waits for a concurrent writer and returns the version it locked.
+    `cowproxy_e` decides again: unchanged, the clause chosen on the snapshot; changed by
+    a transaction that committed meanwhile, ON is evaluated again with the same source
+    row on the new version and, still true, the MATCHED clauses in order (a DO NOTHING,
+    or none, acts on nothing); ON false now, or the row deleted meanwhile, `_GONE`: the
+    source row takes the NOT MATCHED clauses (`cowproxy_x`), as PostgreSQL 15 and 16
+    do (an INSERT of a key still taken then fails with 23505, as there).
+
+    An unchanged row is written through the shadow, as `_evaluated_once` writes it (its
+    trigger finds the row it locked still OLD). A changed one cannot be: the shadow's
+    UPDATE and DELETE read the snapshot's version, the trigger would see it moved on.
+    It is written into T$rows directly, as sql/upsert.py writes an UPDATE, where that is
+    exactly what the trigger would do: SET of columns no trigger checks (not the key, a
+    unique rule, a foreign key, an identity or generated column), and a DELETE of a row
+    no foreign key references. Otherwise such a row still fails with 40001."""
+    matched = [w for w in clauses if w.clause.matched]
+    not_matched = [w for w in clauses if not w.clause.matched]
+    keys = [f"cowproxy_k{i}" for i in range(1, len(table.key) + 1)]
+    carried = [f"cowproxy_r{i}" for i in range(1, len(items) + 1)]
+    unmatched = f"{alias}.{quote_ident(table.key[0])} IS NULL"  # T$rows' key: NOT NULL
+    rows = ", ".join(f"{quote_ident(item.name)}.*::record AS {r}" for item, r in zip(items, carried))
+    parts = [f"{_PAIRS} AS MATERIALIZED (SELECT "
+             + "".join(f"{alias}.{quote_ident(c)} AS {k}, " for c, k in zip(table.key, keys))
+             + f"CASE WHEN {unmatched} THEN 0 ELSE {_choice(matched)} END AS cowproxy_w, {rows},"
+             f" ROW({alias}.*)::{target} AS cowproxy_t FROM {source} LEFT JOIN {target} AS {alias} ON ({on}))"]
+    evaluated = [f"SELECT FROM {_PAIRS} WHERE cowproxy_w IS NULL"]
+
+    modifying = [w.number for w in matched if w.clause.action in _MODIFY]
+    deleting = [w.number for w in matched if w.clause.action == "delete"]
+    mode = (f"CASE WHEN {_PAIRS}.cowproxy_w IN ({', '.join(map(str, deleting))}) THEN 'update'"
+            f" ELSE 'no key update' END" if deleting else "'no key update'")
+    parts.append(f"{_LOCKED} AS MATERIALIZED (SELECT {_PAIRS}.*, (SELECT cowproxy_c FROM {recheck.relock}"
+                 f"({_PAIRS}.cowproxy_t, {mode}, 'wait') AS cowproxy_c) AS cowproxy_c FROM {_PAIRS}"
+                 f" WHERE {_PAIRS}.cowproxy_w IN ({', '.join(map(str, modifying))}))")
+    same = f"COALESCE({_LOCKED}.cowproxy_c OPERATOR(pg_catalog.*=) {_LOCKED}.cowproxy_t, false)"
+    gone = f"({_LOCKED}.cowproxy_c).{quote_ident(table.key[0])} IS NULL"
+    parts.append(f"{_CHECKED} AS MATERIALIZED (SELECT "
+                 + "".join(f"{_LOCKED}.{k}, " for k in keys) + "".join(f"{_LOCKED}.{r}, " for r in carried)
+                 + f"{_LOCKED}.cowproxy_c, {same} AS cowproxy_same, CASE WHEN {gone} THEN {_GONE}"
+                 f" WHEN {same} THEN {_LOCKED}.cowproxy_w WHEN ({on}) THEN {_choice(matched)} ELSE {_GONE} END"
+                 f" AS cowproxy_w FROM {_LOCKED} LEFT JOIN LATERAL (SELECT ({_LOCKED}.cowproxy_c).*) AS {alias}"
+                 f" ON true{_source_rows(_LOCKED, items)})")
+    evaluated.append(f"SELECT FROM {_CHECKED} WHERE cowproxy_w IS NULL")
+
+    if not_matched:
+        for cte, origin, where in ((_UNMATCHED, _PAIRS, f"{_PAIRS}.{keys[0]} IS NULL"),
+                                   (_NO_LONGER, _CHECKED, f"{_CHECKED}.cowproxy_w = {_GONE}")):
+            parts.append(f"{cte} AS MATERIALIZED (SELECT {_choice(not_matched)} AS cowproxy_w, "
+                         + ", ".join(f"{origin}.{r}" for r in carried)
+                         + f" FROM {origin}{_source_rows(origin, items)} WHERE {where})")
+            evaluated.append(f"SELECT FROM {cte} WHERE cowproxy_w IS NULL")
+
+    reads = []
+    parts.append(_matched_twice(sink, modifying, keys))
+    reads.append("SELECT FROM cowproxy_m0 WHERE e IS NOT NULL")
+
+    same_row = " AND ".join(f"{alias}.{quote_ident(c)} = {_CHECKED}.{k}" for c, k in zip(table.key, keys))
+    unchanged, changed = f"{_CHECKED}.cowproxy_same", f"NOT {_CHECKED}.cowproxy_same"
+    moved_on = raise_call(sink, "40001", "could not serialize access due to concurrent update",
+                          "Retry the transaction.")
+    for when in clauses:
+        chosen = f"cowproxy_w = {when.number}"
+        action = when.clause.action
+        statements: list[str] = []
+        if action == "update":
+            statements.append(f"UPDATE {target} AS {alias} SET {when.set_list} FROM {_CHECKED}"
+                              f"{_source_rows(_CHECKED, items)} WHERE {same_row} AND {unchanged}"
+                              f" AND {_CHECKED}.{chosen} RETURNING 1")
+            direct = _changed_update(when, table, recheck, alias, items, f"{changed} AND {_CHECKED}.{chosen}")
+            statements.append(direct or f"SELECT CASE WHEN {moved_on} THEN 1 END FROM {_CHECKED}"
+                                        f" WHERE {changed} AND {_CHECKED}.{chosen}")
+        elif action == "delete":
+            statements.append(f"DELETE FROM {target} AS {alias} USING {_CHECKED} WHERE {same_row} AND {unchanged}"
+                              f" AND {_CHECKED}.{chosen} RETURNING 1")
+            if table.referenced:
+                statements.append(f"SELECT CASE WHEN {moved_on} THEN 1 END FROM {_CHECKED}"
+                                  f" WHERE {changed} AND {_CHECKED}.{chosen}")
+            else:
+                stored = table.stored
+                statements.append(
+                    f"INSERT INTO {recheck.rows} ({', '.join(map(quote_ident, [*stored, DELETED]))}) SELECT "
+                    + "".join(f"({_CHECKED}.cowproxy_c).{quote_ident(c)}, " for c in stored)
+                    + f"true FROM {_CHECKED} WHERE {changed} AND {_CHECKED}.{chosen}"
+                    f" ON CONFLICT ({', '.join(map(quote_ident, table.key))}) DO UPDATE SET {DELETED} = true"
+                    " RETURNING 1")
+        elif action == "insert":
+            for cte in (_UNMATCHED, _NO_LONGER):
+                statements.append(f"INSERT INTO {into[when.number]}{_insert(when, table)} FROM {cte}"
+                                  f"{_source_rows(cte, items)} WHERE {cte}.{chosen} RETURNING 1")
+        for suffix, statement in zip("mc", statements):
+            parts.append(f"cowproxy_{suffix}{when.number} AS ({statement})")
+            reads.append(f"SELECT FROM cowproxy_{suffix}{when.number}")
+
+    return f"WITH {ctes}{', '.join(parts)} INSERT INTO {sink} {' UNION ALL '.join(reads + evaluated)}"
+
+
+def _changed_update(when: _When, table: ShadowTable, recheck: Recheck, alias: str,
+                    items: tuple[SourceItem, ...], where: str) -> str | None:
+    """The UPDATE clause `when` for pairs (of cowproxy_e, filtered by `where`) whose
+    target row another transaction changed meanwhile, written into T$rows: SET computed
+    from the version locked (named by the target's alias, as in MERGE) and the source
+    row, the key's row there replaced (ON CONFLICT: T$relock put it there and holds its
+    lock). None where the shadow's trigger would check more than T$rows does."""
+    if when.set_items is None:
+        return None
+    expressions = dict(when.set_items)
+    untouchable = table.guarded | set(table.key) | table.generated
+    if (len(expressions) != len(when.set_items) or not set(table.columns).issuperset(expressions)
+            or untouchable & set(expressions)):
+        return None
+    stored = table.stored
+    values = ", ".join(f"({expressions[c]})" if c in expressions else f"{alias}.{quote_ident(c)}" for c in stored)
+    assignments = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in stored if c not in table.key)
+    return (f"INSERT INTO {recheck.rows} ({', '.join(map(quote_ident, stored))}) SELECT {values} FROM {_CHECKED}"
+            f" LEFT JOIN LATERAL (SELECT ({_CHECKED}.cowproxy_c).*) AS {alias} ON true"
+            f"{_source_rows(_CHECKED, items)} WHERE {where}"
+            f" ON CONFLICT ({', '.join(map(quote_ident, table.key))}) DO UPDATE SET {assignments} RETURNING 1")

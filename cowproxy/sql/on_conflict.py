@@ -50,6 +50,11 @@ items, DEFAULT VALUES and `SELECT *` included, with an INSERT's assignment casts
 EXCLUDED has every column. The rows then go to the skip view with every stored column
 given (its `$system` variant where a GENERATED ALWAYS identity column was filled in).
 
+`INSERT ... OVERRIDING USER VALUE ... ON CONFLICT DO NOTHING` into a table with identity
+columns needs the proposal too (the skip views would keep the client's identity values):
+`overriding_nothing_splice` sends the rows through `T$proposal$user` into the skip view,
+still one INSERT statement (`nothing_refusal` says what it cannot take).
+
 An upsert that is a CTE of the statement's own WITH list has its CTEs put into that list
 before it, and becomes `SELECT <RETURNING> FROM <inserted and updated rows>` (T$proposal
 overlays only). The UPDATE's one-time filter counts every row the INSERT returned and
@@ -119,11 +124,9 @@ def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTabl
     if not has_sink:
         return Refusal(_NOT_SUPPORTED, "INSERT ... ON CONFLICT DO UPDATE needs a branch made by a newer cowproxy",
                        UPGRADE_HINT)
-    for column in shape.columns or ():
-        if column not in table.columns:
-            return Refusal("42703", f'column "{column}" of relation "{name}" does not exist')
-    if shape.columns is not None and len(set(shape.columns)) != len(shape.columns):
-        return Refusal("42701", f'column "{_first_repeated(shape.columns)}" specified more than once')
+    refusal = _column_refusal(shape, name, table)
+    if refusal:
+        return refusal
     reset = ("Upgrade the branch (cowproxy branch upgrade NAME; it keeps the branch's rows): its overlay of "
              "this table predates support for it.")
     if shape.source == "default" and not has_proposal:
@@ -132,13 +135,9 @@ def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTabl
     if shape.width is None and not has_proposal:
         return Refusal(_NOT_SUPPORTED, "INSERT ... SELECT * ON CONFLICT DO UPDATE is not supported on a table the "
                                        f'branch has changed ("{name}")', reset)
-    expected = len(shape.columns) if shape.columns is not None else len(table.columns)
-    if any(w != shape.width for w in shape.widths):
-        return Refusal("42601", "VALUES lists must all be the same length")
-    if shape.width is not None and shape.width > expected:
-        return Refusal("42601", "INSERT has more expressions than target columns")
-    if shape.columns is not None and shape.width is not None and shape.width < expected:
-        return Refusal("42601", "INSERT has more target columns than expressions")
+    refusal = _width_refusal(shape, table)
+    if refusal:
+        return refusal
     if shape.returning_options:
         return Refusal(_NOT_SUPPORTED, "RETURNING WITH (...) is not supported in INSERT ... ON CONFLICT DO UPDATE "
                                        "on a table the branch has changed")
@@ -165,6 +164,51 @@ def refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTabl
         return Refusal(_NOT_SUPPORTED, f'EXCLUDED."{missing[0]}" of a column the INSERT does not give a value is '
                                        f'not supported on a table the branch has changed ("{name}")', reset)
     return _common_refusal(shape, name, table)
+
+
+def nothing_refusal(shape: ConflictUpdateShape | None, oc: OnConflict, table: ShadowTable | None,
+                    has_proposal: bool) -> Refusal | None:
+    """Why `INSERT ... OVERRIDING USER VALUE ... ON CONFLICT DO NOTHING` into a shadow
+    with identity columns cannot be rewritten by `overriding_nothing_splice` (PostgreSQL's
+    own error where it has one), or None. `shape`: the statement's, None when the
+    INSERT is not the statement itself."""
+    name = oc.relation.name
+    what = "INSERT ... OVERRIDING USER VALUE ... ON CONFLICT DO NOTHING"
+    if shape is None:
+        return Refusal(_NOT_SUPPORTED, f"{what} inside WITH (or EXPLAIN) is not supported on a table the branch has "
+                                       f'changed ("{name}") when it has an identity column',
+                       "Run the INSERT as a statement of its own, or leave out the identity columns.")
+    if table is None or len(table.types) != len(table.columns) or not has_proposal:
+        return Refusal(_NOT_SUPPORTED, f'{what} is not supported on this branch\'s overlay of "{name}"', UPGRADE_HINT)
+    refusal = _column_refusal(shape, name, table) or _width_refusal(shape, table)
+    if refusal:
+        return refusal
+    if shape.returning_options:
+        return Refusal(_NOT_SUPPORTED, f"RETURNING WITH (...) is not supported in {what} on a table the branch has "
+                                       "changed")
+    return None
+
+
+def _column_refusal(shape: ConflictUpdateShape, name: str, table: ShadowTable) -> Refusal | None:
+    """PostgreSQL's errors for the INSERT's column list."""
+    for column in shape.columns or ():
+        if column not in table.columns:
+            return Refusal("42703", f'column "{column}" of relation "{name}" does not exist')
+    if shape.columns is not None and len(set(shape.columns)) != len(shape.columns):
+        return Refusal("42701", f'column "{_first_repeated(shape.columns)}" specified more than once')
+    return None
+
+
+def _width_refusal(shape: ConflictUpdateShape, table: ShadowTable) -> Refusal | None:
+    """PostgreSQL's errors for proposed rows that do not fit the columns."""
+    expected = len(shape.columns) if shape.columns is not None else len(table.columns)
+    if any(w != shape.width for w in shape.widths):
+        return Refusal("42601", "VALUES lists must all be the same length")
+    if shape.width is not None and shape.width > expected:
+        return Refusal("42601", "INSERT has more expressions than target columns")
+    if shape.columns is not None and shape.width is not None and shape.width < expected:
+        return Refusal("42601", "INSERT has more target columns than expressions")
+    return None
 
 
 def _common_refusal(shape: ConflictUpdateShape, name: str, table: ShadowTable) -> Refusal | None:
@@ -245,25 +289,9 @@ def _rewrite(sql: str, tokens: list[tuple[int, int, str]], shape: ConflictUpdate
              proposal: str | None) -> _Parts:
     at = {token[0]: i for i, token in enumerate(tokens)}
     piece = lambda start, stop: apply_within(sql, splices, start, stop)  # noqa: E731
-
-    # [WITH ...] INSERT INTO name [[AS] alias] [(columns)] [OVERRIDING ... VALUE] source ON CONFLICT
-    name_at = at[oc.relation.location]
-    own_with = ""
-    if shape.has_with:
-        insert_at = _at_depth_zero(tokens, 0, "INSERT")
-        own_with = piece(tokens[0][0], tokens[insert_at - 1][1])
-    _, name_end = spans.qualified_name(oc.relation.location)
-    i = next(j for j in range(name_at, len(tokens)) if tokens[j][0] >= name_end)
-    if shape.alias is not None:
-        i += 2 if tokens[i][2] == "AS" else 1
-    if shape.columns is not None:
-        i = _closing(tokens, i) + 1
-    overriding = ""
-    if tokens[i][2] == "OVERRIDING":
-        overriding = " " + piece(tokens[i][0], tokens[i + 2][1])
-        i += 3
+    own_with, overriding, source_first = _insert_head(sql, tokens, shape, oc, spans, splices)
     on_at = at[oc.location]
-    source_first, source_last = i, on_at - 1
+    source_last = on_at - 1
 
     set_at = next(j for j in range(on_at, len(tokens) - 2)
                   if (tokens[j][2], tokens[j + 1][2], tokens[j + 2][2]) == ("DO", "UPDATE", "SET")) + 3
@@ -324,6 +352,65 @@ def _rewrite(sql: str, tokens: list[tuple[int, int, str]], shape: ConflictUpdate
         + (f" AND ({condition})" if condition else "") + f" RETURNING {alias}.*)"
     )
     return _Parts(own_with, ctes, returning, _in_proposed_order(table, arbiter, alias))
+
+
+def _insert_head(sql: str, tokens: list[tuple[int, int, str]], shape: ConflictUpdateShape, oc: OnConflict,
+                 spans: NameSpans, splices: list[Splice]) -> tuple[str, str, int]:
+    """`[WITH ...] INSERT INTO name [[AS] alias] [(columns)] [OVERRIDING ... VALUE] source
+    ON CONFLICT ...`: the INSERT's own WITH ("" if none), its OVERRIDING clause (with a
+    leading space, or ""), and the index of the source's first token."""
+    name_at = next(j for j, token in enumerate(tokens) if token[0] == oc.relation.location)
+    own_with = ""
+    if shape.has_with:
+        insert_at = _at_depth_zero(tokens, 0, "INSERT")
+        own_with = apply_within(sql, splices, tokens[0][0], tokens[insert_at - 1][1])
+    _, name_end = spans.qualified_name(oc.relation.location)
+    i = next(j for j in range(name_at, len(tokens)) if tokens[j][0] >= name_end)
+    if shape.alias is not None:
+        i += 2 if tokens[i][2] == "AS" else 1
+    if shape.columns is not None:
+        i = _closing(tokens, i) + 1
+    overriding = ""
+    if tokens[i][2] == "OVERRIDING":
+        overriding = " " + apply_within(sql, splices, tokens[i][0], tokens[i + 2][1])
+        i += 3
+    return own_with, overriding, i
+
+
+def overriding_nothing_splice(sql: str, statement: Statement, shape: ConflictUpdateShape, oc: OnConflict,
+                              table: ShadowTable, proposal: str, skip: str, spans: NameSpans,
+                              splices: list[Splice]) -> Splice:
+    """The splice that replaces `INSERT INTO t ... OVERRIDING USER VALUE <source> ON
+    CONFLICT ... DO NOTHING [RETURNING ...]` (`nothing_refusal` accepted it) with
+
+        WITH cowproxy_proposed AS (INSERT INTO B."t$proposal$user" ... <source> RETURNING *)
+        INSERT INTO B."t$skip..." AS t (<stored columns>) SELECT <stored columns> FROM cowproxy_proposed
+          [RETURNING ...]
+
+    The skip views fill identity columns only where no value is given (the client's
+    would be kept); the proposal view (`proposal`, qualified, for the clause) replaces
+    them with the sequence's next value, row by row, and evaluates every other default,
+    so the skip view (`skip`: its `$system` variant where a GENERATED ALWAYS column was
+    filled in) gets every stored column given. As in PostgreSQL the sequence advances
+    for every proposed row, the skipped ones too; the statement stays an INSERT
+    (`INSERT 0 n`, RETURNING in the proposed order)."""
+    tokens = spans.statement_tokens(statement.location, statement.length)
+    own_with, _, source_first = _insert_head(sql, tokens, shape, oc, spans, splices)
+    on_at = next(j for j, token in enumerate(tokens) if token[0] == oc.location)
+    end = next(j for j in range(on_at, len(tokens) - 1) if (tokens[j][2], tokens[j + 1][2]) == ("DO", "NOTHING")) + 2
+    returning = ""
+    if end < len(tokens) and tokens[end][2] == "RETURNING":
+        returning = " " + apply_within(sql, splices, tokens[end][0], tokens[-1][1])
+    elif end != len(tokens):
+        raise ValueError(f"unexpected {tokens[end][2]} at byte {tokens[end][0]}")
+    source_text = apply_within(sql, splices, tokens[source_first][0], tokens[on_at - 1][1])
+    listed = f" ({_names(shape.columns)})" if shape.columns is not None else ""
+    stored = _names(table.stored)
+    text = (f"{'WITH ' if not own_with else own_with + ', '}"
+            f"{PROPOSED} AS (INSERT INTO {proposal}{listed} {source_text} RETURNING *)"
+            f" INSERT INTO {skip} AS {quote_ident(shape.alias or oc.relation.name)} ({stored})"
+            f" SELECT {stored} FROM {PROPOSED}{returning}")
+    return Splice(tokens[0][0], tokens[-1][1], text)
 
 
 def _in_proposed_order(table: ShadowTable, arbiter: tuple[str, ...], alias: str) -> str:

@@ -27,10 +27,10 @@ from cowproxy.histogram import Tally
 from cowproxy.metrics import Metrics
 from cowproxy.sql import on_conflict, ordered_limit, references, row_locks
 from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, Scan, SqlSyntaxError, Statement, UpdateShape,
-                                  analyze, conflict_update_shape, cte_conflict_update, merge_shape, update_shape)
+                                  analyze, conflict_nothing_shape, conflict_update_shape, cte_conflict_update, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
 from cowproxy.sql.numbers import blanked, filled
-from cowproxy.sql.merge import MERGE_TAG, merge_splice, unsuitable as merge_unsuitable
+from cowproxy.sql.merge import MERGE_TAG, Recheck, merge_splice, unsuitable as merge_unsuitable
 from cowproxy.sql.rewrite import NameSpans, Splice, apply, apply_within, quote_ident, quote_literal
 from cowproxy.sql.upsert import UPDATE_TAG, ShadowTable, unsuitable, upsert_splice
 
@@ -486,6 +486,7 @@ class BranchPolicy:
         splices, reference_tags = self._reference_splices(sql, statements, splices, temp_tables)
         splices, tags = self._upserts(sql, statements, splices, temp_tables)
         splices, tags = self._conflict_updates(sql, statements, splices, tags, temp_tables)
+        splices = self._overriding_nothings(sql, statements, splices, temp_tables)
         splices, tags = self._merges(sql, statements, splices, tags, temp_tables)
         # A page's arms first: the row-lock wrapper copies the FROM they replace (and
         # its re-check the WHERE they replace, as the client wrote it).
@@ -792,13 +793,15 @@ class BranchPolicy:
                 refusal = self._conflict_update_refusal(st, oc, table)
                 if refusal:
                     return refusal
-            elif any(o.clause == OVERRIDING_USER and o.relation.location == oc.relation.location
-                     for o in st.overriding) and overlay_objects(*table).user_view in self.layout.local_names:
-                # The skip views have no USER VALUE variant: their trigger would keep the
-                # client's identity values, where PostgreSQL replaces them.
-                return Refusal("0A000", "INSERT ... OVERRIDING USER VALUE ... ON CONFLICT DO NOTHING is not supported "
-                                        f'on a table the branch has changed ("{oc.relation.name}") when it has an '
-                                        "identity column", "Leave out the identity columns instead of OVERRIDING USER VALUE.")
+            elif self._overriding_user_nothing(st, oc, table):
+                # The skip views have no USER VALUE variant (their trigger would keep the
+                # client's identity values): the rows go through the proposal view first.
+                shape = conflict_nothing_shape(st) if st.on_conflicts == (oc,) else None
+                has_proposal = (self._has_proposal(table)
+                                and proposal_view_name(*table, OVERRIDING_USER) in self.layout.local_names)
+                refusal = on_conflict.nothing_refusal(shape, oc, self.layout.shadow_tables.get(table), has_proposal)
+                if refusal:
+                    return refusal
         plan = row_locks.lock_plan(st, lambda rel: self._lockable_shadow(rel, temp_tables)) if st.locked else None
         return plan if isinstance(plan, Refusal) else None
 
@@ -884,7 +887,8 @@ class BranchPolicy:
         (branch/overlay.py `overriding_views`). Overlays made before those views existed
         keep the shadow, where the clause has no effect; inserts that also have ON
         CONFLICT go to a skip view (its `$system` variant for SYSTEM VALUE, where there
-        is one: `_on_conflict_splices`) or are rewritten whole (DO UPDATE)."""
+        is one: `_on_conflict_splices`) or are rewritten whole (DO UPDATE; DO NOTHING
+        with USER VALUE: `_overriding_nothings`)."""
         splices = []
         with_conflict = {oc.relation.location for oc in st.on_conflicts}
         for overriding in st.overriding:
@@ -961,6 +965,38 @@ class BranchPolicy:
             shape = cte.shape if cte is not None and not cte.shape.has_with else None
         return on_conflict.refusal(shape, oc, self.layout.shadow_tables.get(table),
                                    has_row_sink(self.layout.local_names), proposal)
+
+    def _overriding_user_nothing(self, st: Statement, oc: OnConflict, table: tuple[str, str]) -> bool:
+        """`oc` is the DO NOTHING of an `INSERT ... OVERRIDING USER VALUE` into a shadow
+        whose identity columns the clause replaces (it has `T$user`)."""
+        return (oc.action == "nothing" and overlay_objects(*table).user_view in self.layout.local_names
+                and any(o.clause == OVERRIDING_USER and o.relation.location == oc.relation.location
+                        for o in st.overriding))
+
+    def _overriding_nothings(self, sql: str, statements: list[Statement], splices: list[Splice],
+                             temp_tables: frozenset[str]) -> list[Splice]:
+        """Every top-level `INSERT ... OVERRIDING USER VALUE ... ON CONFLICT DO NOTHING`
+        into a shadow with identity columns (which `_shadow_refusal` let through)
+        replaces its statement's text: its rows are proposed through `T$proposal$user`,
+        then inserted into the skip view (sql/on_conflict.py `overriding_nothing_splice`)."""
+        spans: NameSpans | None = None
+        for st in statements:
+            if len(st.on_conflicts) != 1 or st.on_conflicts[0].location < 0:
+                continue
+            oc = st.on_conflicts[0]
+            table = self._production_table(oc.relation, temp_tables)
+            if table is None or not self._is_shadow(table) or not self._overriding_user_nothing(st, oc, table):
+                continue
+            shape = conflict_nothing_shape(st)
+            if shape is None:
+                continue
+            proposal, skip = self._upsert_views(table, oc, OVERRIDING_USER)
+            assert proposal is not None  # _shadow_refusal refused it otherwise
+            spans = spans or NameSpans(sql)
+            replacement = on_conflict.overriding_nothing_splice(
+                sql, st, shape, oc, self.layout.shadow_tables[table], proposal, skip, spans, splices)
+            splices = [s for s in splices if not replacement.start <= s.start < replacement.end] + [replacement]
+        return splices
 
     def _has_proposal(self, table: tuple[str, str]) -> bool:
         """The branch's own overlay of `table` has the `T$proposal` views (newer overlays)."""
@@ -1045,10 +1081,13 @@ class BranchPolicy:
                 continue
             table, shape = target
             spans = spans or NameSpans(sql)
+            info = self.layout.shadow_tables[table]
+            objects = overlay_objects(*table)
+            recheck = (Recheck(self._own(objects.rows), self._own(objects.relock_fn))
+                       if info.relockable and self.layout.overlays.get(table) == self.layout.schema else None)
             try:
-                replacement = merge_splice(sql, st, shape, self.layout.shadow_tables[table],
-                                           row_sink_target(self.layout.schema), spans, splices,
-                                           self._merge_insert_views(table), self.layout.volatile_functions)
+                replacement = merge_splice(sql, st, shape, info, row_sink_target(self.layout.schema), spans, splices,
+                                           self._merge_insert_views(table), self.layout.volatile_functions, recheck)
             except ValueError:
                 replacement = None  # sent as written: PostgreSQL refuses MERGE into a view (0A000)
             if replacement is None:

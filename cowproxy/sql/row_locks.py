@@ -25,27 +25,37 @@ could evaluate the lock call before the sort, on every matching row).
 
 T$lock raises 40001 for a row another transaction changed after the statement's
 snapshot (its values are computed already), where READ COMMITTED re-checks the new
-version (EvalPlanQual). A statement whose FROM is the one shadow it locks, whose WHERE
-and output list may be evaluated twice (no volatile or set-returning calls) and name
-no `schema.table.column`, is re-checked exactly instead (`LockPlan.recheck`):
+version (EvalPlanQual). A statement whose FROM items are all named tables or views,
+every shadow it locks having T$relock, whose WHERE, join conditions and output list may
+be evaluated twice (no volatile or set-returning calls) and name no `schema.table.column`
+nor a system column, is re-checked exactly instead (`LockPlan.recheck`), as EvalPlanQual
+does: each locked shadow's row in the version it locked, every other relation's row as
+the statement first saw it (PostgreSQL re-fetches those by ctid), the client's own FROM,
+WHERE and list evaluated again over that combination:
 
-    [WITH ...] SELECT <list, * as t.*> FROM (SELECT <list>, ROW(t.*)::B."t" FROM <from>
-           WHERE <cond> ORDER BY <order> OFFSET 0) AS cowproxy_locking (c1, ..., l1)
-      CROSS JOIN LATERAL B."t$relock"(cowproxy_locking.l1, 'update', 'wait') AS t
+    [WITH ...] SELECT <list, * as t.*, c.*> FROM (SELECT s.l1, s.r1 FROM (SELECT <list>,
+           ROW(t.*)::B."t" AS l1, COALESCE(c.*) AS r1 FROM <from> WHERE <cond>
+           ORDER BY <order> OFFSET 0) AS s) AS cowproxy_locking,
+         LATERAL B."t$relock"(cowproxy_locking.l1, 'update', 'wait') AS t
+           JOIN LATERAL pg_catalog.unnest(ARRAY[cowproxy_locking.r1]) AS c ON <on>
      WHERE <cond> LIMIT n OFFSET m
 
-T$relock locks as T$lock does and returns the version it locked (no row: skipped), so
-the client's WHERE runs again on it and its list is computed from it; the order is the
-derived table's (PostgreSQL does not sort again after a re-check). Joins keep 40001. The outer list
-gives each column the name PostgreSQL gives it in the client's statement, so it needs
-the names: written with AS, or a column reference, function call, cast, ... (PostgreSQL's
-FigureColname), and `*` of shadows (their columns are known). Every statement this cannot
-serve exactly is refused with 0A000 naming the feature: a locking clause that also covers
-a table that is not a shadow (a copied or branch-created table, a subquery), locking
-inside a subquery or CTE, `*` of a table whose columns the layout does not know, an output
-column whose name cannot be told; and, with PostgreSQL's own messages, what it refuses
-itself: UNION/INTERSECT/EXCEPT, DISTINCT, GROUP BY, HAVING, window functions, the nullable
-side of an outer join.
+T$relock locks as T$lock does and returns the version it locked (no row: skipped, and
+not counted by LIMIT), so the client's WHERE and join conditions run again on it and its
+list is computed from it; `COALESCE(c.*)` is the other relation's whole row (NULL where
+an outer join found none: then `unnest` gives no row and the join null-extends again);
+the order is the derived table's (PostgreSQL does not sort again after a re-check). The
+middle projection keeps the client's columns out of the names the outer query sees.
+Without the re-check, the outer list gives each column the name PostgreSQL gives it in
+the client's statement, so it needs the names: written with AS, or a column reference,
+function call, cast, ... (PostgreSQL's FigureColname), and `*` of shadows (their columns
+are known). Every statement this cannot serve exactly is refused with 0A000 naming the
+feature: a locking clause that also covers a table that is not a shadow (a copied or
+branch-created table, a subquery), locking inside a subquery or CTE, and without the
+re-check `*` of a table whose columns the layout does not know or over a join's merged
+(USING) columns, an output column whose name cannot be told; and, with PostgreSQL's own
+messages, what it refuses itself: UNION/INTERSECT/EXCEPT, DISTINCT, GROUP BY, HAVING,
+window functions, the nullable side of an outer join.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from cowproxy.sql.analyze import Refusal, Relation, Statement, _References, _rel
 from cowproxy.sql.rewrite import NameSpans, Splice, apply_within, nesting, quote_ident, quote_literal
 
 SUBQUERY = "cowproxy_locking"
+SEEN = "cowproxy_seen"
 
 STRENGTHS = {"LCS_FORKEYSHARE": "key share", "LCS_FORSHARE": "share", "LCS_FORNOKEYUPDATE": "no key update",
              "LCS_FORUPDATE": "update"}
@@ -66,6 +77,8 @@ WAITS = {"LockWaitBlock": "wait", "LockWaitSkip": "skip", "LockWaitError": "nowa
 _WAIT_ORDER = ("wait", "skip", "nowait")  # PostgreSQL: NOWAIT wins over SKIP LOCKED, which wins over waiting
 
 _TAIL_KEYWORDS = frozenset({"LIMIT", "OFFSET", "FETCH", "FOR"})
+_STAR = "ASCII_42"
+_OPENING, _CLOSING = "ASCII_40", "ASCII_41"
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class _FromItem:
     nullable: bool                 # on the nullable side of an outer join
     column_aliases: tuple[str, ...] = ()
     shadow: Shadow | None = None
+    aliased: bool = False          # `name [AS] alias`: the alias is written
 
 
 @dataclass(frozen=True)
@@ -104,9 +118,13 @@ class LockPlan:
     locks: tuple[_Lock, ...]
     names: tuple[str, ...]
     recheck: bool = False
-    """One shadow, the FROM's only item, its T$relock there, and a WHERE and output list
-    that can be evaluated twice: the wrapper re-checks the WHERE on the version locked
-    and computes the output from it (READ COMMITTED's EvalPlanQual) instead of failing."""
+    """Every FROM item a named relation, every shadow locked with its T$relock, and a
+    WHERE, join conditions and output list that can be evaluated twice: the wrapper
+    re-checks them on the versions locked, the other relations' rows as the statement
+    saw them, and computes the output from those (READ COMMITTED's EvalPlanQual)
+    instead of failing. `names` may then be empty (the client's own list is used)."""
+    items: tuple[_FromItem, ...] = ()
+    """With `recheck`: the FROM's relations, in order."""
 
 
 Classify = Callable[[Relation], "Shadow | None"]
@@ -160,28 +178,60 @@ def lock_plan(st: Statement, classify: Classify,
         return refusal
     if any(lock.item.shadow is not None and lock.item.shadow.function is None for lock in locks.values()):
         return _refusal("on an overlay made by an older cowproxy", "Upgrade the branch, keeping its rows: cowproxy branch upgrade NAME.")
+    recheck = _can_recheck(body, items, locks, unsafe_functions)
     names = _output_names(body, items)
     if isinstance(names, Refusal):
-        return names
-    return LockPlan(tuple(locks.values()), tuple(names), _can_recheck(body, items, locks, unsafe_functions))
+        if not recheck:
+            return names
+        names = []  # the re-check's list is the client's own: PostgreSQL names its columns
+    return LockPlan(tuple(locks.values()), tuple(names), recheck, tuple(items) if recheck else ())
 
 
 def _can_recheck(body: dict[str, Any], items: list[_FromItem], locks: dict[str, _Lock],
                  unsafe_functions: frozenset[str] | None) -> bool:
-    """Whether the re-checking wrapper means what the statement means: its FROM is the
-    one shadow it locks (a join would need the other tables' rows re-fetched as
-    PostgreSQL's EvalPlanQual does), whose overlay has T$relock; nothing in the WHERE or
-    the output list changes when evaluated twice (volatile or set-returning calls); no
-    `schema.table.column` names (the locked row is bound to the alias alone)."""
-    if len(items) != 1 or len(locks) != 1 or items[0].relation is None or body.get("windowClause"):
+    """Whether the re-checking wrapper means what the statement means, as PostgreSQL's
+    EvalPlanQual: every FROM item is a named table or view (a subquery, function, CTE or
+    join alias is not carried through the wrapper; a LATERAL subquery would have to be
+    evaluated again), every shadow locked has T$relock; nothing in the WHERE, the join
+    conditions or the output list changes when evaluated twice (volatile or
+    set-returning calls); no `schema.table.column` names (the rows are bound to the
+    aliases alone), no system columns (the rows handed on have none); no bare `*` over
+    a join's merged (USING, NATURAL) columns (it is rewritten as each alias's `*`)."""
+    if body.get("windowClause") or not items:
         return False
-    shadow = items[0].shadow
-    if shadow is None or shadow.relock is None or items[0].alias not in locks:
+    from_clause = body.get("fromClause", [])
+    ctes = {cte.get("CommonTableExpr", {}).get("ctename") for cte in (body.get("withClause") or {}).get("ctes", [])}
+    for item in items:
+        if item.relation is None or not item.alias or (item.relation.schema is None and item.relation.name in ctes):
+            return False
+        lock = locks.get(item.alias)
+        if lock is not None and (item.shadow is None or item.shadow.relock is None):
+            return False
+    targets = body.get("targetList", [])
+    if _merges_columns(from_clause) and any(_star(t.get("ResTarget", {}).get("val") or {}) == "" for t in targets):
         return False
     refs = _References()
-    refs.walk([body.get("targetList", []), body.get("whereClause") or {}], count_functions=True)
+    refs.walk([targets, body.get("whereClause") or {}, from_clause], count_functions=True)
     unsafe = refs.functions if unsafe_functions is None else refs.functions & unsafe_functions
-    return not unsafe and not refs.long_references
+    return not unsafe and not refs.long_references and not refs.column_names & _SYSTEM_COLUMNS
+
+
+_SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+"""A row handed on through the wrapper has none (nor has a shadow, a view)."""
+
+
+def _merges_columns(from_clause: list[Any]) -> bool:
+    """A join with USING or NATURAL: its merged columns come first in `*`, once."""
+    stack: list[Any] = list(from_clause)
+    while stack:
+        node = stack.pop()
+        join = node.get("JoinExpr") if isinstance(node, dict) else None
+        if join is None:
+            continue
+        if join.get("usingClause") or join.get("isNatural"):
+            return True
+        stack += [join["larg"], join["rarg"]]
+    return False
 
 
 def _postgres_refusal(body: dict[str, Any], strength: str, locks: dict[str, _Lock]) -> Refusal | None:
@@ -229,7 +279,7 @@ def _from_items(from_clause: list[Any], classify: Classify) -> list[_FromItem]:
             relation = _relation(value)
             alias = value.get("alias") or {}
             items.append(_FromItem(alias.get("aliasname") or value["relname"], relation, nullable,
-                                   _names(alias.get("colnames", [])), classify(relation)))
+                                   _names(alias.get("colnames", [])), classify(relation), bool(alias)))
         elif kind == "JoinExpr":
             join = value.get("jointype", "JOIN_INNER")
             visit(value["larg"], nullable or join in ("JOIN_RIGHT", "JOIN_FULL"))
@@ -264,6 +314,7 @@ _UNNAMED = frozenset({"A_Const", "ParamRef", "BoolExpr", "NullTest", "BooleanTes
 
 
 def _output_names(body: dict[str, Any], items: list[_FromItem]) -> list[str] | Refusal:
+    merged = _merges_columns(body.get("fromClause", []))
     names: list[str] = []
     for target in body.get("targetList", []):
         res = target.get("ResTarget", {})
@@ -273,7 +324,7 @@ def _output_names(body: dict[str, Any], items: list[_FromItem]) -> list[str] | R
         val = res.get("val") or {}
         star = _star(val)
         if star is not None:
-            expanded = _expand(star, items)
+            expanded = _expand(star, items) if not (merged and star == "") else None
             if expanded is None:
                 return _refusal("with * of a table the branch has not changed, a join with USING, or a subquery",
                                 "List the columns instead of *.")
@@ -404,14 +455,24 @@ def row_lock_splice(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, s
     lock_columns = [f"cowproxy_lock_{n}" for n in range(1, len(plan.locks) + 1)]
     seen = [f"ROW({quote_ident(lock.item.alias)}.*)::{lock.item.shadow.view}" for lock in plan.locks
             if lock.item.shadow is not None]
-    inner = (piece(tokens[select][0], tokens[from_at - 1][1]) + ", " + ", ".join(seen) + " "
-             + piece(tokens[from_at][0], tokens[tail - 1][1]) + " OFFSET 0")
     prefix = piece(tokens[0][0], tokens[select - 1][1]) + " " if select > 0 else ""
-    derived = f"({inner}) AS {SUBQUERY} ({', '.join(columns + lock_columns)})"
     if plan.recheck:
+        # Named in the list and picked by a projection, not by a column list: the client's
+        # own columns need not be counted, and are not visible to its names outside.
+        carried = [item for item in plan.items if item.alias not in _locked_aliases(plan)]
+        extra = lock_columns + [_carried_column(n) for n in range(1, len(carried) + 1)]
+        rows = seen + [f"COALESCE({quote_ident(item.alias)}.*)" for item in carried]
+        inner = (piece(tokens[select][0], tokens[from_at - 1][1]) + ", "
+                 + ", ".join(f"{row} AS {column}" for row, column in zip(rows, extra)) + " "
+                 + piece(tokens[from_at][0], tokens[tail - 1][1]) + " OFFSET 0")
+        picked = ", ".join(f"{SEEN}.{column}" for column in extra)
+        derived = f"(SELECT {picked} FROM ({inner}) AS {SEEN}) AS {SUBQUERY}"
         text = prefix + _recheck_query(sql, st, plan, spans, tokens, depths, (select, from_at, tail),
                                        original_splices if original_splices is not None else splices, derived)
         return Splice(tokens[0][0], tokens[-1][1], text + "".join(" " + limit for limit in limits))
+    inner = (piece(tokens[select][0], tokens[from_at - 1][1]) + ", " + ", ".join(seen) + " "
+             + piece(tokens[from_at][0], tokens[tail - 1][1]) + " OFFSET 0")
+    derived = f"({inner}) AS {SUBQUERY} ({', '.join(columns + lock_columns)})"
     outer_list = ", ".join(f"{SUBQUERY}.{c} AS {quote_ident(name)}" for c, name in zip(columns, plan.names))
     calls = " AND ".join(
         f"{lock.item.shadow.function}({SUBQUERY}.{column}, {quote_literal(lock.mode)}, {quote_literal(lock.wait)})"
@@ -421,27 +482,90 @@ def row_lock_splice(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, s
     return Splice(tokens[0][0], tokens[-1][1], text)
 
 
+def _locked_aliases(plan: LockPlan) -> list[str]:
+    return [lock.item.alias for lock in plan.locks]
+
+
+def _carried_column(n: int) -> str:
+    return f"cowproxy_row_{n}"
+
+
+_FROM_END_KEYWORDS = frozenset({"WHERE", "GROUP", "HAVING", "WINDOW", "ORDER"})
+
+
 def _recheck_query(sql: str, st: Statement, plan: LockPlan, spans: NameSpans, tokens: list[tuple[int, int, str]],
                    depths: list[int], at: tuple[int, int, int], splices: list[Splice], derived: str) -> str:
-    """`SELECT <list> FROM <derived> CROSS JOIN LATERAL B."t$relock"(...) AS <alias>
-    WHERE <cond>`: the client's own list and WHERE, on the version T$relock locked and
-    returned (no row: skipped). The derived table keeps the client's order (ORDER BY may
-    name output columns, so it keeps the list too); nothing sorts again, as
-    PostgreSQL does not after re-checking a row."""
+    """`SELECT <list> FROM <derived>, <from> WHERE <cond>`: the client's own list, FROM
+    (joins and their conditions) and WHERE, each table of the FROM replaced by a row
+    the derived table hands on: a locked shadow by `LATERAL B."t$relock"(...) AS t`,
+    the version T$relock locked (no row: skipped); any other relation by the row the
+    statement saw, `LATERAL pg_catalog.unnest(ARRAY[carried]) AS c` (typed as the
+    relation, so `c` as a whole row is too; no row where an outer join found none), as
+    PostgreSQL's EvalPlanQual re-fetches it. So the WHERE and join
+    conditions run again on the new versions of the locked rows and the rest as first
+    seen, and the list is computed from them. The derived table keeps the client's
+    order (ORDER BY may name output columns, so it keeps the list too); nothing sorts
+    again, as PostgreSQL does not after re-checking a row."""
     select, from_at, tail = at
-    lock = plan.locks[0]
-    item, shadow = lock.item, lock.item.shadow
-    assert shadow is not None and shadow.relock is not None
-    alias = quote_ident(item.alias)
-    # `*` is the locked row's columns (the derived table's are not the client's).
-    stars = [Splice(*spans.token(target["ResTarget"]["val"]["ColumnRef"]["location"]), f"{alias}.*")
+    locks = {lock.item.alias: (n, lock) for n, lock in enumerate(plan.locks, 1)}
+    replaced: list[Splice] = []
+    carried = 0
+    for item in plan.items:
+        renamed = f" ({', '.join(quote_ident(c) for c in item.column_aliases)})" if item.column_aliases else ""
+        if item.alias in locks:
+            n, lock = locks[item.alias]
+            assert lock.item.shadow is not None and lock.item.shadow.relock is not None
+            source = (f"{lock.item.shadow.relock}({SUBQUERY}.cowproxy_lock_{n}, {quote_literal(lock.mode)},"
+                      f" {quote_literal(lock.wait)})")
+        else:
+            carried += 1
+            row = f"{SUBQUERY}.{_carried_column(carried)}"
+            rows = f"ARRAY[{row}]"
+            if item.nullable:  # NULL: the outer join found no row; unnest gives none, the join null-extends
+                rows = f"CASE WHEN pg_catalog.num_nulls({row}) = 0 THEN {rows} END"
+            source = f"pg_catalog.unnest({rows})"  # typed as the relation: `c` is its row, as in the client's FROM
+        start, end = _item_span(spans, item)
+        replaced.append(Splice(start, end, f"LATERAL {source} AS {quote_ident(item.alias)}{renamed}"))
+    # `*` is the relations' columns (the derived table's are not the client's).
+    every_column = ", ".join(f"{quote_ident(item.alias)}.*" for item in plan.items)
+    stars = [Splice(*spans.token(target["ResTarget"]["val"]["ColumnRef"]["location"]), every_column)
              for target in st.body.get("targetList", [])
              if _star(target.get("ResTarget", {}).get("val") or {}) == ""]
     output = apply_within(sql, splices + stars, tokens[select + 1][0], tokens[from_at - 1][1])
+    from_end = next((i for i in range(from_at, tail) if depths[i] == 0 and tokens[i][2] in _FROM_END_KEYWORDS), tail)
+    outside = [s for s in splices if not any(r.start <= s.start < r.end for r in replaced)]
+    from_items = apply_within(sql, outside + replaced, tokens[from_at + 1][0], tokens[from_end - 1][1])
     where_at = next((i for i in range(from_at, tail) if depths[i] == 0 and tokens[i][2] == "WHERE"), None)
     order_at = next((i for i in range(from_at, tail) if depths[i] == 0 and tokens[i][2] == "ORDER"), tail)
     condition = (" WHERE " + apply_within(sql, splices, tokens[where_at + 1][0], tokens[order_at - 1][1])
                  if where_at is not None else "")
-    renamed = f" ({', '.join(quote_ident(c) for c in item.column_aliases)})" if item.column_aliases else ""
-    call = f"{shadow.relock}({SUBQUERY}.cowproxy_lock_1, {quote_literal(lock.mode)}, {quote_literal(lock.wait)})"
-    return f"SELECT {output} FROM {derived} CROSS JOIN LATERAL {call} AS {alias}{renamed}{condition}"
+    return f"SELECT {output} FROM {derived}, {from_items}{condition}"
+
+
+def _item_span(spans: NameSpans, item: _FromItem) -> tuple[int, int]:
+    """[start, end) of a FROM item naming a relation: `[ONLY] name [*] [[AS] alias [(columns)]]`
+    or `ONLY (name) [[AS] alias [(columns)]]`."""
+    assert item.relation is not None
+    start, end = spans.qualified_name(item.relation.location)
+    before, after = spans.neighbors(start, end)
+    if before is not None and before[2] == "ONLY":
+        start = before[0]
+    elif before is not None and before[2] == _OPENING and after is not None and after[2] == _CLOSING:
+        only = spans.neighbors(before[0], before[1])[0]
+        if only is not None and only[2] == "ONLY":
+            start, end = only[0], after[1]
+            after = spans.neighbors(after[0], end)[1]
+    if after is not None and after[2] == _STAR:
+        end = after[1]
+        after = spans.neighbors(after[0], end)[1]
+    if item.aliased:
+        if after is not None and after[2] == "AS":
+            after = spans.neighbors(after[0], after[1])[1]
+        assert after is not None
+        end = after[1]  # the alias
+        if item.column_aliases:
+            tokens = spans.code_tokens(end, 1 << 62)
+            depths = nesting(tokens)
+            closing = next(i for i in range(1, len(tokens)) if depths[i] == 0)
+            end = tokens[closing][1]
+    return start, end

@@ -79,7 +79,10 @@ class ShadowTable:
     """The overlay has `T$lock` (SELECT ... FOR UPDATE/SHARE, sql/row_locks.py); older ones do not."""
     relockable: bool = False
     """The overlay has `T$relock` (the lock returning the version it locked: READ COMMITTED's
-    re-check of a one-table locking SELECT, sql/row_locks.py); older ones do not."""
+    re-check of a locking SELECT, sql/row_locks.py); older ones do not."""
+    referenced: bool = True
+    """Another table's foreign key references the table (its DELETE trigger checks them);
+    unknown: assumed."""
 
     @property
     def stored(self) -> tuple[str, ...]:

@@ -663,7 +663,8 @@ async def test_a_lock_waiting_for_a_row_changed_meanwhile_returns_its_new_versio
     another transaction changed and committed re-checks its WHERE on the new version
     and returns it (T$relock), as PostgreSQL's EvalPlanQual does; a row that no longer
     matches is skipped and LIMIT takes the next one. REPEATABLE READ still fails with
-    PostgreSQL's own 40001. A join keeps the documented difference: 40001."""
+    PostgreSQL's own 40001. A join re-checks too, the other relation's row as first
+    seen; a subquery in the FROM keeps the documented difference: 40001."""
     branch = await branches()
     writer, locker = await on(proxy, branch), await on(proxy, branch)
     try:
@@ -698,7 +699,16 @@ async def test_a_lock_waiting_for_a_row_changed_meanwhile_returns_its_new_versio
 
         await writer.execute("BEGIN")
         await writer.execute("UPDATE accounts SET balance = 9 WHERE id = 9")
-        waiting = asyncio.ensure_future(locker.fetch("SELECT a.id, b.id FROM accounts a JOIN accounts b ON b.id = a.id"
+        waiting = asyncio.ensure_future(locker.fetch("SELECT a.id, a.balance, b.balance FROM accounts a"
+                                                     " JOIN accounts b ON b.id = a.id WHERE a.id = 9 FOR UPDATE OF a"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await writer.execute("COMMIT")
+        assert [tuple(r) for r in await waiting] == [(9, 9, 8)]   # b: the row first seen
+
+        await writer.execute("BEGIN")
+        await writer.execute("UPDATE accounts SET balance = 10 WHERE id = 9")
+        waiting = asyncio.ensure_future(locker.fetch("SELECT a.id, s.x FROM accounts a, (SELECT 1 AS x) s"
                                                      " WHERE a.id = 9 FOR UPDATE OF a"))
         await asyncio.sleep(0.3)
         await writer.execute("COMMIT")

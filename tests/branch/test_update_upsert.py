@@ -219,7 +219,8 @@ def test_the_layout_describes_each_shadow_from_its_rows_table(world):
         columns=("id", "owner", "balance", "note", "tags", "doubled", "email", "branch_id"), key=("id",),
         generated=frozenset({"doubled"}), guarded=frozenset({"id", "doubled", "email", "branch_id"}),
         types=("integer", "text", "integer", "text", "text[]", "integer", "text", "integer"),
-        constraints=(("accounts_email_key", ("email",)), ("accounts_pkey", ("id",))), lockable=True, relockable=True)
+        constraints=(("accounts_email_key", ("email",)), ("accounts_pkey", ("id",))), lockable=True, relockable=True,
+        referenced=False)
     assert tables[("public", "items")].guarded == {"id"}
     assert ("public", "branches") not in tables  # not overlaid
     assert {"random", "nextval", "generate_series"} <= world.policy.layout.unsafe_functions

@@ -15,6 +15,7 @@ from cowproxy.protocol.messages import (
     encode_bind,
     encode_close,
     encode_describe,
+    encode_error_response,
     encode_execute,
     encode_parse,
     encode_query,
@@ -99,6 +100,39 @@ def test_a_pending_statement_is_not_used_and_an_error_drops_it():
     assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", READ_REWRITTEN))
     settle(gate)
     assert upstream_bytes(gate, *statement(READ)).startswith(encode_parse("", "") + encode_bind("", "cowproxy_ap_2", (b"1",)))
+
+
+def _missing(name: str) -> bytes:
+    """PostgreSQL's ErrorResponse for a Bind of a statement that does not exist."""
+    message = "unnamed prepared statement does not exist" if not name else f'prepared statement "{name}" does not exist'
+    return encode_error_response("ERROR", "26000", message)
+
+
+def test_a_failed_first_sight_s_statement_is_missing_in_postgresql_s_words_for_the_unnamed_one():
+    gate, _relay = branch_gate()
+    prepared = gate.autoprepared
+    assert prepared is not None
+    upstream_bytes(gate, encode_parse("", READ), S)
+    settle(gate, error=True)  # (the Parse failed: no cowproxy_ap_1)
+    assert upstream_bytes(gate, encode_bind("", "", (b"1",)), S) == encode_bind("", "cowproxy_ap_1", (b"1",)) + S
+    row = b"D\x00\x00\x00\x06\x00\x00"
+    chunk = row + _missing("cowproxy_ap_1") + b"Z\x00\x00\x00\x05I"
+    events = [(0x45, _missing("cowproxy_ap_1")[5:])]
+    assert prepared.client_errors(chunk, events) == row + _missing("") + b"Z\x00\x00\x00\x05I"
+    # Other statements' errors, and the route's own filter, are left as they are.
+    for name in ("cowproxy_ap_2", "s1"):
+        assert prepared.client_errors(_missing(name), [(0x45, _missing(name)[5:])]) == _missing(name)
+    prepared.route_filter = lambda data, events: data + b"!"
+    assert prepared.client_errors(_missing("s1"), [(0x45, _missing("s1")[5:])]) == _missing("s1") + b"!"
+
+
+def test_an_error_after_another_statement_replaced_the_alias_leaves_its_statement_certain():
+    gate, _relay = branch_gate()
+    prepared = gate.autoprepared
+    assert prepared is not None
+    upstream_bytes(gate, encode_parse("", READ), S, encode_parse("", PLAIN), S)
+    settle(gate, error=True)
+    assert prepared.doubtful is None and prepared.alias is None
 
 
 def test_where_the_transaction_may_have_failed_the_parse_is_one_that_fails_there_too():

@@ -328,3 +328,37 @@ def test_the_source_items_of_a_merge(source, items, sampled):
     (st,) = analyze(f"MERGE INTO t USING {source} ON true WHEN MATCHED THEN DELETE")
     shape = merge_shape(st)
     assert (shape.source_items, shape.sampled) == (items, sampled)
+
+
+RELOCKED = BranchLayout(**{**LAYOUT.__dict__, "shadow_tables": {
+    ("public", "t"): ShadowTable(columns=("id", "x", "p", "note"), key=("id",), guarded=frozenset({"note"}),
+                                 relockable=True, referenced=False),
+    ("public", "lines"): LINES}})
+
+
+def test_matched_actions_are_rechecked_on_the_version_locked_where_the_overlay_has_relock():
+    text = BranchPolicy(RELOCKED, Metrics()).decide(
+        "MERGE INTO t AS a USING (SELECT 1 AS id, 2 AS x) AS s ON a.id = s.id"
+        " WHEN MATCHED AND a.p = 1 THEN UPDATE SET x = s.x, \"p\" = a.p + 1"
+        " WHEN MATCHED AND a.p = 2 THEN UPDATE SET note = 'n'"
+        " WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT (id, x) VALUES (s.id, s.x)").sql
+    relock = f'"{SCHEMA}"."t$relock"(cowproxy_p.cowproxy_t, CASE WHEN cowproxy_p.cowproxy_w IN (3) THEN'
+    assert relock in text and "WHERE cowproxy_p.cowproxy_w IN (1, 2, 3))" in text
+    # Re-decided on the version locked: ON, then the MATCHED clauses; ON false or gone: NOT MATCHED.
+    assert ("WHEN (a.id = s.id) THEN CASE WHEN (a.p = 1) THEN 1 WHEN (a.p = 2) THEN 2 ELSE 3 END ELSE -1 END"
+            in text)
+    # Clause 1 writes a changed row into T$rows, SET computed from the version locked.
+    assert (f'cowproxy_c1 AS (INSERT INTO "{SCHEMA}"."t$rows" ("id", "x", "p", "note") SELECT "a"."id", (s.x),'
+            ' (a.p + 1), "a"."note" FROM cowproxy_e LEFT JOIN LATERAL (SELECT (cowproxy_e.cowproxy_c).*) AS "a"'
+            in text)
+    # Clause 2 sets a column the trigger checks: a changed row keeps failing with 40001.
+    assert "cowproxy_c2 AS (SELECT CASE WHEN \"cowproxy_b_alice\".cowproxy_raise('40001'" in text
+    # The DELETE of a changed row no foreign key references: a deletion marker.
+    assert "true FROM cowproxy_e WHERE NOT cowproxy_e.cowproxy_same AND cowproxy_e.cowproxy_w = 3" in text
+    assert "cowproxy_x AS MATERIALIZED" in text and "cowproxy_c4 AS (INSERT INTO t (id, x) SELECT" in text
+
+
+def test_a_source_that_cannot_be_carried_keeps_the_per_cte_form_even_with_relock():
+    text = BranchPolicy(RELOCKED, Metrics()).decide(
+        "MERGE INTO t USING generate_series(1, 3) AS s(id) ON t.id = s.id WHEN MATCHED THEN DELETE").sql
+    assert "relock" not in text and text.startswith("WITH cowproxy_m0 AS (SELECT CASE")

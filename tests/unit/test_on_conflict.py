@@ -221,15 +221,55 @@ def test_identity_is_filled_in_by_the_proposal_and_kept_by_the_system_skip_view(
     assert "OVERRIDING" not in sql
 
 
-def test_do_nothing_with_overriding_user_value_on_an_identity_table_is_refused(new_policy):
-    """The skip views have no USER VALUE variant: the client's identity values would be
-    kept where PostgreSQL replaces them."""
-    names = NEW_NAMES | {"g$user"}
+@pytest.fixture
+def user_policy() -> BranchPolicy:
+    """g has a GENERATED ALWAYS identity column: its overlay has `g$user` (OVERRIDING USER
+    VALUE) and `g$skip$system` (ON CONFLICT DO NOTHING without a target)."""
+    return BranchPolicy(replace(NEW_LAYOUT, local_names=NEW_NAMES | {"g$user", "g$skip$system"}), Metrics())
+
+
+def test_do_nothing_with_overriding_user_value_proposes_the_rows_through_the_user_proposal_view(user_policy):
+    """The skip views keep the client's identity values, where PostgreSQL replaces them:
+    the rows go through g$proposal$user first, then every stored column to the skip view."""
+    decision = user_policy.decide("WITH s AS (SELECT 2 AS n) INSERT INTO public.g AS x (id, sku, qty)"
+                                  " OVERRIDING USER VALUE SELECT n, 'a', n FROM s ON CONFLICT (sku) DO NOTHING"
+                                  " RETURNING x.id, doubled")
+    assert decision.action is Action.REWRITE and decision.tags == ()
+    assert decision.sql == (
+        'WITH s AS (SELECT 2 AS n), cowproxy_proposed AS (INSERT INTO "cowproxy_b_alice"."g$proposal$user"'
+        ' ("id", "sku", "qty") SELECT n, \'a\', n FROM s RETURNING *) INSERT INTO "cowproxy_b_alice"."g$skip(sku)$system"'
+        ' AS "x" ("id", "sku", "qty") SELECT "id", "sku", "qty" FROM cowproxy_proposed RETURNING x.id, doubled')
+    bare = user_policy.decide("INSERT INTO g OVERRIDING USER VALUE VALUES (1, 'a', 2) ON CONFLICT DO NOTHING;"
+                              " INSERT INTO g (sku, qty) OVERRIDING SYSTEM VALUE VALUES ('b', 1) ON CONFLICT DO NOTHING")
+    assert bare.sql == (
+        'WITH cowproxy_proposed AS (INSERT INTO "cowproxy_b_alice"."g$proposal$user" VALUES (1, \'a\', 2) RETURNING *)'
+        ' INSERT INTO "cowproxy_b_alice"."g$skip$system" AS "g" ("id", "sku", "qty") SELECT "id", "sku", "qty"'
+        ' FROM cowproxy_proposed; INSERT INTO "cowproxy_b_alice"."g$skip$system" (sku, qty) OVERRIDING SYSTEM VALUE'
+        " VALUES ('b', 1) ")
+
+
+@pytest.mark.parametrize("sql, sqlstate, words", [
+    ("WITH i AS (INSERT INTO g (id, sku, qty) OVERRIDING USER VALUE VALUES (1, 'a', 2) ON CONFLICT (sku) DO NOTHING"
+     " RETURNING id) SELECT * FROM i", "0A000", "inside WITH"),
+    ("EXPLAIN INSERT INTO g (id, sku, qty) OVERRIDING USER VALUE VALUES (1, 'a', 2) ON CONFLICT DO NOTHING",
+     "0A000", "inside WITH (or EXPLAIN)"),
+    ("INSERT INTO g (id, nope) OVERRIDING USER VALUE VALUES (1, 'a') ON CONFLICT DO NOTHING", "42703", '"nope"'),
+    ("INSERT INTO g (id, id) OVERRIDING USER VALUE VALUES (1, 2) ON CONFLICT DO NOTHING", "42701", '"id"'),
+    ("INSERT INTO g (id, sku) OVERRIDING USER VALUE VALUES (1, 'a', 3) ON CONFLICT DO NOTHING", "42601", "more expressions"),
+    ("INSERT INTO g (id, sku) OVERRIDING USER VALUE VALUES (1, 'a'), (2) ON CONFLICT DO NOTHING", "42601", "same length"),
+])
+def test_do_nothing_with_overriding_user_value_refuses_what_it_cannot_mean_exactly(user_policy, sql, sqlstate, words):
+    refused = user_policy.decide(sql)
+    assert refused.action is Action.REFUSE and refused.refusal.sqlstate == sqlstate, refused
+    assert words in refused.refusal.message
+
+
+def test_do_nothing_with_overriding_user_value_needs_the_proposal_views():
+    names = (NEW_NAMES | {"g$user"}) - {"g$proposal$user"}
     policy = BranchPolicy(replace(NEW_LAYOUT, local_names=names), Metrics())
-    refused = policy.decide("INSERT INTO g (id, sku, qty) OVERRIDING USER VALUE VALUES (1, 'a', 2)"
-                            " ON CONFLICT (sku) DO NOTHING")
+    refused = policy.decide("INSERT INTO g (id, sku, qty) OVERRIDING USER VALUE VALUES (1, 'a', 2) ON CONFLICT (sku) DO NOTHING")
     assert refused.action is Action.REFUSE and refused.refusal.sqlstate == "0A000"
-    assert "OVERRIDING USER VALUE" in refused.refusal.message
+    assert "upgrade" in (refused.refusal.hint or "")
     kept = policy.decide("INSERT INTO g (id, sku, qty) OVERRIDING SYSTEM VALUE VALUES (1, 'a', 2) ON CONFLICT (sku) DO NOTHING")
     assert kept.action is Action.REWRITE
 

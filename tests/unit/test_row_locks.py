@@ -55,9 +55,9 @@ def test_the_queue_pattern_rechecks_its_where_on_the_row_it_locked(policy):
     decision = policy.decide("SELECT * FROM jobs WHERE state = 'new' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1;")
     assert decision.action is Action.REWRITE and decision.preparable
     assert decision.sql == (
-        f'SELECT "jobs".* FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW} FROM {QUEUE_ARMS} ORDER BY id OFFSET 0)'
-        ' AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_lock_1)'
-        f" CROSS JOIN LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'skip') AS \"jobs\""
+        f'SELECT "jobs".* FROM (SELECT cowproxy_seen.cowproxy_lock_1 FROM (SELECT *, ROW("jobs".*)::{JOBS_VIEW}'
+        f' AS cowproxy_lock_1 FROM {QUEUE_ARMS} ORDER BY id OFFSET 0) AS cowproxy_seen) AS cowproxy_locking,'
+        f" LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'skip') AS \"jobs\""
         " WHERE state = 'new' LIMIT 1;")
 
 
@@ -66,11 +66,44 @@ def test_a_recheck_keeps_the_clients_names_aliases_and_parameters(policy):
                              " WHERE a = $1 AND payload IS NOT NULL FOR NO KEY UPDATE NOWAIT")
     assert decision.sql == (
         'WITH x AS (SELECT 1) SELECT "j".*, 1, j.payload AS p'
-        f' FROM (SELECT *, 1, j.payload AS p, ROW("j".*)::{JOBS_VIEW} FROM {JOBS_VIEW} AS j (a, b)'
-        " WHERE a = $1 AND payload IS NOT NULL OFFSET 0)"
-        " AS cowproxy_locking (cowproxy_1, cowproxy_2, cowproxy_3, cowproxy_4, cowproxy_5, cowproxy_lock_1)"
-        f" CROSS JOIN LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'no key update', 'nowait')"
+        ' FROM (SELECT cowproxy_seen.cowproxy_lock_1 FROM (SELECT *, 1, j.payload AS p,'
+        f' ROW("j".*)::{JOBS_VIEW} AS cowproxy_lock_1 FROM {JOBS_VIEW} AS j (a, b)'
+        " WHERE a = $1 AND payload IS NOT NULL OFFSET 0) AS cowproxy_seen) AS cowproxy_locking,"
+        f" LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'no key update', 'nowait')"
         ' AS "j" ("a", "b") WHERE a = $1 AND payload IS NOT NULL')
+
+
+def test_a_join_rechecks_its_conditions_on_the_locked_version_and_the_rows_first_seen(policy):
+    """The other relations' rows go through the derived table whole; the client's FROM
+    is kept (its joins and ON conditions), each table in it replaced by its row."""
+    decision = policy.decide("SELECT j.id, w.name FROM ONLY public.jobs j JOIN workers AS w (wid) ON w.wid = j.id"
+                             " LEFT JOIN events e USING (id) WHERE j.state = $1 ORDER BY j.id LIMIT 1 FOR UPDATE OF j")
+    assert decision.action is Action.REWRITE and decision.preparable
+    assert decision.sql == (
+        'SELECT j.id, w.name FROM (SELECT cowproxy_seen.cowproxy_lock_1, cowproxy_seen.cowproxy_row_1,'
+        f' cowproxy_seen.cowproxy_row_2 FROM (SELECT j.id, w.name, ROW("j".*)::{JOBS_VIEW} AS cowproxy_lock_1,'
+        ' COALESCE("w".*) AS cowproxy_row_1, COALESCE("e".*) AS cowproxy_row_2'
+        f" FROM ONLY {JOBS_VIEW} j JOIN workers AS w (wid) ON w.wid = j.id LEFT JOIN events e USING (id)"
+        " WHERE j.state = $1 ORDER BY j.id OFFSET 0) AS cowproxy_seen) AS cowproxy_locking,"
+        f" LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'wait') AS \"j\""
+        ' JOIN LATERAL pg_catalog.unnest(ARRAY[cowproxy_locking.cowproxy_row_1]) AS "w" ("wid") ON w.wid = j.id'
+        " LEFT JOIN LATERAL pg_catalog.unnest(CASE WHEN pg_catalog.num_nulls(cowproxy_locking.cowproxy_row_2) = 0"
+        " THEN ARRAY[cowproxy_locking.cowproxy_row_2] END) AS \"e\" USING (id)"
+        " WHERE j.state = $1 LIMIT 1")
+
+
+def test_every_locked_shadow_is_relocked_and_star_is_the_relations_columns(policy):
+    """`*` of a table whose columns the layout does not know needs no names here: the
+    client's list is PostgreSQL's to name."""
+    sql = policy.decide("SELECT *, e.* FROM jobs a, jobs b, events e WHERE a.id = b.id FOR SHARE OF a, b").sql
+    assert sql.startswith('SELECT "a".*, "b".*, "e".*, e.* FROM (SELECT cowproxy_seen.cowproxy_lock_1,'
+                          ' cowproxy_seen.cowproxy_lock_2, cowproxy_seen.cowproxy_row_1 FROM (SELECT *, e.*,'
+                          f' ROW("a".*)::{JOBS_VIEW} AS cowproxy_lock_1, ROW("b".*)::{JOBS_VIEW} AS cowproxy_lock_2,'
+                          ' COALESCE("e".*) AS cowproxy_row_1 FROM jobs a, jobs b, events e'), sql
+    assert sql.endswith(f" LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'share', 'wait') AS \"a\","
+                        f" LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_2, 'share', 'wait') AS \"b\","
+                        ' LATERAL pg_catalog.unnest(ARRAY[cowproxy_locking.cowproxy_row_1]) AS "e"'
+                        ' WHERE a.id = b.id'), sql
 
 
 def test_a_page_rechecks_the_where_as_the_client_wrote_it(policy):
@@ -85,8 +118,13 @@ def test_a_page_rechecks_the_where_as_the_client_wrote_it(policy):
 @pytest.mark.parametrize("sql", [
     "SELECT id FROM jobs WHERE random() < 0.5 FOR UPDATE",               # the WHERE runs twice
     "SELECT id, nextval('s') FROM jobs FOR UPDATE",                    # so does the list
-    "SELECT j.id FROM jobs j JOIN workers w ON w.id = j.id FOR UPDATE OF j",  # a join
-    "SELECT j.id FROM jobs j, workers w FOR UPDATE",                   # several locked tables
+    "SELECT j.id FROM jobs j JOIN workers w ON w.id = j.id AND random() < 0.5 FOR UPDATE OF j",  # so does ON
+    "SELECT j.id FROM jobs j, workers w FOR UPDATE",                   # a locked table without T$relock
+    "SELECT j.id FROM jobs j, (SELECT 1 AS id) s FOR UPDATE OF j",     # a subquery's row is not carried
+    "WITH s AS (SELECT 1 AS id) SELECT j.id FROM jobs j JOIN s USING (id) FOR UPDATE OF j",  # nor a CTE's
+    "SELECT j.id FROM jobs j, LATERAL generate_series(1, j.id) g FOR UPDATE OF j",  # nor a function's
+    "SELECT j.id FROM (jobs j JOIN events e USING (id)) AS je FOR UPDATE OF j",  # a join alias
+    "SELECT j.id, e.ctid FROM jobs j JOIN events e USING (id) FOR UPDATE OF j",  # a row handed on has no ctid
     "SELECT id FROM jobs WHERE public.jobs.id = 1 FOR UPDATE",         # the row is bound to the alias alone
 ])
 def test_what_cannot_be_rechecked_keeps_the_lock_wrapper(sql):
@@ -146,7 +184,8 @@ def test_output_columns_keep_postgresqls_names(older, target, name):
     ("EXPLAIN SELECT * FROM jobs FOR UPDATE", "inside a subquery"),
     ("SELECT * FROM jobs, events FOR UPDATE", "also covers a table"),
     ("SELECT * FROM jobs j, (SELECT 1) s FOR UPDATE", "also covers a table"),
-    ("SELECT * FROM jobs j, events e FOR UPDATE OF j", "with * of a table"),
+    ("SELECT *, random() FROM jobs j, events e FOR UPDATE OF j", "with * of a table"),
+    ("SELECT * FROM jobs j JOIN workers w USING (id) FOR UPDATE OF j", "a join with USING"),
     ("SELECT DISTINCT state FROM jobs FOR UPDATE", "FOR UPDATE is not allowed with DISTINCT clause"),
     ("SELECT state FROM jobs GROUP BY state FOR SHARE", "FOR SHARE is not allowed with GROUP BY clause"),
     ("SELECT rank() OVER () FROM jobs FOR KEY SHARE", "FOR KEY SHARE is not allowed with window functions"),
@@ -154,7 +193,7 @@ def test_output_columns_keep_postgresqls_names(older, target, name):
      "FOR UPDATE cannot be applied to the nullable side of an outer join"),
     ("SELECT id FROM jobs ORDER BY id FETCH FIRST 1 ROW WITH TIES FOR UPDATE", "WITH TIES"),
     ("SELECT * FROM legacy FOR UPDATE", "cowproxy branch upgrade"),
-    ("SELECT xmlroot(NULL, version '1') FROM jobs FOR UPDATE", "name cannot be told"),
+    ("SELECT xmlroot(NULL, version '1'), random() FROM jobs FOR UPDATE", "name cannot be told"),
 ])
 def test_what_cannot_be_locked_exactly_is_refused(policy, sql, message):
     decision = policy.decide(sql)
@@ -175,3 +214,13 @@ def test_a_table_without_an_overlay_gets_one_first(policy):
     decision = policy.decide("SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
     assert decision.action is Action.MATERIALIZE
     assert [r.name for r in decision.materialize] == ["accounts"]
+
+
+@pytest.mark.parametrize("item, aliases", [
+    ("ONLY (public.jobs) AS j (a)", ' ("a")'), ("jobs * j", ""), ("ONLY jobs j", ""),
+])
+def test_a_recheck_replaces_the_whole_from_item(policy, item, aliases):
+    sql = policy.decide(f"SELECT j.id FROM {item} JOIN workers w ON true FOR UPDATE OF j").sql
+    relock = f"LATERAL {JOBS_RELOCK}(cowproxy_locking.cowproxy_lock_1, 'update', 'wait') AS \"j\"{aliases}"
+    assert sql.endswith(f"AS cowproxy_locking, {relock} JOIN LATERAL"
+                        ' pg_catalog.unnest(ARRAY[cowproxy_locking.cowproxy_row_1]) AS "w" ON true'), sql
