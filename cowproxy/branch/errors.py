@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from cowproxy.branch.overlay import ROWS_SUFFIX
-from cowproxy.protocol.messages import ERROR_RESPONSE, frame
+from cowproxy.protocol.messages import ERROR_RESPONSE, with_body_replaced
 
 _SUFFIX = ROWS_SUFFIX.encode()
 _QUOTED_ROWS = re.compile(rb'"([^"]*)' + re.escape(_SUFFIX) + rb'"')
@@ -58,10 +58,7 @@ def overlay_errors_as_tables(data: bytes, events: list[tuple[int, bytes]]) -> by
     for msg_type, body in events:
         if msg_type != ERROR_RESPONSE or _SUFFIX not in body:
             continue
-        at = data.rfind(body)
-        if at < 5:
-            continue
         fixed = error_body_as_table(body)
         if fixed != body:
-            data = data[:at - 5] + frame(ERROR_RESPONSE, fixed) + data[at + len(body):]
+            data = with_body_replaced(data, ERROR_RESPONSE, body, fixed)
     return data

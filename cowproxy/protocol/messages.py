@@ -219,6 +219,16 @@ def frame(msg_type: int, body: bytes) -> bytes:
     return bytes((msg_type,)) + _U32.pack(len(body) + 4) + body
 
 
+def with_body_replaced(data: bytes, msg_type: int, body: bytes, new_body: bytes) -> bytes:
+    """`data` (a server chunk) with its last message whose body is `body` given `new_body`
+    instead. A message that began in an earlier chunk (already forwarded, its header not
+    in `data`) is left as it is."""
+    at = data.rfind(body)
+    if at < 5:
+        return data
+    return data[:at - 5] + frame(msg_type, new_body) + data[at + len(body):]
+
+
 def _cstr(s: str) -> bytes:
     return s.encode() + b"\x00"
 

@@ -87,7 +87,7 @@ from typing import Any, Sequence
 
 from cowproxy.protocol.messages import (BIND, CLOSE, DESCRIBE, ERROR_RESPONSE, EXECUTE, FUNCTION_CALL, PARSE, QUERY,
                                         SYNC, encode_close, encode_describe, encode_execute, encode_parse, encode_sync,
-                                        frame)
+                                        frame, with_body_replaced)
 from cowproxy.protocol.responses import CLOSE_STEP, PARSE_STEP, STANDIN
 from cowproxy.sql.numbers import bind_numbers, bind_values
 from cowproxy.sql.parameterize import parameterized, parameters
@@ -412,11 +412,7 @@ class AutoPrepared:
         for msg_type, body in events:
             if msg_type != ERROR_RESPONSE or missing not in body:
                 continue
-            at = data.rfind(body)
-            if at < 5:
-                continue  # began in an earlier chunk, already forwarded
-            fixed = frame(ERROR_RESPONSE, body.replace(missing, _UNNAMED_MISSING, 1))
-            data = data[:at - 5] + fixed + data[at + len(body):]
+            data = with_body_replaced(data, ERROR_RESPONSE, body, body.replace(missing, _UNNAMED_MISSING, 1))
         return data
 
     def forget(self, all_dropped: bool) -> None:
