@@ -113,8 +113,15 @@ class _MetricsCollector(Collector):
             for reason, n in m.native.handbacks().items():
                 c.add_metric([reason], n)
             yield c
+            c = CounterMetricFamily("cowproxy_native_relay_standins",
+                                    "Branch sessions' simple Queries the native relay thread sent as their stand-ins "
+                                    "(statements prepared for their literal shape)")
+            c.add_metric([], m.native.standins_served())
+            yield c
         c = CounterMetricFamily("cowproxy_rewrite_cache", "Rewrite cache lookups", labels=["result"])
         for result, n in m.rewrite_cache.items():
+            if result == "hit" and m.native is not None:
+                n += m.native.standins_served()  # the thread's stand-ins: the gate's fast path, natively
             c.add_metric([result], n)
         yield c
         c = CounterMetricFamily("cowproxy_protocol_violations", "Connections closed for breaking the wire protocol")

@@ -25,6 +25,14 @@
  *     that message's first byte, so Python's scanner starts on a message boundary;
  *   - end of stream, a socket error and a server message with an impossible length end
  *     the link too (Python then meets the condition itself, as it would have).
+ *   - a gated link with *stand-ins* (a branch session's simple Queries whose literal
+ *     shape its gate already sends as a Bind of a statement prepared for the shape,
+ *     proxy/autoprepare.py `fast_query`) serves a lone Query of such a shape itself: the
+ *     same Bind/Describe/Execute/Sync, and the BindComplete removed from the answer. A
+ *     text the thread cannot vouch for (not `plain_numbers`, a number that is not an
+ *     int4 as written, an unknown shape) goes back like any other Query; so does the
+ *     answer from its first message other than BindComplete while that is owed
+ *     (`bind_owed`), and Python's response editor removes it then;
  * The state the relay keeps (ReadyForQuery owed, extended-protocol and COPY
  * bookkeeping, the request's timing) moves in with `attach` and out with `detach`, so
  * Python's `Relay` carries on where the thread stopped.
@@ -57,6 +65,13 @@
 #define MAX_SLOTS 4096
 #define MAX_BUCKETS 64
 #define WAKE_TOKEN UINT64_MAX
+#define MAX_NUMBERS 64          /* numbers in a stand-in's text */
+#define MAX_SHAPE 16384         /* bytes of a stand-in's text */
+#define PLAIN_OPERATOR_RUN 62   /* sql/literals.py _PLAIN_OPERATOR_RUN */
+#define OUT_SIZE (2 * MAX_SHAPE + 4096)
+#define KIND_KEEP 0             /* sql/numbers.py KEEP, PARAM, NEGATED */
+#define KIND_PARAM 1
+#define KIND_NEGATED 2
 
 #define OWES_READY 1
 #define IS_STATEMENT 2
@@ -70,6 +85,38 @@ typedef struct {
     size_t off;
 } Pending;
 
+/* One number of the text a stand-in's statement was prepared from. */
+typedef struct {
+    int source;                /* >= 0: the client's number at that index; -1: `text` is the number */
+    int kind;                  /* KIND_*: KEEP numbers stay literal in the statement */
+    char *text;                /* KEEP: the number it was prepared with; source -1: the number */
+    size_t text_len;
+} SentNumber;
+
+/* A literal shape of the client's text and the statement that serves it. */
+typedef struct Standin {
+    struct Standin *next;      /* same bucket */
+    uint64_t hash;
+    char *shape;               /* the client's text with each number written 0 (numbers.blanked) */
+    size_t shape_len;
+    int nclient;               /* numbers in the client's text */
+    int nsent;
+    SentNumber *sent;          /* the numbers of the text the statement was prepared from, in order */
+    char *head;                /* the Bind's body before its values (portal, statement, formats, count) */
+    size_t head_len;
+    char *tail;                /* after them: result formats, then [Describe P] Execute Sync */
+    size_t tail_len;
+    int slot;                  /* statement counter of its kind, or -1 */
+} Standin;
+
+/* A session's stand-ins (immutable once made; Python keeps it alive while a link uses it). */
+typedef struct {
+    PyObject_HEAD
+    Standin **buckets;
+    size_t nbuckets;           /* a power of two */
+    Py_ssize_t count;
+} Standins;
+
 typedef struct {
     uint32_t gen;
     int in_use;
@@ -80,6 +127,8 @@ typedef struct {
     int epoch;                 /* -1, or the epoch this link's chunks depend on ... */
     unsigned long long epoch_value;  /* ... and its value when the link was attached */
     unsigned long long chunks;       /* client chunks forwarded since the link was attached */
+    Standins *standins;        /* a gated link's stand-ins, or NULL */
+    int bind_owed;             /* a stand-in's BindComplete is still to come (and to remove) */
     uint32_t client_mask, upstream_mask;
     /* the relay's state (proxy/relay.py, same names) */
     long long pending_ready;
@@ -134,7 +183,10 @@ typedef struct {
     int nepochs;
     Latency latency[2];        /* 0: proxy, 1: upstream */
     unsigned long long handbacks[5];
+    unsigned long long standins_served;
     char *scratch;
+    char *out;                 /* a stand-in's messages */
+    unsigned char shape[MAX_SHAPE];
 } Pump;
 
 static double now(void) {
@@ -289,7 +341,7 @@ static int note(Link *l, unsigned char type) {
 /* Whether the chunk is whole frames the thread forwards as they are, for this link. */
 static int plain_client_chunk(Pump *p, Link *l, const unsigned char *buf, size_t n) {
     const unsigned char *types = l->gated ? p->client_gated : p->client_native;
-    if (l->epoch >= 0 && p->epochs[l->epoch] != l->epoch_value)
+    if (l->bind_owed || (l->epoch >= 0 && p->epochs[l->epoch] != l->epoch_value))
         return 0;
     size_t pos = 0;
     while (pos < n) {
@@ -302,6 +354,189 @@ static int plain_client_chunk(Pump *p, Link *l, const unsigned char *buf, size_t
             return 0;
         pos += (size_t)length + 1;
     }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ stand-ins */
+
+static int is_letter(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+
+static int is_digit(unsigned char c) {
+    return c >= '0' && c <= '9';
+}
+
+/* sql/literals.py `_plain_number_spans` over bytes: the numbers of a text made only of
+   ASCII letters, digits, `_`, whitespace, `,;:()[]` and short operator runs that start no
+   comment, its numbers plain integers. Their count (spans in starts/ends), or -1 for any
+   other text (or more than `max` numbers). */
+static int plain_numbers(const unsigned char *s, size_t size, uint32_t *starts, uint32_t *ends, int max) {
+    int count = 0, run = 0;
+    size_t i = 0;
+    while (i < size) {
+        unsigned char c = s[i];
+        if (is_letter(c)) {
+            i++;
+            while (i < size && (is_letter(s[i]) || is_digit(s[i]) || s[i] == '$'))
+                i++;
+            run = 0;
+        } else if (is_digit(c)) {
+            size_t start = i++;
+            while (i < size && is_digit(s[i]))
+                i++;
+            if (i < size && (is_letter(s[i]) || s[i] == '$' || s[i] == '.'))
+                return -1;  /* 1e5, 0x1F, 1_000, 1.5, 7$, junk */
+            if (count == max)
+                return -1;
+            starts[count] = (uint32_t)start;
+            ends[count] = (uint32_t)i;
+            count++;
+            run = 0;
+        } else if (c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' || c == ',' || c == ';' ||
+                   c == ':' || c == '(' || c == ')' || c == '[' || c == ']') {
+            i++;
+            run = 0;
+        } else if (c == '=' || c == '+' || c == '*' || c == '<' || c == '>' || c == '%' || c == '~' || c == '!' ||
+                   c == '@' || c == '#' || c == '^' || c == '&' || c == '|' || c == '`' || c == '?') {
+            i++;
+            if (++run >= PLAIN_OPERATOR_RUN)
+                return -1;
+        } else if (c == '-' || c == '/') {
+            if (i + 1 < size && s[i + 1] == (c == '-' ? '-' : '*'))
+                return -1;  /* a comment */
+            i++;
+            if (++run >= PLAIN_OPERATOR_RUN)
+                return -1;
+        } else {
+            return -1;  /* quotes, dots, $, backslashes, non-ASCII, control characters */
+        }
+    }
+    return count;
+}
+
+static uint64_t fnv1a(const unsigned char *data, size_t len) {
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= data[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* The literal shape of a plain text (`shape`, its length returned): numbers written 0. */
+static size_t blank_numbers(const unsigned char *sql, size_t len, const uint32_t *starts, const uint32_t *ends,
+                            int count, unsigned char *shape) {
+    size_t out = 0, pos = 0;
+    for (int i = 0; i < count; i++) {
+        memcpy(shape + out, sql + pos, starts[i] - pos);
+        out += starts[i] - pos;
+        shape[out++] = '0';
+        pos = ends[i];
+    }
+    memcpy(shape + out, sql + pos, len - pos);
+    return out + len - pos;
+}
+
+static void put_be32(char *p, uint32_t v) {
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+}
+
+/* The stand-in's messages for a client text whose numbers are at starts/ends, in p->out:
+   their length; 0 if a number the statement keeps literal differs (another stand-in of
+   the shape may fit), -1 if a parameter is not an int4 as written (numbers.literal_value's
+   common case; the gate decides the rest). */
+static long build_standin(Pump *p, const Standin *s, const unsigned char *sql, const uint32_t *starts,
+                          const uint32_t *ends) {
+    char *out = p->out;
+    size_t pos = 5;
+    memcpy(out + pos, s->head, s->head_len);
+    pos += s->head_len;
+    for (int j = 0; j < s->nsent; j++) {
+        const SentNumber *number = &s->sent[j];
+        const char *text;
+        size_t len;
+        if (number->source >= 0) {
+            text = (const char *)sql + starts[number->source];
+            len = ends[number->source] - starts[number->source];
+        } else {
+            text = number->text;
+            len = number->text_len;
+        }
+        if (number->kind == KIND_KEEP) {
+            if (len != number->text_len || memcmp(text, number->text, len) != 0)
+                return 0;
+            continue;
+        }
+        if (len == 0 || len > 9 || (text[0] == '0' && len > 1))
+            return -1;
+        for (size_t k = 0; k < len; k++)
+            if (!is_digit((unsigned char)text[k]))
+                return -1;
+        int negative = number->kind == KIND_NEGATED && !(len == 1 && text[0] == '0');
+        if (pos + 4 + 1 + len + s->tail_len > OUT_SIZE)
+            return -1;
+        put_be32(out + pos, (uint32_t)(len + (size_t)negative));
+        pos += 4;
+        if (negative)
+            out[pos++] = '-';
+        memcpy(out + pos, text, len);
+        pos += len;
+    }
+    /* The Bind's length covers its body up to the result formats (the tail's first 2 bytes). */
+    out[0] = 'B';
+    put_be32(out + 1, (uint32_t)(pos - 1 + 2));
+    memcpy(out + pos, s->tail, s->tail_len);
+    return (long)(pos + s->tail_len);
+}
+
+/* A lone Query (`buf`, `n` bytes) of a link with stand-ins, with nothing in flight: sent
+   upstream as its stand-in if the link has one for its text. 1 if sent, 0 if the
+   chunk goes on as any other (back to Python). */
+static int serve_standin(Pump *p, int index, Link *l, const unsigned char *buf, size_t n, double t0) {
+    const unsigned char *sql = buf + 5;
+    size_t len = n - 6;
+    if (buf[n - 1] != 0 || len > MAX_SHAPE - 1)
+        return 0;
+    uint32_t starts[MAX_NUMBERS], ends[MAX_NUMBERS];
+    int count = plain_numbers(sql, len, starts, ends, MAX_NUMBERS);
+    if (count <= 0)
+        return 0;
+    size_t shape_len = blank_numbers(sql, len, starts, ends, count, p->shape);
+    uint64_t hash = fnv1a(p->shape, shape_len);
+    Standins *table = l->standins;
+    long out_len = 0;
+    const Standin *s = table->buckets[hash & (table->nbuckets - 1)];
+    for (; s != NULL; s = s->next) {
+        if (s->hash != hash || s->shape_len != shape_len || s->nclient != count ||
+            memcmp(s->shape, p->shape, shape_len) != 0)
+            continue;
+        out_len = build_standin(p, s, sql, starts, ends);
+        if (out_len != 0)
+            break;
+    }
+    if (s == NULL || out_len <= 0)
+        return 0;
+    /* Relay.note of the client's Query */
+    l->mid_extended = 0;
+    l->copy_syncs = 0;
+    l->copy_end_sent = 0;
+    if (s->slot >= 0)
+        p->statements[s->slot]++;
+    p->standins_served++;
+    l->chunks++;
+    l->cycle_start = t0;
+    l->proxy_time = 0.0;
+    l->pending_ready = 1;
+    l->bind_owed = 1;
+    if (send_or_keep(l->upstream_fd, &l->to_upstream, p->out, (size_t)out_len) < 0) {
+        hand_back(p, index, l, BACK_CLOSED);
+        return 1;
+    }
+    l->proxy_time += now() - t0;
     return 1;
 }
 
@@ -327,6 +562,11 @@ static void from_client(Pump *p, int index, Link *l) {
         return;
     double t0 = now();
     const unsigned char *buf = (const unsigned char *)p->scratch;
+    if (l->standins != NULL && buf[0] == 'Q' && n >= 6 && (size_t)be32(buf + 1) + 1 == (size_t)n &&
+        !l->pending_ready && !l->mid_extended && !l->bind_owed && !l->skip && !l->head_len &&
+        (l->epoch < 0 || p->epochs[l->epoch] == l->epoch_value) &&
+        serve_standin(p, index, l, buf, (size_t)n, t0))
+        return;
     if (!plain_client_chunk(p, l, buf, (size_t)n)) {
         if (keep_tail(l, p->scratch, (size_t)n) < 0)
             abort();
@@ -372,9 +612,11 @@ static void request_done(Pump *p, Link *l, double t0) {
 
 /* Walk a server chunk. Returns where the part to forward ends: the chunk's length, or
    the offset of the first message Python must see. Counts ReadyForQuery messages in
-   *ready and their last status in *status; -1 for an impossible length. */
-static long scan_upstream(Pump *p, Link *l, const unsigned char *buf, size_t n, long long *ready, int *status) {
-    size_t pos = 0;
+   *ready and their last status in *status; -1 for an impossible length. A stand-in's
+   BindComplete is cut out of the chunk (*np shrinks); any other message while it is
+   owed goes to Python, whose response editor then removes it. */
+static long scan_upstream(Pump *p, Link *l, unsigned char *buf, size_t *np, long long *ready, int *status) {
+    size_t pos = 0, n = *np;
     while (pos < n) {
         if (l->skip) {
             size_t take = l->skip < n - pos ? l->skip : n - pos;
@@ -386,6 +628,19 @@ static long scan_upstream(Pump *p, Link *l, const unsigned char *buf, size_t n, 
         uint32_t length;
         if (l->head_len == 0) {
             type = buf[pos];
+            if (l->bind_owed) {
+                if (type != '2' || n - pos < 5)
+                    return (long)pos;
+                if (be32(buf + pos + 1) != 4) {
+                    snprintf(l->invalid, sizeof l->invalid, "invalid message length %u from server", be32(buf + pos + 1));
+                    return -1;
+                }
+                memmove(buf + pos, buf + pos + 5, n - pos - 5);
+                n -= 5;
+                *np = n;
+                l->bind_owed = 0;
+                continue;
+            }
             if (p->upstream_special[type])
                 return (long)pos;
             if (n - pos >= 6 || (n - pos >= 5 && type != 'Z')) {
@@ -438,7 +693,9 @@ static void from_upstream(Pump *p, int index, Link *l) {
     double t0 = now();
     long long ready = 0;
     int status = l->tx_status;
-    long end = scan_upstream(p, l, (const unsigned char *)p->scratch, (size_t)n, &ready, &status);
+    size_t len = (size_t)n;
+    long end = scan_upstream(p, l, (unsigned char *)p->scratch, &len, &ready, &status);
+    n = (ssize_t)len;
     if (end < 0) {
         hand_back(p, index, l, BACK_UPSTREAM_INVALID);
         return;
@@ -547,6 +804,199 @@ static void *run(void *arg) {
     return NULL;
 }
 
+/* ------------------------------------------------------------------ Standins (Python API) */
+
+static PyTypeObject StandinsType;
+
+static char *copy_bytes(PyObject *obj, size_t *len, const char *what) {
+    char *data;
+    Py_ssize_t size;
+    if (PyBytes_AsStringAndSize(obj, &data, &size) < 0) {
+        PyErr_Format(PyExc_TypeError, "Standins: %s must be bytes", what);
+        return NULL;
+    }
+    char *copy = malloc(size ? (size_t)size : 1);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(copy, data, (size_t)size);
+    *len = (size_t)size;
+    return copy;
+}
+
+static void free_standin(Standin *s) {
+    if (s == NULL)
+        return;
+    for (int j = 0; s->sent != NULL && j < s->nsent; j++)
+        free(s->sent[j].text);
+    free(s->sent);
+    free(s->shape);
+    free(s->head);
+    free(s->tail);
+    free(s);
+}
+
+static void Standins_dealloc(Standins *t) {
+    for (size_t b = 0; t->buckets != NULL && b < t->nbuckets; b++) {
+        Standin *s = t->buckets[b];
+        while (s != NULL) {
+            Standin *next = s->next;
+            free_standin(s);
+            s = next;
+        }
+    }
+    free(t->buckets);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+/* One entry: (shape, nclient, [(source, kind, text), ...], head, tail, slot). */
+static Standin *standin_from(PyObject *entry) {
+    PyObject *shape, *sent, *head, *tail;
+    int nclient, slot;
+    if (!PyArg_ParseTuple(entry, "SiOSSi", &shape, &nclient, &sent, &head, &tail, &slot))
+        return NULL;
+    Standin *s = calloc(1, sizeof(Standin));
+    if (s == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(sent, "Standins: the sent numbers must be a sequence");
+    if (seq == NULL)
+        goto fail;
+    Py_ssize_t nsent = PySequence_Fast_GET_SIZE(seq);
+    if (nclient < 1 || nclient > MAX_NUMBERS || nsent < 1 || nsent > MAX_NUMBERS) {
+        PyErr_SetString(PyExc_ValueError, "Standins: 1 to 64 numbers");
+        Py_DECREF(seq);
+        goto fail;
+    }
+    s->nclient = nclient;
+    s->slot = slot;
+    s->sent = calloc((size_t)nsent, sizeof(SentNumber));
+    if (s->sent == NULL) {
+        PyErr_NoMemory();
+        Py_DECREF(seq);
+        goto fail;
+    }
+    s->nsent = (int)nsent;
+    for (Py_ssize_t j = 0; j < nsent; j++) {
+        SentNumber *number = &s->sent[j];
+        PyObject *text;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, j), "iiS", &number->source, &number->kind, &text) ||
+            (number->text = copy_bytes(text, &number->text_len, "a number")) == NULL) {
+            Py_DECREF(seq);
+            goto fail;
+        }
+        if (number->source >= nclient || number->source < -1 || number->kind < KIND_KEEP ||
+            number->kind > KIND_NEGATED || (number->source < 0 && number->kind != KIND_KEEP && number->text_len == 0)) {
+            PyErr_SetString(PyExc_ValueError, "Standins: a sent number's source or kind is out of range");
+            Py_DECREF(seq);
+            goto fail;
+        }
+    }
+    Py_DECREF(seq);
+    if ((s->shape = copy_bytes(shape, &s->shape_len, "shape")) == NULL ||
+        (s->head = copy_bytes(head, &s->head_len, "head")) == NULL ||
+        (s->tail = copy_bytes(tail, &s->tail_len, "tail")) == NULL)
+        goto fail;
+    if (s->shape_len >= MAX_SHAPE || s->head_len + s->tail_len > 4096) {
+        PyErr_SetString(PyExc_ValueError, "Standins: shape, head or tail too long");
+        goto fail;
+    }
+    s->hash = fnv1a((const unsigned char *)s->shape, s->shape_len);
+    return s;
+fail:
+    free_standin(s);
+    return NULL;
+}
+
+static PyObject *Standins_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *entries;
+    if (!PyArg_ParseTuple(args, "O", &entries))
+        return NULL;
+    PyObject *seq = PySequence_Fast(entries, "Standins: expected a sequence of entries");
+    if (seq == NULL)
+        return NULL;
+    Standins *t = (Standins *)type->tp_alloc(type, 0);
+    if (t == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    size_t nbuckets = 8;
+    while (nbuckets < (size_t)n * 2)
+        nbuckets *= 2;
+    t->buckets = calloc(nbuckets, sizeof(Standin *));
+    if (t->buckets == NULL) {
+        Py_DECREF(seq);
+        Py_DECREF(t);
+        return PyErr_NoMemory();
+    }
+    t->nbuckets = nbuckets;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Standin *s = standin_from(PySequence_Fast_GET_ITEM(seq, i));
+        if (s == NULL) {
+            Py_DECREF(seq);
+            Py_DECREF(t);
+            return NULL;
+        }
+        Standin **bucket = &t->buckets[s->hash & (nbuckets - 1)];
+        s->next = *bucket;
+        *bucket = s;
+        t->count++;
+    }
+    Py_DECREF(seq);
+    return (PyObject *)t;
+}
+
+static Py_ssize_t Standins_len(Standins *t) {
+    return t->count;
+}
+
+static PySequenceMethods Standins_as_sequence = {
+    .sq_length = (lenfunc)Standins_len,
+};
+
+static PyTypeObject StandinsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cowproxy.proxy._pump.Standins",
+    .tp_basicsize = sizeof(Standins),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Standins(entries): a session's stand-ins for the relay thread, each "
+              "(shape, nclient, [(source, kind, text), ...], head, tail, slot) (see proxy/pump.py).",
+    .tp_new = Standins_new,
+    .tp_dealloc = (destructor)Standins_dealloc,
+    .tp_as_sequence = &Standins_as_sequence,
+};
+
+/* literal_shape(sql) -> (shape, [number, ...]) or None: what the thread keys a text by. */
+static PyObject *literal_shape(PyObject *module, PyObject *arg) {
+    char *sql;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &sql, &len) < 0)
+        return NULL;
+    if (len >= MAX_SHAPE)
+        Py_RETURN_NONE;
+    uint32_t starts[MAX_NUMBERS], ends[MAX_NUMBERS];
+    int count = plain_numbers((const unsigned char *)sql, (size_t)len, starts, ends, MAX_NUMBERS);
+    if (count <= 0)
+        Py_RETURN_NONE;
+    unsigned char shape[MAX_SHAPE];
+    size_t shape_len = blank_numbers((const unsigned char *)sql, (size_t)len, starts, ends, count, shape);
+    PyObject *numbers = PyList_New(count);
+    if (numbers == NULL)
+        return NULL;
+    for (int i = 0; i < count; i++)
+        PyList_SET_ITEM(numbers, i, PyBytes_FromStringAndSize(sql + starts[i], (Py_ssize_t)(ends[i] - starts[i])));
+    return Py_BuildValue("(y#N)", shape, (Py_ssize_t)shape_len, numbers);
+}
+
+static PyMethodDef module_methods[] = {
+    {"literal_shape", (PyCFunction)literal_shape, METH_O,
+     "literal_shape(sql: bytes) -> (shape, numbers) or None: a plain text's shape as the thread keys stand-ins."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* ------------------------------------------------------------------ Python API */
 
 static void lock(Pump *p) {
@@ -611,7 +1061,8 @@ static int Pump_init(Pump *p, PyObject *args, PyObject *kwds) {
     p->nbounds = (int)nb;
     p->max_message_size = max_message_size;
     p->scratch = malloc(READ_SIZE);
-    if (p->scratch == NULL) {
+    p->out = malloc(OUT_SIZE);
+    if (p->scratch == NULL || p->out == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -652,6 +1103,7 @@ static void stop(Pump *p) {
 }
 
 static void free_link(Link *l) {
+    Py_CLEAR(l->standins);  /* (the GIL is held: only Python calls this) */
     free(l->to_client.data);
     free(l->to_upstream.data);
     free(l->tail);
@@ -671,6 +1123,7 @@ static void Pump_dealloc(Pump *p) {
     free(p->links);
     free(p->back);
     free(p->scratch);
+    free(p->out);
     if (p->epfd > 0)
         close(p->epfd);
     if (p->wakefd > 0)
@@ -695,18 +1148,28 @@ static PyObject *Pump_slot(Pump *p, PyObject *unused) {
     return PyLong_FromLong(p->nslots++);
 }
 
-/* attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state) -> link id; state
-   as `detach` returns it; slot -1: count no statements; epoch -1: depend on none. */
+/* attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state, standins) -> link id;
+   state as `detach` returns it; slot -1: count no statements; epoch -1: depend on none;
+   standins: a Standins or None. */
 static PyObject *Pump_attach(Pump *p, PyObject *args) {
     int client_fd, upstream_fd, slot, gated, epoch;
     unsigned long long epoch_value;
     long long pending_ready, copy_syncs;
     int mid_extended, copy_end_sent, tx_status, cycle_failed, failed_since_idle, statement_gone;
     double cycle_start, proxy_time;
-    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)", &client_fd, &upstream_fd, &slot, &gated, &epoch, &epoch_value,
+    PyObject *standins = Py_None;
+    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)|O", &client_fd, &upstream_fd, &slot, &gated, &epoch, &epoch_value,
                           &pending_ready, &mid_extended, &copy_syncs, &copy_end_sent, &tx_status, &cycle_failed,
-                          &failed_since_idle, &statement_gone, &cycle_start, &proxy_time))
+                          &failed_since_idle, &statement_gone, &cycle_start, &proxy_time, &standins))
         return NULL;
+    if (standins != Py_None && !PyObject_TypeCheck(standins, &StandinsType)) {
+        PyErr_SetString(PyExc_TypeError, "attach: standins must be a Standins or None");
+        return NULL;
+    }
+    if (standins != Py_None && !gated) {
+        PyErr_SetString(PyExc_ValueError, "attach: stand-ins are for gated links");
+        return NULL;
+    }
     if (slot < -1 || slot >= p->nslots) {
         PyErr_SetString(PyExc_ValueError, "attach: unknown slot");
         return NULL;
@@ -768,6 +1231,10 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     l->statement_gone = statement_gone;
     l->cycle_start = cycle_start;
     l->proxy_time = proxy_time;
+    if (standins != Py_None) {
+        Py_INCREF(standins);
+        l->standins = (Standins *)standins;
+    }
     l->client_mask = l->upstream_mask = EPOLLIN;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = token(index, gen, 0)};
     int failed = epoll_ctl(p->epfd, EPOLL_CTL_ADD, client_fd, &ev) < 0;
@@ -782,6 +1249,7 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     }
     if (failed) {
         int saved = errno;
+        Py_CLEAR(l->standins);
         l->in_use = 0;
         unlock(p);
         errno = saved;
@@ -797,7 +1265,7 @@ static PyObject *bytes_of(const char *data, size_t len) {
     return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
 }
 
-/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks) or None if unknown.
+/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed) or None if unknown.
    Takes the link out of the thread's hands (if it still had it) and frees it. */
 static PyObject *Pump_detach(Pump *p, PyObject *arg) {
     unsigned long long id = PyLong_AsUnsignedLongLong(arg);
@@ -816,12 +1284,12 @@ static PyObject *Pump_detach(Pump *p, PyObject *arg) {
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
     }
     PyObject *result = Py_BuildValue(
-        "(i(LiLiiiiidd)NNNsK)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
+        "(i(LiLiiiiidd)NNNsKi)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
         l->tx_status, l->cycle_failed, l->failed_since_idle, l->statement_gone, l->cycle_start, l->proxy_time,
         bytes_of(l->to_client.data ? l->to_client.data + l->to_client.off : NULL, l->to_client.len - l->to_client.off),
         bytes_of(l->to_upstream.data ? l->to_upstream.data + l->to_upstream.off : NULL,
                  l->to_upstream.len - l->to_upstream.off),
-        bytes_of(l->tail, l->tail_len), l->invalid, l->chunks);
+        bytes_of(l->tail, l->tail_len), l->invalid, l->chunks, l->bind_owed);
     free_link(l);
     unlock(p);
     return result;
@@ -913,6 +1381,13 @@ static PyObject *Pump_handbacks(Pump *p, PyObject *unused) {
     return out;
 }
 
+static PyObject *Pump_standins_served(Pump *p, PyObject *unused) {
+    lock(p);
+    unsigned long long n = p->standins_served;
+    unlock(p);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *Pump_attached(Pump *p, PyObject *unused) {
     int n = 0;
     lock(p);
@@ -925,10 +1400,11 @@ static PyObject *Pump_attached(Pump *p, PyObject *unused) {
 
 static PyMethodDef Pump_methods[] = {
     {"attach", (PyCFunction)Pump_attach, METH_VARARGS,
-     "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state) -> link: the thread relays both "
-     "sockets from now on."},
+     "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins]) -> link: the thread "
+     "relays both sockets from now on."},
     {"detach", (PyCFunction)Pump_detach, METH_O,
-     "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks) or None: take the link back."},
+     "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed) or None: take "
+     "the link back."},
     {"returned", (PyCFunction)Pump_returned, METH_NOARGS, "Links the thread handed back since the last call."},
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS, "An eventfd that is readable when links were handed back."},
     {"slot", (PyCFunction)Pump_slot, METH_NOARGS, "A new statement counter (None when all are taken)."},
@@ -938,6 +1414,7 @@ static PyMethodDef Pump_methods[] = {
     {"latency", (PyCFunction)Pump_latency, METH_O, "The thread's latency histogram (0: proxy, 1: upstream)."},
     {"handbacks", (PyCFunction)Pump_handbacks, METH_NOARGS, "Hand-backs so far, by reason."},
     {"attached", (PyCFunction)Pump_attached, METH_NOARGS, "Links the thread relays now."},
+    {"standins_served", (PyCFunction)Pump_standins_served, METH_NOARGS, "Queries the thread sent as stand-ins."},
     {"close", (PyCFunction)Pump_close, METH_NOARGS, "Stop the thread (links still attached stay with it, unread)."},
     {NULL, NULL, 0, NULL},
 };
@@ -956,11 +1433,11 @@ static PyTypeObject PumpType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "cowproxy.proxy._pump",
-    "The native relay thread of pass-through sessions (see proxy/pump.py).", -1, NULL,
+    "The native relay thread of pass-through sessions (see proxy/pump.py).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__pump(void) {
-    if (PyType_Ready(&PumpType) < 0)
+    if (PyType_Ready(&PumpType) < 0 || PyType_Ready(&StandinsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -968,6 +1445,12 @@ PyMODINIT_FUNC PyInit__pump(void) {
     Py_INCREF(&PumpType);
     if (PyModule_AddObject(m, "Pump", (PyObject *)&PumpType) < 0) {
         Py_DECREF(&PumpType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&StandinsType);
+    if (PyModule_AddObject(m, "Standins", (PyObject *)&StandinsType) < 0) {
+        Py_DECREF(&StandinsType);
         Py_DECREF(m);
         return NULL;
     }

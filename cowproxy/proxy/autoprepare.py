@@ -89,7 +89,7 @@ from cowproxy.protocol.messages import (BIND, CLOSE, DESCRIBE, ERROR_RESPONSE, E
                                         SYNC, encode_close, encode_describe, encode_execute, encode_parse, encode_sync,
                                         frame, with_body_replaced)
 from cowproxy.protocol.responses import CLOSE_STEP, PARSE_STEP, STANDIN
-from cowproxy.sql.numbers import bind_numbers, bind_values
+from cowproxy.sql.numbers import KEEP, bind_numbers, bind_values
 from cowproxy.sql.parameterize import parameterized, parameters
 from cowproxy.sql.policy import Action, Decision, DecisionCache, RewriteTemplate, literals
 
@@ -187,6 +187,8 @@ class AutoPrepared:
         alias's statement is missing (`settle`), or None."""
         self.route_filter: Any = None
         """The route's error filter (branch/errors.py), applied before `client_errors`' own edit."""
+        self.native_version = 0
+        """Moves whenever what `native_standins` answers may have changed."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -348,6 +350,7 @@ class AutoPrepared:
             return
         if len(self._recipes) >= SEEN_LIMIT:
             self._recipes.clear()
+        self.native_version += 1
         self._recipes[shape] = _Recipe(cache, order, fixed, template, sent_shape, params.kinds, decision.kind,
                                        decision.tags[0] if decision.tags else None)
 
@@ -381,10 +384,12 @@ class AutoPrepared:
         if stale:
             self._entries.clear()
             self.pending.clear()
+            self.native_version += 1
             return
         pending = self.pending
         if not pending:
             return
+        self.native_version += 1
         if error:
             alias = self.alias
             for key in pending:
@@ -421,8 +426,59 @@ class AutoPrepared:
         named statement of the session is gone (DISCARD ALL, DEALLOCATE ALL)."""
         self._entries.clear()
         self.pending.clear()
+        self.native_version += 1
         if all_dropped:
             self._made = 0
+
+    def native_standins(self, cache: DecisionCache) -> list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str]]:
+        """What the native relay needs to serve this session's simple Queries itself, as
+        `fast_query` would (proxy/pump.py `Standins`): per client literal shape learned
+        from `cache` whose stand-in edits no tag, and per confirmed statement of it whose
+        parameters are int4s: (shape, count of the client text's numbers, per number of
+        the sent text (its index among the client's numbers or -1, its kind, the literal
+        it keeps or the rewrite's own number), the Bind's head and tail, the statement
+        kind). The thread serves only int4 parameters as written (`literal_value`'s
+        common case) and leaves every other text to `fast_query`."""
+        by_shape: dict[str, list[tuple[tuple[str, ...], _Entry]]] = {}
+        for key, entry in self._entries.items():
+            types = key[1]
+            if isinstance(types, tuple) and entry.confirmed and entry.alias:
+                by_shape.setdefault(key[0], []).append((types, entry))
+        out: list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str]] = []
+        for client_shape, recipe in self._recipes.items():
+            statements = by_shape.get(recipe.shape)
+            if recipe.cache is not cache or recipe.edit is not None or not statements:
+                continue
+            spans = literals(client_shape)[0]
+            if not spans:
+                continue
+            count = len(spans)
+            for types, entry in statements:
+                sent = _native_numbers(recipe, count, types)
+                if sent is not None:
+                    out.append((client_shape, count, sent, entry.bind_head, entry.bind_tail, recipe.kind))
+        return out
+
+
+def _native_numbers(recipe: _Recipe, count: int, types: tuple[str, ...]) -> list[tuple[int, int, bytes]] | None:
+    """`native_standins`' numbers of the sent text for the statement prepared with
+    `types`, or None if one of its parameters is not an int4 (or a number the rewrite
+    writes itself does not match what the statement keeps literal)."""
+    sent: list[tuple[int, int, bytes]] = []
+    for j, kind in enumerate(recipe.kinds):
+        at = recipe.order[j]
+        source = at if at < count else -1
+        constant = "" if source >= 0 else recipe.fixed[at - count]
+        if kind == KEEP:
+            if source < 0 and constant != types[j]:
+                return None
+            sent.append((source, kind, types[j].encode()))
+        elif types[j] != "int4" or source < 0 and not (constant.isdigit() and len(constant) < 10
+                                                        and (constant[0] != "0" or constant == "0")):
+            return None
+        else:
+            sent.append((source, kind, constant.encode()))
+    return sent
 
 
 def _standin(close: bool, parse: bytes, alias: bytes, args: list[bytes], rows: bool) -> bytes:

@@ -29,6 +29,7 @@ from typing import Awaitable, Callable, Protocol, Sequence
 from cowproxy import logs
 from cowproxy.histogram import Tally
 from cowproxy.protocol.messages import BIND, CLOSE, DESCRIBE, PARSE, QUERY, encode_parse, encode_query
+from cowproxy.protocol.responses import STANDIN
 from cowproxy.proxy.autoprepare import AutoPrepared
 from cowproxy.sql.analyze import Refusal
 from cowproxy.sql.policy import Action, Decision, DecisionCache, Prepared
@@ -124,6 +125,10 @@ class StatementGate:
         tables empty it); at most `_FORWARDS_LIMIT` texts."""
         self.autoprepared: AutoPrepared | None = AutoPrepared() if autoprepare else None
         """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
+        self.standin_alone = False
+        """After `scan`: the chunk was one simple Query sent as a stand-in with no tag to
+        edit, the kind the native relay serves itself (proxy/pump.py): the session may
+        attach to it as after a chunk without a statement."""
         self.statements_only = not autoprepare and version is None
         """`scan` acts on Query and Parse frames only: no auto-prepare renames Binds and
         Describes, no layout change makes plans stale. The relay then skips `scan` for a
@@ -151,6 +156,7 @@ class StatementGate:
         frame that needs the slow path, or len(frames)."""
         if self.rewrites:
             self.rewrites = []
+        self.standin_alone = False
         if not self.statements_only and self.plans_stale:
             return 0  # the slow path discards cached plans first
         policy, temps, counts = self.policy, self.temp_tables, self._counts
@@ -173,6 +179,7 @@ class StatementGate:
                 if fast is not None:
                     self.rewrites.append((index, fast[0], fast[1]))
                     self._counter(fast[2]).value += 1
+                    self.standin_alone = len(frames) == 1 and fast[1][0] == STANDIN and fast[1][1] is None
                     continue
             decision = policy.decide(sql, temps)
             if decision.creates_temp:

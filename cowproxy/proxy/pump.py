@@ -17,7 +17,24 @@ version is the one the session's plans were made under: `set_layout` moves the b
 *epoch* in the thread (`NativeRelay.epoch`), and the thread hands back the next chunk of
 every session attached under the old one, so the gate discards its plans as it would
 have. The gate counts statements when it decides them, not when they run, so the thread
-counts none for gated sessions. Anything that is not a
+counts none for gated sessions.
+
+A branch session sending simple Queries with inlined values (`pgbench -M simple`, ORMs'
+raw SQL, psycopg's ClientCursor) has a Query in every chunk; the gate's fast path sends
+each as its *stand-in*, a Bind of a statement prepared for the text's literal shape
+(proxy/autoprepare.py `fast_query`). The thread does that too: at attach the session
+gives it a `Standins` table (`AutoPrepared.native_standins`, remade when it changes),
+and a lone Query of a known shape, when nothing is in flight, goes upstream as the same
+Bind/[Describe]/Execute/Sync bytes, counted under the statement's kind, with its
+BindComplete cut out of the answer. The thread vouches only for plain texts
+(`_pump.literal_shape`: letters, digits, punctuation, operators; no quotes, comments,
+dots) whose parameters are int4s as written; anything else, a tag to edit included, goes
+to the gate as before. An answer that does not begin with that BindComplete (an error at
+the Bind, a notice, a cut header) goes back with it owed (`Returned.bind_owed`), and the
+response editor removes it (`Relay.expect_standin`). The gate's fast path serving a lone
+Query counts as a quiet chunk (`StatementGate.standin_alone`), so such sessions attach.
+
+Anything that is not a
 plain forward (an ErrorResponse or CopyInResponse from the server, a client chunk with
 another frame type or a cut frame, end of stream, a socket error) makes the thread hand
 the session back: its state, the bytes it could not write yet and the chunk it did not
@@ -127,6 +144,7 @@ class Returned:
     tail: bytes                 # the chunk (part) it did not forward: from the client or upstream, by reason
     invalid: str                # BACK_UPSTREAM_INVALID: what was wrong
     chunks: int                 # client chunks the thread forwarded while it held the session
+    bind_owed: bool = False     # a stand-in's BindComplete is still to come: the editor must remove it
 
 
 class NativeRelay:
@@ -168,12 +186,13 @@ class NativeRelay:
 
     def attach(self, client_fd: int, upstream_fd: int, slot: int, state: RelayState,
                handed_back: Callable[[], None], *, gated: bool = False, epoch: int = NO_EPOCH,
-               version: int = 0) -> int:
+               version: int = 0, standins: Any = None) -> int:
         """Relay both sockets on the thread until it hands the session back (`handed_back`
         is called on the event loop) or `detach`. A `gated` session's chunks with a
-        statement go back; with an `epoch`, so do all its chunks once the epoch is no
-        longer `version`."""
-        link: int = self._pump.attach(client_fd, upstream_fd, slot, gated, epoch, version, state.as_tuple())
+        statement go back, but lone Queries its `standins` (`Standins`) serve; with an
+        `epoch`, all its chunks go back once the epoch is no longer `version`."""
+        link: int = self._pump.attach(client_fd, upstream_fd, slot, gated, epoch, version, state.as_tuple(),
+                                      standins)
         self._holders[link] = handed_back
         return link
 
@@ -183,17 +202,32 @@ class NativeRelay:
         got = self._pump.detach(link)
         if got is None:
             return None
-        reason, state, to_client, to_upstream, tail, invalid, chunks = got
+        reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed = got
         pending, mid, syncs, end_sent, status, failed, failed_idle, gone, start, proxy = state
         return Returned(reason, RelayState(pending, bool(mid), syncs, bool(end_sent), bytes([status]), bool(failed),
                                            bool(failed_idle), bool(gone), start, proxy),
-                        to_client, to_upstream, tail, invalid, chunks)
+                        to_client, to_upstream, tail, invalid, chunks, bool(bind_owed))
 
     def _on_returned(self) -> None:
         for link in self._pump.returned():
             handed_back = self._holders.get(link)
             if handed_back is not None:
                 handed_back()
+
+    def standins(self, label: str, entries: list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str]]
+                 ) -> Any:
+        """The thread's table of a gated session's stand-ins (`AutoPrepared.native_standins`,
+        counted under the policy's `label`), or None if none of them is for a text the
+        thread can scan (`_pump.literal_shape`) or no counter is left."""
+        table = []
+        for shape, count, sent, head, tail, kind in entries:
+            encoded = shape.encode()
+            scanned = _pump.literal_shape(encoded)
+            slot = self.slot((label, kind))
+            if scanned is None or scanned[0] != encoded or len(scanned[1]) != count or slot is None:
+                continue
+            table.append((encoded, count, sent, head, tail, slot))
+        return _pump.Standins(table) if table else None
 
     def statement_counts(self) -> dict[tuple[str, str], int]:
         return {key: self._pump.statements(slot) for key, slot in list(self._slots.items()) if slot is not None}
@@ -210,6 +244,10 @@ class NativeRelay:
 
     def attached(self) -> int:
         return self._pump.attached()
+
+    def standins_served(self) -> int:
+        """Simple Queries the thread sent as their stand-ins (rewrite cache hits, as the gate counts them)."""
+        return self._pump.standins_served()
 
     def close(self) -> None:
         """Stop the thread (after the sessions were taken back or closed)."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Final
 from cowproxy.histogram import Histogram, Tally
 from cowproxy.protocol.errors import ProtocolViolation
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer, frame_end, frame_offsets
-from cowproxy.protocol.responses import EDITED_ROUND, NOT_STEADY, PLAIN_ROUND, ResponseEditor
+from cowproxy.protocol.responses import EDITED_ROUND, NOT_STEADY, PLAIN_ROUND, STANDIN, ResponseEditor
 from cowproxy.protocol.messages import (
     BIND,
     CLOSE,
@@ -313,10 +313,13 @@ class Relay:
         """Send whole client frames upstream: through the gate when the route has one."""
         gate = self._gate
         statement = gate is not None and has_statement(frames)
-        self.quiet_chunks = 0 if statement else self.quiet_chunks + 1
+        quiet = self.quiet_chunks
+        self.quiet_chunks = 0 if statement else quiet + 1
         if (gate is not None and (statement or gate_state_pending(gate, self.layout_version))
                 and not self.remembered(gate, buf, frames)):
             cut: int = gate.scan(buf, frames)
+            if gate.standin_alone:
+                self.quiet_chunks = quiet + 1  # a Query the native relay serves itself (its stand-ins)
             if gate.rewrites or cut < len(frames):
                 self.forward_before(buf, frames, cut, gate.rewrites, t0)
                 if cut < len(frames):
@@ -377,6 +380,15 @@ class Relay:
             self.account(frames[:cut], t0, True)
             self.upstream_write(b"".join(pieces))
         self.proxy_time += _clock() - t0
+
+    def expect_standin(self) -> None:
+        """Taken back from the native relay while a stand-in it sent still owes its
+        BindComplete (proxy/pump.py `Returned.bind_owed`): nothing else is in flight, and
+        the editor removes it as for the gate's own stand-ins."""
+        editor = self.idle_editor if self.idle_editor is not None else ResponseEditor(self.scanner)
+        editor.engage(0)
+        editor.sent_query((STANDIN, None))
+        self.editor = editor
 
     def engage_editor(self) -> None:
         """Follow the answers with a ResponseEditor from here on (until it is idle)."""

@@ -216,6 +216,8 @@ class ClientSession(asyncio.Protocol):
         self._native_slot: int | None = None
         self._native_epoch = pump.NO_EPOCH
         self._quiet_needed = QUIET_CHUNKS
+        self._standins: Any = None            # the native relay's table of this session's stand-ins
+        self._standins_made_of: tuple[int, Any] | None = None  # (AutoPrepared.native_version, decision cache)
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statement_tally   # the gate's statement counters, by (branch, kind)
         self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
@@ -745,12 +747,29 @@ class ClientSession(asyncio.Protocol):
         try:
             self._link = native.attach(*self._native_fds, self._native_slot, pump.RelayState.of(relay),
                                        self._handed_back, gated=gate is not None, epoch=self._native_epoch,
-                                       version=0 if gate is None else gate.synced_version)
+                                       version=0 if gate is None else gate.synced_version,
+                                       standins=None if gate is None else self._native_standins(native, gate))
         except OSError as exc:
             logs.event("native_relay_refused", logging.WARNING, branch=self.branch, error=str(exc))
             self._native_fds = None
             client.resume_reading()
             upstream.resume_reading()
+
+    def _native_standins(self, native: Any, gate: Any) -> Any:
+        """The native relay's table of the stand-ins this session's simple Queries get
+        (proxy/pump.py), remade when they changed; None when the thread may not serve
+        any: the client may have an unnamed statement (a stand-in must close it then),
+        or temp tables of the session's may hide a table (`fast_query` decides then)."""
+        prepared = gate.autoprepared
+        if prepared is None or prepared.unnamed_parsed or gate.temp_tables:
+            return None
+        cache = gate.policy.cache
+        made_of = (prepared.native_version, cache)
+        if self._standins_made_of is None or self._standins_made_of[0] != made_of[0] \
+                or self._standins_made_of[1] is not cache:
+            self._standins = native.standins(gate.policy.label, prepared.native_standins(cache))
+            self._standins_made_of = made_of
+        return self._standins
 
     def _take_back(self) -> pump.Returned | None:
         """Take the session back from the native relay (None if it did not hold it): the
@@ -762,6 +781,8 @@ class ClientSession(asyncio.Protocol):
         if back is None:
             return None
         back.state.restore(self.relay)
+        if back.bind_owed:
+            self.relay.expect_standin()
         client, upstream = self.transport, self._upstream
         for transport in (client, upstream):
             if transport is not None and not transport.is_closing():

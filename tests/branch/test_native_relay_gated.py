@@ -132,3 +132,96 @@ async def test_production_sessions_executing_prepared_statements_are_held_and_st
         await conn.execute("UPDATE nr_accounts SET balance = 0 WHERE id = 3")
     assert await lookup.fetchval(3) == 100
     await conn.close()
+
+
+# ---------------------------------------------------------------- simple-protocol stand-ins
+
+def standins(proxy: ProxyProcess) -> float:
+    return metric_value(proxy.scrape_metrics(), "cowproxy_native_relay_standins_total")
+
+
+def simple_client(proxy: ProxyProcess, branch: str):
+    """psycopg with client-side binding: every execution is a simple Query with its values
+    inlined, as pgbench -M simple and most ORMs' raw SQL send them."""
+    import psycopg
+
+    return psycopg.connect(proxy.dsn(branch), autocommit=True, cursor_factory=psycopg.ClientCursor)
+
+
+def test_simple_queries_of_a_known_shape_are_served_by_the_thread_with_the_branchs_rows(own_proxy, branch):
+    with simple_client(own_proxy, branch) as conn:
+        conn.execute("UPDATE nr_accounts SET balance = balance + id WHERE id <= 5")
+        before = standins(own_proxy)
+        lookup = "SELECT balance, id FROM nr_accounts WHERE id = %s"
+        for _ in range(3):
+            assert [conn.execute(lookup, (i,)).fetchone() for i in (1, 5, 6)] == [(101, 1), (105, 5), (100, 6)]
+        assert wait_until(lambda: held(own_proxy) == 1)
+        rows = [conn.execute(lookup, (i,)).fetchone() for i in range(1, 21)]
+        assert rows == [(100 + i + (i if i <= 5 else 0) - i, i) for i in range(1, 21)]
+        assert [conn.execute(lookup, (i,)).fetchone() for i in (0, 21)] == [None, None]
+        assert standins(own_proxy) >= before + 20
+        cur = conn.execute(lookup, (3,))
+        assert cur.statusmessage == "SELECT 1" and [c.name for c in cur.description] == ["balance", "id"]
+        # a write goes back to the gate and lands in the branch; the next lookups see it
+        assert conn.execute("UPDATE nr_accounts SET balance = 0 WHERE id = 2").rowcount == 1
+        assert [conn.execute(lookup, (2,)).fetchone() for _ in range(4)] == [(0, 2)] * 4
+    assert wait_until(lambda: held(own_proxy) == 0)
+
+
+def test_errors_of_stand_ins_reach_the_client_as_the_query_would_have_answered(own_proxy, branch):
+    """An error while executing (after the BindComplete the thread removed) and one at the
+    Bind in a failed transaction (the BindComplete never comes: Python's editor takes over)."""
+    import psycopg
+
+    with simple_client(own_proxy, branch) as conn:
+        conn.execute("UPDATE nr_accounts SET balance = 40 WHERE id = 1")
+        divide = "SELECT balance / %s FROM nr_accounts WHERE id = %s"
+        divisors = iter(range(1, 41))
+
+        def until_held() -> None:
+            """Texts of the shape until the thread holds the session (the gate's fast path
+            serves texts it has not decided before; attaching waits for quiet chunks)."""
+            for divisor in divisors:
+                assert conn.execute(divide, (divisor, 1)).fetchone() == (40 // divisor,)
+                if held(own_proxy) == 1:
+                    return
+            raise AssertionError("the session never went to the native relay")
+
+        def on_the_thread(statement) -> None:
+            before = standins(own_proxy)
+            statement()
+            assert standins(own_proxy) == before + 1
+
+        def fails(error: type[Exception]) -> None:
+            with pytest.raises(error):
+                conn.execute(divide, (0, 1))
+
+        until_held()
+        on_the_thread(lambda: fails(psycopg.errors.DivisionByZero))
+        assert conn.execute(divide, (3, 1)).fetchone() == (13,)
+        conn.execute("BEGIN")
+        until_held()
+        on_the_thread(lambda: fails(psycopg.errors.DivisionByZero))
+        if held(own_proxy) != 1:
+            until_held()
+        on_the_thread(lambda: fails(psycopg.errors.InFailedSqlTransaction))
+        conn.execute("ROLLBACK")
+        assert conn.execute(divide, (12, 1)).fetchone() == (3,)
+        assert conn.execute("SELECT balance FROM nr_accounts WHERE id = 1").fetchone() == (40,)
+
+
+def test_a_new_overlay_takes_a_session_on_stand_ins_back_before_its_next_query(pg, own_proxy, branch):
+    """As for prepared statements: the stand-in's plan read nr_notes from production; the
+    other session's first write gives it a shadow, and the next lookup must read it."""
+    with simple_client(own_proxy, branch) as reader, simple_client(own_proxy, branch) as writer:
+        writer.execute("UPDATE nr_accounts SET balance = 7 WHERE id = 9")
+        lookup = "SELECT n.body, a.balance FROM nr_notes n JOIN nr_accounts a USING (id) WHERE n.id = %s"
+        for i in range(1, 21):  # texts the gate has not decided before: its fast path, then the thread
+            assert reader.execute(lookup, (i,)).fetchone() == (f"note {i}", 7 if i == 9 else 100)
+            if held(own_proxy) == 1:
+                break
+        assert held(own_proxy) == 1
+        assert writer.execute("UPDATE nr_notes SET body = 'changed' WHERE id = 9").rowcount == 1
+        assert [reader.execute(lookup, (i,)).fetchone() for i in (9, 8, 9)] == [("changed", 7), ("note 8", 100),
+                                                                                ("changed", 7)]
+    assert psql(pg.dsn(), "SELECT body FROM nr_notes WHERE id = 9").stdout.split() == ["note", "9"]

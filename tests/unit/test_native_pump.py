@@ -42,7 +42,7 @@ class Rig:
     """A pump with one link: `app` is the client's end, `server` the upstream's."""
 
     def __init__(self, relay_state: pump.RelayState | None = None, max_message_size: int = 1 << 20, *,
-                 gated: bool = False, epoch_version: int | None = None) -> None:
+                 gated: bool = False, epoch_version: int | None = None, standins: object = None) -> None:
         self.pump = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.CLIENT_GATED),
                                pump._table(pump.UPSTREAM_SPECIAL), max_message_size, list(LATENCY_BUCKETS))
         self.slot = self.pump.slot()
@@ -56,7 +56,7 @@ class Rig:
             sock.setblocking(False)
         self.link = self.pump.attach(proxy_client.fileno(), proxy_upstream.fileno(),
                                      pump.NO_COUNT if gated else self.slot, gated, self.epoch, epoch_version or 0,
-                                     (relay_state or state()).as_tuple())
+                                     (relay_state or state()).as_tuple(), standins)
 
     def close(self) -> None:
         self.pump.close()
@@ -165,7 +165,7 @@ def test_a_bad_server_length_hands_the_session_back_as_invalid():
     with Rig() as rig:
         rig.server.sendall(b"D\x00\x00\x00\x02")
         assert rig.handed_back()
-        reason, _, _, _, _, invalid, _ = rig.detach()
+        reason, _, _, _, _, invalid, _, _ = rig.detach()
     assert reason == pump.BACK_UPSTREAM_INVALID
     assert "invalid message length 2" in invalid
 
@@ -285,7 +285,7 @@ def test_a_gated_session_relays_executions_and_counts_no_statements():
             read_exactly(rig.app, 5 + 14 + 6)
         time.sleep(0.01)
         assert rig.pump.statements(rig.slot) == 0
-        reason, after, *_, chunks = rig.detach()
+        reason, after, *_, chunks, _ = rig.detach()
     assert reason == 0 and after[0] == 0 and chunks == 3
 
 
@@ -298,7 +298,7 @@ def test_a_gated_session_hands_back_every_chunk_with_a_statement(chunk):
     with Rig(gated=True) as rig:
         rig.app.sendall(chunk)
         assert rig.handed_back()
-        reason, after, _, to_upstream, tail, _, chunks = rig.detach()
+        reason, after, _, to_upstream, tail, _, chunks, _ = rig.detach()
         assert nothing_forwarded(rig)
     assert reason == pump.BACK_CLIENT_DATA and tail == chunk and to_upstream == b"" and chunks == 0
     assert after[0] == 0
@@ -315,6 +315,150 @@ def test_a_new_epoch_hands_back_the_next_chunk_of_sessions_attached_under_the_ol
         rig.pump.set_epoch(rig.epoch, 8)
         rig.app.sendall(EXECUTION)
         assert rig.handed_back()
-        reason, _, _, _, tail, _, chunks = rig.detach()
+        reason, _, _, _, tail, _, chunks, _ = rig.detach()
         assert nothing_forwarded(rig)
     assert reason == pump.BACK_CLIENT_DATA and tail == EXECUTION and chunks == 1
+
+
+# ---------------------------------------------------------------- stand-ins
+
+from cowproxy.proxy.autoprepare import _standin  # noqa: E402  (the gate's own builder: the reference)
+from cowproxy.sql.literals import number_spans  # noqa: E402
+from cowproxy.sql.numbers import KEEP, NEGATED, PARAM, blanked  # noqa: E402
+
+LOOKUP = b"SELECT abalance FROM pgbench_accounts WHERE aid = 0"
+ALIAS = b"cowproxy_sp_1\0"
+
+
+def standin_entry(shape: bytes = LOOKUP, nclient: int = 1, sent: list | None = None, alias: bytes = ALIAS,
+                  rows: bool = True, slot: int = -1) -> tuple:
+    """A `Standins` entry as `NativeRelay.standins` makes it, from the gate's own Bind parts."""
+    sent = sent if sent is not None else [(0, PARAM, b"")]
+    count = sum(1 for _, kind, _ in sent if kind != KEEP)
+    head = b"\0" + alias + b"\0\0" + struct.pack("!h", count)
+    tail = _standin(False, b"", alias, [], rows)[5 + len(head):]  # after the values: formats, frames
+    return (shape, nclient, sent, head, tail, slot)
+
+
+def query(sql: bytes) -> bytes:
+    return message(b"Q", sql + b"\0")
+
+
+def expected_standin(values: list[bytes], alias: bytes = ALIAS, rows: bool = True) -> bytes:
+    return _standin(False, b"", alias, values, rows)
+
+
+ANSWER = message(b"T", b"\0\0") + message(b"D", b"\0\1\0\0\0\0011") + message(b"C", b"SELECT 1\0") + ready()
+
+
+def test_the_reference_tail_is_what_the_gate_appends():
+    head = standin_entry()[3]
+    assert expected_standin([b"5"]) == (b"B" + struct.pack("!I", 4 + len(head) + 5 + 2) + head
+                                        + struct.pack("!I", 1) + b"5" + standin_entry()[4])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab_$ 0123456789=<>-+/*,;()[].'\"\n\t:!~é")), max_size=40))
+def test_the_thread_scans_plain_texts_as_the_gate_does(sql):
+    """Where `literal_shape` answers, its numbers and shape are sql/literals.py's."""
+    got = _pump.literal_shape(sql.encode())
+    if got is None:
+        return
+    spans = number_spans(sql)
+    assert spans is not None and [sql[a:b].encode() for a, b in spans] == got[1]
+    assert blanked(sql, spans).encode() == got[0]
+
+
+def test_a_lone_query_of_a_known_shape_goes_as_its_stand_in_and_its_bind_complete_is_removed():
+    table = _pump.Standins([standin_entry(slot=0)])
+    with Rig(gated=True, standins=table) as rig:
+        for aid in (b"4711", b"0", b"999999999"):
+            rig.app.sendall(query(LOOKUP[:-1] + aid))
+            sent = expected_standin([aid])
+            assert read_exactly(rig.server, len(sent)) == sent
+            rig.server.sendall(message(b"2") + ANSWER)
+            assert read_exactly(rig.app, len(ANSWER)) == ANSWER
+        time.sleep(0.01)
+        assert rig.pump.standins_served() == 3 and rig.pump.statements(0) == 3
+        reason, after, *_, chunks, bind_owed = rig.detach()
+        assert nothing_forwarded(rig)
+    assert reason == 0 and after[0] == 0 and chunks == 3 and bind_owed == 0
+
+
+@pytest.mark.parametrize("sql", [
+    LOOKUP[:-1] + b"1234567890",        # not an int4 as written: the gate types it
+    LOOKUP[:-1] + b"007",
+    LOOKUP[:-1] + b"5 AND aid = 6",     # another shape
+    b"SELECT abalance FROM pgbench_accounts WHERE aid = '5'",  # not a plain text
+    b"select abalance FROM pgbench_accounts WHERE aid = 5",
+], ids=["ten-digits", "leading-zero", "other-shape", "quoted", "other-case"])
+def test_a_query_the_thread_cannot_vouch_for_goes_back_whole(sql):
+    with Rig(gated=True, standins=_pump.Standins([standin_entry()])) as rig:
+        rig.app.sendall(query(sql))
+        assert rig.handed_back()
+        reason, _, _, to_upstream, tail, _, chunks, bind_owed = rig.detach()
+        assert nothing_forwarded(rig)
+    assert reason == pump.BACK_CLIENT_DATA and tail == query(sql) and to_upstream == b""
+    assert chunks == 0 and bind_owed == 0
+
+
+def test_kept_literals_pick_the_statement_and_negated_and_fixed_numbers_bind_as_the_gate_binds_them():
+    """`... WHERE a = -1 LIMIT 10`: the first number is a parameter taking its minus sign,
+    the LIMIT stays literal (two statements, one per LIMIT); the rewrite adds a number of
+    its own (7) that is a parameter too."""
+    shape = b"SELECT x FROM t WHERE a = -0 LIMIT 0"
+    ten = standin_entry(shape, 2, [(0, NEGATED, b""), (1, KEEP, b"10"), (-1, PARAM, b"7")], b"s10\0")
+    twenty = standin_entry(shape, 2, [(0, NEGATED, b""), (1, KEEP, b"20"), (-1, PARAM, b"7")], b"s20\0")
+    with Rig(gated=True, standins=_pump.Standins([ten, twenty])) as rig:
+        for sql, values, alias in [(b"SELECT x FROM t WHERE a = -5 LIMIT 20", [b"-5", b"7"], b"s20\0"),
+                                   (b"SELECT x FROM t WHERE a = -0 LIMIT 10", [b"0", b"7"], b"s10\0")]:
+            rig.app.sendall(query(sql))
+            sent = expected_standin(values, alias)
+            assert read_exactly(rig.server, len(sent)) == sent
+            rig.server.sendall(message(b"2") + ANSWER)
+            assert read_exactly(rig.app, len(ANSWER)) == ANSWER
+        rig.app.sendall(query(b"SELECT x FROM t WHERE a = -5 LIMIT 30"))
+        assert rig.handed_back()
+        assert nothing_forwarded(rig)
+
+
+@pytest.mark.parametrize("side, chunk", [
+    ("server", message(b"2")[:3]),                          # BindComplete cut by the chunk's end
+    ("server", message(b"E", b"SERROR\0C25P02\0Mcurrent transaction is aborted\0\0") + ready(b"E")),  # Bind failed
+    ("server", message(b"N", b"SNOTICE\0Mhi\0\0") + message(b"2") + ANSWER),  # anything else first
+    ("app", EXECUTION),                                     # the client sends more meanwhile
+], ids=["cut", "error", "notice", "client"])
+def test_anything_but_a_whole_bind_complete_while_it_is_owed_goes_back_with_it_owed(side, chunk):
+    """Whole and unforwarded; Python's response editor then removes the BindComplete
+    (`Relay.expect_standin`)."""
+    with Rig(gated=True, standins=_pump.Standins([standin_entry()])) as rig:
+        rig.app.sendall(query(LOOKUP[:-1] + b"5"))
+        read_exactly(rig.server, len(expected_standin([b"5"])))
+        getattr(rig, side).sendall(chunk)
+        assert rig.handed_back()
+        reason, after, to_client, to_upstream, tail, _, _, bind_owed = rig.detach()
+        assert nothing_forwarded(rig)
+    assert reason == (pump.BACK_UPSTREAM_DATA if side == "server" else pump.BACK_CLIENT_DATA)
+    assert tail == chunk and to_client == b"" and to_upstream == b""
+    assert bind_owed == 1 and after[0] == 1
+
+
+def test_stand_ins_wait_for_nothing_in_flight_and_a_current_epoch():
+    with Rig(state(pending_ready=1), gated=True, standins=_pump.Standins([standin_entry()])) as rig:
+        rig.app.sendall(query(LOOKUP[:-1] + b"5"))  # a request in flight: the gate decides
+        assert rig.handed_back()
+    with Rig(gated=True, epoch_version=3, standins=_pump.Standins([standin_entry()])) as rig:
+        rig.pump.set_epoch(rig.epoch, 4)
+        rig.app.sendall(query(LOOKUP[:-1] + b"5"))
+        assert rig.handed_back()
+        assert nothing_forwarded(rig)
+
+
+def test_stand_ins_are_for_gated_sessions_and_well_formed():
+    with pytest.raises(ValueError):
+        Rig(standins=_pump.Standins([standin_entry()]))
+    with pytest.raises(ValueError):
+        _pump.Standins([standin_entry(sent=[(3, PARAM, b"")])])  # a client number it does not have
+    with pytest.raises(TypeError):
+        _pump.Standins([("not bytes", 1, [], b"", b"", 0)])
+    assert len(_pump.Standins([standin_entry(), standin_entry(alias=b"x\0")])) == 2
