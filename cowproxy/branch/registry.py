@@ -184,6 +184,7 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'v', 'm', 'p', 'f')"
         " AND c.relname NOT LIKE '%$rows'", schemas)
+    fresh = await fresh_copies_of(conn, overlays)
     return BranchLayout(
         branch=chain[0].name,
         schema=chain[0].schema_name,
@@ -201,7 +202,8 @@ async def _load_layout(conn: asyncpg.Connection, chain: list[catalog.Branch]) ->
         volatile_functions=await volatile_function_names(conn),
         referenced_columns=await referenced_column_sets_of(conn, chain[0].schema_name, overlays),
         branch_children=await branch_children_of(conn, chain[0].schema_name, overlays),
-        fresh_copies=await fresh_copies_of(conn, overlays),
+        fresh_copies=fresh,
+        copy_out_columns=await copy_out_columns_of(conn, overlays, fresh),
         function_copies=await function_copies_of(conn, names),
     )
 
@@ -220,6 +222,23 @@ async def fresh_copies_of(conn: asyncpg.Connection, overlays: dict[tuple[str, st
     rows = await conn.fetch(
         "SELECT n FROM unnest($1::text[]) n WHERE pg_catalog.to_regproc(n) IS NOT NULL", list(candidates))
     return {candidates[r["n"]]: r["n"] for r in rows}
+
+
+async def copy_out_columns_of(conn: asyncpg.Connection, overlays: dict[tuple[str, str], str],
+                              fresh: dict[tuple[str, str], str]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The columns `COPY T TO` writes, of the guarded copies that have a stored generated
+    column (COPY without a column list leaves those out, `SELECT *` would not)."""
+    if not fresh:
+        return {}
+    keys = list(fresh)
+    rows = await conn.fetch(
+        "SELECT k.i, array_agg(a.attname ORDER BY a.attnum) FILTER (WHERE a.attgenerated = '') AS columns"
+        " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY k(s, n, i)"
+        " JOIN pg_catalog.pg_attribute a ON a.attrelid = pg_catalog.to_regclass(pg_catalog.quote_ident(k.s)"
+        " || '.' || pg_catalog.quote_ident(k.n)) AND a.attnum > 0 AND NOT a.attisdropped"
+        " GROUP BY k.i HAVING bool_or(a.attgenerated <> '')",
+        [overlays[key] for key in keys], [overlay_objects(*key).view for key in keys])
+    return {keys[r["i"] - 1]: tuple(r["columns"] or ()) for r in rows}
 
 
 async def branch_children_of(conn: asyncpg.Connection, schema: str,

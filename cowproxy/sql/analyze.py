@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pglast import parser as pg_parser
@@ -63,6 +63,23 @@ class Scan:
     aliased: bool
     name: str
     """What the statement calls it: its alias, else the table's name."""
+    sample_at: int = -1
+    """`t TABLESAMPLE method (...)`: where the method's name is (its clause ends the item)."""
+    nullable: bool = False
+    """It may be read on the nullable side of an outer join (sql/policy.py: such a
+    scan's guard must not be pulled up into the join's quals)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyTo:
+    """`COPY t [(columns)] TO ...`: what sql/policy.py needs to read `t` through a query
+    instead (`COPY (SELECT ...) TO ...` with the same options)."""
+
+    relation: Relation
+    columns: tuple[str, ...]
+    target: str | None          # the file name, None for STDOUT
+    program: bool
+    options: tuple[Any, ...]    # the DefElem bodies, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +312,8 @@ class Statement:
     altered: Relation | None = None        # ALTER TABLE adding foreign keys: its table
     alter_commands: int = 0                # ALTER TABLE adding foreign keys: how many subcommands it has
     dropped_constraint: str | None = None  # ALTER TABLE t DROP CONSTRAINT name (its one subcommand): the name
-    scans: tuple[Scan, ...] = ()           # tables read as FROM items (not TABLESAMPLE), in reading statements
+    scans: tuple[Scan, ...] = ()           # tables read as FROM items (TABLESAMPLE too), in reading statements
+    copy_to: CopyTo | None = None          # COPY t TO ...
     body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's, MERGE's, locking or ORDER BY ... LIMIT SELECT's parse tree
 
 
@@ -382,10 +400,17 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
         if len(cmds) == 1 and cmds[0].get("subtype") == "AT_DropConstraint" and cmds[0].get("name"):
             altered, alter_commands, dropped_constraint = _relation(body["relation"]), 1, cmds[0]["name"]
     scanning = node in _SCANNING_NODES and not (node == "CreateTableAsStmt" and body.get("objtype") == "OBJECT_MATVIEW")
-    scans = tuple(sc for sc in walker.scans if scanning and (sc.relation.schema or sc.relation.name not in walker.cte_names)
-                  and not walker.schema_column_refs and sc.name not in walker.single_refs)
+    nullable = _nullable_locations(body) if scanning and walker.scans else frozenset()
+    scans = tuple(replace(sc, nullable=sc.relation.location in nullable) for sc in walker.scans
+                  if scanning and (sc.relation.schema or sc.relation.name not in walker.cte_names)
+                  and sc.name not in walker.schema_ref_tables and sc.name not in walker.single_refs)
+    copy_to = None
+    if node == "CopyStmt" and body.get("relation") and not body.get("is_from") and not body.get("query"):
+        copy_to = CopyTo(_relation(body["relation"]), tuple(c.get("String", {}).get("sval", "") for c in body.get("attlist", [])),
+                         body.get("filename"), bool(body.get("is_program")),
+                         tuple(o.get("DefElem", {}) for o in body.get("options", [])))
     return Statement(
-        foreign_keys=foreign_keys, scans=scans, altered=altered, alter_commands=alter_commands,
+        foreign_keys=foreign_keys, scans=scans, copy_to=copy_to, altered=altered, alter_commands=alter_commands,
         dropped_constraint=dropped_constraint,
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
@@ -552,7 +577,7 @@ class _Walker:
         self.call_columns: dict[int, str] = {}  # FuncCall location → its output column name
         self.scans: list[Scan] = []
         self.single_refs: set[str] = set()  # one-name ColumnRefs: a column, or a whole-row reference to a FROM item
-        self.schema_column_refs = False     # a ColumnRef of three or more names (schema.table.column)
+        self.schema_ref_tables: set[str] = set()  # the tables ColumnRefs of three or more names (schema.table.column) name
 
     def walk(self, node: Any) -> None:
         stack = [node]
@@ -615,19 +640,25 @@ class _Walker:
 
     def _from_items(self, items: Any) -> None:
         for item in items if isinstance(items, list) else [items]:
+            sample_at = -1
+            if isinstance(item, dict) and "RangeTableSample" in item:
+                sample_at = item["RangeTableSample"].get("location", -1)
+                item = item["RangeTableSample"].get("relation")
             if isinstance(item, dict) and "RangeVar" in item:
                 rv = item["RangeVar"]
                 alias = (rv.get("alias") or {}).get("aliasname")
-                self.scans.append(Scan(_relation(rv), aliased=bool(alias), name=alias or rv.get("relname", "")))
+                self.scans.append(Scan(_relation(rv), aliased=bool(alias), name=alias or rv.get("relname", ""),
+                                       sample_at=sample_at))
 
     def _column_ref(self, fields: list[Any]) -> None:
         """Two reference shapes that a FROM item standing as a subquery would change:
         a whole-row reference (`SELECT t FROM t` is of the table's row type, of the
-        subquery's it is `record`) and `schema.table.column` (a subquery has no schema)."""
+        subquery's it is `record`) and `schema.table.column` (a subquery has no schema;
+        of a copy it fails on a branch anyway, whose FROM item names the copy's schema)."""
         if len(fields) == 1 and "String" in fields[0]:
             self.single_refs.add(fields[0]["String"].get("sval", ""))
-        elif len(fields) >= 3:
-            self.schema_column_refs = True
+        elif len(fields) >= 3 and "String" in fields[-2]:
+            self.schema_ref_tables.add(fields[-2]["String"].get("sval", ""))
 
     def _range_var(self, rv: dict[str, Any]) -> None:
         rel = _relation(rv)
@@ -889,6 +920,48 @@ def _source_items(node: dict[str, Any]) -> tuple[SourceItem, ...] | None:
         left, right = _source_items(value.get("larg", {})), _source_items(value.get("rarg", {}))
         return None if left is None or right is None else left + right
     return None
+
+
+_NULLABLE_ARMS = {"JOIN_LEFT": ("rarg",), "JOIN_RIGHT": ("larg",), "JOIN_FULL": ("larg", "rarg")}
+
+
+def _nullable_locations(body: Any) -> frozenset[int]:
+    """Where the tables are that a statement may read on the nullable side of an outer
+    join: those inside a join's nullable arm (subqueries in it included: the planner
+    pulls them up), and, when the statement has an outer join, those inside a WITH
+    query (an inlined CTE is pulled up the same way)."""
+    found: set[int] = set()
+    outer_join = False
+    for item in _json_nodes(body):
+        join = item.get("JoinExpr")
+        arms = _NULLABLE_ARMS.get(join.get("jointype", "")) if isinstance(join, dict) else None
+        if arms:
+            outer_join = True
+            for arm in arms:
+                found.update(_range_var_locations(join.get(arm)))
+    if outer_join:
+        for item in _json_nodes(body):
+            if "CommonTableExpr" in item:
+                found.update(_range_var_locations(item["CommonTableExpr"].get("ctequery")))
+    return frozenset(found)
+
+
+def _range_var_locations(node: Any) -> list[int]:
+    return [item["RangeVar"].get("location", -1) for item in _json_nodes(node) if "RangeVar" in item]
+
+
+def _json_nodes(node: Any) -> list[dict[str, Any]]:
+    """Every dict in a parse tree's JSON form (pglast's `parse_sql_json`), depth first."""
+    out: list[dict[str, Any]] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            out.append(item)
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+    return out
 
 
 def _sampled(node: Any) -> bool:

@@ -26,7 +26,7 @@ from cowproxy.branch.sink import has_row_sink, row_sink_target
 from cowproxy.histogram import Tally
 from cowproxy.metrics import Metrics
 from cowproxy.sql import on_conflict, ordered_limit, references, row_locks
-from cowproxy.sql.analyze import (ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, Scan, SqlSyntaxError, Statement, UpdateShape,
+from cowproxy.sql.analyze import (CopyTo, ForeignKeyClause, Kind, MergeShape, OnConflict, Refusal, Relation, Scan, SqlSyntaxError, Statement, UpdateShape,
                                   analyze, conflict_nothing_shape, conflict_update_shape, cte_conflict_update, merge_shape, update_shape)
 from cowproxy.sql.literals import number_spans
 from cowproxy.sql.numbers import blanked, filled
@@ -118,6 +118,9 @@ class BranchLayout:
     """Production tables in mode copy (in the branch's schema or an ancestor's) whose
     copy has a read guard, to the guard function's qualified name (overlay.py
     `fresh_read_guard`): reads of them are rewritten to call it first."""
+    copy_out_columns: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """The guarded copies with a stored generated column: the columns `COPY T TO` writes
+    (every other one, in order), which its guarded `COPY (SELECT ...) TO` lists."""
 
     function_copies: Mapping[tuple[str, str], str] = field(default_factory=dict)
     """Production functions (schema, name) the branch or an ancestor copied into its
@@ -1137,8 +1140,15 @@ class BranchPolicy:
                 if table is None or table not in layout.fresh_copies or scan.relation.location < 0 or scan.relation.location in seen:
                     continue
                 spans = spans or NameSpans(sql)
-                splices.append(self._fresh_copy_splice(scan, table, spans))
+                splices += self._fresh_copy_splices(scan, table, spans)
                 seen.add(scan.relation.location)
+            copy_to = st.copy_to if layout.fresh_copies else None
+            if copy_to is not None and copy_to.relation.location >= 0 and copy_to.relation.location not in seen:
+                table = self._production_table(copy_to.relation, temp_tables)
+                copy_splice = self._fresh_copy_to_splice(sql, st, copy_to, table) if table in layout.fresh_copies else None
+                if copy_splice is not None:
+                    splices.append(copy_splice)
+                    seen.add(copy_to.relation.location)
             for rel in (*st.reads, *st.writes):
                 if rel.schema is None or rel.location < 0 or rel.location in seen:
                     continue
@@ -1177,18 +1187,29 @@ class BranchPolicy:
 
     # reads of keyless tables' copies (branch/overlay.py fresh_read_guard) ---------
 
-    def _fresh_copy_splice(self, scan: Scan, table: tuple[str, str], spans: NameSpans) -> Splice:
+    def _fresh_copy_splices(self, scan: Scan, table: tuple[str, str], spans: NameSpans) -> list[Splice]:
         """A keyless table's copy read as a FROM item becomes `(SELECT * FROM copy WHERE
         (SELECT guard())) AS name`: the guard is a one-time filter that runs before the
         scan, so a snapshot older than the copy (which would see it empty) gets 40001
         instead of no rows. The subquery is pulled up: the plan is otherwise the
         table's. `ONLY t`, `t *` and `TABLE t` keep their meaning (a copy has no
-        children); the FROM item keeps the name, or the alias the SQL gives it."""
+        children); the FROM item keeps the name, or the alias the SQL gives it.
+
+        Where the item may be on the nullable side of an outer join, the pulled-up
+        guard would become one of the join's quals (PostgreSQL 16 moves a lone table's
+        quals there), checked only for rows that match: an empty copy matches none and
+        the join returns the outer rows unguarded. `OFFSET 0` keeps the subquery whole,
+        its guard a one-time filter over its own scan (which then takes no quals from
+        outside: the cost of being exact). `t TABLESAMPLE ...` stays inside the
+        subquery as written (its alias too, which the subquery repeats): the sample is
+        the same table's, so the same rows."""
         rel = scan.relation
         start, end = spans.qualified_name(rel.location)
+        name_end = end
         before, after = spans.neighbors(start, end)
         prefix = ""
-        if before is not None and before[2] == "ONLY":
+        only = before is not None and before[2] == "ONLY"
+        if only and before is not None:
             start = before[0]
         elif before is not None and before[2] == "TABLE":
             start, prefix = before[0], "SELECT * FROM "
@@ -1196,8 +1217,69 @@ class BranchPolicy:
             end = after[1]
         guard = self.layout.fresh_copies[table]
         copy = f"{quote_ident(self.layout.overlays[table])}.{quote_ident(self.layout.overlay_names[table])}"
+        offset = " OFFSET 0" if scan.nullable else ""
+        if scan.sample_at >= 0:
+            item_end = spans.call_end(scan.sample_at)
+            _method, repeatable = spans.neighbors(scan.sample_at, item_end)
+            if repeatable is not None and repeatable[2] == "REPEATABLE":
+                item_end = spans.call_end(repeatable[0])
+            return [Splice(start, name_end, f"(SELECT * FROM {'ONLY ' if only else ''}{copy}"),
+                    Splice(item_end, item_end, f" WHERE (SELECT {guard}()){offset}) AS {quote_ident(scan.name)}")]
         alias = "" if scan.aliased else f" AS {quote_ident(rel.name)}"
-        return Splice(start, end, f"{prefix}(SELECT * FROM {copy} WHERE (SELECT {guard}())){alias}")
+        return [Splice(start, end, f"{prefix}(SELECT * FROM {copy} WHERE (SELECT {guard}()){offset}){alias}")]
+
+    def _fresh_copy_to_splice(self, sql: str, st: Statement, copy_to: CopyTo, table: tuple[str, str] | None) -> Splice | None:
+        """`COPY t [(columns)] TO ...` of a guarded copy becomes `COPY (SELECT columns FROM
+        (guarded subquery) AS t) TO ...` with the same options (written in the generic
+        `WITH (...)` form, which every older spelling has one of): the same bytes and
+        `COPY n`, and 40001 under a snapshot older than the copy. Without a column list
+        COPY writes every column but the stored generated ones (`copy_out_columns`).
+        None for an option this cannot spell (PostgreSQL's grammar has none: a guard)."""
+        if table is None:
+            return None
+        try:
+            options = ", ".join(_copy_option(o) for o in copy_to.options)
+        except ValueError:
+            return None
+        guard = self.layout.fresh_copies[table]
+        copy = f"{quote_ident(self.layout.overlays[table])}.{quote_ident(self.layout.overlay_names[table])}"
+        columns = copy_to.columns or self.layout.copy_out_columns.get(table, ())
+        listed = ", ".join(quote_ident(c) for c in columns) if columns else "*"
+        target = "STDOUT" if copy_to.target is None else quote_literal(copy_to.target)
+        if copy_to.program:
+            target = "PROGRAM " + target
+        text = (f"COPY (SELECT {listed} FROM (SELECT * FROM {copy} WHERE (SELECT {guard}())) AS {quote_ident(copy_to.relation.name)})"
+                f" TO {target}" + (f" WITH ({options})" if options else ""))
+        end = st.location + st.length if st.length else len(sql.encode())
+        return Splice(st.location, end, text)
+
+
+def _copy_option(option: Mapping[str, object]) -> str:
+    """One COPY option (a DefElem) in the generic form: `name value`."""
+    name = quote_ident(str(option.get("defname", "")))
+    arg = option.get("arg")
+    if not isinstance(arg, dict):
+        return name
+    return f"{name} {_copy_option_value(arg)}"
+
+
+def _copy_option_value(arg: Mapping[str, object]) -> str:
+    (kind, value), = arg.items()
+    body = value if isinstance(value, dict) else {}
+    if kind == "String":
+        return quote_literal(str(body.get("sval", "")))
+    if kind == "Integer":
+        return str(body.get("ival", 0))
+    if kind == "Float":
+        return str(body.get("fval", "0"))
+    if kind == "Boolean":
+        return "true" if body.get("boolval") else "false"
+    if kind == "A_Star":
+        return "*"
+    if kind == "List":
+        items = body.get("items", [])
+        return "(" + ", ".join(_copy_option_value(i) for i in items if isinstance(i, dict)) + ")"
+    raise ValueError(f"COPY option of kind {kind}")
 
 
 _CLIENT_USER_SQL = f"current_setting({quote_literal(CLIENT_USER_SETTING)})::name"

@@ -203,15 +203,22 @@ def test_numbers_the_rewrite_writes_are_parts_of_the_template_too():
     assert parts == ("SELECT a.", 0, " + ", 1, "") and fixed == () and shape is None
 
 
+GUARD = '"cowproxy_b_alice"."notes$fresh"'
+
+
+def guarded_layout() -> BranchLayout:
+    """A branch whose keyless `notes` is a copy with a read guard, beside a shadow `accounts`."""
+    return BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
+                        overlays={("public", "notes"): "cowproxy_b_alice", ("public", "accounts"): "cowproxy_b_alice"},
+                        overlay_names={("public", "notes"): "notes", ("public", "accounts"): "accounts"},
+                        local_names=frozenset({"notes", "notes$live", "accounts"}),
+                        fresh_copies={("public", "notes"): GUARD})
+
+
 def test_reads_of_a_guarded_copy_call_its_fresh_snapshot_guard_first():
     """A keyless table's copy read as a FROM item gets a one-time guard (overlay.py
     fresh_read_guard); writes of it, other tables and unguarded copies stay as they were."""
-    guard = '"cowproxy_b_alice"."notes$fresh"'
-    layout = BranchLayout(branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
-                          overlays={("public", "notes"): "cowproxy_b_alice", ("public", "accounts"): "cowproxy_b_alice"},
-                          overlay_names={("public", "notes"): "notes", ("public", "accounts"): "accounts"},
-                          local_names=frozenset({"notes", "notes$live", "accounts"}),
-                          fresh_copies={("public", "notes"): guard})
+    guard, layout = GUARD, guarded_layout()
     policy = BranchPolicy(layout, Metrics())
     wrapped = f'(SELECT * FROM "cowproxy_b_alice"."notes" WHERE (SELECT {guard}()))'
     cases = {
@@ -238,3 +245,48 @@ def test_reads_of_a_guarded_copy_call_its_fresh_snapshot_guard_first():
     assert policy.decide("SELECT * FROM notes", frozenset({"notes"})).action is Action.FORWARD  # a temp table
     unguarded = BranchPolicy(replace(layout, fresh_copies={}), Metrics())  # a copy made before the guard
     assert unguarded.decide("SELECT count(*) FROM notes").action is Action.FORWARD
+
+
+def test_copy_to_tablesample_and_outer_joins_of_a_guarded_copy_call_its_guard():
+    """`COPY t TO` reads a guarded query with the same options (generic spelling; the
+    columns COPY writes when the copy has a generated one); TABLESAMPLE stays inside the
+    guarded subquery; on an outer join's nullable side (a CTE's too) the subquery keeps
+    its guard with OFFSET 0, elsewhere it is pulled up as before."""
+    guard, layout = GUARD, guarded_layout()
+    policy = BranchPolicy(layout, Metrics())
+    wrapped = f'(SELECT * FROM "cowproxy_b_alice"."notes" WHERE (SELECT {guard}()))'
+    held = f'(SELECT * FROM "cowproxy_b_alice"."notes" WHERE (SELECT {guard}()) OFFSET 0)'
+    cases = {
+        "COPY notes TO STDOUT": f'COPY (SELECT * FROM {wrapped} AS "notes") TO STDOUT',
+        'COPY public.notes (body, "X") TO STDOUT WITH (FORMAT csv, HEADER, FORCE_QUOTE *)':
+            f'COPY (SELECT "body", "X" FROM {wrapped} AS "notes") TO STDOUT WITH ("format" \'csv\', "header", "force_quote" *)',
+        "COPY BINARY notes TO STDOUT USING DELIMITERS '|'":
+            f'COPY (SELECT * FROM {wrapped} AS "notes") TO STDOUT WITH ("format" \'binary\', "delimiter" \'|\')',
+        "COPY notes TO STDOUT CSV HEADER FORCE QUOTE body, b2 NULL '' ESCAPE 'e'":
+            f'COPY (SELECT * FROM {wrapped} AS "notes") TO STDOUT WITH ("format" \'csv\', "header" true,'
+            f' "force_quote" (\'body\', \'b2\'), "null" \'\', "escape" \'e\')',
+        "SELECT * FROM notes AS x(c) TABLESAMPLE SYSTEM (10) REPEATABLE (3) WHERE c <> ''":
+            f'SELECT * FROM (SELECT * FROM "cowproxy_b_alice"."notes" AS x(c) TABLESAMPLE SYSTEM (10) REPEATABLE (3)'
+            f' WHERE (SELECT {guard}())) AS "x" WHERE c <> \'\'',
+        "SELECT 1 FROM ONLY public.notes TABLESAMPLE bernoulli ($1), accounts":
+            f'SELECT 1 FROM (SELECT * FROM ONLY "cowproxy_b_alice"."notes" TABLESAMPLE bernoulli ($1)'
+            f' WHERE (SELECT {guard}())) AS "notes", accounts',
+        "SELECT * FROM accounts a LEFT JOIN notes n ON true": f"SELECT * FROM accounts a LEFT JOIN {held} n ON true",
+        "SELECT * FROM notes RIGHT JOIN accounts ON true": f'SELECT * FROM {held} AS "notes" RIGHT JOIN accounts ON true',
+        "SELECT * FROM notes n LEFT JOIN accounts ON true": f"SELECT * FROM {wrapped} n LEFT JOIN accounts ON true",
+        "SELECT * FROM accounts FULL JOIN (SELECT * FROM notes) s ON true":
+            f'SELECT * FROM accounts FULL JOIN (SELECT * FROM {held} AS "notes") s ON true',
+        "WITH c AS (SELECT * FROM notes) SELECT * FROM accounts LEFT JOIN c ON true":
+            f'WITH c AS (SELECT * FROM {held} AS "notes") SELECT * FROM accounts LEFT JOIN c ON true',
+        "WITH c AS (SELECT * FROM notes) SELECT * FROM accounts JOIN c ON true":
+            f'WITH c AS (SELECT * FROM {wrapped} AS "notes") SELECT * FROM accounts JOIN c ON true',
+    }
+    for sql, rewritten in cases.items():
+        assert policy.decide(sql).sql == rewritten, sql
+    assert policy.decide("COPY notes FROM STDIN").action is Action.FORWARD
+    # a schema-qualified column of another table leaves the copy's FROM item guarded
+    assert policy.decide("SELECT public.accounts.id FROM public.accounts, notes").sql == \
+        f'SELECT public.accounts.id FROM "cowproxy_b_alice"."accounts", {wrapped} AS "notes"'
+    generated = BranchPolicy(replace(layout, copy_out_columns={("public", "notes"): ("body", "at")}), Metrics())
+    assert generated.decide("COPY notes TO STDOUT").sql == f'COPY (SELECT "body", "at" FROM {wrapped} AS "notes") TO STDOUT'
+    assert generated.decide("COPY notes (at) TO STDOUT").sql == f'COPY (SELECT "at" FROM {wrapped} AS "notes") TO STDOUT'
