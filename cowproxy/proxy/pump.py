@@ -223,8 +223,10 @@ class NativeRelay:
         for shape, count, sent, head, tail, kind in entries:
             encoded = shape.encode()
             scanned = _pump.literal_shape(encoded)
-            slot = self.slot((label, kind))
-            if scanned is None or scanned[0] != encoded or len(scanned[1]) != count or slot is None:
+            if scanned is None or scanned[0] != encoded or len(scanned[1]) != count:
+                continue
+            slot = self.slot((label, kind))  # (only for entries the thread can use: counters are few)
+            if slot is None:
                 continue
             table.append((encoded, count, sent, head, tail, slot))
         return _pump.Standins(table) if table else None

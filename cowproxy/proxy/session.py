@@ -764,9 +764,8 @@ class ClientSession(asyncio.Protocol):
         if prepared is None or prepared.unnamed_parsed or gate.temp_tables:
             return None
         cache = gate.policy.cache
-        made_of = (prepared.native_version, cache)
-        if self._standins_made_of is None or self._standins_made_of[0] != made_of[0] \
-                or self._standins_made_of[1] is not cache:
+        made_of = (prepared.native_version, cache)  # (a DecisionCache compares by identity)
+        if made_of != self._standins_made_of:
             self._standins = native.standins(gate.policy.label, prepared.native_standins(cache))
             self._standins_made_of = made_of
         return self._standins
