@@ -215,7 +215,7 @@ class BackendScanner:
         self.interest = interest
         self._wanted = wanted_table(interest)
         self._skip = 0            # body bytes of an uninteresting message still to come
-        self._head = b""          # a header split across chunks (< 5 bytes)
+        self._head = b""          # a header split across chunks (< 5 bytes; < 6 from `resume_inside`)
         self._collect_type = 0    # an interesting message split across chunks ...
         self._collect = bytearray()
         self._collect_left = 0    # ... and how many of its bytes are still to come
@@ -333,6 +333,15 @@ class BackendScanner:
         if ready:
             self.ready_status = chunk[last:last + 1]
         return ready
+
+    def resume_inside(self, skip: int, head: bytes) -> None:
+        """Carry on a stream another walker (the native relay, proxy/pump.py) left on a
+        boundary of this scanner's, inside a message: `skip` body bytes of a message
+        still to come, or `head`, the first bytes of a header cut by a read (a
+        ReadyForQuery's five, at most). The other walker skips only messages this
+        scanner is not interested in, so nothing is half collected."""
+        self._skip = skip
+        self._head = head
 
     @property
     def at_boundary(self) -> bool:

@@ -1265,8 +1265,11 @@ static PyObject *bytes_of(const char *data, size_t len) {
     return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
 }
 
-/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed) or None if unknown.
-   Takes the link out of the thread's hands (if it still had it) and frees it. */
+/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head)
+   or None if unknown. Takes the link out of the thread's hands (if it still had it) and
+   frees it. `skip` and `head` say where the server stream stands: a hand-back for the
+   client's chunk (or a close, or Python's own detach) may come while the thread is
+   inside a server message, and Python's scanner must carry on inside it. */
 static PyObject *Pump_detach(Pump *p, PyObject *arg) {
     unsigned long long id = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred())
@@ -1284,12 +1287,13 @@ static PyObject *Pump_detach(Pump *p, PyObject *arg) {
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
     }
     PyObject *result = Py_BuildValue(
-        "(i(LiLiiiiidd)NNNsKi)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
+        "(i(LiLiiiiidd)NNNsKiky#)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
         l->tx_status, l->cycle_failed, l->failed_since_idle, l->statement_gone, l->cycle_start, l->proxy_time,
         bytes_of(l->to_client.data ? l->to_client.data + l->to_client.off : NULL, l->to_client.len - l->to_client.off),
         bytes_of(l->to_upstream.data ? l->to_upstream.data + l->to_upstream.off : NULL,
                  l->to_upstream.len - l->to_upstream.off),
-        bytes_of(l->tail, l->tail_len), l->invalid, l->chunks, l->bind_owed);
+        bytes_of(l->tail, l->tail_len), l->invalid, l->chunks, l->bind_owed, (unsigned long)l->skip,
+        (const char *)l->head, (Py_ssize_t)l->head_len);
     free_link(l);
     unlock(p);
     return result;

@@ -145,6 +145,8 @@ class Returned:
     invalid: str                # BACK_UPSTREAM_INVALID: what was wrong
     chunks: int                 # client chunks the thread forwarded while it held the session
     bind_owed: bool = False     # a stand-in's BindComplete is still to come: the editor must remove it
+    upstream_skip: int = 0      # where the server stream stands: body bytes of a message still to come ...
+    upstream_head: bytes = b""  # ... or the first bytes of a header cut by a read (`BackendScanner.resume_inside`)
 
 
 class NativeRelay:
@@ -202,11 +204,11 @@ class NativeRelay:
         got = self._pump.detach(link)
         if got is None:
             return None
-        reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed = got
+        reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head = got
         pending, mid, syncs, end_sent, status, failed, failed_idle, gone, start, proxy = state
         return Returned(reason, RelayState(pending, bool(mid), syncs, bool(end_sent), bytes([status]), bool(failed),
                                            bool(failed_idle), bool(gone), start, proxy),
-                        to_client, to_upstream, tail, invalid, chunks, bool(bind_owed))
+                        to_client, to_upstream, tail, invalid, chunks, bool(bind_owed), skip, head)
 
     def _on_returned(self) -> None:
         for link in self._pump.returned():

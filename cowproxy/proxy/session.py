@@ -780,6 +780,7 @@ class ClientSession(asyncio.Protocol):
         if back is None:
             return None
         back.state.restore(self.relay)
+        self.relay.scanner.resume_inside(back.upstream_skip, back.upstream_head)
         if back.bind_owed:
             self.relay.expect_standin()
         client, upstream = self.transport, self._upstream

@@ -12,6 +12,8 @@ gauge exact.
 
 from __future__ import annotations
 
+import time
+
 import asyncpg
 import pytest
 
@@ -225,3 +227,40 @@ def test_a_new_overlay_takes_a_session_on_stand_ins_back_before_its_next_query(p
         assert [reader.execute(lookup, (i,)).fetchone() for i in (9, 8, 9)] == [("changed", 7), ("note 8", 100),
                                                                                 ("changed", 7)]
     assert psql(pg.dsn(), "SELECT body FROM nr_notes WHERE id = 9").stdout.split() == ["note", "9"]
+
+
+def test_a_query_pipelined_while_a_large_answer_streams_on_the_thread_is_answered_in_order(own_proxy, branch):
+    """A gated session hands the client's next Query back while the thread is inside a
+    18 MB row it holds up for a client that does not read yet: the gate answers the
+    Query after the row, and Python's relay carries on inside the row, not at its bytes."""
+    from cowproxy.protocol.messages import encode_query
+    from rawclient import RawClient
+
+    client = RawClient(own_proxy.port, timeout=30)
+    try:
+        client.startup(database=branch)
+        client.query("UPDATE nr_notes SET body = 'changed ' || id WHERE id <= 3")
+        wide = "SELECT id, repeat(body, {}) FROM nr_notes WHERE id = {}"
+        for i in range(1, 41):
+            answer = client.query(wide.format(i, i % 3 + 1))
+            assert [m.type for m in answer] == ["T", "D", "C", "Z"]
+            if held(own_proxy) == 1:
+                break
+        assert held(own_proxy) == 1
+        before = standins(own_proxy)
+        client.send_query(wide.format(2_000_000, 3))
+        time.sleep(0.3)  # the thread fills the client's socket and stops inside the row
+        assert standins(own_proxy) == before + 1
+        client.send(encode_query("SELECT count(*) FROM nr_notes WHERE body LIKE 'changed%'"))
+        first = client.read_until_ready()
+        assert [m.type for m in first] == ["T", "D", "C", "Z"]
+        assert first[1].body.endswith(b"changed 3" * 1000) and len(first[1].body) > 2_000_000 * 9
+        second = client.read_until_ready()
+        assert [m.type for m in second] == ["T", "D", "C", "Z"] and second[1].body.endswith(b"3")
+        for i in range(1, 41):  # and the session goes back to the thread
+            assert [m.type for m in client.query(wide.format(i, 2))] == ["T", "D", "C", "Z"]
+            if held(own_proxy) == 1:
+                break
+        assert held(own_proxy) == 1, "the relay lost count of the server's messages"
+    finally:
+        client.terminate()

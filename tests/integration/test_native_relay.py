@@ -135,6 +135,33 @@ def test_a_large_result_to_a_slow_reader_arrives_intact(pg, own_proxy):
     assert got == want
 
 
+def test_a_cut_frame_sent_while_a_large_row_streams_leaves_the_relay_in_step(own_proxy):
+    """The client's chunk goes back to Python while the thread is inside a server
+    message (1 MB rows, held up by a client that does not read yet): Python's scanner
+    must carry on inside that message, or it reads row bytes as headers and never sees
+    the ReadyForQuery (the session would not go back to the thread)."""
+    client = RawClient(own_proxy.port, timeout=30)
+    try:
+        client.startup()
+        client.query("SELECT 1")
+        assert wait_until(lambda: held(own_proxy) == 1)
+        client.send_query("SELECT g, repeat('x', 1048576) FROM generate_series(1, 24) g")
+        time.sleep(0.3)  # the thread fills the client's socket and stops mid-row
+        second = encode_query("SELECT 'after the rows'")
+        client.send(second[:3])  # a cut frame: the thread hands the chunk back
+        assert wait_until(lambda: held(own_proxy) == 0)
+        client.send(second[3:])
+        first = client.read_until_ready()
+        assert [m.type for m in first] == ["T"] + ["D"] * 24 + ["C", "Z"]
+        assert all(m.body.endswith(b"x" * 1000) for m in first[1:25])
+        answer = client.read_until_ready()
+        assert [m.type for m in answer] == ["T", "D", "C", "Z"] and b"after the rows" in answer[1].body
+        assert wait_until(lambda: held(own_proxy) == 1), "the relay lost count of the server's messages"
+        assert [m.type for m in client.query("SELECT 2")] == ["T", "D", "C", "Z"]
+    finally:
+        client.terminate()
+
+
 def test_a_client_vanishing_mid_query_on_the_thread_gets_its_query_cancelled(pg, own_proxy):
     marker = "native_relay_vanish"
     client = RawClient(own_proxy.port)
