@@ -199,6 +199,7 @@ class ResponseEditor:
         self._copy_open = False                 # COPY FROM STDIN runs and its CopyDone is still to be sent
         self._open: _Sent | None = None         # the open cycle, until its Sync is sent
         self._skipping = False                  # an error came; the server skips what is sent until Sync
+        self._earlier_syncs = 0                 # Syncs of the cycles sent before `engage` a COPY would read
         self._edited: dict[tuple[bytes, str], bytes] = {}
         """(CommandComplete body, verb) -> the edited CommandComplete frame, or b"" when the
         edit changes nothing: a prepared UPDATE answers "INSERT 0 1" at every execution,
@@ -206,7 +207,8 @@ class ResponseEditor:
 
     # ---------------------------------------------------------------- hand-over
 
-    def engage(self, cycles_in_flight: int, *, mid_cycle: bool = False, cycle_failed: bool = False) -> None:
+    def engage(self, cycles_in_flight: int, *, mid_cycle: bool = False, cycle_failed: bool = False,
+               copy_syncs: int = 0) -> None:
         """Start following the stream; call before reporting the first frame.
 
         `cycles_in_flight`: Query, Sync and FunctionCall messages sent upstream and not
@@ -217,14 +219,23 @@ class ResponseEditor:
         Sync cannot be told apart, so that cycle passes unedited too; if no ErrorResponse
         comes in it (`cycle_failed`: one already came), the statements and portals it
         created keep their edits for later cycles.
+
+        `copy_syncs`: Syncs sent since the last Execute (proxy/relay.py `copy_syncs`),
+        which PostgreSQL reads as part of a COPY FROM STDIN that Execute starts.
         """
         if self._pending_edits or self._statements or self._portals:
             raise RuntimeError("ResponseEditor.engage() while edits are still in flight")
+        self._restart(cycles_in_flight, mid_cycle, cycle_failed, copy_syncs)
+
+    def _restart(self, cycles_in_flight: int, mid_cycle: bool, cycle_failed: bool, copy_syncs: int) -> None:
+        """`engage` and `resume`: follow from here, the cycles in flight passing unedited."""
+        self._earlier_syncs = copy_syncs
         self._queue.clear()
         self._held = b""
         self._copy_open = False
         self._open = None
         self._skipping = False
+        self._pending_edits = 0
         if cycles_in_flight:
             earlier = _Sent(_EARLIER)
             earlier.index = cycles_in_flight
@@ -240,6 +251,50 @@ class ResponseEditor:
         boundary: the session may go back to feeding its scanner directly (and must
         `engage` again before the editor sees another frame)."""
         return not (self._pending_edits or self._statements or self._portals) and self._scanner.at_boundary
+
+    @property
+    def at_rest(self) -> bool:
+        """Nothing in flight, held back or open, no named portal with an edit, the stream
+        on a boundary: the native relay (proxy/pump.py) may carry on for this editor,
+        forwarding steady cycles (`_steady_cycle`) of the statements in
+        `statement_edits` and editing their tags itself, until it hands back (`resume`)."""
+        if (self._queue or self._held or self._open is not None or self._skipping or self._copy_open
+                or self._pending_edits or not self._scanner.at_boundary):
+            return False
+        for name in self._portals:
+            if name:
+                return False
+        return True
+
+    @property
+    def statement_edits(self) -> dict[bytes, str]:
+        """The session's prepared statements whose answers get another tag: name (as
+        sent) -> verb. The editor's own dict: read it, do not keep it."""
+        return self._statements
+
+    @property
+    def unnamed_portal_edit(self) -> str:
+        """The edit of the statement the unnamed portal is bound to ("" for none)."""
+        return self._portals.get(b"", "")
+
+    def resume(self, cycles_in_flight: int, *, mid_cycle: bool, cycle_failed: bool, copy_syncs: int,
+               unnamed_portal: str, owed: str, standin_bind_owed: bool) -> None:
+        """Follow the stream again after the native relay forwarded cycles for this editor
+        (`at_rest`): `engage`'s arguments, and what the thread reports: the unnamed
+        portal's edit, and the edit (`owed`) the answer in flight still needs, with
+        the BindComplete of a stand-in (`standin_bind_owed`) if that is still to come
+        too. The thread hands the session back as soon as a client chunk comes while an
+        answer owes something, so that answer is then the only one in flight. The
+        statements' edits stay what they were: the thread forwards no Parse."""
+        owes = standin_bind_owed or bool(owed)
+        self._restart(0 if owes else cycles_in_flight, mid_cycle and not owes, cycle_failed, copy_syncs)
+        self._portals.clear()
+        if unnamed_portal:
+            self._portals[b""] = unnamed_portal
+        if standin_bind_owed:
+            self.sent_query((STANDIN, owed or None))
+        elif owed:
+            self._push(_Sent(_CYCLE, edit=owed))
 
     # ---------------------------------------------------------------- client side
 
@@ -483,6 +538,16 @@ class ResponseEditor:
                 self._end_cycle(head, body)
             elif msg_type == ERROR_RESPONSE:
                 head.failed = True
+            elif msg_type == COPY_IN_RESPONSE and kind == _EARLIER:
+                # An earlier cycle's Execute (or Query) starts COPY FROM STDIN: the Syncs
+                # sent after it are read as part of the copy, and its Execute alone is open.
+                swallowed = min(self._earlier_syncs, head.index)
+                self._earlier_syncs = 0
+                head.index -= swallowed
+                if not head.index:
+                    queue.popleft()
+                queue.appendleft(_Sent(EXECUTE))
+                self._start_copy_in()
             return None
         if msg_type == COMMAND_COMPLETE or msg_type == EMPTY_QUERY_RESPONSE or msg_type == PORTAL_SUSPENDED:
             if kind == EXECUTE:

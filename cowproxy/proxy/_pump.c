@@ -73,6 +73,10 @@
 #define KIND_PARAM 1
 #define KIND_NEGATED 2
 
+#define VERB_SIZE 32            /* a tag edit's verb and its zero byte (responses.py TagEdit) */
+#define MAX_EDITED_TAG 64       /* longer tags are left to Python's editor */
+#define TAG_GROWTH 128          /* bytes an edited CommandComplete may grow by (verb, " 0 ", count) */
+
 #define OWES_READY 1
 #define IS_STATEMENT 2
 
@@ -107,7 +111,24 @@ typedef struct Standin {
     char *tail;                /* after them: result formats, then [Describe P] Execute Sync */
     size_t tail_len;
     int slot;                  /* statement counter of its kind, or -1 */
+    char verb[VERB_SIZE];      /* the tag edit its answer needs ("": none) */
 } Standin;
+
+/* A prepared statement whose executions answer with another command tag (an UPDATE sent
+   as an upsert answers INSERT): the verb the client must see (responses.py `_statements`). */
+typedef struct {
+    char *name;                /* the statement's name as sent, without its zero byte */
+    size_t name_len;
+    char verb[VERB_SIZE];
+} StatementEdit;
+
+/* A simple Query text the gate forwards as sent (gate.py `forwards`: BEGIN, COMMIT, SET ...). */
+typedef struct {
+    uint64_t hash;
+    char *text;                /* the Query's body: the text and its zero byte */
+    size_t len;
+    int slot;                  /* statement counter of its kind, or -1 */
+} Verbatim;
 
 /* A session's stand-ins (immutable once made; Python keeps it alive while a link uses it). */
 typedef struct {
@@ -115,6 +136,10 @@ typedef struct {
     Standin **buckets;
     size_t nbuckets;           /* a power of two */
     Py_ssize_t count;
+    StatementEdit *edits;      /* the session's prepared statements with a tag edit */
+    int nedits;
+    Verbatim *verbatim;        /* the texts its gate forwards as sent */
+    int nverbatim;
 } Standins;
 
 typedef struct {
@@ -129,6 +154,8 @@ typedef struct {
     unsigned long long chunks;       /* client chunks forwarded since the link was attached */
     Standins *standins;        /* a gated link's stand-ins, or NULL */
     int bind_owed;             /* a stand-in's BindComplete is still to come (and to remove) */
+    char edit_owed[VERB_SIZE]; /* the answer in flight's CommandComplete gets this verb ("": none) */
+    char portal_edit[VERB_SIZE];  /* the verb of the statement bound to the unnamed portal ("": none) */
     uint32_t client_mask, upstream_mask;
     /* the relay's state (proxy/relay.py, same names) */
     long long pending_ready;
@@ -210,6 +237,41 @@ static void observe(Latency *h, const double *bounds, int nbounds, double second
     h->bins[i]++;
     h->total += seconds;
     h->count++;
+}
+
+/* responses.py `edited_tag`: the tag `tag` (len bytes, no zero byte) as `verb` would have
+   reported the same row count, in `out` (room for VERB_SIZE + 3 + len bytes); its length. */
+static size_t edited_tag(const char *tag, size_t len, const char *verb, char *out) {
+    size_t start = len;
+    while (start > 0 && tag[start - 1] != ' ')
+        start--;
+    const char *rows = "0";
+    size_t rows_len = 1;
+    if (start > 0 && start < len) {
+        size_t k = start;
+        while (k < len && tag[k] >= '0' && tag[k] <= '9')
+            k++;
+        if (k == len) {
+            rows = tag + start;
+            rows_len = len - start;
+        }
+    }
+    size_t verb_len = strlen(verb), pos = 0;
+    memcpy(out, verb, verb_len);
+    pos = verb_len;
+    int counted = strcmp(verb, "INSERT") == 0;
+    static const char *const row_count_verbs[] = {"UPDATE", "DELETE", "MERGE", "SELECT", "MOVE", "FETCH", "COPY"};
+    for (size_t i = 0; !counted && i < sizeof row_count_verbs / sizeof row_count_verbs[0]; i++)
+        counted = strcmp(verb, row_count_verbs[i]) == 0;
+    if (!counted)
+        return pos;
+    if (strcmp(verb, "INSERT") == 0) {
+        memcpy(out + pos, " 0", 2);
+        pos += 2;
+    }
+    out[pos++] = ' ';
+    memcpy(out + pos, rows, rows_len);
+    return pos + rows_len;
 }
 
 /* ------------------------------------------------------------------ hand-back */
@@ -341,7 +403,7 @@ static int note(Link *l, unsigned char type) {
 /* Whether the chunk is whole frames the thread forwards as they are, for this link. */
 static int plain_client_chunk(Pump *p, Link *l, const unsigned char *buf, size_t n) {
     const unsigned char *types = l->gated ? p->client_gated : p->client_native;
-    if (l->bind_owed || (l->epoch >= 0 && p->epochs[l->epoch] != l->epoch_value))
+    if (l->bind_owed || l->edit_owed[0] || (l->epoch >= 0 && p->epochs[l->epoch] != l->epoch_value))
         return 0;
     size_t pos = 0;
     while (pos < n) {
@@ -354,6 +416,77 @@ static int plain_client_chunk(Pump *p, Link *l, const unsigned char *buf, size_t
             return 0;
         pos += (size_t)length + 1;
     }
+    return 1;
+}
+
+/* The verb of a prepared statement with a tag edit, or NULL. */
+static const char *statement_edit(const Standins *t, const unsigned char *name, size_t len) {
+    for (int i = 0; t != NULL && i < t->nedits; i++)
+        if (t->edits[i].name_len == len && memcmp(t->edits[i].name, name, len) == 0)
+            return t->edits[i].verb;
+    return NULL;
+}
+
+/* A gated link's chunk of whole Bind/Describe/Execute/Sync/Close/Flush frames, as tag
+   edits see it (responses.py `_steady_cycle`): 1 if the thread may forward it, having
+   noted the verb its answer's CommandComplete needs (`edit_owed`) and what the unnamed
+   portal is bound to (`portal_edit`); 0 if Python's response editor must see it: an
+   execution of an edited statement other than the steady cycle (Bind and Execute of the
+   unnamed portal, Sync, nothing else in flight), or a named portal of one. */
+static int note_edits(Link *l, const unsigned char *buf, size_t n) {
+    const Standins *t = l->standins;
+    if ((t == NULL || t->nedits == 0) && !l->portal_edit[0])
+        return 1;
+    const char *bound = l->portal_edit[0] ? l->portal_edit : NULL;
+    const char *owed = NULL;
+    unsigned char types[4];
+    int nframes = 0, unnamed_binds = 0;
+    size_t pos = 0;
+    while (pos < n) {
+        unsigned char type = buf[pos];
+        size_t len = (size_t)be32(buf + pos + 1) - 4;
+        const unsigned char *body = buf + pos + 5, *end = body + len;
+        if (nframes < 4)
+            types[nframes] = type;
+        nframes++;
+        if (type == 'B') {
+            const unsigned char *portal_end = memchr(body, 0, len);
+            const unsigned char *name_end = portal_end ? memchr(portal_end + 1, 0, (size_t)(end - portal_end - 1)) : NULL;
+            if (name_end == NULL)
+                return 0;
+            const char *verb = statement_edit(t, portal_end + 1, (size_t)(name_end - portal_end - 1));
+            if (portal_end != body) {
+                if (verb != NULL)
+                    return 0;
+            } else {
+                bound = verb;
+                unnamed_binds++;
+            }
+        } else if (type == 'E') {
+            if (len == 0)
+                return 0;
+            if (body[0] == 0 && bound != NULL) {
+                if (owed != NULL)
+                    return 0;
+                owed = bound;
+            }
+        } else if (type == 'C' && len >= 2 && body[0] == 'P' && body[1] == 0) {
+            bound = NULL;
+        }
+        pos += len + 5;
+    }
+    if (owed != NULL) {
+        int steady = (nframes == 3 || (nframes == 4 && types[1] == 'D')) && types[0] == 'B' &&
+                     types[nframes - 2] == 'E' && types[nframes - 1] == 'S' && unnamed_binds == 1 &&
+                     l->pending_ready == 0;
+        if (!steady)
+            return 0;
+        snprintf(l->edit_owed, VERB_SIZE, "%s", owed);
+    }
+    if (bound == NULL)
+        l->portal_edit[0] = 0;
+    else if (bound != l->portal_edit)
+        snprintf(l->portal_edit, VERB_SIZE, "%s", bound);
     return 1;
 }
 
@@ -496,10 +629,42 @@ static long build_standin(Pump *p, const Standin *s, const unsigned char *sql, c
 /* A lone Query (`buf`, `n` bytes) of a link with stand-ins, with nothing in flight: sent
    upstream as its stand-in if the link has one for its text. 1 if sent, 0 if the
    chunk goes on as any other (back to Python). */
+/* Relay.note of a client's Query the thread sends (as it is or as a stand-in), counted
+   under `slot`; then the bytes `out` go upstream. 1 (sent, or the link went back). */
+static int send_query(Pump *p, int index, Link *l, int slot, const char *out, size_t len, double t0) {
+    l->mid_extended = 0;
+    l->copy_syncs = 0;
+    l->copy_end_sent = 0;
+    if (slot >= 0)
+        p->statements[slot]++;
+    l->chunks++;
+    l->cycle_start = t0;
+    l->proxy_time = 0.0;
+    l->pending_ready = 1;
+    l->portal_edit[0] = 0;  /* a Query (or a stand-in's Bind) replaces the unnamed portal */
+    if (send_or_keep(l->upstream_fd, &l->to_upstream, out, len) < 0) {
+        hand_back(p, index, l, BACK_CLOSED);
+        return 1;
+    }
+    l->proxy_time += now() - t0;
+    return 1;
+}
+
 static int serve_standin(Pump *p, int index, Link *l, const unsigned char *buf, size_t n, double t0) {
     const unsigned char *sql = buf + 5;
     size_t len = n - 6;
-    if (buf[n - 1] != 0 || len > MAX_SHAPE - 1)
+    if (buf[n - 1] != 0)
+        return 0;
+    const Standins *table = l->standins;
+    if (table->nverbatim) {
+        uint64_t hash = fnv1a(sql, len + 1);
+        for (int i = 0; i < table->nverbatim; i++) {
+            const Verbatim *v = &table->verbatim[i];
+            if (v->hash == hash && v->len == len + 1 && memcmp(v->text, sql, len + 1) == 0)
+                return send_query(p, index, l, v->slot, (const char *)buf, n, t0);
+        }
+    }
+    if (len > MAX_SHAPE - 1 || table->count == 0)
         return 0;
     uint32_t starts[MAX_NUMBERS], ends[MAX_NUMBERS];
     int count = plain_numbers(sql, len, starts, ends, MAX_NUMBERS);
@@ -507,7 +672,6 @@ static int serve_standin(Pump *p, int index, Link *l, const unsigned char *buf, 
         return 0;
     size_t shape_len = blank_numbers(sql, len, starts, ends, count, p->shape);
     uint64_t hash = fnv1a(p->shape, shape_len);
-    Standins *table = l->standins;
     long out_len = 0;
     const Standin *s = table->buckets[hash & (table->nbuckets - 1)];
     for (; s != NULL; s = s->next) {
@@ -520,24 +684,10 @@ static int serve_standin(Pump *p, int index, Link *l, const unsigned char *buf, 
     }
     if (s == NULL || out_len <= 0)
         return 0;
-    /* Relay.note of the client's Query */
-    l->mid_extended = 0;
-    l->copy_syncs = 0;
-    l->copy_end_sent = 0;
-    if (s->slot >= 0)
-        p->statements[s->slot]++;
     p->standins_served++;
-    l->chunks++;
-    l->cycle_start = t0;
-    l->proxy_time = 0.0;
-    l->pending_ready = 1;
     l->bind_owed = 1;
-    if (send_or_keep(l->upstream_fd, &l->to_upstream, p->out, (size_t)out_len) < 0) {
-        hand_back(p, index, l, BACK_CLOSED);
-        return 1;
-    }
-    l->proxy_time += now() - t0;
-    return 1;
+    memcpy(l->edit_owed, s->verb, VERB_SIZE);
+    return send_query(p, index, l, s->slot, p->out, (size_t)out_len, t0);
 }
 
 /* Read a chunk from `fd` into the scratch buffer: its length, or 0 when there is nothing
@@ -563,11 +713,11 @@ static void from_client(Pump *p, int index, Link *l) {
     double t0 = now();
     const unsigned char *buf = (const unsigned char *)p->scratch;
     if (l->standins != NULL && buf[0] == 'Q' && n >= 6 && (size_t)be32(buf + 1) + 1 == (size_t)n &&
-        !l->pending_ready && !l->mid_extended && !l->bind_owed && !l->skip && !l->head_len &&
+        !l->pending_ready && !l->mid_extended && !l->bind_owed && !l->edit_owed[0] && !l->skip && !l->head_len &&
         (l->epoch < 0 || p->epochs[l->epoch] == l->epoch_value) &&
         serve_standin(p, index, l, buf, (size_t)n, t0))
         return;
-    if (!plain_client_chunk(p, l, buf, (size_t)n)) {
+    if (!plain_client_chunk(p, l, buf, (size_t)n) || (l->gated && !note_edits(l, buf, (size_t)n))) {
         if (keep_tail(l, p->scratch, (size_t)n) < 0)
             abort();
         hand_back(p, index, l, BACK_CLIENT_DATA);
@@ -641,6 +791,37 @@ static long scan_upstream(Pump *p, Link *l, unsigned char *buf, size_t *np, long
                 l->bind_owed = 0;
                 continue;
             }
+            if (l->edit_owed[0] && type == 'C') {
+                /* the edited statement's CommandComplete: rewritten here when whole in
+                   the chunk, else Python's editor takes it (with the edit owed) */
+                if (n - pos < 5)
+                    return (long)pos;
+                length = be32(buf + pos + 1);
+                if (length < 5) {
+                    snprintf(l->invalid, sizeof l->invalid, "invalid CommandComplete message from server");
+                    return -1;
+                }
+                if ((size_t)length + 1 > n - pos || length - 5 > MAX_EDITED_TAG)
+                    return (long)pos;
+                const char *tag = (const char *)buf + pos + 5;
+                size_t tag_len = length - 5;
+                if (tag[tag_len] != 0 || memchr(tag, 0, tag_len) != NULL) {
+                    snprintf(l->invalid, sizeof l->invalid, "invalid CommandComplete message from server");
+                    return -1;
+                }
+                char edited[VERB_SIZE + 3 + MAX_EDITED_TAG];
+                size_t edited_len = edited_tag(tag, tag_len, l->edit_owed, edited);
+                size_t old_end = pos + 1 + length, new_end = pos + 5 + edited_len + 1;
+                memmove(buf + new_end, buf + old_end, n - old_end);
+                memcpy(buf + pos + 5, edited, edited_len);
+                buf[pos + 5 + edited_len] = 0;
+                put_be32((char *)buf + pos + 1, (uint32_t)(4 + edited_len + 1));
+                n = n - old_end + new_end;
+                *np = n;
+                l->edit_owed[0] = 0;
+                pos = new_end;
+                continue;
+            }
             if (p->upstream_special[type])
                 return (long)pos;
             if (n - pos >= 6 || (n - pos >= 5 && type != 'Z')) {
@@ -652,6 +833,9 @@ static long scan_upstream(Pump *p, Link *l, unsigned char *buf, size_t *np, long
                 if (type == 'Z') {
                     (*ready)++;
                     *status = buf[pos + 5];
+                    l->edit_owed[0] = 0;  /* its cycle is over (a PortalSuspended or empty query ended it) */
+                    if (*status == 'I')
+                        l->portal_edit[0] = 0;  /* the transaction ended, and every portal with it */
                     pos += 6;
                 } else {
                     pos += 5;
@@ -679,6 +863,9 @@ static long scan_upstream(Pump *p, Link *l, unsigned char *buf, size_t *np, long
         if (type == 'Z') {
             (*ready)++;
             *status = l->head[5];
+            l->edit_owed[0] = 0;
+            if (*status == 'I')
+                l->portal_edit[0] = 0;
         } else {
             l->skip = length - 4;
         }
@@ -847,14 +1034,35 @@ static void Standins_dealloc(Standins *t) {
         }
     }
     free(t->buckets);
+    for (int i = 0; t->edits != NULL && i < t->nedits; i++)
+        free(t->edits[i].name);
+    free(t->edits);
+    for (int i = 0; t->verbatim != NULL && i < t->nverbatim; i++)
+        free(t->verbatim[i].text);
+    free(t->verbatim);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
-/* One entry: (shape, nclient, [(source, kind, text), ...], head, tail, slot). */
+/* A verb (bytes) into `out`: -1 (an exception set) if it is empty, too long or holds a zero byte. */
+static int verb_from(PyObject *verb, char *out) {
+    char *data;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(verb, &data, &len) < 0)
+        return -1;
+    if (len < 1 || len >= VERB_SIZE || memchr(data, 0, (size_t)len) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "Standins: a verb of 1 to 31 bytes");
+        return -1;
+    }
+    memcpy(out, data, (size_t)len);
+    out[len] = 0;
+    return 0;
+}
+
+/* One entry: (shape, nclient, [(source, kind, text), ...], head, tail, slot[, verb]). */
 static Standin *standin_from(PyObject *entry) {
-    PyObject *shape, *sent, *head, *tail;
+    PyObject *shape, *sent, *head, *tail, *verb = NULL;
     int nclient, slot;
-    if (!PyArg_ParseTuple(entry, "SiOSSi", &shape, &nclient, &sent, &head, &tail, &slot))
+    if (!PyArg_ParseTuple(entry, "SiOSSi|S", &shape, &nclient, &sent, &head, &tail, &slot, &verb))
         return NULL;
     Standin *s = calloc(1, sizeof(Standin));
     if (s == NULL) {
@@ -903,6 +1111,8 @@ static Standin *standin_from(PyObject *entry) {
         PyErr_SetString(PyExc_ValueError, "Standins: shape, head or tail too long");
         goto fail;
     }
+    if (verb != NULL && verb_from(verb, s->verb) < 0)
+        goto fail;
     s->hash = fnv1a((const unsigned char *)s->shape, s->shape_len);
     return s;
 fail:
@@ -910,9 +1120,81 @@ fail:
     return NULL;
 }
 
+/* Standins.edits from [(statement name, verb), ...]. */
+static int edits_from(Standins *t, PyObject *edits) {
+    PyObject *seq = PySequence_Fast(edits, "Standins: expected a sequence of (name, verb)");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > 4096) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "Standins: too many statement edits");
+        return -1;
+    }
+    t->edits = calloc(n ? (size_t)n : 1, sizeof(StatementEdit));
+    if (t->edits == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name, *verb;
+        StatementEdit *e = &t->edits[i];
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "SS", &name, &verb) ||
+            (e->name = copy_bytes(name, &e->name_len, "a statement name")) == NULL) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        t->nedits++;
+        if (verb_from(verb, e->verb) < 0) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* Standins.verbatim from [(Query body, slot), ...]. */
+static int verbatim_from(Standins *t, PyObject *texts) {
+    PyObject *seq = PySequence_Fast(texts, "Standins: expected a sequence of (text, slot)");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > 4096) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "Standins: too many texts");
+        return -1;
+    }
+    t->verbatim = calloc(n ? (size_t)n : 1, sizeof(Verbatim));
+    if (t->verbatim == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *text;
+        Verbatim *v = &t->verbatim[i];
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Si", &text, &v->slot) ||
+            (v->text = copy_bytes(text, &v->len, "a text")) == NULL) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        t->nverbatim++;
+        if (v->len == 0 || v->text[v->len - 1] != 0) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "Standins: a Query body ends with its zero byte");
+            return -1;
+        }
+        v->hash = fnv1a((const unsigned char *)v->text, v->len);
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
 static PyObject *Standins_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *entries;
-    if (!PyArg_ParseTuple(args, "O", &entries))
+    PyObject *entries, *edits = NULL, *verbatim = NULL;
+    if (!PyArg_ParseTuple(args, "O|OO", &entries, &edits, &verbatim))
         return NULL;
     PyObject *seq = PySequence_Fast(entries, "Standins: expected a sequence of entries");
     if (seq == NULL)
@@ -946,6 +1228,10 @@ static PyObject *Standins_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         t->count++;
     }
     Py_DECREF(seq);
+    if ((edits != NULL && edits_from(t, edits) < 0) || (verbatim != NULL && verbatim_from(t, verbatim) < 0)) {
+        Py_DECREF(t);
+        return NULL;
+    }
     return (PyObject *)t;
 }
 
@@ -962,8 +1248,10 @@ static PyTypeObject StandinsType = {
     .tp_name = "cowproxy.proxy._pump.Standins",
     .tp_basicsize = sizeof(Standins),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Standins(entries): a session's stand-ins for the relay thread, each "
-              "(shape, nclient, [(source, kind, text), ...], head, tail, slot) (see proxy/pump.py).",
+    .tp_doc = "Standins(entries[, edits[, verbatim]]): what the relay thread does for a gated session's gate: "
+              "its stand-ins, each (shape, nclient, [(source, kind, text), ...], head, tail, slot[, verb]), "
+              "its prepared statements whose answers get another tag, each (name, verb), and the Query "
+              "texts it forwards as sent, each (body, slot) (see proxy/pump.py).",
     .tp_new = Standins_new,
     .tp_dealloc = (destructor)Standins_dealloc,
     .tp_as_sequence = &Standins_as_sequence,
@@ -991,7 +1279,26 @@ static PyObject *literal_shape(PyObject *module, PyObject *arg) {
     return Py_BuildValue("(y#N)", shape, (Py_ssize_t)shape_len, numbers);
 }
 
+/* edited_tag(tag, verb) -> bytes: the thread's edit of a CommandComplete tag (responses.py `edited_tag`). */
+static PyObject *edited_tag_py(PyObject *module, PyObject *args) {
+    const char *tag, *verb;
+    Py_ssize_t tag_len, verb_len;
+    if (!PyArg_ParseTuple(args, "y#y#", &tag, &tag_len, &verb, &verb_len))
+        return NULL;
+    if (tag_len > MAX_EDITED_TAG || verb_len < 1 || verb_len >= VERB_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "edited_tag: tag or verb too long");
+        return NULL;
+    }
+    char verb_z[VERB_SIZE], out[VERB_SIZE + 3 + MAX_EDITED_TAG];
+    memcpy(verb_z, verb, (size_t)verb_len);
+    verb_z[verb_len] = 0;
+    size_t len = edited_tag(tag, (size_t)tag_len, verb_z, out);
+    return PyBytes_FromStringAndSize(out, (Py_ssize_t)len);
+}
+
 static PyMethodDef module_methods[] = {
+    {"edited_tag", (PyCFunction)edited_tag_py, METH_VARARGS,
+     "edited_tag(tag: bytes, verb: bytes) -> bytes: a CommandComplete tag as the thread edits it."},
     {"literal_shape", (PyCFunction)literal_shape, METH_O,
      "literal_shape(sql: bytes) -> (shape, numbers) or None: a plain text's shape as the thread keys stand-ins."},
     {NULL, NULL, 0, NULL},
@@ -1060,7 +1367,7 @@ static int Pump_init(Pump *p, PyObject *args, PyObject *kwds) {
     Py_DECREF(seq);
     p->nbounds = (int)nb;
     p->max_message_size = max_message_size;
-    p->scratch = malloc(READ_SIZE);
+    p->scratch = malloc(READ_SIZE + TAG_GROWTH);
     p->out = malloc(OUT_SIZE);
     if (p->scratch == NULL || p->out == NULL) {
         PyErr_NoMemory();
@@ -1158,10 +1465,17 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     int mid_extended, copy_end_sent, tx_status, cycle_failed, failed_since_idle, statement_gone;
     double cycle_start, proxy_time;
     PyObject *standins = Py_None;
-    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)|O", &client_fd, &upstream_fd, &slot, &gated, &epoch, &epoch_value,
+    const char *portal_edit = "";
+    Py_ssize_t portal_edit_len = 0;
+    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)|Oy#", &client_fd, &upstream_fd, &slot, &gated, &epoch, &epoch_value,
                           &pending_ready, &mid_extended, &copy_syncs, &copy_end_sent, &tx_status, &cycle_failed,
-                          &failed_since_idle, &statement_gone, &cycle_start, &proxy_time, &standins))
+                          &failed_since_idle, &statement_gone, &cycle_start, &proxy_time, &standins, &portal_edit,
+                          &portal_edit_len))
         return NULL;
+    if (portal_edit_len >= VERB_SIZE || memchr(portal_edit, 0, (size_t)portal_edit_len) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "attach: the unnamed portal's verb is too long");
+        return NULL;
+    }
     if (standins != Py_None && !PyObject_TypeCheck(standins, &StandinsType)) {
         PyErr_SetString(PyExc_TypeError, "attach: standins must be a Standins or None");
         return NULL;
@@ -1231,6 +1545,8 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     l->statement_gone = statement_gone;
     l->cycle_start = cycle_start;
     l->proxy_time = proxy_time;
+    memcpy(l->portal_edit, portal_edit, (size_t)portal_edit_len);
+    l->portal_edit[portal_edit_len] = 0;
     if (standins != Py_None) {
         Py_INCREF(standins);
         l->standins = (Standins *)standins;
@@ -1265,8 +1581,8 @@ static PyObject *bytes_of(const char *data, size_t len) {
     return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
 }
 
-/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head)
-   or None if unknown. Takes the link out of the thread's hands (if it still had it) and
+/* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head,
+   edit_owed, portal_edit) or None if unknown. Takes the link out of the thread's hands (if it still had it) and
    frees it. `skip` and `head` say where the server stream stands: a hand-back for the
    client's chunk (or a close, or Python's own detach) may come while the thread is
    inside a server message, and Python's scanner must carry on inside it. */
@@ -1287,13 +1603,13 @@ static PyObject *Pump_detach(Pump *p, PyObject *arg) {
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
     }
     PyObject *result = Py_BuildValue(
-        "(i(LiLiiiiidd)NNNsKiky#)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
+        "(i(LiLiiiiidd)NNNsKiky#yy)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
         l->tx_status, l->cycle_failed, l->failed_since_idle, l->statement_gone, l->cycle_start, l->proxy_time,
         bytes_of(l->to_client.data ? l->to_client.data + l->to_client.off : NULL, l->to_client.len - l->to_client.off),
         bytes_of(l->to_upstream.data ? l->to_upstream.data + l->to_upstream.off : NULL,
                  l->to_upstream.len - l->to_upstream.off),
         bytes_of(l->tail, l->tail_len), l->invalid, l->chunks, l->bind_owed, (unsigned long)l->skip,
-        (const char *)l->head, (Py_ssize_t)l->head_len);
+        (const char *)l->head, (Py_ssize_t)l->head_len, l->edit_owed, l->portal_edit);
     free_link(l);
     unlock(p);
     return result;
@@ -1404,10 +1720,11 @@ static PyObject *Pump_attached(Pump *p, PyObject *unused) {
 
 static PyMethodDef Pump_methods[] = {
     {"attach", (PyCFunction)Pump_attach, METH_VARARGS,
-     "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins]) -> link: the thread "
+     "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins[, portal_edit]]) -> link: the thread "
      "relays both sockets from now on."},
     {"detach", (PyCFunction)Pump_detach, METH_O,
-     "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed) or None: take "
+     "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head, "
+     "edit_owed, portal_edit) or None: take "
      "the link back."},
     {"returned", (PyCFunction)Pump_returned, METH_NOARGS, "Links the thread handed back since the last call."},
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS, "An eventfd that is readable when links were handed back."},

@@ -430,24 +430,25 @@ class AutoPrepared:
         if all_dropped:
             self._made = 0
 
-    def native_standins(self, cache: DecisionCache) -> list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str]]:
+    def native_standins(self, cache: DecisionCache
+                        ) -> list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str, str | None]]:
         """What the native relay needs to serve this session's simple Queries itself, as
         `fast_query` would (proxy/pump.py `Standins`): per client literal shape learned
-        from `cache` whose stand-in edits no tag, and per confirmed statement of it whose
-        parameters are int4s: (shape, count of the client text's numbers, per number of
-        the sent text (its index among the client's numbers or -1, its kind, the literal
-        it keeps or the rewrite's own number), the Bind's head and tail, the statement
-        kind). The thread serves only int4 parameters as written (`literal_value`'s
-        common case) and leaves every other text to `fast_query`."""
+        from `cache`, and per confirmed statement of it whose parameters are int4s:
+        (shape, count of the client text's numbers, per number of the sent text (its
+        index among the client's numbers or -1, its kind, the literal it keeps or the
+        rewrite's own number), the Bind's head and tail, the statement kind, the tag edit
+        of its answer). The thread serves only int4 parameters as written
+        (`literal_value`'s common case) and leaves every other text to `fast_query`."""
         by_shape: dict[str, list[tuple[tuple[str, ...], _Entry]]] = {}
         for key, entry in self._entries.items():
             types = key[1]
             if isinstance(types, tuple) and entry.confirmed and entry.alias:
                 by_shape.setdefault(key[0], []).append((types, entry))
-        out: list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str]] = []
+        out: list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str, str | None]] = []
         for client_shape, recipe in self._recipes.items():
             statements = by_shape.get(recipe.shape)
-            if recipe.cache is not cache or recipe.edit is not None or not statements:
+            if recipe.cache is not cache or not statements:
                 continue
             spans = literals(client_shape)[0]
             if not spans:
@@ -456,7 +457,7 @@ class AutoPrepared:
             for types, entry in statements:
                 sent = _native_numbers(recipe, count, types)
                 if sent is not None:
-                    out.append((client_shape, count, sent, entry.bind_head, entry.bind_tail, recipe.kind))
+                    out.append((client_shape, count, sent, entry.bind_head, entry.bind_tail, recipe.kind, recipe.edit))
         return out
 
 

@@ -126,9 +126,9 @@ class StatementGate:
         self.autoprepared: AutoPrepared | None = AutoPrepared() if autoprepare else None
         """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
         self.standin_alone = False
-        """After `scan`: the chunk was one simple Query sent as a stand-in with no tag to
-        edit, the kind the native relay serves itself (proxy/pump.py): the session may
-        attach to it as after a chunk without a statement."""
+        """After `scan`: the chunk was one simple Query sent as a stand-in, the kind the
+        native relay serves itself (proxy/pump.py): the session may attach to it as after
+        a chunk without a statement."""
         self.statements_only = not autoprepare and version is None
         """`scan` acts on Query and Parse frames only: no auto-prepare renames Binds and
         Describes, no layout change makes plans stale. The relay then skips `scan` for a
@@ -179,7 +179,7 @@ class StatementGate:
                 if fast is not None:
                     self.rewrites.append((index, fast[0], fast[1]))
                     self._counter(fast[2]).value += 1
-                    self.standin_alone = len(frames) == 1 and fast[1][0] == STANDIN and fast[1][1] is None
+                    self.standin_alone = len(frames) == 1 and fast[1][0] == STANDIN
                     continue
             decision = policy.decide(sql, temps)
             if decision.creates_temp:
@@ -211,6 +211,12 @@ class StatementGate:
                 counter = self._counter(decision.kind)
             counter.value += 1
         return len(frames)
+
+    def forwarded_texts(self) -> list[tuple[bytes, str]]:
+        """`forwards` with each text's statement kind, for the native relay (proxy/pump.py
+        `Standins`), which forwards them as the relay does (`Relay.remembered`)."""
+        kinds = {id(counter): kind for kind, counter in self._counts.items()}
+        return [(text, kinds[id(counter)]) for text, counter in self.forwards.items() if id(counter) in kinds]
 
     def _remember(self, text: bytes, kind: str) -> None:
         """Add a Query forwarded as sent to `forwards`."""

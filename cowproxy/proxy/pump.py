@@ -28,11 +28,21 @@ and a lone Query of a known shape, when nothing is in flight, goes upstream as t
 Bind/[Describe]/Execute/Sync bytes, counted under the statement's kind, with its
 BindComplete cut out of the answer. The thread vouches only for plain texts
 (`_pump.literal_shape`: letters, digits, punctuation, operators; no quotes, comments,
-dots) whose parameters are int4s as written; anything else, a tag to edit included, goes
-to the gate as before. An answer that does not begin with that BindComplete (an error at
-the Bind, a notice, a cut header) goes back with it owed (`Returned.bind_owed`), and the
-response editor removes it (`Relay.expect_standin`). The gate's fast path serving a lone
-Query counts as a quiet chunk (`StatementGate.standin_alone`), so such sessions attach.
+dots) whose parameters are int4s as written; anything else goes to the gate as before.
+An answer that does not begin with that BindComplete (an error at the Bind, a notice, a
+cut header) goes back with it owed (`Returned.bind_owed`), and the response editor
+removes it (`Relay.expect_owed`). The gate's fast path serving a lone Query counts as a
+quiet chunk (`StatementGate.standin_alone`), so such sessions attach.
+
+Tag edits. A branch's UPDATE goes upstream as an upsert, whose CommandComplete says
+INSERT; the response editor (protocol/responses.py) gives the client UPDATE's tag. The
+thread does that edit for the answers it can vouch for: a stand-in's (its entry carries
+the verb), and a steady cycle (Bind and Execute of the unnamed portal, Sync, nothing
+else in flight) of a prepared statement in the `Standins` table's edits, which the
+session copies from its engaged editor when that is at rest (`ResponseEditor.at_rest`).
+Any other execution of such a statement goes back, as does the answer's CommandComplete
+when a read cuts it, or a client chunk while an edit is owed; the editor takes the owed
+edit over (`ResponseEditor.resume`, `Returned.edit_owed`) and the unnamed portal's.
 
 Anything that is not a
 plain forward (an ErrorResponse or CopyInResponse from the server, a client chunk with
@@ -58,7 +68,7 @@ import asyncio
 import os
 import weakref
 from dataclasses import astuple, dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from cowproxy.histogram import LATENCY_BUCKETS
 from cowproxy.protocol.messages import (
@@ -147,6 +157,13 @@ class Returned:
     bind_owed: bool = False     # a stand-in's BindComplete is still to come: the editor must remove it
     upstream_skip: int = 0      # where the server stream stands: body bytes of a message still to come ...
     upstream_head: bytes = b""  # ... or the first bytes of a header cut by a read (`BackendScanner.resume_inside`)
+    edit_owed: str = ""         # the verb the answer in flight's CommandComplete still needs ("": none)
+    portal_edit: str = ""       # the verb of the statement bound to the unnamed portal ("": none)
+
+
+StandinEntry = tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str, "str | None"]
+"""`AutoPrepared.native_standins`: (client shape, its numbers' count, the sent numbers,
+the Bind's head and tail, the statement kind, the tag edit of its answer or None)."""
 
 
 class NativeRelay:
@@ -188,13 +205,15 @@ class NativeRelay:
 
     def attach(self, client_fd: int, upstream_fd: int, slot: int, state: RelayState,
                handed_back: Callable[[], None], *, gated: bool = False, epoch: int = NO_EPOCH,
-               version: int = 0, standins: Any = None) -> int:
+               version: int = 0, standins: Any = None, portal_edit: str = "") -> int:
         """Relay both sockets on the thread until it hands the session back (`handed_back`
         is called on the event loop) or `detach`. A `gated` session's chunks with a
-        statement go back, but lone Queries its `standins` (`Standins`) serve; with an
+        statement go back, but lone Queries its `standins` (`Standins`) serve, and
+        executions of its statements with a tag edit go back but for steady cycles;
+        `portal_edit`: the edit of the statement bound to the unnamed portal. With an
         `epoch`, all its chunks go back once the epoch is no longer `version`."""
         link: int = self._pump.attach(client_fd, upstream_fd, slot, gated, epoch, version, state.as_tuple(),
-                                      standins)
+                                      standins, portal_edit.encode("ascii"))
         self._holders[link] = handed_back
         return link
 
@@ -204,11 +223,12 @@ class NativeRelay:
         got = self._pump.detach(link)
         if got is None:
             return None
-        reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head = got
+        reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head, owed, portal = got
         pending, mid, syncs, end_sent, status, failed, failed_idle, gone, start, proxy = state
         return Returned(reason, RelayState(pending, bool(mid), syncs, bool(end_sent), bytes([status]), bool(failed),
                                            bool(failed_idle), bool(gone), start, proxy),
-                        to_client, to_upstream, tail, invalid, chunks, bool(bind_owed), skip, head)
+                        to_client, to_upstream, tail, invalid, chunks, bool(bind_owed), skip, head,
+                        owed.decode("ascii"), portal.decode("ascii"))
 
     def _on_returned(self) -> None:
         for link in self._pump.returned():
@@ -216,13 +236,17 @@ class NativeRelay:
             if handed_back is not None:
                 handed_back()
 
-    def standins(self, label: str, entries: list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str]]
-                 ) -> Any:
-        """The thread's table of a gated session's stand-ins (`AutoPrepared.native_standins`,
-        counted under the policy's `label`), or None if none of them is for a text the
-        thread can scan (`_pump.literal_shape`) or no counter is left."""
+    def standins(self, label: str, entries: list[StandinEntry], edits: dict[bytes, str] | None = None,
+                 verbatim: Sequence[tuple[bytes, str]] = ()) -> Any:
+        """The thread's table of what it does for a gated session's gate: its stand-ins
+        (`AutoPrepared.native_standins`, counted under the policy's `label`) that are for
+        a text the thread can scan (`_pump.literal_shape`) and have a counter, its
+        prepared statements whose answers get another tag (`edits`: name -> verb,
+        `ResponseEditor.statement_edits`), and the Query bodies its gate forwards as sent
+        (`verbatim`: (body, statement kind), `StatementGate.forwarded_texts`). None if
+        that leaves nothing to do."""
         table = []
-        for shape, count, sent, head, tail, kind in entries:
+        for shape, count, sent, head, tail, kind, verb in entries:
             encoded = shape.encode()
             scanned = _pump.literal_shape(encoded)
             if scanned is None or scanned[0] != encoded or len(scanned[1]) != count:
@@ -230,8 +254,16 @@ class NativeRelay:
             slot = self.slot((label, kind))  # (only for entries the thread can use: counters are few)
             if slot is None:
                 continue
-            table.append((encoded, count, sent, head, tail, slot))
-        return _pump.Standins(table) if table else None
+            table.append((encoded, count, sent, head, tail, slot) if verb is None
+                         else (encoded, count, sent, head, tail, slot, verb.encode("ascii")))
+        texts = []
+        for text, kind in verbatim:
+            slot = self.slot((label, kind))
+            if slot is not None:
+                texts.append((text, slot))
+        if not table and not edits and not texts:
+            return None
+        return _pump.Standins(table, [(name, verb.encode("ascii")) for name, verb in (edits or {}).items()], texts)
 
     def statement_counts(self) -> dict[tuple[str, str], int]:
         return {key: self._pump.statements(slot) for key, slot in list(self._slots.items()) if slot is not None}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Final
 from cowproxy.histogram import Histogram, Tally
 from cowproxy.protocol.errors import ProtocolViolation
 from cowproxy.protocol.framing import BackendScanner, FrontendFramer, frame_end, frame_offsets
-from cowproxy.protocol.responses import EDITED_ROUND, NOT_STEADY, PLAIN_ROUND, STANDIN, ResponseEditor
+from cowproxy.protocol.responses import EDITED_ROUND, NOT_STEADY, PLAIN_ROUND, ResponseEditor
 from cowproxy.protocol.messages import (
     BIND,
     CLOSE,
@@ -315,8 +315,10 @@ class Relay:
         statement = gate is not None and has_statement(frames)
         quiet = self.quiet_chunks
         self.quiet_chunks = 0 if statement else quiet + 1
-        if (gate is not None and (statement or gate_state_pending(gate, self.layout_version))
-                and not self.remembered(gate, buf, frames)):
+        if gate is not None and statement and self.remembered(gate, buf, frames):
+            self.quiet_chunks = quiet + 1  # a Query the native relay forwards itself (proxy/pump.py `Standins`)
+            self.account(frames, t0, True)
+        elif gate is not None and (statement or gate_state_pending(gate, self.layout_version)):
             cut: int = gate.scan(buf, frames)
             if gate.standin_alone:
                 self.quiet_chunks = quiet + 1  # a Query the native relay serves itself (its stand-ins)
@@ -381,19 +383,21 @@ class Relay:
             self.upstream_write(b"".join(pieces))
         self.proxy_time += _clock() - t0
 
-    def expect_standin(self) -> None:
-        """Taken back from the native relay while a stand-in it sent still owes its
-        BindComplete (proxy/pump.py `Returned.bind_owed`): nothing else is in flight, and
-        the editor removes it as for the gate's own stand-ins."""
+    def expect_owed(self, edit: str, bind_owed: bool) -> None:
+        """Taken back from the native relay, with no editor engaged, while the answer in
+        flight still owes something (proxy/pump.py `Returned`): a stand-in's BindComplete
+        (`bind_owed`), which the editor removes as for the gate's own stand-ins, or the
+        tag `edit` of its CommandComplete. Nothing else is in flight then."""
         editor = self.idle_editor if self.idle_editor is not None else ResponseEditor(self.scanner)
-        editor.engage(0)
-        editor.sent_query((STANDIN, None))
+        editor.resume(0, mid_cycle=False, cycle_failed=False, copy_syncs=0, unnamed_portal="", owed=edit,
+                      standin_bind_owed=bind_owed)
         self.editor = editor
 
     def engage_editor(self) -> None:
         """Follow the answers with a ResponseEditor from here on (until it is idle)."""
         editor = self.idle_editor if self.idle_editor is not None else ResponseEditor(self.scanner)
-        editor.engage(self.pending_ready, mid_cycle=self.mid_extended, cycle_failed=self.cycle_failed)
+        editor.engage(self.pending_ready, mid_cycle=self.mid_extended, cycle_failed=self.cycle_failed,
+                      copy_syncs=self.copy_syncs)
         self.editor = editor
 
     def account(self, frames: list[tuple[int, int, int]], t0: float, counted: bool) -> None:

@@ -217,7 +217,7 @@ class ClientSession(asyncio.Protocol):
         self._native_epoch = pump.NO_EPOCH
         self._quiet_needed = QUIET_CHUNKS
         self._standins: Any = None            # the native relay's table of this session's stand-ins
-        self._standins_made_of: tuple[int, Any] | None = None  # (AutoPrepared.native_version, decision cache)
+        self._standins_made_of: tuple[Any, ...] | None = None  # (AutoPrepared.native_version, decision cache, edits)
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statement_tally   # the gate's statement counters, by (branch, kind)
         self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
@@ -734,7 +734,8 @@ class ClientSession(asyncio.Protocol):
         if (self._link is not None or self._native_fds is None or native is None or native.closed
                 or self.state is not State.READY or not relay.active
                 or (gate is not None and not self._gate_quiet(relay, gate))
-                or relay.editor is not None or relay.gate_busy or relay.queued or relay.copy_in
+                or (relay.editor is not None and (gate is None or not relay.editor.at_rest))
+                or relay.gate_busy or relay.queued or relay.copy_in
                 or relay.terminating or relay.swallow_ready or relay.refused is not None
                 or self._client_paused or self._upstream_paused
                 or relay.framer.buffered or not relay.scanner.at_boundary
@@ -742,31 +743,44 @@ class ClientSession(asyncio.Protocol):
                 or client.get_write_buffer_size() or upstream.get_write_buffer_size()):
             return
         assert self._native_slot is not None
+        editor = relay.editor
+        standins = None if gate is None else self._native_standins(native, gate, editor)
+        if editor is not None and editor.statement_edits and standins is None:
+            return  # (its statements' edits did not fit the thread's table)
         client.pause_reading()
         upstream.pause_reading()
         try:
             self._link = native.attach(*self._native_fds, self._native_slot, pump.RelayState.of(relay),
                                        self._handed_back, gated=gate is not None, epoch=self._native_epoch,
-                                       version=0 if gate is None else gate.synced_version,
-                                       standins=None if gate is None else self._native_standins(native, gate))
+                                       version=0 if gate is None else gate.synced_version, standins=standins,
+                                       portal_edit="" if editor is None else editor.unnamed_portal_edit)
         except OSError as exc:
             logs.event("native_relay_refused", logging.WARNING, branch=self.branch, error=str(exc))
             self._native_fds = None
             client.resume_reading()
             upstream.resume_reading()
 
-    def _native_standins(self, native: Any, gate: Any) -> Any:
-        """The native relay's table of the stand-ins this session's simple Queries get
-        (proxy/pump.py), remade when they changed; None when the thread may not serve
-        any: the client may have an unnamed statement (a stand-in must close it then),
-        or temp tables of the session's may hide a table (`fast_query` decides then)."""
+    def _native_standins(self, native: Any, gate: Any, editor: Any) -> Any:
+        """The native relay's table of what it does for this session's gate (proxy/pump.py
+        `Standins`), remade when that changed: the stand-ins its simple Queries get, the
+        tag edits of its prepared statements (`editor`'s, if one is engaged), the texts
+        it forwards as sent. No stand-ins when the client may have an unnamed statement
+        (a stand-in must close it then) or temp tables of the session's may hide a table
+        (`fast_query` decides then)."""
         prepared = gate.autoprepared
+        edits = {} if editor is None else editor.statement_edits
         if prepared is None or prepared.unnamed_parsed or gate.temp_tables:
-            return None
+            prepared = None
         cache = gate.policy.cache
-        made_of = (prepared.native_version, cache)  # (a DecisionCache compares by identity)
-        if made_of != self._standins_made_of:
-            self._standins = native.standins(gate.policy.label, prepared.native_standins(cache))
+        made_of = (None if prepared is None else prepared.native_version, cache, tuple(edits.items()),
+                   tuple(gate.forwards))
+        if made_of != self._standins_made_of:  # (a DecisionCache compares by identity)
+            try:
+                self._standins = native.standins(gate.policy.label,
+                                                 [] if prepared is None else prepared.native_standins(cache), edits,
+                                                 gate.forwarded_texts())
+            except ValueError:  # a verb the thread cannot hold
+                self._standins = None
             self._standins_made_of = made_of
         return self._standins
 
@@ -779,10 +793,15 @@ class ClientSession(asyncio.Protocol):
         back = self.ctx.native.detach(link)
         if back is None:
             return None
-        back.state.restore(self.relay)
-        self.relay.scanner.resume_inside(back.upstream_skip, back.upstream_head)
-        if back.bind_owed:
-            self.relay.expect_standin()
+        relay = self.relay
+        back.state.restore(relay)
+        relay.scanner.resume_inside(back.upstream_skip, back.upstream_head)
+        if relay.editor is not None:
+            relay.editor.resume(relay.pending_ready, mid_cycle=relay.mid_extended, cycle_failed=relay.cycle_failed,
+                                copy_syncs=relay.copy_syncs, unnamed_portal=back.portal_edit, owed=back.edit_owed,
+                                standin_bind_owed=back.bind_owed)
+        elif back.bind_owed or back.edit_owed:
+            relay.expect_owed(back.edit_owed, back.bind_owed)
         client, upstream = self.transport, self._upstream
         for transport in (client, upstream):
             if transport is not None and not transport.is_closing():

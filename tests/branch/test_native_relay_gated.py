@@ -264,3 +264,62 @@ def test_a_query_pipelined_while_a_large_answer_streams_on_the_thread_is_answere
         assert held(own_proxy) == 1, "the relay lost count of the server's messages"
     finally:
         client.terminate()
+
+
+def test_prepared_updates_answer_with_their_own_tags_on_the_thread(pg, own_proxy, branch):
+    """A branch's UPDATE runs as an upsert, which answers INSERT 0 1; the thread edits the
+    tag of a prepared one (what pgbench -M prepared and psycopg send) as Python's
+    response editor would, so such a session stays on the thread through its writes."""
+    import psycopg
+
+    with psycopg.connect(own_proxy.dsn(branch), autocommit=True, prepare_threshold=0) as conn:
+        update = "UPDATE nr_accounts SET balance = balance + %s WHERE id = %s"
+        lookup = "SELECT balance FROM nr_accounts WHERE id = %s"
+        for i in range(1, 4):
+            assert conn.execute(update, (1, i)).statusmessage == "UPDATE 1"
+            assert conn.execute(lookup, (i,)).fetchone() == (101,)
+        assert wait_until(lambda: held(own_proxy) == 1)
+        before = handbacks(own_proxy)
+        for i in range(1, 21):
+            cur = conn.execute(update, (10, i))
+            assert (cur.statusmessage, cur.rowcount) == ("UPDATE 1", 1)
+            assert conn.execute(lookup, (i,)).fetchone() == (111 if i <= 3 else 110,)
+        assert conn.execute(update, (1, 999)).statusmessage == "UPDATE 0"
+        assert handbacks(own_proxy) == before and held(own_proxy) == 1
+        # an error in an edited execution goes through Python, which takes the edit over
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            conn.execute("UPDATE nr_accounts SET balance = NULL WHERE id = %s", (1,))
+        assert conn.execute(update, (1, 1)).statusmessage == "UPDATE 1"
+        assert conn.execute(lookup, (1,)).fetchone() == (112,)
+    assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]
+
+
+def test_a_tpcb_transaction_in_the_simple_protocol_runs_on_the_thread(pg, own_proxy, branch):
+    """pgbench -M simple's transaction: BEGIN and END are texts the gate forwards as sent,
+    the UPDATE's and INSERT's stand-ins get their own tags; all of it on the thread once
+    the shapes are known, and every delta lands once."""
+    deltas = []
+    with simple_client(own_proxy, branch) as conn:
+        def transaction(i: int) -> list[str]:
+            tags = [conn.execute("BEGIN").statusmessage,
+                    conn.execute("UPDATE nr_accounts SET balance = balance + %s WHERE id = %s", (i, i % 20 + 1)
+                                 ).statusmessage]
+            assert conn.execute("SELECT balance FROM nr_accounts WHERE id = %s", (i % 20 + 1,)).fetchone()
+            tags.append(conn.execute("INSERT INTO nr_notes (id) VALUES (%s)", (1000 + i,)).statusmessage)
+            tags.append(conn.execute("END").statusmessage)
+            deltas.append(i)
+            return tags
+
+        for i in range(1, 11):
+            assert transaction(i) == ["BEGIN", "UPDATE 1", "INSERT 0 1", "COMMIT"]
+            if held(own_proxy) == 1:
+                break
+        assert held(own_proxy) == 1
+        before, served = handbacks(own_proxy), standins(own_proxy)
+        for i in range(11, 51):
+            assert transaction(i) == ["BEGIN", "UPDATE 1", "INSERT 0 1", "COMMIT"]
+        assert handbacks(own_proxy) == before and held(own_proxy) == 1
+        assert standins(own_proxy) >= served + 40 * 3
+        assert conn.execute("SELECT sum(balance) FROM nr_accounts").fetchone() == (2000 + sum(deltas),)
+        assert conn.execute("SELECT count(*) FROM nr_notes WHERE id > 1000").fetchone() == (len(deltas),)
+    assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]

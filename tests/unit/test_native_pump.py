@@ -43,7 +43,8 @@ class Rig:
     """A pump with one link: `app` is the client's end, `server` the upstream's."""
 
     def __init__(self, relay_state: pump.RelayState | None = None, max_message_size: int = 1 << 20, *,
-                 gated: bool = False, epoch_version: int | None = None, standins: object = None) -> None:
+                 gated: bool = False, epoch_version: int | None = None, standins: object = None,
+                 portal_edit: bytes = b"") -> None:
         self.pump = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.CLIENT_GATED),
                                pump._table(pump.UPSTREAM_SPECIAL), max_message_size, list(LATENCY_BUCKETS))
         self.slot = self.pump.slot()
@@ -57,7 +58,7 @@ class Rig:
             sock.setblocking(False)
         self.link = self.pump.attach(proxy_client.fileno(), proxy_upstream.fileno(),
                                      pump.NO_COUNT if gated else self.slot, gated, self.epoch, epoch_version or 0,
-                                     (relay_state or state()).as_tuple(), standins)
+                                     (relay_state or state()).as_tuple(), standins, portal_edit)
 
     def close(self) -> None:
         self.pump.close()
@@ -175,7 +176,7 @@ def test_a_scanner_resumed_where_the_thread_stopped_walks_the_rest_as_if_it_had_
         send_in_pieces(rig.server, stream[:stop], cuts)
         assert read_exactly(rig.app, stop) == stream[:stop]
         time.sleep(0.005)
-        *_, skip, head = rig.detach()
+        skip, head = rig.detach()[8:10]
     reference = BackendScanner(frozenset({ord("Z"), ord("E"), ord("G")}))
     reference.feed(stream[:stop])
     resumed = BackendScanner(frozenset({ord("Z"), ord("E"), ord("G")}))
@@ -455,7 +456,7 @@ def test_kept_literals_pick_the_statement_and_negated_and_fixed_numbers_bind_as_
 ], ids=["cut", "error", "notice", "client"])
 def test_anything_but_a_whole_bind_complete_while_it_is_owed_goes_back_with_it_owed(side, chunk):
     """Whole and unforwarded; Python's response editor then removes the BindComplete
-    (`Relay.expect_standin`)."""
+    (`Relay.expect_owed`)."""
     with Rig(gated=True, standins=_pump.Standins([standin_entry()])) as rig:
         rig.app.sendall(query(LOOKUP[:-1] + b"5"))
         read_exactly(rig.server, len(expected_standin([b"5"])))
@@ -487,3 +488,144 @@ def test_stand_ins_are_for_gated_sessions_and_well_formed():
     with pytest.raises(TypeError):
         _pump.Standins([("not bytes", 1, [], b"", b"", 0)])
     assert len(_pump.Standins([standin_entry(), standin_entry(alias=b"x\0")])) == 2
+
+
+# -- tag edits and texts forwarded as sent --------------------------------------------
+
+from cowproxy.protocol.responses import edited_tag  # noqa: E402
+
+UPSERT_ANSWER = message(b"C", b"INSERT 0 1\0") + ready(b"T")
+UPDATE_ANSWER = message(b"C", b"UPDATE 1\0") + ready(b"T")
+
+
+def bind(statement: bytes, portal: bytes = b"") -> bytes:
+    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0\0\0\0\0")
+
+
+def execute(portal: bytes = b"") -> bytes:
+    return message(b"E", portal + b"\0\0\0\0\0")
+
+
+def cycle(statement: bytes) -> bytes:
+    """What libpq sends per execution of a prepared statement: Bind, Describe, Execute, Sync."""
+    return bind(statement) + message(b"D", b"P\0") + execute() + message(b"S")
+
+
+EDITS = [(b"upd", b"UPDATE")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("INSERTUPDAC 0123456789x")), max_size=30),
+       st.sampled_from(["UPDATE", "INSERT", "DELETE", "MERGE", "SELECT", "COPY", "BEGIN", "CREATE TABLE"]))
+def test_the_thread_edits_tags_as_the_response_editor_does(tag, verb):
+    assert _pump.edited_tag(tag.encode(), verb.encode()).decode() == edited_tag(tag, verb)
+
+
+def test_a_steady_cycle_of_an_edited_statement_gets_its_tag_edited_on_the_thread():
+    """An UPDATE prepared as an upsert answers INSERT 0 1; the client sees UPDATE 1,
+    cut across reads anywhere but inside the CommandComplete, which must come whole."""
+    with Rig(gated=True, standins=_pump.Standins([], EDITS)) as rig:
+        for answer in (message(b"2") + message(b"n") + UPSERT_ANSWER, message(b"2") + message(b"n")):
+            rig.app.sendall(cycle(b"upd"))
+            assert read_exactly(rig.server, len(cycle(b"upd"))) == cycle(b"upd")
+            rig.server.sendall(answer)
+            if answer.endswith(ready(b"T")):
+                assert read_exactly(rig.app, 10 + len(UPDATE_ANSWER)) == message(b"2") + message(b"n") + UPDATE_ANSWER
+            else:  # the rest in a read of its own
+                read_exactly(rig.app, 10)
+                time.sleep(0.01)
+                rig.server.sendall(UPSERT_ANSWER)
+                assert read_exactly(rig.app, len(UPDATE_ANSWER)) == UPDATE_ANSWER
+        rig.app.sendall(cycle(b"sel"))  # another statement: no edit
+        read_exactly(rig.server, len(cycle(b"sel")))
+        rig.server.sendall(message(b"2") + ANSWER)
+        assert read_exactly(rig.app, 5 + len(ANSWER)) == message(b"2") + ANSWER
+        time.sleep(0.01)
+        detached = rig.detach()
+        assert nothing_forwarded(rig)
+    assert detached[0] == 0 and detached[10:] == (b"", b"")
+
+
+@pytest.mark.parametrize("chunk", [
+    bind(b"upd") + execute() + execute() + message(b"S"),               # two executions
+    bind(b"upd", b"p1") + execute(b"p1") + message(b"S"),               # a named portal
+    bind(b"upd") + execute() + message(b"H"),                           # no Sync
+    cycle(b"sel") + cycle(b"upd"),                                      # something in flight before it
+], ids=["two-executes", "named-portal", "flush", "pipelined"])
+def test_other_executions_of_an_edited_statement_go_to_pythons_editor(chunk):
+    with Rig(gated=True, standins=_pump.Standins([], EDITS)) as rig:
+        rig.app.sendall(chunk)
+        assert rig.handed_back()
+        detached = rig.detach()
+        assert nothing_forwarded(rig)
+    assert detached[0] == pump.BACK_CLIENT_DATA and detached[4] == chunk
+
+
+def test_the_unnamed_portal_keeps_its_statements_edit_until_a_bind_or_the_transaction_ends():
+    """An Execute of the unnamed portal on its own, bound to an edited statement (here by
+    Python before attach), goes back; after a ReadyForQuery with status I it is gone."""
+    with Rig(state(pending_ready=1), gated=True, standins=_pump.Standins([], EDITS), portal_edit=b"UPDATE") as rig:
+        rig.server.sendall(message(b"C", b"SELECT 1\0") + ready(b"T"))
+        read_exactly(rig.app, 14 + 6)
+        rig.app.sendall(execute() + message(b"S"))
+        assert rig.handed_back()
+        assert rig.detach()[11] == b"UPDATE"
+    with Rig(state(pending_ready=1), gated=True, standins=_pump.Standins([], EDITS), portal_edit=b"UPDATE") as rig:
+        rig.server.sendall(ready(b"I"))
+        read_exactly(rig.app, 6)
+        rig.app.sendall(execute() + message(b"S"))
+        assert read_exactly(rig.server, 15) == execute() + message(b"S")
+        rig.app.sendall(cycle(b"sel"))  # rebinding it to a statement without an edit
+        read_exactly(rig.server, len(cycle(b"sel")))
+        time.sleep(0.01)
+        assert rig.detach()[11] == b""
+
+
+@pytest.mark.parametrize("side, chunk", [
+    ("server", message(b"2") + message(b"n") + UPSERT_ANSWER[:8]),           # CommandComplete cut
+    ("server", message(b"2") + message(b"E", b"SERROR\0C23505\0Mdup\0\0") + ready(b"E")),
+    ("app", cycle(b"sel")),                                                  # the client sends more meanwhile
+], ids=["cut", "error", "client"])
+def test_an_edit_the_thread_cannot_finish_goes_back_owed(side, chunk):
+    with Rig(gated=True, standins=_pump.Standins([], EDITS)) as rig:
+        rig.app.sendall(cycle(b"upd"))
+        read_exactly(rig.server, len(cycle(b"upd")))
+        getattr(rig, side).sendall(chunk)
+        assert rig.handed_back()
+        detached = rig.detach()
+    reason, after, to_client, _, tail = detached[:5]
+    assert detached[10] == b"UPDATE" and after[0] == 1
+    if side == "app":
+        assert reason == pump.BACK_CLIENT_DATA and tail == chunk
+    else:  # forwarded up to the message Python must see
+        assert reason == pump.BACK_UPSTREAM_DATA and chunk.endswith(tail) and len(tail) < len(chunk)
+
+
+def test_a_stand_in_with_a_tag_edit_answers_with_the_clients_verb():
+    entry = standin_entry(b"UPDATE pgbench_accounts SET abalance = abalance + 0 WHERE aid = 0", 2,
+                          [(0, PARAM, b""), (1, PARAM, b"")], rows=False) + (b"UPDATE",)
+    with Rig(gated=True, standins=_pump.Standins([entry])) as rig:
+        rig.app.sendall(query(b"UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7"))
+        sent = expected_standin([b"5", b"7"], rows=False)
+        assert read_exactly(rig.server, len(sent)) == sent
+        rig.server.sendall(message(b"2") + UPSERT_ANSWER)
+        assert read_exactly(rig.app, len(UPDATE_ANSWER)) == UPDATE_ANSWER
+        time.sleep(0.01)
+        assert rig.pump.standins_served() == 1 and rig.detach()[10] == b""
+
+
+def test_texts_the_gate_forwards_as_sent_go_on_the_thread_and_are_counted():
+    with Rig(gated=True, standins=_pump.Standins([], [], [(b"BEGIN\0", 0), (b"END\0", 0)])) as rig:
+        for text in (b"BEGIN", b"END"):
+            rig.app.sendall(query(text))
+            assert read_exactly(rig.server, len(query(text))) == query(text)
+            rig.server.sendall(message(b"C", text + b"\0") + ready())
+            read_exactly(rig.app, 5 + len(text) + 1 + 6)
+        time.sleep(0.01)
+        assert rig.pump.statements(0) == 2 and rig.pump.standins_served() == 0
+        rig.app.sendall(query(b"COMMIT"))  # not one of them: the gate decides
+        assert rig.handed_back()
+    with pytest.raises(ValueError):
+        _pump.Standins([], [], [(b"BEGIN", 0)])  # a Query body ends with its zero byte
+    with pytest.raises(ValueError):
+        _pump.Standins([], [(b"upd", b"")])  # an empty verb
