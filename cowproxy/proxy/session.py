@@ -216,8 +216,8 @@ class ClientSession(asyncio.Protocol):
         self._native_slot: int | None = None
         self._native_epoch = pump.NO_EPOCH
         self._quiet_needed = QUIET_CHUNKS
-        self._standins: Any = None            # the native relay's table of this session's stand-ins
-        self._standins_made_of: tuple[Any, ...] | None = None  # (AutoPrepared.native_version, decision cache, edits)
+        self._standins: Any = None            # the native relay's table of what it does for this session's gate
+        self._standins_made_of: tuple[Any, ...] | None = None  # (native_version, decision cache, edits, forwards)
         self._upstream_settled: asyncio.Event | None = None  # set once a vanished client's query is over
         self._stats = ctx.metrics.statement_tally   # the gate's statement counters, by (branch, kind)
         self.relay = Relay(self, FrontendFramer(ctx.max_message_size), BackendScanner(_SCAN_INTEREST),
