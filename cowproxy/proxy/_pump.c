@@ -259,13 +259,13 @@ static size_t edited_tag(const char *tag, size_t len, const char *verb, char *ou
     size_t verb_len = strlen(verb), pos = 0;
     memcpy(out, verb, verb_len);
     pos = verb_len;
-    int counted = strcmp(verb, "INSERT") == 0;
+    int insert = strcmp(verb, "INSERT") == 0, counted = insert;
     static const char *const row_count_verbs[] = {"UPDATE", "DELETE", "MERGE", "SELECT", "MOVE", "FETCH", "COPY"};
     for (size_t i = 0; !counted && i < sizeof row_count_verbs / sizeof row_count_verbs[0]; i++)
         counted = strcmp(verb, row_count_verbs[i]) == 0;
     if (!counted)
         return pos;
-    if (strcmp(verb, "INSERT") == 0) {
+    if (insert) {
         memcpy(out + pos, " 0", 2);
         pos += 2;
     }

@@ -121,6 +121,11 @@ _LENGTH = struct.Struct("!i")
 _TYPE_OIDS = {"int4": 23, "int8": 20, "numeric": 1700}
 
 
+StandinEntry = tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str, "str | None"]
+"""`AutoPrepared.native_standins`: (client shape, its numbers' count, the sent numbers,
+the Bind's head and tail, the statement kind, the tag edit of its answer or None)."""
+
+
 class _Entry:
     __slots__ = ("alias", "confirmed", "bind_head", "bind_tail")
 
@@ -431,7 +436,7 @@ class AutoPrepared:
             self._made = 0
 
     def native_standins(self, cache: DecisionCache
-                        ) -> list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str, str | None]]:
+                        ) -> list[StandinEntry]:
         """What the native relay needs to serve this session's simple Queries itself, as
         `fast_query` would (proxy/pump.py `Standins`): per client literal shape learned
         from `cache`, and per confirmed statement of it whose parameters are int4s:
@@ -445,7 +450,7 @@ class AutoPrepared:
             types = key[1]
             if isinstance(types, tuple) and entry.confirmed and entry.alias:
                 by_shape.setdefault(key[0], []).append((types, entry))
-        out: list[tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str, str | None]] = []
+        out: list[StandinEntry] = []
         for client_shape, recipe in self._recipes.items():
             statements = by_shape.get(recipe.shape)
             if recipe.cache is not cache or not statements:

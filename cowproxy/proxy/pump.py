@@ -71,6 +71,7 @@ from dataclasses import astuple, dataclass, fields
 from typing import Any, Callable, Sequence
 
 from cowproxy.histogram import LATENCY_BUCKETS
+from cowproxy.proxy.autoprepare import StandinEntry
 from cowproxy.protocol.messages import (
     BIND,
     CLOSE,
@@ -159,11 +160,6 @@ class Returned:
     upstream_head: bytes = b""  # ... or the first bytes of a header cut by a read (`BackendScanner.resume_inside`)
     edit_owed: str = ""         # the verb the answer in flight's CommandComplete still needs ("": none)
     portal_edit: str = ""       # the verb of the statement bound to the unnamed portal ("": none)
-
-
-StandinEntry = tuple[str, int, list[tuple[int, int, bytes]], bytes, bytes, str, "str | None"]
-"""`AutoPrepared.native_standins`: (client shape, its numbers' count, the sent numbers,
-the Bind's head and tail, the statement kind, the tag edit of its answer or None)."""
 
 
 class NativeRelay:
