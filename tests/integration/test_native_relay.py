@@ -156,8 +156,10 @@ def test_a_cut_frame_sent_while_a_large_row_streams_leaves_the_relay_in_step(own
         assert all(m.body.endswith(b"x" * 1000) for m in first[1:25])
         answer = client.read_until_ready()
         assert [m.type for m in answer] == ["T", "D", "C", "Z"] and b"after the rows" in answer[1].body
-        assert wait_until(lambda: held(own_proxy) == 1), "the relay lost count of the server's messages"
+        # (the session attaches again on its next chunk once both streams are on a
+        # boundary and drained: the big answer may still be in the client's write buffer)
         assert [m.type for m in client.query("SELECT 2")] == ["T", "D", "C", "Z"]
+        assert wait_until(lambda: held(own_proxy) == 1), "the relay lost count of the server's messages"
     finally:
         client.terminate()
 
