@@ -33,6 +33,11 @@
  *     int4 as written, an unknown shape) goes back like any other Query; so does the
  *     answer from its first message other than BindComplete while that is owed
  *     (`bind_owed`), and Python's response editor removes it then;
+ *   - a gated link whose gate prepared statements for `Parse ""` texts (autoprepare.py:
+ *     a driver that sends Parse, Bind, Execute, Sync for every statement) forwards a
+ *     chunk with a `Parse ""` of such a text as the gate does: the Parse as the empty
+ *     statement, the Binds and Describes of statement "" naming the gate's statement
+ *     (`unnamed_chunk`); any other Parse goes back;
  * The state the relay keeps (ReadyForQuery owed, extended-protocol and COPY
  * bookkeeping, the request's timing) moves in with `attach` and out with `detach`, so
  * Python's `Relay` carries on where the thread stopped.
@@ -76,6 +81,8 @@
 #define VERB_SIZE 32            /* a tag edit's verb and its zero byte (responses.py TagEdit) */
 #define MAX_EDITED_TAG 64       /* longer tags are left to Python's editor */
 #define TAG_GROWTH 128          /* bytes an edited CommandComplete may grow by (verb, " 0 ", count) */
+
+#define ALIAS_SIZE 64           /* a server statement's name and its zero byte (NAMEDATALEN) */
 
 #define OWES_READY 1
 #define IS_STATEMENT 2
@@ -130,6 +137,16 @@ typedef struct {
     int slot;                  /* statement counter of its kind, or -1 */
 } Verbatim;
 
+/* A `Parse ""` text the gate prepared under a name of its own (autoprepare.py `parse`). */
+typedef struct {
+    uint64_t hash;
+    char *body;                /* the Parse's body after its name: the text, its zero byte, the parameter types */
+    size_t len;
+    char alias[ALIAS_SIZE];    /* the server statement: its name and zero byte */
+    size_t alias_len;          /* with the zero byte */
+    int slot;                  /* statement counter of its kind, or -1 */
+} ParseAlias;
+
 /* A session's stand-ins (immutable once made; Python keeps it alive while a link uses it). */
 typedef struct {
     PyObject_HEAD
@@ -140,6 +157,8 @@ typedef struct {
     int nedits;
     Verbatim *verbatim;        /* the texts its gate forwards as sent */
     int nverbatim;
+    ParseAlias *parses;        /* the `Parse ""` texts its gate prepared */
+    int nparses;
 } Standins;
 
 typedef struct {
@@ -156,6 +175,9 @@ typedef struct {
     int bind_owed;             /* a stand-in's BindComplete is still to come (and to remove) */
     char edit_owed[VERB_SIZE]; /* the answer in flight's CommandComplete gets this verb ("": none) */
     char portal_edit[VERB_SIZE];  /* the verb of the statement bound to the unnamed portal ("": none) */
+    char alias[ALIAS_SIZE];    /* the server statement the client's unnamed statement is (autoprepare.py `alias`) */
+    size_t alias_len;          /* with its zero byte; 0: none */
+    int unnamed_parsed;        /* a `Parse ""` went upstream since the last Query (autoprepare.py) */
     uint32_t client_mask, upstream_mask;
     /* the relay's state (proxy/relay.py, same names) */
     long long pending_ready;
@@ -213,6 +235,8 @@ typedef struct {
     unsigned long long standins_served;
     char *scratch;
     char *out;                 /* a stand-in's messages */
+    char *renamed;             /* a client chunk with auto-prepare's renames */
+    size_t renamed_cap;
     unsigned char shape[MAX_SHAPE];
 } Pump;
 
@@ -400,9 +424,12 @@ static int note(Link *l, unsigned char type) {
     }
 }
 
-/* Whether the chunk is whole frames the thread forwards as they are, for this link. */
+/* Whether the chunk is whole frames the thread forwards, for this link: 0 if not; 2 if
+   they include a Parse (a gated link's, of a text its gate may have prepared: see
+   `unnamed_chunk`), else 1. */
 static int plain_client_chunk(Pump *p, Link *l, const unsigned char *buf, size_t n) {
     const unsigned char *types = l->gated ? p->client_gated : p->client_native;
+    int parses = l->gated && l->standins != NULL && l->standins->nparses > 0, parsed = 0;
     if (l->bind_owed || l->edit_owed[0] || (l->epoch >= 0 && p->epochs[l->epoch] != l->epoch_value))
         return 0;
     size_t pos = 0;
@@ -410,84 +437,14 @@ static int plain_client_chunk(Pump *p, Link *l, const unsigned char *buf, size_t
         if (n - pos < 5)
             return 0;
         uint32_t length = be32(buf + pos + 1);
-        if (!types[buf[pos]] || length < 4 || length > p->max_message_size)
+        if (!(types[buf[pos]] || (parses && buf[pos] == 'P')) || length < 4 || length > p->max_message_size)
             return 0;
         if ((uint64_t)length + 1 > n - pos)
             return 0;
+        parsed |= parses && buf[pos] == 'P';
         pos += (size_t)length + 1;
     }
-    return 1;
-}
-
-/* The verb of a prepared statement with a tag edit, or NULL. */
-static const char *statement_edit(const Standins *t, const unsigned char *name, size_t len) {
-    for (int i = 0; t != NULL && i < t->nedits; i++)
-        if (t->edits[i].name_len == len && memcmp(t->edits[i].name, name, len) == 0)
-            return t->edits[i].verb;
-    return NULL;
-}
-
-/* A gated link's chunk of whole Bind/Describe/Execute/Sync/Close/Flush frames, as tag
-   edits see it (responses.py `_steady_cycle`): 1 if the thread may forward it, having
-   noted the verb its answer's CommandComplete needs (`edit_owed`) and what the unnamed
-   portal is bound to (`portal_edit`); 0 if Python's response editor must see it: an
-   execution of an edited statement other than the steady cycle (Bind and Execute of the
-   unnamed portal, Sync, nothing else in flight), or a named portal of one. */
-static int note_edits(Link *l, const unsigned char *buf, size_t n) {
-    const Standins *t = l->standins;
-    if ((t == NULL || t->nedits == 0) && !l->portal_edit[0])
-        return 1;
-    const char *bound = l->portal_edit[0] ? l->portal_edit : NULL;
-    const char *owed = NULL;
-    unsigned char types[4];
-    int nframes = 0, unnamed_binds = 0;
-    size_t pos = 0;
-    while (pos < n) {
-        unsigned char type = buf[pos];
-        size_t len = (size_t)be32(buf + pos + 1) - 4;
-        const unsigned char *body = buf + pos + 5, *end = body + len;
-        if (nframes < 4)
-            types[nframes] = type;
-        nframes++;
-        if (type == 'B') {
-            const unsigned char *portal_end = memchr(body, 0, len);
-            const unsigned char *name_end = portal_end ? memchr(portal_end + 1, 0, (size_t)(end - portal_end - 1)) : NULL;
-            if (name_end == NULL)
-                return 0;
-            const char *verb = statement_edit(t, portal_end + 1, (size_t)(name_end - portal_end - 1));
-            if (portal_end != body) {
-                if (verb != NULL)
-                    return 0;
-            } else {
-                bound = verb;
-                unnamed_binds++;
-            }
-        } else if (type == 'E') {
-            if (len == 0)
-                return 0;
-            if (body[0] == 0 && bound != NULL) {
-                if (owed != NULL)
-                    return 0;
-                owed = bound;
-            }
-        } else if (type == 'C' && len >= 2 && body[0] == 'P' && body[1] == 0) {
-            bound = NULL;
-        }
-        pos += len + 5;
-    }
-    if (owed != NULL) {
-        int steady = (nframes == 3 || (nframes == 4 && types[1] == 'D')) && types[0] == 'B' &&
-                     types[nframes - 2] == 'E' && types[nframes - 1] == 'S' && unnamed_binds == 1 &&
-                     l->pending_ready == 0;
-        if (!steady)
-            return 0;
-        snprintf(l->edit_owed, VERB_SIZE, "%s", owed);
-    }
-    if (bound == NULL)
-        l->portal_edit[0] = 0;
-    else if (bound != l->portal_edit)
-        snprintf(l->portal_edit, VERB_SIZE, "%s", bound);
-    return 1;
+    return parsed ? 2 : 1;
 }
 
 /* ------------------------------------------------------------------ stand-ins */
@@ -626,9 +583,163 @@ static long build_standin(Pump *p, const Standin *s, const unsigned char *sql, c
     return (long)(pos + s->tail_len);
 }
 
-/* A lone Query (`buf`, `n` bytes) of a link with stand-ins, with nothing in flight: sent
-   upstream as its stand-in if the link has one for its text. 1 if sent, 0 if the
-   chunk goes on as any other (back to Python). */
+/* The verb of a prepared statement with a tag edit, or NULL. */
+static const char *statement_edit(const Standins *t, const unsigned char *name, size_t len) {
+    for (int i = 0; t != NULL && i < t->nedits; i++)
+        if (t->edits[i].name_len == len && memcmp(t->edits[i].name, name, len) == 0)
+            return t->edits[i].verb;
+    return NULL;
+}
+
+/* A gated link's chunk of whole Bind/Describe/Execute/Sync/Close/Flush frames, as tag
+   edits see it (responses.py `_steady_cycle`): 1 if the thread may forward it, having
+   noted the verb its answer's CommandComplete needs (`edit_owed`) and what the unnamed
+   portal is bound to (`portal_edit`); 0 if Python's response editor must see it: an
+   execution of an edited statement other than the steady cycle (Bind and Execute of the
+   unnamed portal, Sync, nothing else in flight), or a named portal of one. */
+static int note_edits(Link *l, const unsigned char *buf, size_t n) {
+    const Standins *t = l->standins;
+    if ((t == NULL || t->nedits == 0) && !l->portal_edit[0])
+        return 1;
+    const char *bound = l->portal_edit[0] ? l->portal_edit : NULL;
+    const char *owed = NULL;
+    unsigned char types[4];
+    int nframes = 0, unnamed_binds = 0;
+    size_t pos = 0;
+    while (pos < n) {
+        unsigned char type = buf[pos];
+        size_t len = (size_t)be32(buf + pos + 1) - 4;
+        const unsigned char *body = buf + pos + 5, *end = body + len;
+        if (nframes < 4)
+            types[nframes] = type;
+        nframes++;
+        if (type == 'B') {
+            const unsigned char *portal_end = memchr(body, 0, len);
+            const unsigned char *name_end = portal_end ? memchr(portal_end + 1, 0, (size_t)(end - portal_end - 1)) : NULL;
+            if (name_end == NULL)
+                return 0;
+            const char *verb = statement_edit(t, portal_end + 1, (size_t)(name_end - portal_end - 1));
+            if (portal_end != body) {
+                if (verb != NULL)
+                    return 0;
+            } else {
+                bound = verb;
+                unnamed_binds++;
+            }
+        } else if (type == 'E') {
+            if (len == 0)
+                return 0;
+            if (body[0] == 0 && bound != NULL) {
+                if (owed != NULL)
+                    return 0;
+                owed = bound;
+            }
+        } else if (type == 'C' && len >= 2 && body[0] == 'P' && body[1] == 0) {
+            bound = NULL;
+        }
+        pos += len + 5;
+    }
+    if (owed != NULL) {
+        int steady = (nframes == 3 || (nframes == 4 && types[1] == 'D')) && types[0] == 'B' &&
+                     types[nframes - 2] == 'E' && types[nframes - 1] == 'S' && unnamed_binds == 1 &&
+                     l->pending_ready == 0;
+        if (!steady)
+            return 0;
+        snprintf(l->edit_owed, VERB_SIZE, "%s", owed);
+    }
+    if (bound == NULL)
+        l->portal_edit[0] = 0;
+    else if (bound != l->portal_edit)
+        snprintf(l->portal_edit, VERB_SIZE, "%s", bound);
+    return 1;
+}
+
+/* The server statement the gate prepared for a `Parse ""` body after its name, or NULL. */
+static const ParseAlias *parse_alias(const Standins *t, const unsigned char *body, size_t len) {
+    uint64_t hash = fnv1a(body, len);
+    for (int i = 0; i < t->nparses; i++) {
+        const ParseAlias *a = &t->parses[i];
+        if (a->hash == hash && a->len == len && memcmp(a->body, body, len) == 0)
+            return a;
+    }
+    return NULL;
+}
+
+/* autoprepare.py `_EMPTY_PARSE` and `_FAILING_PARSE`: `Parse "" ""`, which PostgreSQL
+   answers with ParseComplete and never plans, and `Parse "" "SELECT"`, as cheap but
+   refused in a failed transaction like the client's own Parse. */
+static const char EMPTY_PARSE[] = {'P', 0, 0, 0, 8, 0, 0, 0, 0};
+static const char FAILING_PARSE[] = {'P', 0, 0, 0, 14, 0, 'S', 'E', 'L', 'E', 'C', 'T', 0, 0, 0};
+
+/* Auto-prepare's part of a gated link's chunk of whole frames, as the gate does it
+   (autoprepare.py `parse` and `rename`): a `Parse ""` of a text the gate prepared goes as
+   the empty statement (the failing one when the upstream may be in a failed transaction:
+   something in flight, status E, or a Sync earlier in the chunk), and from then on the
+   client's unnamed statement is that server statement: Binds of statement "" and
+   Describes of it name it instead, until a Close of it (or a Query). The length of the
+   chunk as sent, or -1 if it goes back to Python: another Parse, or one while the
+   response editor keeps an edit for statement "" (its record would be stale). With
+   `out` (room for that length), writes the chunk there and moves the link's alias and
+   the statement counts; without, changes nothing. */
+static long unnamed_chunk(Pump *p, Link *l, const unsigned char *buf, size_t n, char *out) {
+    const Standins *t = l->standins;
+    const char *alias = l->alias;
+    size_t alias_len = l->alias_len, at = 0, pos = 0;
+    int parsed = l->unnamed_parsed, may_fail = l->pending_ready || l->tx_status == 'E';
+    while (pos < n) {
+        unsigned char type = buf[pos];
+        size_t size = (size_t)be32(buf + pos + 1) + 1, len = size - 5;
+        const unsigned char *body = buf + pos + 5, *split = NULL;
+        const char *piece = (const char *)buf + pos;
+        size_t piece_len = size;
+        if (type == 'P') {
+            const ParseAlias *a;
+            if (len < 1 || body[0] != 0 || t == NULL || statement_edit(t, (const unsigned char *)"", 0) != NULL ||
+                (a = parse_alias(t, body + 1, len - 1)) == NULL)
+                return -1;
+            alias = a->alias;
+            alias_len = a->alias_len;
+            parsed = 1;
+            piece = may_fail ? FAILING_PARSE : EMPTY_PARSE;
+            piece_len = may_fail ? sizeof FAILING_PARSE : sizeof EMPTY_PARSE;
+            if (out != NULL && a->slot >= 0)
+                p->statements[a->slot]++;
+        } else if (type == 'B' && alias_len) {
+            const unsigned char *portal_end = memchr(body, 0, len);
+            if (portal_end != NULL && portal_end + 1 < body + len && portal_end[1] == 0)
+                split = portal_end + 1;  /* statement "": its zero byte becomes the alias */
+        } else if (type == 'D' && alias_len && len == 2 && body[0] == 'S' && body[1] == 0) {
+            split = body + 1;
+        } else if (type == 'C' && len == 2 && body[0] == 'S' && body[1] == 0) {
+            alias_len = 0;
+        } else if (type == 'S') {
+            may_fail = 1;
+        }
+        if (split != NULL) {
+            size_t head = (size_t)(split - (buf + pos)), rest = size - head - 1;
+            if (out != NULL) {
+                memcpy(out + at, buf + pos, head);
+                put_be32(out + at + 1, (uint32_t)(size - 1 - 1 + alias_len));
+                memcpy(out + at + head, alias, alias_len);
+                memcpy(out + at + head + alias_len, split + 1, rest);
+            }
+            at += head + alias_len + rest;
+        } else {
+            if (out != NULL)
+                memcpy(out + at, piece, piece_len);
+            at += piece_len;
+        }
+        pos += size;
+    }
+    if (out != NULL) {
+        if (alias != l->alias)
+            memcpy(l->alias, alias, alias_len);
+        l->alias_len = alias_len;
+        l->unnamed_parsed = parsed;
+    }
+    return (long)at;
+}
+
 /* Relay.note of a client's Query the thread sends (as it is or as a stand-in), counted
    under `slot`; then the bytes `out` go upstream. 1 (sent, or the link went back). */
 static int send_query(Pump *p, int index, Link *l, int slot, const char *out, size_t len, double t0) {
@@ -642,6 +753,8 @@ static int send_query(Pump *p, int index, Link *l, int slot, const char *out, si
     l->proxy_time = 0.0;
     l->pending_ready = 1;
     l->portal_edit[0] = 0;  /* a Query (or a stand-in's Bind) replaces the unnamed portal */
+    l->alias_len = 0;       /* and a Query drops the unnamed statement (a stand-in is sent only when there is none) */
+    l->unnamed_parsed = 0;
     if (send_or_keep(l->upstream_fd, &l->to_upstream, out, len) < 0) {
         hand_back(p, index, l, BACK_CLOSED);
         return 1;
@@ -650,6 +763,9 @@ static int send_query(Pump *p, int index, Link *l, int slot, const char *out, si
     return 1;
 }
 
+/* A lone Query (`buf`, `n` bytes) of a link with stand-ins, with nothing in flight: sent
+   upstream as its stand-in if the link has one for its text. 1 if sent, 0 if the
+   chunk goes on as any other (back to Python). */
 static int serve_standin(Pump *p, int index, Link *l, const unsigned char *buf, size_t n, double t0) {
     const unsigned char *sql = buf + 5;
     size_t len = n - 6;
@@ -664,8 +780,8 @@ static int serve_standin(Pump *p, int index, Link *l, const unsigned char *buf, 
                 return send_query(p, index, l, v->slot, (const char *)buf, n, t0);
         }
     }
-    if (len > MAX_SHAPE - 1 || table->count == 0)
-        return 0;
+    if (len > MAX_SHAPE - 1 || table->count == 0 || l->unnamed_parsed)
+        return 0;  /* (with an unnamed statement, the gate's stand-in closes it first, as a Query would) */
     uint32_t starts[MAX_NUMBERS], ends[MAX_NUMBERS];
     int count = plain_numbers(sql, len, starts, ends, MAX_NUMBERS);
     if (count <= 0)
@@ -717,11 +833,27 @@ static void from_client(Pump *p, int index, Link *l) {
         (l->epoch < 0 || p->epochs[l->epoch] == l->epoch_value) &&
         serve_standin(p, index, l, buf, (size_t)n, t0))
         return;
-    if (!plain_client_chunk(p, l, buf, (size_t)n) || (l->gated && !note_edits(l, buf, (size_t)n))) {
+    int plain = plain_client_chunk(p, l, buf, (size_t)n);
+    long sent_len = n;
+    if (plain && l->gated && (plain == 2 || l->alias_len))
+        sent_len = unnamed_chunk(p, l, buf, (size_t)n, NULL);
+    if (!plain || sent_len < 0 || (l->gated && !note_edits(l, buf, (size_t)n))) {
         if (keep_tail(l, p->scratch, (size_t)n) < 0)
             abort();
         hand_back(p, index, l, BACK_CLIENT_DATA);
         return;
+    }
+    const char *sent = p->scratch;
+    if (plain == 2 || l->alias_len) {
+        if ((size_t)sent_len > p->renamed_cap) {
+            char *grown = realloc(p->renamed, (size_t)sent_len);
+            if (grown == NULL)
+                abort();
+            p->renamed = grown;
+            p->renamed_cap = (size_t)sent_len;
+        }
+        unnamed_chunk(p, l, buf, (size_t)n, p->renamed);
+        sent = p->renamed;
     }
     long long owed = 0, statements = 0;
     size_t pos = 0;
@@ -741,7 +873,7 @@ static void from_client(Pump *p, int index, Link *l) {
         }
         l->pending_ready += owed;
     }
-    if (send_or_keep(l->upstream_fd, &l->to_upstream, p->scratch, (size_t)n) < 0) {
+    if (send_or_keep(l->upstream_fd, &l->to_upstream, sent, (size_t)sent_len) < 0) {
         hand_back(p, index, l, BACK_CLOSED);
         return;
     }
@@ -1040,6 +1172,9 @@ static void Standins_dealloc(Standins *t) {
     for (int i = 0; t->verbatim != NULL && i < t->nverbatim; i++)
         free(t->verbatim[i].text);
     free(t->verbatim);
+    for (int i = 0; t->parses != NULL && i < t->nparses; i++)
+        free(t->parses[i].body);
+    free(t->parses);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
@@ -1120,33 +1255,31 @@ fail:
     return NULL;
 }
 
-/* Standins.edits from [(statement name, verb), ...]. */
-static int edits_from(Standins *t, PyObject *edits) {
-    PyObject *seq = PySequence_Fast(edits, "Standins: expected a sequence of (name, verb)");
+/* One item of a Standins array from its Python tuple: 0, or -1 with an exception set. */
+typedef int (*ItemFrom)(PyObject *item, void *out);
+
+/* A Standins array from a sequence of tuples (`what`: the error for anything else): its
+   items of `size` bytes in `*array`, counted in `*count` before each is made, so that
+   dealloc frees what a failed one left. 0, or -1 with an exception set. */
+static int items_from(PyObject *items, const char *what, size_t size, void **array, int *count, ItemFrom one) {
+    PyObject *seq = PySequence_Fast(items, what);
     if (seq == NULL)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (n > 4096) {
         Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "Standins: too many statement edits");
+        PyErr_SetString(PyExc_ValueError, "Standins: at most 4096 of each");
         return -1;
     }
-    t->edits = calloc(n ? (size_t)n : 1, sizeof(StatementEdit));
-    if (t->edits == NULL) {
+    *array = calloc(n ? (size_t)n : 1, size);
+    if (*array == NULL) {
         Py_DECREF(seq);
         PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name, *verb;
-        StatementEdit *e = &t->edits[i];
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "SS", &name, &verb) ||
-            (e->name = copy_bytes(name, &e->name_len, "a statement name")) == NULL) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        t->nedits++;
-        if (verb_from(verb, e->verb) < 0) {
+        (*count)++;
+        if (one(PySequence_Fast_GET_ITEM(seq, i), (char *)*array + (size_t)i * size) < 0) {
             Py_DECREF(seq);
             return -1;
         }
@@ -1155,46 +1288,53 @@ static int edits_from(Standins *t, PyObject *edits) {
     return 0;
 }
 
-/* Standins.verbatim from [(Query body, slot), ...]. */
-static int verbatim_from(Standins *t, PyObject *texts) {
-    PyObject *seq = PySequence_Fast(texts, "Standins: expected a sequence of (text, slot)");
-    if (seq == NULL)
+/* A StatementEdit from (statement name, verb). */
+static int edit_from(PyObject *item, void *out) {
+    StatementEdit *e = out;
+    PyObject *name, *verb;
+    if (!PyArg_ParseTuple(item, "SS", &name, &verb) ||
+        (e->name = copy_bytes(name, &e->name_len, "a statement name")) == NULL)
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > 4096) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "Standins: too many texts");
+    return verb_from(verb, e->verb);
+}
+
+/* A Verbatim from (Query body, slot). */
+static int verbatim_from(PyObject *item, void *out) {
+    Verbatim *v = out;
+    PyObject *text;
+    if (!PyArg_ParseTuple(item, "Si", &text, &v->slot) || (v->text = copy_bytes(text, &v->len, "a text")) == NULL)
+        return -1;
+    if (v->len == 0 || v->text[v->len - 1] != 0) {
+        PyErr_SetString(PyExc_ValueError, "Standins: a Query body ends with its zero byte");
         return -1;
     }
-    t->verbatim = calloc(n ? (size_t)n : 1, sizeof(Verbatim));
-    if (t->verbatim == NULL) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
+    v->hash = fnv1a((const unsigned char *)v->text, v->len);
+    return 0;
+}
+
+/* A ParseAlias from (Parse body after the name, server statement name and its zero byte, slot). */
+static int parse_from(PyObject *item, void *out) {
+    ParseAlias *a = out;
+    PyObject *body, *alias;
+    char *name;
+    Py_ssize_t name_len;
+    if (!PyArg_ParseTuple(item, "SSi", &body, &alias, &a->slot) ||
+        (a->body = copy_bytes(body, &a->len, "a Parse body")) == NULL ||
+        PyBytes_AsStringAndSize(alias, &name, &name_len) < 0)
+        return -1;
+    if (name_len < 2 || name_len > ALIAS_SIZE || name[name_len - 1] != 0 || memchr(name, 0, (size_t)name_len - 1)) {
+        PyErr_SetString(PyExc_ValueError, "Standins: an alias is a statement name of 1 to 63 bytes and its zero byte");
         return -1;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *text;
-        Verbatim *v = &t->verbatim[i];
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Si", &text, &v->slot) ||
-            (v->text = copy_bytes(text, &v->len, "a text")) == NULL) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        t->nverbatim++;
-        if (v->len == 0 || v->text[v->len - 1] != 0) {
-            Py_DECREF(seq);
-            PyErr_SetString(PyExc_ValueError, "Standins: a Query body ends with its zero byte");
-            return -1;
-        }
-        v->hash = fnv1a((const unsigned char *)v->text, v->len);
-    }
-    Py_DECREF(seq);
+    memcpy(a->alias, name, (size_t)name_len);
+    a->alias_len = (size_t)name_len;
+    a->hash = fnv1a((const unsigned char *)a->body, a->len);
     return 0;
 }
 
 static PyObject *Standins_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *entries, *edits = NULL, *verbatim = NULL;
-    if (!PyArg_ParseTuple(args, "O|OO", &entries, &edits, &verbatim))
+    PyObject *entries, *edits = NULL, *verbatim = NULL, *parses = NULL;
+    if (!PyArg_ParseTuple(args, "O|OOO", &entries, &edits, &verbatim, &parses))
         return NULL;
     PyObject *seq = PySequence_Fast(entries, "Standins: expected a sequence of entries");
     if (seq == NULL)
@@ -1228,7 +1368,12 @@ static PyObject *Standins_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         t->count++;
     }
     Py_DECREF(seq);
-    if ((edits != NULL && edits_from(t, edits) < 0) || (verbatim != NULL && verbatim_from(t, verbatim) < 0)) {
+    if ((edits != NULL && items_from(edits, "Standins: expected a sequence of (name, verb)", sizeof(StatementEdit),
+                                     (void **)&t->edits, &t->nedits, edit_from) < 0) ||
+        (verbatim != NULL && items_from(verbatim, "Standins: expected a sequence of (text, slot)", sizeof(Verbatim),
+                                        (void **)&t->verbatim, &t->nverbatim, verbatim_from) < 0) ||
+        (parses != NULL && items_from(parses, "Standins: expected a sequence of (body, alias, slot)",
+                                      sizeof(ParseAlias), (void **)&t->parses, &t->nparses, parse_from) < 0)) {
         Py_DECREF(t);
         return NULL;
     }
@@ -1248,10 +1393,11 @@ static PyTypeObject StandinsType = {
     .tp_name = "cowproxy.proxy._pump.Standins",
     .tp_basicsize = sizeof(Standins),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Standins(entries[, edits[, verbatim]]): what the relay thread does for a gated session's gate: "
-              "its stand-ins, each (shape, nclient, [(source, kind, text), ...], head, tail, slot[, verb]), "
-              "its prepared statements whose answers get another tag, each (name, verb), and the Query "
-              "texts it forwards as sent, each (body, slot) (see proxy/pump.py).",
+    .tp_doc = "Standins(entries[, edits[, verbatim[, parses]]]): what the relay thread does for a gated session's "
+              "gate: its stand-ins, each (shape, nclient, [(source, kind, text), ...], head, tail, slot[, verb]), "
+              "its prepared statements whose answers get another tag, each (name, verb), the Query "
+              "texts it forwards as sent, each (body, slot), and the `Parse \"\"` texts it prepared, each "
+              "(body after the name, server statement name and zero byte, slot) (see proxy/pump.py).",
     .tp_new = Standins_new,
     .tp_dealloc = (destructor)Standins_dealloc,
     .tp_as_sequence = &Standins_as_sequence,
@@ -1431,6 +1577,7 @@ static void Pump_dealloc(Pump *p) {
     free(p->back);
     free(p->scratch);
     free(p->out);
+    free(p->renamed);
     if (p->epfd > 0)
         close(p->epfd);
     if (p->wakefd > 0)
@@ -1455,9 +1602,10 @@ static PyObject *Pump_slot(Pump *p, PyObject *unused) {
     return PyLong_FromLong(p->nslots++);
 }
 
-/* attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state, standins) -> link id;
-   state as `detach` returns it; slot -1: count no statements; epoch -1: depend on none;
-   standins: a Standins or None. */
+/* attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins[, portal_edit[, alias[,
+   unnamed_parsed]]]]) -> link id; state as `detach` returns it; slot -1: count no statements; epoch -1: depend
+   on none; standins: a Standins or None; alias: the server statement the client's unnamed statement is (its
+   name and zero byte, or empty); unnamed_parsed: the client may have an unnamed statement. */
 static PyObject *Pump_attach(Pump *p, PyObject *args) {
     int client_fd, upstream_fd, slot, gated, epoch;
     unsigned long long epoch_value;
@@ -1465,15 +1613,21 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     int mid_extended, copy_end_sent, tx_status, cycle_failed, failed_since_idle, statement_gone;
     double cycle_start, proxy_time;
     PyObject *standins = Py_None;
-    const char *portal_edit = "";
-    Py_ssize_t portal_edit_len = 0;
-    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)|Oy#", &client_fd, &upstream_fd, &slot, &gated, &epoch, &epoch_value,
-                          &pending_ready, &mid_extended, &copy_syncs, &copy_end_sent, &tx_status, &cycle_failed,
-                          &failed_since_idle, &statement_gone, &cycle_start, &proxy_time, &standins, &portal_edit,
-                          &portal_edit_len))
+    const char *portal_edit = "", *alias = "";
+    Py_ssize_t portal_edit_len = 0, alias_len = 0;
+    int unnamed_parsed = 0;
+    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)|Oy#y#p", &client_fd, &upstream_fd, &slot, &gated, &epoch,
+                          &epoch_value, &pending_ready, &mid_extended, &copy_syncs, &copy_end_sent, &tx_status,
+                          &cycle_failed, &failed_since_idle, &statement_gone, &cycle_start, &proxy_time, &standins,
+                          &portal_edit, &portal_edit_len, &alias, &alias_len, &unnamed_parsed))
         return NULL;
     if (portal_edit_len >= VERB_SIZE || memchr(portal_edit, 0, (size_t)portal_edit_len) != NULL) {
         PyErr_SetString(PyExc_ValueError, "attach: the unnamed portal's verb is too long");
+        return NULL;
+    }
+    if (alias_len != 0 && (alias_len < 2 || alias_len > ALIAS_SIZE || alias[alias_len - 1] != 0 ||
+                           memchr(alias, 0, (size_t)alias_len - 1) != NULL || !gated)) {
+        PyErr_SetString(PyExc_ValueError, "attach: an alias is a gated link's statement name and its zero byte");
         return NULL;
     }
     if (standins != Py_None && !PyObject_TypeCheck(standins, &StandinsType)) {
@@ -1547,6 +1701,9 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     l->proxy_time = proxy_time;
     memcpy(l->portal_edit, portal_edit, (size_t)portal_edit_len);
     l->portal_edit[portal_edit_len] = 0;
+    memcpy(l->alias, alias, (size_t)alias_len);
+    l->alias_len = (size_t)alias_len;
+    l->unnamed_parsed = unnamed_parsed;
     if (standins != Py_None) {
         Py_INCREF(standins);
         l->standins = (Standins *)standins;
@@ -1582,7 +1739,7 @@ static PyObject *bytes_of(const char *data, size_t len) {
 }
 
 /* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head,
-   edit_owed, portal_edit) or None if unknown. Takes the link out of the thread's hands (if it still had it) and
+   edit_owed, portal_edit, alias, unnamed_parsed) or None if unknown. Takes the link out of the thread's hands (if it still had it) and
    frees it. `skip` and `head` say where the server stream stands: a hand-back for the
    client's chunk (or a close, or Python's own detach) may come while the thread is
    inside a server message, and Python's scanner must carry on inside it. */
@@ -1603,13 +1760,14 @@ static PyObject *Pump_detach(Pump *p, PyObject *arg) {
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
     }
     PyObject *result = Py_BuildValue(
-        "(i(LiLiiiiidd)NNNsKiky#yy)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
+        "(i(LiLiiiiidd)NNNsKiky#yyy#i)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
         l->tx_status, l->cycle_failed, l->failed_since_idle, l->statement_gone, l->cycle_start, l->proxy_time,
         bytes_of(l->to_client.data ? l->to_client.data + l->to_client.off : NULL, l->to_client.len - l->to_client.off),
         bytes_of(l->to_upstream.data ? l->to_upstream.data + l->to_upstream.off : NULL,
                  l->to_upstream.len - l->to_upstream.off),
         bytes_of(l->tail, l->tail_len), l->invalid, l->chunks, l->bind_owed, (unsigned long)l->skip,
-        (const char *)l->head, (Py_ssize_t)l->head_len, l->edit_owed, l->portal_edit);
+        (const char *)l->head, (Py_ssize_t)l->head_len, l->edit_owed, l->portal_edit, l->alias,
+        (Py_ssize_t)l->alias_len, l->unnamed_parsed);
     free_link(l);
     unlock(p);
     return result;
@@ -1720,12 +1878,11 @@ static PyObject *Pump_attached(Pump *p, PyObject *unused) {
 
 static PyMethodDef Pump_methods[] = {
     {"attach", (PyCFunction)Pump_attach, METH_VARARGS,
-     "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins[, portal_edit]]) -> link: the thread "
-     "relays both sockets from now on."},
+     "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins[, portal_edit[, alias[, "
+     "unnamed_parsed]]]]) -> link: the thread relays both sockets from now on."},
     {"detach", (PyCFunction)Pump_detach, METH_O,
      "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head, "
-     "edit_owed, portal_edit) or None: take "
-     "the link back."},
+     "edit_owed, portal_edit, alias, unnamed_parsed) or None: take the link back."},
     {"returned", (PyCFunction)Pump_returned, METH_NOARGS, "Links the thread handed back since the last call."},
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS, "An eventfd that is readable when links were handed back."},
     {"slot", (PyCFunction)Pump_slot, METH_NOARGS, "A new statement counter (None when all are taken)."},

@@ -26,6 +26,9 @@ shadow through search_path).
   the next Parse of "" or Query (both replace the unnamed statement) or Close of
   statement "" (forwarded, so a later Bind fails with 26000 as on PostgreSQL); meanwhile
   Bind and Describe of statement "" are renamed (`rename`).
+* The native relay thread does the same for a confirmed statement's client texts
+  (`native_parses`, proxy/pump.py), with no tag edit and no temporary table of the
+  session's; the session carries `alias` and `unnamed_parsed` to it and back.
 * A pending entry dropped while it is the alias is *doubtful*: its server statement
   exists only if its Parse succeeded. PostgreSQL drops the unnamed statement before it
   parses a `Parse ""`, so after one that failed a copy answers a Bind or Describe of ""
@@ -193,16 +196,25 @@ class AutoPrepared:
         self.route_filter: Any = None
         """The route's error filter (branch/errors.py), applied before `client_errors`' own edit."""
         self.native_version = 0
-        """Moves whenever what `native_standins` answers may have changed."""
+        """Moves whenever what `native_standins` or `native_parses` answers may have changed."""
+        self._parse_texts: dict[bytes, tuple[tuple[str, bytes], str]] = {}
+        """Client `Parse ""` bodies after the name → (entry key, statement kind), as decided
+        by `_parse_cache` (`native_parses`)."""
+        self._parse_cache: DecisionCache | None = None
+        self._doubtful_alias: bytes | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def parse(self, sql: str, buf: bytes, start: int, end: int,
-              chunk: Sequence[tuple[int, int, int]] = (), index: int = 0) -> bytes | None:
+              chunk: Sequence[tuple[int, int, int]] = (), index: int = 0,
+              native: tuple[str, DecisionCache] | None = None) -> bytes | None:
         """The frame to send for a `Parse ""` (body `buf[start:end]`) whose SQL for the
         upstream is `sql`, or None: send it as `Parse ""` (the alias is cleared then).
-        `chunk[:index]`: frames before it that the relay has not accounted yet."""
+        `chunk[:index]`: frames before it that the relay has not accounted yet.
+        `native`: (statement kind, the decision cache that decided it) when the native
+        relay may serve the client's text itself once it is confirmed (`native_parses`):
+        its answer needs no tag edit and no temporary table may hide a table."""
         try:
             sql_end = buf.index(b"\x00", start + 1, end)
         except ValueError:
@@ -228,9 +240,42 @@ class AutoPrepared:
             self.alias = None  # its Parse is still unanswered: it may yet fail
             return None
         self.alias = entry.alias
+        if native is not None:
+            self._note_parse(bytes(buf[start + 1:end]), key, *native)
         if relay.pending_ready or relay.tx_status == b"E" or _closes_cycle(chunk, index):
             return _FAILING_PARSE
         return _EMPTY_PARSE
+
+    def _note_parse(self, body: bytes, key: tuple[str, bytes], kind: str, cache: DecisionCache) -> None:
+        """Remember that the `Parse ""` body `body` (after the name) goes upstream as the
+        statement of `key`, as `cache` decided it (`native_parses`)."""
+        texts = self._parse_texts
+        if cache is not self._parse_cache or len(texts) >= SEEN_LIMIT:
+            texts.clear()
+            self._parse_cache = cache
+        if body not in texts:
+            texts[body] = (key, kind)
+            self.native_version += 1
+
+    def native_parses(self, cache: DecisionCache) -> list[tuple[bytes, bytes, str]]:
+        """What the native relay needs to serve `Parse ""` of the client's texts as `parse`
+        does (proxy/pump.py `Standins`): per text decided by `cache` whose statement is
+        confirmed, (its Parse body after the name, the server statement's name and zero
+        byte, the statement kind)."""
+        if cache is not self._parse_cache:
+            return []
+        out = []
+        for body, (key, kind) in self._parse_texts.items():
+            entry = self._entries.get(key)
+            if entry is not None and entry.confirmed:
+                out.append((body, entry.alias, kind))
+        return out
+
+    @property
+    def alias_doubtful(self) -> bool:
+        """The alias is a statement whose Parse may have failed (`settle`): the gate's
+        error filter must see what a renamed frame gets."""
+        return self.alias is not None and self.alias == self._doubtful_alias
 
     def query(self, sql: str, tags: tuple[str | None, ...], chunk: Sequence[tuple[int, int, int]] = (),
               index: int = 0) -> tuple[bytes, tuple[str | None, ...]] | None:
@@ -388,6 +433,7 @@ class AutoPrepared:
         idle; `stale`: one said a prepared statement is gone or changed its result type."""
         if stale:
             self._entries.clear()
+            self._parse_texts.clear()
             self.pending.clear()
             self.native_version += 1
             return
@@ -402,6 +448,7 @@ class AutoPrepared:
                 if entry is not None and alias is not None and entry.alias == alias:
                     # Its Parse may have failed, and with it the client's unnamed statement.
                     self.doubtful = b'\x00Mprepared statement "' + alias[:-1] + b'" does not exist\x00'
+                    self._doubtful_alias = alias
             pending.clear()
         elif not mid_cycle:
             for key in pending:
@@ -430,6 +477,7 @@ class AutoPrepared:
         statements passed the gate: prepare afresh from now on. `all_dropped`: every
         named statement of the session is gone (DISCARD ALL, DEALLOCATE ALL)."""
         self._entries.clear()
+        self._parse_texts.clear()
         self.pending.clear()
         self.native_version += 1
         if all_dropped:
@@ -464,6 +512,12 @@ class AutoPrepared:
                 if sent is not None:
                     out.append((client_shape, count, sent, entry.bind_head, entry.bind_tail, recipe.kind, recipe.edit))
         return out
+
+
+def serves_alias(frame: bytes) -> bool:
+    """Whether `parse` answered with the empty or failing statement: the client's `Parse ""`
+    named a statement already confirmed."""
+    return frame is _EMPTY_PARSE or frame is _FAILING_PARSE
 
 
 def _native_numbers(recipe: _Recipe, count: int, types: tuple[str, ...]) -> list[tuple[int, int, bytes]] | None:

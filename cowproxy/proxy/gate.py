@@ -30,7 +30,7 @@ from cowproxy import logs
 from cowproxy.histogram import Tally
 from cowproxy.protocol.messages import BIND, CLOSE, DESCRIBE, PARSE, QUERY, encode_parse, encode_query
 from cowproxy.protocol.responses import STANDIN
-from cowproxy.proxy.autoprepare import AutoPrepared
+from cowproxy.proxy.autoprepare import AutoPrepared, serves_alias
 from cowproxy.sql.analyze import Refusal
 from cowproxy.sql.policy import Action, Decision, DecisionCache, Prepared
 from cowproxy.sql.rewrite import quote_literal
@@ -125,10 +125,11 @@ class StatementGate:
         tables empty it); at most `_FORWARDS_LIMIT` texts."""
         self.autoprepared: AutoPrepared | None = AutoPrepared() if autoprepare else None
         """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
-        self.standin_alone = False
-        """After `scan`: the chunk was one simple Query sent as a stand-in, the kind the
-        native relay serves itself (proxy/pump.py): the session may attach to it as after
-        a chunk without a statement."""
+        self.native_served = False
+        """After `scan`: every statement of the chunk was one the native relay serves
+        itself (proxy/pump.py): a lone simple Query sent as a stand-in, or `Parse ""` of
+        a text auto-prepare already prepared. The session may attach to it as after a
+        chunk without a statement."""
         self.statements_only = not autoprepare and version is None
         """`scan` acts on Query and Parse frames only: no auto-prepare renames Binds and
         Describes, no layout change makes plans stale. The relay then skips `scan` for a
@@ -156,11 +157,12 @@ class StatementGate:
         frame that needs the slow path, or len(frames)."""
         if self.rewrites:
             self.rewrites = []
-        self.standin_alone = False
+        self.native_served = False
         if not self.statements_only and self.plans_stale:
             return 0  # the slow path discards cached plans first
         policy, temps, counts = self.policy, self.temp_tables, self._counts
         prepared = self.autoprepared
+        unserved = 0  # statements the native relay would not serve itself
         for index, (msg_type, start, end) in enumerate(frames):
             if msg_type != QUERY and msg_type != PARSE:
                 if prepared is not None and prepared.alias is not None and (
@@ -169,6 +171,7 @@ class StatementGate:
                     if renamed is not None:
                         self.rewrites.append((index, renamed, ()))
                 continue
+            unserved += 1
             sql = frame_sql(msg_type, buf, start, end)
             if sql is None:
                 if prepared is not None and (msg_type == QUERY or start < end and buf[start] == 0):
@@ -179,7 +182,8 @@ class StatementGate:
                 if fast is not None:
                     self.rewrites.append((index, fast[0], fast[1]))
                     self._counter(fast[2]).value += 1
-                    self.standin_alone = len(frames) == 1 and fast[1][0] == STANDIN
+                    if len(frames) == 1 and fast[1][0] == STANDIN:
+                        unserved -= 1
                     continue
             decision = policy.decide(sql, temps)
             if decision.creates_temp:
@@ -187,20 +191,26 @@ class StatementGate:
             if decision.action is Action.REWRITE:
                 sent = None
                 if prepared is not None:
-                    sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                    sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index,
+                                         None if temps else policy.cache)
                     if sent is not None and msg_type == QUERY and not temps:
                         prepared.learn(sql, policy.cache)
+                    elif sent is not None and not temps and not decision.tags and serves_alias(sent[0]):
+                        unserved -= 1
                 if sent is None:
                     sent = (_rewritten(msg_type, buf, start, end, decision), decision.tags)
                 self.rewrites.append((index, sent[0], sent[1]))
             elif decision.action is not Action.FORWARD:
                 return index
             elif prepared is not None and (prepared.alias is not None or decision.preparable or decision.prepared):
-                sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index)
+                sent = self._unnamed(prepared, msg_type, buf, start, end, sql, decision, frames, index,
+                                     None if temps else policy.cache)
                 if sent is not None:
                     self.rewrites.append((index, sent[0], sent[1]))
                     if msg_type == QUERY and not temps:
                         prepared.learn(sql, policy.cache)
+                    elif not temps and not decision.tags and serves_alias(sent[0]):
+                        unserved -= 1
             elif msg_type == QUERY:
                 if len(frames) == 1 and not temps:
                     self._remember(buf[start:end], decision.kind)
@@ -210,6 +220,7 @@ class StatementGate:
             if counter is None:
                 counter = self._counter(decision.kind)
             counter.value += 1
+        self.native_served = unserved == 0 and len(self.rewrites) > 0
         return len(frames)
 
     def forwarded_texts(self) -> list[tuple[bytes, str]]:
@@ -233,23 +244,25 @@ class StatementGate:
 
     @staticmethod
     def _unnamed(prepared: AutoPrepared, msg_type: int, buf: bytes, start: int, end: int, sql: str,
-                 decision: Decision, chunk: Sequence[tuple[int, int, int]], index: int
-                 ) -> tuple[bytes, tuple[str | None, ...]] | None:
+                 decision: Decision, chunk: Sequence[tuple[int, int, int]], index: int,
+                 cache: DecisionCache | None = None) -> tuple[bytes, tuple[str | None, ...]] | None:
         """Auto-prepare bookkeeping for a Query or Parse frame (client text `sql`) going
         upstream; the frame to send instead of a `Parse ""` or a simple Query of a
         statement over a shadow, with the tag edits of its answer, or None.
         `chunk[:index]`: the frames before it that the relay has not accounted yet (the
-        fast path's chunk)."""
+        fast path's chunk). `cache`: the decision's cache, when no temporary table may
+        hide a table (the native relay may then serve the text: `AutoPrepared.parse`)."""
         if decision.prepared:
             prepared.forget(decision.prepared is Prepared.DROPPED)
         if msg_type == PARSE and buf[start] == 0:
             prepared.unnamed_parsed = True
+            native = None if cache is None or decision.tags else (decision.kind, cache)
             if decision.preparable and decision.action is Action.REWRITE:
                 assert decision.sql is not None
-                out = prepared.parse(decision.sql, buf, start, end, chunk, index)
+                out = prepared.parse(decision.sql, buf, start, end, chunk, index, native)
                 return (out, decision.tags) if out is not None else None
             if decision.preparable and decision.action is Action.FORWARD:
-                out = prepared.parse(sql, buf, start, end, chunk, index)
+                out = prepared.parse(sql, buf, start, end, chunk, index, native)
                 return (out, decision.tags) if out is not None else None
             prepared.alias = None
         elif msg_type == QUERY:

@@ -32,7 +32,15 @@ dots) whose parameters are int4s as written; anything else goes to the gate as b
 An answer that does not begin with that BindComplete (an error at the Bind, a notice, a
 cut header) goes back with it owed (`Returned.bind_owed`), and the response editor
 removes it (`Relay.expect_owed`). The gate's fast path serving a lone Query counts as a
-quiet chunk (`StatementGate.standin_alone`), so such sessions attach.
+quiet chunk (`StatementGate.native_served`), so such sessions attach.
+
+A branch session whose driver sends `Parse ""` for every statement (pgbench -M extended,
+psycopg's default) has a Parse in every chunk; over a changed table auto-prepare made a
+statement for the text, and the gate sends the Parse as the empty statement and renames
+the Binds and Describes of statement "" to it. The table holds those texts too
+(`AutoPrepared.native_parses`: the client's Parse body, the statement, its kind), and the
+thread does the same, carrying the client's unnamed statement's alias in and out
+(`attach`'s `alias`, `Returned.alias`); any other Parse goes back.
 
 Tag edits. A branch's UPDATE goes upstream as an upsert, whose CommandComplete says
 INSERT; the response editor (protocol/responses.py) gives the client UPDATE's tag. The
@@ -160,6 +168,8 @@ class Returned:
     upstream_head: bytes = b""  # ... or the first bytes of a header cut by a read (`BackendScanner.resume_inside`)
     edit_owed: str = ""         # the verb the answer in flight's CommandComplete still needs ("": none)
     portal_edit: str = ""       # the verb of the statement bound to the unnamed portal ("": none)
+    alias: bytes | None = None  # the server statement the client's unnamed statement is (`AutoPrepared.alias`)
+    unnamed_parsed: bool = False  # the client may have an unnamed statement (`AutoPrepared.unnamed_parsed`)
 
 
 class NativeRelay:
@@ -201,15 +211,17 @@ class NativeRelay:
 
     def attach(self, client_fd: int, upstream_fd: int, slot: int, state: RelayState,
                handed_back: Callable[[], None], *, gated: bool = False, epoch: int = NO_EPOCH,
-               version: int = 0, standins: Any = None, portal_edit: str = "") -> int:
+               version: int = 0, standins: Any = None, portal_edit: str = "", alias: bytes | None = None,
+               unnamed_parsed: bool = False) -> int:
         """Relay both sockets on the thread until it hands the session back (`handed_back`
         is called on the event loop) or `detach`. A `gated` session's chunks with a
-        statement go back, but lone Queries its `standins` (`Standins`) serve, and
-        executions of its statements with a tag edit go back but for steady cycles;
-        `portal_edit`: the edit of the statement bound to the unnamed portal. With an
-        `epoch`, all its chunks go back once the epoch is no longer `version`."""
+        statement go back, but lone Queries and `Parse ""` texts its `standins`
+        (`Standins`) serve, and executions of its statements with a tag edit go back but
+        for steady cycles; `portal_edit`: the edit of the statement bound to the unnamed
+        portal; `alias` and `unnamed_parsed`: its auto-prepare's (proxy/autoprepare.py).
+        With an `epoch`, all its chunks go back once the epoch is no longer `version`."""
         link: int = self._pump.attach(client_fd, upstream_fd, slot, gated, epoch, version, state.as_tuple(),
-                                      standins, portal_edit.encode("ascii"))
+                                      standins, portal_edit.encode("ascii"), alias or b"", unnamed_parsed)
         self._holders[link] = handed_back
         return link
 
@@ -219,12 +231,13 @@ class NativeRelay:
         got = self._pump.detach(link)
         if got is None:
             return None
-        reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head, owed, portal = got
+        (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head, owed, portal, alias,
+         parsed) = got
         pending, mid, syncs, end_sent, status, failed, failed_idle, gone, start, proxy = state
         return Returned(reason, RelayState(pending, bool(mid), syncs, bool(end_sent), bytes([status]), bool(failed),
                                            bool(failed_idle), bool(gone), start, proxy),
                         to_client, to_upstream, tail, invalid, chunks, bool(bind_owed), skip, head,
-                        owed.decode("ascii"), portal.decode("ascii"))
+                        owed.decode("ascii"), portal.decode("ascii"), alias or None, bool(parsed))
 
     def _on_returned(self) -> None:
         for link in self._pump.returned():
@@ -233,14 +246,15 @@ class NativeRelay:
                 handed_back()
 
     def standins(self, label: str, entries: list[StandinEntry], edits: dict[bytes, str] | None = None,
-                 verbatim: Sequence[tuple[bytes, str]] = ()) -> Any:
+                 verbatim: Sequence[tuple[bytes, str]] = (), parses: Sequence[tuple[bytes, bytes, str]] = ()) -> Any:
         """The thread's table of what it does for a gated session's gate: its stand-ins
         (`AutoPrepared.native_standins`, counted under the policy's `label`) that are for
         a text the thread can scan (`_pump.literal_shape`) and have a counter, its
         prepared statements whose answers get another tag (`edits`: name -> verb,
-        `ResponseEditor.statement_edits`), and the Query bodies its gate forwards as sent
-        (`verbatim`: (body, statement kind), `StatementGate.forwarded_texts`). None if
-        that leaves nothing to do."""
+        `ResponseEditor.statement_edits`), the Query bodies its gate forwards as sent
+        (`verbatim`: (body, statement kind), `StatementGate.forwarded_texts`) and the
+        `Parse ""` texts it prepared (`parses`: (body after the name, server statement,
+        statement kind), `AutoPrepared.native_parses`). None if that leaves nothing to do."""
         table = []
         for shape, count, sent, head, tail, kind, verb in entries:
             encoded = shape.encode()
@@ -252,14 +266,12 @@ class NativeRelay:
                 continue
             table.append((encoded, count, sent, head, tail, slot) if verb is None
                          else (encoded, count, sent, head, tail, slot, verb.encode("ascii")))
-        texts = []
-        for text, kind in verbatim:
-            slot = self.slot((label, kind))
-            if slot is not None:
-                texts.append((text, slot))
-        if not table and not edits and not texts:
+        texts = [(text, slot) for text, kind in verbatim if (slot := self.slot((label, kind))) is not None]
+        aliases = [(body, alias, slot) for body, alias, kind in parses if (slot := self.slot((label, kind))) is not None]
+        if not table and not edits and not texts and not aliases:
             return None
-        return _pump.Standins(table, [(name, verb.encode("ascii")) for name, verb in (edits or {}).items()], texts)
+        return _pump.Standins(table, [(name, verb.encode("ascii")) for name, verb in (edits or {}).items()], texts,
+                              aliases)
 
     def statement_counts(self) -> dict[tuple[str, str], int]:
         return {key: self._pump.statements(slot) for key, slot in list(self._slots.items()) if slot is not None}

@@ -320,8 +320,8 @@ class Relay:
             self.account(frames, t0, True)
         elif gate is not None and (statement or gate_state_pending(gate, self.layout_version)):
             cut: int = gate.scan(buf, frames)
-            if gate.standin_alone:
-                self.quiet_chunks = quiet + 1  # a Query the native relay serves itself (its stand-ins)
+            if gate.native_served:
+                self.quiet_chunks = quiet + 1  # statements the native relay serves itself (pump.py `Standins`)
             if gate.rewrites or cut < len(frames):
                 self.forward_before(buf, frames, cut, gate.rewrites, t0)
                 if cut < len(frames):

@@ -78,7 +78,7 @@ from cowproxy.protocol.messages import (
 )
 from cowproxy.proxy import pump
 from cowproxy.proxy.cancel import BackendPid, CancelRegistry, send_cancel
-from cowproxy.proxy.relay import FixedEdits, Relay, gate_state_pending
+from cowproxy.proxy.relay import FixedEdits, Relay
 from cowproxy.proxy.routing import Route, RouteRefused, Router
 from cowproxy.proxy.upstream import UpstreamAddress, open_upstream
 
@@ -718,12 +718,13 @@ class ClientSession(asyncio.Protocol):
 
     def _gate_quiet(self, relay: Relay, gate: Any) -> bool:
         """Whether a gated session may relay on the thread: its last chunks held no
-        statement, and nothing of its gate's is pending (auto-prepare's rename or
-        statements awaiting their answers, plans of an older layout)."""
-        if relay.quiet_chunks < self._quiet_needed or gate_state_pending(gate, relay.layout_version):
+        statement (or only ones the thread serves), and nothing of its gate's is pending
+        (statements awaiting their answers, an alias whose statement may not exist, plans
+        of an older layout). An alias the thread carries on (it renames as the gate does)."""
+        if relay.quiet_chunks < self._quiet_needed or gate.plans_stale:
             return False
         prepared = gate.autoprepared
-        return prepared is None or len(prepared.pending) == 0
+        return prepared is None or (len(prepared.pending) == 0 and not prepared.alias_doubtful)
 
     def _try_attach(self) -> None:
         """Hand both sockets to the native relay when nothing but plain forwarding is
@@ -747,13 +748,16 @@ class ClientSession(asyncio.Protocol):
         standins = None if gate is None else self._native_standins(native, gate, editor)
         if editor is not None and editor.statement_edits and standins is None:
             return  # (its statements' edits did not fit the thread's table)
+        prepared = None if gate is None else gate.autoprepared
         client.pause_reading()
         upstream.pause_reading()
         try:
             self._link = native.attach(*self._native_fds, self._native_slot, pump.RelayState.of(relay),
                                        self._handed_back, gated=gate is not None, epoch=self._native_epoch,
                                        version=0 if gate is None else gate.synced_version, standins=standins,
-                                       portal_edit="" if editor is None else editor.unnamed_portal_edit)
+                                       portal_edit="" if editor is None else editor.unnamed_portal_edit,
+                                       alias=None if prepared is None else prepared.alias,
+                                       unnamed_parsed=prepared is not None and prepared.unnamed_parsed)
         except OSError as exc:
             logs.event("native_relay_refused", logging.WARNING, branch=self.branch, error=str(exc))
             self._native_fds = None
@@ -762,14 +766,15 @@ class ClientSession(asyncio.Protocol):
 
     def _native_standins(self, native: Any, gate: Any, editor: Any) -> Any:
         """The native relay's table of what it does for this session's gate (proxy/pump.py
-        `Standins`), remade when that changed: the stand-ins its simple Queries get, the
-        tag edits of its prepared statements (`editor`'s, if one is engaged), the texts
-        it forwards as sent. No stand-ins when the client may have an unnamed statement
-        (a stand-in must close it then) or temp tables of the session's may hide a table
-        (`fast_query` decides then)."""
+        `Standins`), remade when that changed: the stand-ins its simple Queries get and
+        the `Parse ""` texts auto-prepare prepared, the tag edits of its prepared
+        statements (`editor`'s, if one is engaged), the texts it forwards as sent. No
+        stand-ins or texts when temp tables of the session's may hide a table (the gate
+        decides then). (The thread serves no stand-in while the client may have an
+        unnamed statement: the gate's closes it first, as a Query would.)"""
         prepared = gate.autoprepared
         edits = {} if editor is None else editor.statement_edits
-        if prepared is None or prepared.unnamed_parsed or gate.temp_tables:
+        if prepared is None or gate.temp_tables:
             prepared = None
         cache = gate.policy.cache
         made_of = (None if prepared is None else prepared.native_version, cache, tuple(edits.items()),
@@ -778,7 +783,8 @@ class ClientSession(asyncio.Protocol):
             try:
                 self._standins = native.standins(gate.policy.label,
                                                  [] if prepared is None else prepared.native_standins(cache), edits,
-                                                 gate.forwarded_texts())
+                                                 gate.forwarded_texts(),
+                                                 [] if prepared is None else prepared.native_parses(cache))
             except ValueError:  # a verb the thread cannot hold
                 self._standins = None
             self._standins_made_of = made_of
@@ -796,6 +802,10 @@ class ClientSession(asyncio.Protocol):
         relay = self.relay
         back.state.restore(relay)
         relay.scanner.resume_inside(back.upstream_skip, back.upstream_head)
+        prepared = None if relay.gate is None else relay.gate.autoprepared
+        if prepared is not None:
+            prepared.alias = back.alias
+            prepared.unnamed_parsed = back.unnamed_parsed
         if relay.editor is not None:
             relay.editor.resume(relay.pending_ready, mid_cycle=relay.mid_extended, cycle_failed=relay.cycle_failed,
                                 copy_syncs=relay.copy_syncs, unnamed_portal=back.portal_edit, owed=back.edit_owed,

@@ -323,3 +323,61 @@ def test_a_tpcb_transaction_in_the_simple_protocol_runs_on_the_thread(pg, own_pr
         assert conn.execute("SELECT sum(balance) FROM nr_accounts").fetchone() == (2000 + sum(deltas),)
         assert conn.execute("SELECT count(*) FROM nr_notes WHERE id > 1000").fetchone() == (len(deltas),)
     assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]
+
+
+# ---------------------------------------------------------------- `Parse ""` of statements auto-prepare made
+
+def statements_counted(proxy: ProxyProcess, branch: str) -> float:
+    return sum(float(line.rpartition(" ")[2]) for line in proxy.scrape_metrics().splitlines()
+               if line.startswith("cowproxy_statements_total{") and f'branch="{branch}"' in line)
+
+
+def test_unnamed_statements_of_texts_the_gate_prepared_run_on_the_thread(pg, own_proxy, branch):
+    """psycopg without server-side prepare sends Parse "", Bind, Describe, Execute, Sync for
+    every statement, as pgbench -M extended and JDBC below its prepareThreshold do. Over a
+    changed table auto-prepare made a statement of the proxy's own for the text; the thread
+    sends each Parse as the empty statement and the Bind naming that one, as the gate does.
+    So the session stays on the thread, with the branch's rows, each statement counted, and
+    in a failed transaction the client's Parse still fails as PostgreSQL's would."""
+    import psycopg
+
+    with psycopg.connect(own_proxy.dsn(branch), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("UPDATE nr_accounts SET balance = balance + id WHERE id <= 5")
+        lookup = "SELECT balance, id FROM nr_accounts WHERE id = %s"
+        divide = "SELECT balance / %s FROM nr_accounts WHERE id = %s"
+        for i in range(1, 4):
+            assert conn.execute(lookup, (i,)).fetchone() == (100 + i, i)
+            assert conn.execute(divide, (i, 1)).fetchone() == (101 // i,)
+        assert wait_until(lambda: held(own_proxy) == 1)
+        before, counted = handbacks(own_proxy), statements_counted(own_proxy, branch)
+        rows = [conn.execute(lookup, (i,)).fetchone() for i in range(1, 21)]
+        assert rows == [(100 + i if i <= 5 else 100, i) for i in range(1, 21)]
+        cur = conn.execute(lookup, (7,))
+        assert cur.statusmessage == "SELECT 1" and [c.name for c in cur.description] == ["balance", "id"]
+        assert handbacks(own_proxy) == before and held(own_proxy) == 1
+        assert statements_counted(own_proxy, branch) == counted + 21
+        # errors go through Python; in a failed transaction the Parse fails as the client's would
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute(divide, (0, 1))
+        with conn.transaction():
+            assert conn.execute(divide, (2, 1)).fetchone() == (50,)
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                with conn.transaction():
+                    conn.execute(divide, (0, 1))
+            assert conn.execute(lookup, (2,)).fetchone() == (102, 2)
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute(divide, (0, 1))
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                conn.execute(lookup, (1,))
+        conn.execute("ROLLBACK")
+        # a write goes to the gate and lands in the branch; the lookups see it, and go back to
+        # the thread (after hand-backs that forwarded little, a session waits longer for that)
+        assert conn.execute("UPDATE nr_accounts SET balance = 0 WHERE id = 8").rowcount == 1
+        for _ in range(64):
+            assert conn.execute(lookup, (8,)).fetchone() == (0, 8)
+            if held(own_proxy) == 1:
+                break
+        assert held(own_proxy) == 1
+    assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]

@@ -44,7 +44,7 @@ class Rig:
 
     def __init__(self, relay_state: pump.RelayState | None = None, max_message_size: int = 1 << 20, *,
                  gated: bool = False, epoch_version: int | None = None, standins: object = None,
-                 portal_edit: bytes = b"") -> None:
+                 portal_edit: bytes = b"", alias: bytes = b"", unnamed_parsed: bool = False) -> None:
         self.pump = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.CLIENT_GATED),
                                pump._table(pump.UPSTREAM_SPECIAL), max_message_size, list(LATENCY_BUCKETS))
         self.slot = self.pump.slot()
@@ -58,7 +58,8 @@ class Rig:
             sock.setblocking(False)
         self.link = self.pump.attach(proxy_client.fileno(), proxy_upstream.fileno(),
                                      pump.NO_COUNT if gated else self.slot, gated, self.epoch, epoch_version or 0,
-                                     (relay_state or state()).as_tuple(), standins, portal_edit)
+                                     (relay_state or state()).as_tuple(), standins, portal_edit, alias,
+                                     unnamed_parsed)
 
     def close(self) -> None:
         self.pump.close()
@@ -543,7 +544,7 @@ def test_a_steady_cycle_of_an_edited_statement_gets_its_tag_edited_on_the_thread
         time.sleep(0.01)
         detached = rig.detach()
         assert nothing_forwarded(rig)
-    assert detached[0] == 0 and detached[10:] == (b"", b"")
+    assert detached[0] == 0 and detached[10:12] == (b"", b"")
 
 
 @pytest.mark.parametrize("chunk", [
@@ -629,3 +630,156 @@ def test_texts_the_gate_forwards_as_sent_go_on_the_thread_and_are_counted():
         _pump.Standins([], [], [(b"BEGIN", 0)])  # a Query body ends with its zero byte
     with pytest.raises(ValueError):
         _pump.Standins([], [(b"upd", b"")])  # an empty verb
+
+
+# ---------------------------------------------------------------- `Parse ""` of texts the gate prepared
+
+from types import SimpleNamespace  # noqa: E402
+
+from cowproxy.protocol.messages import (BIND, CLOSE, DESCRIBE, PARSE, encode_bind, encode_close,  # noqa: E402
+                                        encode_describe, encode_parse)
+from cowproxy.proxy.autoprepare import AutoPrepared  # noqa: E402
+
+TEXT_A = "SELECT balance FROM accounts WHERE id = $1"
+TEXT_B = "SELECT count(*) FROM accounts"
+PARSE_A = encode_parse("", TEXT_A, (23,))
+PARSE_B = encode_parse("", TEXT_B)
+
+
+def confirmed_autoprepared() -> AutoPrepared:
+    """The gate's auto-prepare with both texts' statements made and confirmed, as after
+    their first Parse was answered without error."""
+    prepared = AutoPrepared()
+    prepared.relay = SimpleNamespace(pending_ready=0, tx_status=b"I", mid_extended=False)
+    for parse in (PARSE_A, PARSE_B):
+        sql = parse[6:parse.index(b"\0", 6)].decode()
+        assert prepared.parse(sql, parse, 5, len(parse)) is not None
+    prepared.settle(error=False, stale=False, mid_cycle=False)
+    prepared.alias = None
+    return prepared
+
+
+def parse_table(prepared: AutoPrepared, slot: int = -1) -> list[tuple[bytes, bytes, int]]:
+    """`Standins` parses as `NativeRelay.standins` makes them: each text's body after the name
+    and the statement the gate made for it."""
+    aliases = {}
+    for parse in (PARSE_A, PARSE_B):
+        sql = parse[6:parse.index(b"\0", 6)].decode()
+        prepared.parse(sql, parse, 5, len(parse))
+        aliases[parse] = prepared.alias
+    prepared.alias = None
+    return [(parse[6:], aliases[parse], slot) for parse in (PARSE_A, PARSE_B)]
+
+
+def as_the_gate_sends(prepared: AutoPrepared, chunk: bytes) -> bytes:
+    """The reference: the gate's own `parse` and `rename` over a chunk (gate.py `scan`)."""
+    frames, pos = [], 0
+    while pos < len(chunk):
+        end = pos + 1 + struct.unpack_from("!I", chunk, pos + 1)[0]
+        frames.append((chunk[pos], pos + 5, end))
+        pos = end
+    out = []
+    for index, (msg_type, start, end) in enumerate(frames):
+        sent = None
+        if msg_type == PARSE:
+            sql = chunk[start + 1:chunk.index(b"\0", start + 1)].decode()
+            sent = prepared.parse(sql, chunk, start, end, frames, index)
+            assert sent is not None
+        elif msg_type in (BIND, DESCRIBE, CLOSE) and prepared.alias is not None:
+            sent = prepared.rename(msg_type, chunk, start, end)
+        out.append(sent if sent is not None else chunk[start - 5:end])
+    return b"".join(out)
+
+
+extended_frame = st.sampled_from([
+    PARSE_A, PARSE_B,
+    encode_bind("", "", (b"7",)), encode_bind("p1", "", (b"7",)), encode_bind("", "named"),
+    encode_describe(b"S", ""), encode_describe(b"P", ""), encode_describe(b"S", "named"),
+    encode_close(b"S", ""), encode_close(b"P", ""), encode_close(b"S", "named"),
+    execute(), message(b"S"), message(b"H"),
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(extended_frame, min_size=1, max_size=10), st.sampled_from([None, "A", "B"]), st.integers(0, 1),
+       st.sampled_from([b"I", b"T", b"E"]))
+def test_parses_of_prepared_texts_and_their_binds_go_upstream_as_the_gate_sends_them(frames, alias, pending, status):
+    """Byte for byte what `AutoPrepared.parse` and `rename` make of the same chunk: the
+    empty statement (or the failing one with something in flight, in a failed
+    transaction, or after a Sync in the chunk), Binds and Describes of statement ""
+    naming the gate's statement, a Close of it ending that; and the link's alias after."""
+    prepared = confirmed_autoprepared()
+    table = parse_table(prepared, slot=0)
+    prepared.relay = SimpleNamespace(pending_ready=pending, tx_status=status, mid_extended=False)
+    prepared.alias = None if alias is None else table[0 if alias == "A" else 1][1]
+    chunk = b"".join(frames)
+    with Rig(state(pending, status), gated=True, standins=_pump.Standins([], [], [], table),
+             alias=prepared.alias or b"", unnamed_parsed=alias is not None) as rig:
+        expected = as_the_gate_sends(prepared, chunk)
+        rig.app.sendall(chunk)
+        assert read_exactly(rig.server, len(expected)) == expected
+        assert nothing_forwarded(rig)
+        time.sleep(0.005)
+        assert rig.pump.statements(0) == sum(1 for f in frames if f[:1] == b"P")
+        detached = rig.detach()
+    assert detached[0] == 0 and detached[12] == (prepared.alias or b"")
+    assert detached[13] == (alias is not None or any(f[:1] == b"P" for f in frames))
+
+
+@pytest.mark.parametrize("chunk, edits", [
+    (encode_parse("", "SELECT 2") + cycle(b""), []),               # a text the gate has not prepared
+    (encode_parse("s1", TEXT_B) + cycle(b"s1"), []),               # a named statement: the gate's
+    (PARSE_B + cycle(b""), [(b"", b"UPDATE")]),                    # the editor keeps an edit for ""
+    (cycle(b"") + PARSE_A + cycle(b"") + message(b"Q", b"SELECT 1\0"), []),
+], ids=["unknown-text", "named", "unnamed-edited", "with-a-query"])
+def test_any_other_parse_goes_back_whole_and_unforwarded(chunk, edits):
+    table = parse_table(confirmed_autoprepared())
+    with Rig(gated=True, standins=_pump.Standins([], edits, [], table)) as rig:
+        rig.app.sendall(chunk)
+        assert rig.handed_back()
+        reason, _, _, to_upstream, tail, _, chunks = rig.detach()[:7]
+        assert nothing_forwarded(rig)
+    assert reason == pump.BACK_CLIENT_DATA and tail == chunk and to_upstream == b"" and chunks == 0
+
+
+def test_a_query_drops_the_alias_and_no_stand_in_is_served_while_an_unnamed_statement_may_exist():
+    """A stand-in binds a statement of the gate's, so it would leave the client's unnamed
+    statement in place where its Query would drop it: the gate's closes it first, which
+    the thread leaves to the gate. A Query it forwards as sent drops both, as the gate's
+    `_unnamed` does."""
+    table = parse_table(confirmed_autoprepared())
+    standins = _pump.Standins([standin_entry()], [], [(b"BEGIN\0", 0)], table)
+    with Rig(gated=True, standins=standins) as rig:
+        rig.app.sendall(PARSE_B + cycle(b""))
+        read_exactly(rig.server, len(EMPTY_PARSE_SENT) + len(cycle(table[1][1][:-1])))
+        rig.server.sendall(message(b"1") + message(b"2") + ANSWER)
+        read_exactly(rig.app, 10 + len(ANSWER))
+        rig.app.sendall(query(LOOKUP[:-1] + b"5"))
+        assert rig.handed_back()
+        detached = rig.detach()
+        assert detached[4] == query(LOOKUP[:-1] + b"5") and detached[12:] == (table[1][1], 1)
+    with Rig(gated=True, standins=standins, alias=table[1][1], unnamed_parsed=True) as rig:
+        rig.app.sendall(query(b"BEGIN"))
+        assert read_exactly(rig.server, len(query(b"BEGIN"))) == query(b"BEGIN")
+        rig.server.sendall(message(b"C", b"BEGIN\0") + ready(b"T"))
+        read_exactly(rig.app, 11 + 6)
+        rig.app.sendall(query(LOOKUP[:-1] + b"5"))  # now a stand-in
+        assert read_exactly(rig.server, len(expected_standin([b"5"]))) == expected_standin([b"5"])
+        assert rig.detach()[12:] == (b"", 0)
+
+
+EMPTY_PARSE_SENT = encode_parse("", "")
+
+
+def test_aliases_are_checked_when_the_table_is_made_and_at_attach():
+    with pytest.raises(ValueError):
+        _pump.Standins([], [], [], [(b"SELECT 1\0\0\0", b"no_zero_byte", 0)])
+    with pytest.raises(ValueError):
+        _pump.Standins([], [], [], [(b"SELECT 1\0\0\0", b"x" * 64 + b"\0", 0)])
+    relay = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.CLIENT_GATED),
+                       pump._table(pump.UPSTREAM_SPECIAL), 1 << 20, list(LATENCY_BUCKETS))
+    try:
+        with pytest.raises(ValueError):  # an alias is a gated link's
+            relay.attach(0, 1, relay.slot(), False, -1, 0, state().as_tuple(), None, b"", b"cowproxy_ap_1\0")
+    finally:
+        relay.close()
