@@ -278,19 +278,25 @@ class ResponseEditor:
         return self._portals.get(b"", "")
 
     def resume(self, cycles_in_flight: int, *, mid_cycle: bool, cycle_failed: bool, copy_syncs: int,
-               unnamed_portal: str, owed: str, standin_bind_owed: bool) -> None:
+               unnamed_portal: str, owed: str, standin_bind_owed: bool, unnamed_statement: str = "") -> None:
         """Follow the stream again after the native relay forwarded cycles for this editor
         (`at_rest`): `engage`'s arguments, and what the thread reports: the unnamed
         portal's edit, and the edit (`owed`) the answer in flight still needs, with
         the BindComplete of a stand-in (`standin_bind_owed`) if that is still to come
         too. The thread hands the session back as soon as a client chunk comes while an
-        answer owes something, so that answer is then the only one in flight. The
-        statements' edits stay what they were: the thread forwards no Parse."""
+        answer owes something, so that answer is then the only one in flight (its cycle
+        may open with a `Parse ""`, whose ParseComplete may still be to come). The
+        statements' edits stay what they were but the unnamed statement's
+        (`unnamed_statement`), which the thread's `Parse ""` sets: the only Parse it sends."""
         owes = standin_bind_owed or bool(owed)
         self._restart(0 if owes else cycles_in_flight, mid_cycle and not owes, cycle_failed, copy_syncs)
         self._portals.clear()
         if unnamed_portal:
             self._portals[b""] = unnamed_portal
+        if unnamed_statement:
+            self._statements[b""] = unnamed_statement
+        else:
+            self._statements.pop(b"", None)
         if standin_bind_owed:
             self.sent_query((STANDIN, owed or None))
         elif owed:
@@ -600,8 +606,8 @@ class ResponseEditor:
             self._start_copy_in()
             return None
         if (msg_type == BIND_COMPLETE or msg_type == ERROR_RESPONSE or msg_type == EMPTY_QUERY_RESPONSE
-                or msg_type == PORTAL_SUSPENDED):
-            return None
+                or msg_type == PORTAL_SUSPENDED or msg_type == PARSE_COMPLETE):
+            return None  # (a ParseComplete: of the `Parse ""` the native relay may open it with, `resume`)
         raise self._out_of_step(msg_type, head)
 
     def _apply(self, sent: _Sent) -> None:

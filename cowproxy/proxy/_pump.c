@@ -37,7 +37,8 @@
  *     a driver that sends Parse, Bind, Execute, Sync for every statement) forwards a
  *     chunk with a `Parse ""` of such a text as the gate does: the Parse as the empty
  *     statement, the Binds and Describes of statement "" naming the gate's statement
- *     (`unnamed_chunk`); any other Parse goes back;
+ *     (`unnamed_chunk`); a `Parse ""` of a text the gate forwards as sent goes so (BEGIN,
+ *     reads of unchanged tables); any other Parse goes back;
  * The state the relay keeps (ReadyForQuery owed, extended-protocol and COPY
  * bookkeeping, the request's timing) moves in with `attach` and out with `detach`, so
  * Python's `Relay` carries on where the thread stopped.
@@ -137,14 +138,16 @@ typedef struct {
     int slot;                  /* statement counter of its kind, or -1 */
 } Verbatim;
 
-/* A `Parse ""` text the gate prepared under a name of its own (autoprepare.py `parse`). */
+/* A `Parse ""` text the gate prepared under a name of its own (autoprepare.py `parse`),
+   or forwards as sent. */
 typedef struct {
     uint64_t hash;
     char *body;                /* the Parse's body after its name: the text, its zero byte, the parameter types */
     size_t len;
     char alias[ALIAS_SIZE];    /* the server statement: its name and zero byte */
-    size_t alias_len;          /* with the zero byte */
+    size_t alias_len;          /* with the zero byte; 0: the Parse goes as sent */
     int slot;                  /* statement counter of its kind, or -1 */
+    char verb[VERB_SIZE];      /* the tag edit its executions' answers need ("": none) */
 } ParseAlias;
 
 /* A session's stand-ins (immutable once made; Python keeps it alive while a link uses it). */
@@ -157,8 +160,9 @@ typedef struct {
     int nedits;
     Verbatim *verbatim;        /* the texts its gate forwards as sent */
     int nverbatim;
-    ParseAlias *parses;        /* the `Parse ""` texts its gate prepared */
+    ParseAlias *parses;        /* the `Parse ""` texts its gate prepared or forwards as sent */
     int nparses;
+    int parse_edits;           /* how many of them have a tag edit */
 } Standins;
 
 typedef struct {
@@ -178,6 +182,7 @@ typedef struct {
     char alias[ALIAS_SIZE];    /* the server statement the client's unnamed statement is (autoprepare.py `alias`) */
     size_t alias_len;          /* with its zero byte; 0: none */
     int unnamed_parsed;        /* a `Parse ""` went upstream since the last Query (autoprepare.py) */
+    char unnamed_edit[VERB_SIZE];  /* the tag edit of the client's unnamed statement ("": none) */
     uint32_t client_mask, upstream_mask;
     /* the relay's state (proxy/relay.py, same names) */
     long long pending_ready;
@@ -583,6 +588,17 @@ static long build_standin(Pump *p, const Standin *s, const unsigned char *sql, c
     return (long)(pos + s->tail_len);
 }
 
+/* What the gate does with a `Parse ""` body after its name (its statement, or as sent), or NULL. */
+static const ParseAlias *parse_alias(const Standins *t, const unsigned char *body, size_t len) {
+    uint64_t hash = fnv1a(body, len);
+    for (int i = 0; i < t->nparses; i++) {
+        const ParseAlias *a = &t->parses[i];
+        if (a->hash == hash && a->len == len && memcmp(a->body, body, len) == 0)
+            return a;
+    }
+    return NULL;
+}
+
 /* The verb of a prepared statement with a tag edit, or NULL. */
 static const char *statement_edit(const Standins *t, const unsigned char *name, size_t len) {
     for (int i = 0; t != NULL && i < t->nedits; i++)
@@ -591,34 +607,42 @@ static const char *statement_edit(const Standins *t, const unsigned char *name, 
     return NULL;
 }
 
-/* A gated link's chunk of whole Bind/Describe/Execute/Sync/Close/Flush frames, as tag
-   edits see it (responses.py `_steady_cycle`): 1 if the thread may forward it, having
-   noted the verb its answer's CommandComplete needs (`edit_owed`) and what the unnamed
-   portal is bound to (`portal_edit`); 0 if Python's response editor must see it: an
-   execution of an edited statement other than the steady cycle (Bind and Execute of the
-   unnamed portal, Sync, nothing else in flight), or a named portal of one. */
+/* A gated link's chunk of whole Parse/Bind/Describe/Execute/Sync/Close/Flush frames (its
+   Parses the table's, `unnamed_chunk`), as tag edits see it (responses.py
+   `_steady_cycle`): 1 if the thread may forward it, having noted the verb its answer's
+   CommandComplete needs (`edit_owed`), what the unnamed portal is bound to
+   (`portal_edit`) and the unnamed statement's edit (`unnamed_edit`); 0 if Python's
+   response editor must see it: an execution of an edited statement other than the
+   steady cycle (Bind and Execute of the unnamed portal, Sync, nothing else in flight; a
+   `Parse ""` may open it), or a named portal of one. */
 static int note_edits(Link *l, const unsigned char *buf, size_t n) {
     const Standins *t = l->standins;
-    if ((t == NULL || t->nedits == 0) && !l->portal_edit[0])
+    if ((t == NULL || (t->nedits == 0 && t->parse_edits == 0)) && !l->portal_edit[0] && !l->unnamed_edit[0])
         return 1;
     const char *bound = l->portal_edit[0] ? l->portal_edit : NULL;
+    const char *unnamed = l->unnamed_edit[0] ? l->unnamed_edit : NULL;
     const char *owed = NULL;
-    unsigned char types[4];
+    unsigned char types[5];
     int nframes = 0, unnamed_binds = 0;
     size_t pos = 0;
     while (pos < n) {
         unsigned char type = buf[pos];
         size_t len = (size_t)be32(buf + pos + 1) - 4;
         const unsigned char *body = buf + pos + 5, *end = body + len;
-        if (nframes < 4)
+        if (nframes < 5)
             types[nframes] = type;
         nframes++;
-        if (type == 'B') {
+        if (type == 'P') {
+            /* (`unnamed_chunk` let only `Parse ""` of the table's texts through) */
+            const ParseAlias *a = parse_alias(t, body + 1, len - 1);
+            unnamed = a != NULL && a->verb[0] ? a->verb : NULL;
+        } else if (type == 'B') {
             const unsigned char *portal_end = memchr(body, 0, len);
             const unsigned char *name_end = portal_end ? memchr(portal_end + 1, 0, (size_t)(end - portal_end - 1)) : NULL;
             if (name_end == NULL)
                 return 0;
-            const char *verb = statement_edit(t, portal_end + 1, (size_t)(name_end - portal_end - 1));
+            const char *verb = name_end == portal_end + 1 ? unnamed
+                               : statement_edit(t, portal_end + 1, (size_t)(name_end - portal_end - 1));
             if (portal_end != body) {
                 if (verb != NULL)
                     return 0;
@@ -634,13 +658,17 @@ static int note_edits(Link *l, const unsigned char *buf, size_t n) {
                     return 0;
                 owed = bound;
             }
-        } else if (type == 'C' && len >= 2 && body[0] == 'P' && body[1] == 0) {
-            bound = NULL;
+        } else if (type == 'C' && len == 2 && body[1] == 0) {
+            if (body[0] == 'P')
+                bound = NULL;
+            else if (body[0] == 'S')
+                unnamed = NULL;
         }
         pos += len + 5;
     }
     if (owed != NULL) {
-        int steady = (nframes == 3 || (nframes == 4 && types[1] == 'D')) && types[0] == 'B' &&
+        int lead = types[0] == 'P', cycle = nframes - lead;  /* (a `Parse ""` may open the cycle) */
+        int steady = (cycle == 3 || (cycle == 4 && types[lead + 1] == 'D')) && types[lead] == 'B' &&
                      types[nframes - 2] == 'E' && types[nframes - 1] == 'S' && unnamed_binds == 1 &&
                      l->pending_ready == 0;
         if (!steady)
@@ -651,18 +679,11 @@ static int note_edits(Link *l, const unsigned char *buf, size_t n) {
         l->portal_edit[0] = 0;
     else if (bound != l->portal_edit)
         snprintf(l->portal_edit, VERB_SIZE, "%s", bound);
+    if (unnamed == NULL)
+        l->unnamed_edit[0] = 0;
+    else if (unnamed != l->unnamed_edit)
+        snprintf(l->unnamed_edit, VERB_SIZE, "%s", unnamed);
     return 1;
-}
-
-/* The server statement the gate prepared for a `Parse ""` body after its name, or NULL. */
-static const ParseAlias *parse_alias(const Standins *t, const unsigned char *body, size_t len) {
-    uint64_t hash = fnv1a(body, len);
-    for (int i = 0; i < t->nparses; i++) {
-        const ParseAlias *a = &t->parses[i];
-        if (a->hash == hash && a->len == len && memcmp(a->body, body, len) == 0)
-            return a;
-    }
-    return NULL;
 }
 
 /* autoprepare.py `_EMPTY_PARSE` and `_FAILING_PARSE`: `Parse "" ""`, which PostgreSQL
@@ -676,9 +697,9 @@ static const char FAILING_PARSE[] = {'P', 0, 0, 0, 14, 0, 'S', 'E', 'L', 'E', 'C
    the empty statement (the failing one when the upstream may be in a failed transaction:
    something in flight, status E, or a Sync earlier in the chunk), and from then on the
    client's unnamed statement is that server statement: Binds of statement "" and
-   Describes of it name it instead, until a Close of it (or a Query). The length of the
-   chunk as sent, or -1 if it goes back to Python: another Parse, or one while the
-   response editor keeps an edit for statement "" (its record would be stale). With
+   Describes of it name it instead, until a Close of it (or a Query). A text the gate
+   forwards as sent goes so, and ends the alias. The length of the chunk as sent, or -1
+   if it goes back to Python: any other Parse. With
    `out` (room for that length), writes the chunk there and moves the link's alias and
    the statement counts; without, changes nothing. */
 static long unnamed_chunk(Pump *p, Link *l, const unsigned char *buf, size_t n, char *out) {
@@ -694,14 +715,15 @@ static long unnamed_chunk(Pump *p, Link *l, const unsigned char *buf, size_t n, 
         size_t piece_len = size;
         if (type == 'P') {
             const ParseAlias *a;
-            if (len < 1 || body[0] != 0 || t == NULL || statement_edit(t, (const unsigned char *)"", 0) != NULL ||
-                (a = parse_alias(t, body + 1, len - 1)) == NULL)
+            if (len < 1 || body[0] != 0 || t == NULL || (a = parse_alias(t, body + 1, len - 1)) == NULL)
                 return -1;
             alias = a->alias;
             alias_len = a->alias_len;
             parsed = 1;
-            piece = may_fail ? FAILING_PARSE : EMPTY_PARSE;
-            piece_len = may_fail ? sizeof FAILING_PARSE : sizeof EMPTY_PARSE;
+            if (alias_len) {
+                piece = may_fail ? FAILING_PARSE : EMPTY_PARSE;
+                piece_len = may_fail ? sizeof FAILING_PARSE : sizeof EMPTY_PARSE;
+            }
             if (out != NULL && a->slot >= 0)
                 p->statements[a->slot]++;
         } else if (type == 'B' && alias_len) {
@@ -755,6 +777,7 @@ static int send_query(Pump *p, int index, Link *l, int slot, const char *out, si
     l->portal_edit[0] = 0;  /* a Query (or a stand-in's Bind) replaces the unnamed portal */
     l->alias_len = 0;       /* and a Query drops the unnamed statement (a stand-in is sent only when there is none) */
     l->unnamed_parsed = 0;
+    l->unnamed_edit[0] = 0;
     if (send_or_keep(l->upstream_fd, &l->to_upstream, out, len) < 0) {
         hand_back(p, index, l, BACK_CLOSED);
         return 1;
@@ -1312,17 +1335,19 @@ static int verbatim_from(PyObject *item, void *out) {
     return 0;
 }
 
-/* A ParseAlias from (Parse body after the name, server statement name and its zero byte, slot). */
+/* A ParseAlias from (Parse body after the name, server statement name and its zero byte or b"" (as sent),
+   slot[, verb]). */
 static int parse_from(PyObject *item, void *out) {
     ParseAlias *a = out;
-    PyObject *body, *alias;
+    PyObject *body, *alias, *verb = NULL;
     char *name;
     Py_ssize_t name_len;
-    if (!PyArg_ParseTuple(item, "SSi", &body, &alias, &a->slot) ||
+    if (!PyArg_ParseTuple(item, "SSi|S", &body, &alias, &a->slot, &verb) ||
         (a->body = copy_bytes(body, &a->len, "a Parse body")) == NULL ||
-        PyBytes_AsStringAndSize(alias, &name, &name_len) < 0)
+        PyBytes_AsStringAndSize(alias, &name, &name_len) < 0 || (verb != NULL && verb_from(verb, a->verb) < 0))
         return -1;
-    if (name_len < 2 || name_len > ALIAS_SIZE || name[name_len - 1] != 0 || memchr(name, 0, (size_t)name_len - 1)) {
+    if (name_len != 0 && (name_len < 2 || name_len > ALIAS_SIZE || name[name_len - 1] != 0 ||
+                          memchr(name, 0, (size_t)name_len - 1))) {
         PyErr_SetString(PyExc_ValueError, "Standins: an alias is a statement name of 1 to 63 bytes and its zero byte");
         return -1;
     }
@@ -1377,6 +1402,8 @@ static PyObject *Standins_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         Py_DECREF(t);
         return NULL;
     }
+    for (int i = 0; i < t->nparses; i++)
+        t->parse_edits += t->parses[i].verb[0] != 0;
     return (PyObject *)t;
 }
 
@@ -1396,8 +1423,9 @@ static PyTypeObject StandinsType = {
     .tp_doc = "Standins(entries[, edits[, verbatim[, parses]]]): what the relay thread does for a gated session's "
               "gate: its stand-ins, each (shape, nclient, [(source, kind, text), ...], head, tail, slot[, verb]), "
               "its prepared statements whose answers get another tag, each (name, verb), the Query "
-              "texts it forwards as sent, each (body, slot), and the `Parse \"\"` texts it prepared, each "
-              "(body after the name, server statement name and zero byte, slot) (see proxy/pump.py).",
+              "texts it forwards as sent, each (body, slot), and the `Parse \"\"` texts it prepared or forwards "
+              "as sent, each (body after the name, server statement name and zero byte or b\"\", slot[, verb]) "
+              "(see proxy/pump.py).",
     .tp_new = Standins_new,
     .tp_dealloc = (destructor)Standins_dealloc,
     .tp_as_sequence = &Standins_as_sequence,
@@ -1603,9 +1631,10 @@ static PyObject *Pump_slot(Pump *p, PyObject *unused) {
 }
 
 /* attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins[, portal_edit[, alias[,
-   unnamed_parsed]]]]) -> link id; state as `detach` returns it; slot -1: count no statements; epoch -1: depend
-   on none; standins: a Standins or None; alias: the server statement the client's unnamed statement is (its
-   name and zero byte, or empty); unnamed_parsed: the client may have an unnamed statement. */
+   unnamed_parsed[, unnamed_edit]]]]]) -> link id; state as `detach` returns it; slot -1: count no statements;
+   epoch -1: depend on none; standins: a Standins or None; alias: the server statement the client's unnamed
+   statement is (its name and zero byte, or empty); unnamed_parsed: the client may have an unnamed statement;
+   unnamed_edit: the verb its executions' answers need. */
 static PyObject *Pump_attach(Pump *p, PyObject *args) {
     int client_fd, upstream_fd, slot, gated, epoch;
     unsigned long long epoch_value;
@@ -1613,16 +1642,18 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     int mid_extended, copy_end_sent, tx_status, cycle_failed, failed_since_idle, statement_gone;
     double cycle_start, proxy_time;
     PyObject *standins = Py_None;
-    const char *portal_edit = "", *alias = "";
-    Py_ssize_t portal_edit_len = 0, alias_len = 0;
+    const char *portal_edit = "", *alias = "", *unnamed_edit = "";
+    Py_ssize_t portal_edit_len = 0, alias_len = 0, unnamed_edit_len = 0;
     int unnamed_parsed = 0;
-    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)|Oy#y#p", &client_fd, &upstream_fd, &slot, &gated, &epoch,
+    if (!PyArg_ParseTuple(args, "iiipiK(LpLpipppdd)|Oy#y#py#", &client_fd, &upstream_fd, &slot, &gated, &epoch,
                           &epoch_value, &pending_ready, &mid_extended, &copy_syncs, &copy_end_sent, &tx_status,
                           &cycle_failed, &failed_since_idle, &statement_gone, &cycle_start, &proxy_time, &standins,
-                          &portal_edit, &portal_edit_len, &alias, &alias_len, &unnamed_parsed))
+                          &portal_edit, &portal_edit_len, &alias, &alias_len, &unnamed_parsed, &unnamed_edit,
+                          &unnamed_edit_len))
         return NULL;
-    if (portal_edit_len >= VERB_SIZE || memchr(portal_edit, 0, (size_t)portal_edit_len) != NULL) {
-        PyErr_SetString(PyExc_ValueError, "attach: the unnamed portal's verb is too long");
+    if (portal_edit_len >= VERB_SIZE || memchr(portal_edit, 0, (size_t)portal_edit_len) != NULL ||
+        unnamed_edit_len >= VERB_SIZE || memchr(unnamed_edit, 0, (size_t)unnamed_edit_len) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "attach: the unnamed portal's or statement's verb is too long");
         return NULL;
     }
     if (alias_len != 0 && (alias_len < 2 || alias_len > ALIAS_SIZE || alias[alias_len - 1] != 0 ||
@@ -1704,6 +1735,8 @@ static PyObject *Pump_attach(Pump *p, PyObject *args) {
     memcpy(l->alias, alias, (size_t)alias_len);
     l->alias_len = (size_t)alias_len;
     l->unnamed_parsed = unnamed_parsed;
+    memcpy(l->unnamed_edit, unnamed_edit, (size_t)unnamed_edit_len);
+    l->unnamed_edit[unnamed_edit_len] = 0;
     if (standins != Py_None) {
         Py_INCREF(standins);
         l->standins = (Standins *)standins;
@@ -1739,7 +1772,7 @@ static PyObject *bytes_of(const char *data, size_t len) {
 }
 
 /* detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head,
-   edit_owed, portal_edit, alias, unnamed_parsed) or None if unknown. Takes the link out of the thread's hands (if it still had it) and
+   edit_owed, portal_edit, alias, unnamed_parsed, unnamed_edit) or None if unknown. Takes the link out of the thread's hands (if it still had it) and
    frees it. `skip` and `head` say where the server stream stands: a hand-back for the
    client's chunk (or a close, or Python's own detach) may come while the thread is
    inside a server message, and Python's scanner must carry on inside it. */
@@ -1760,14 +1793,14 @@ static PyObject *Pump_detach(Pump *p, PyObject *arg) {
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, l->upstream_fd, NULL);
     }
     PyObject *result = Py_BuildValue(
-        "(i(LiLiiiiidd)NNNsKiky#yyy#i)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
+        "(i(LiLiiiiidd)NNNsKiky#yyy#iy)", l->state, l->pending_ready, l->mid_extended, l->copy_syncs, l->copy_end_sent,
         l->tx_status, l->cycle_failed, l->failed_since_idle, l->statement_gone, l->cycle_start, l->proxy_time,
         bytes_of(l->to_client.data ? l->to_client.data + l->to_client.off : NULL, l->to_client.len - l->to_client.off),
         bytes_of(l->to_upstream.data ? l->to_upstream.data + l->to_upstream.off : NULL,
                  l->to_upstream.len - l->to_upstream.off),
         bytes_of(l->tail, l->tail_len), l->invalid, l->chunks, l->bind_owed, (unsigned long)l->skip,
         (const char *)l->head, (Py_ssize_t)l->head_len, l->edit_owed, l->portal_edit, l->alias,
-        (Py_ssize_t)l->alias_len, l->unnamed_parsed);
+        (Py_ssize_t)l->alias_len, l->unnamed_parsed, l->unnamed_edit);
     free_link(l);
     unlock(p);
     return result;
@@ -1879,10 +1912,10 @@ static PyObject *Pump_attached(Pump *p, PyObject *unused) {
 static PyMethodDef Pump_methods[] = {
     {"attach", (PyCFunction)Pump_attach, METH_VARARGS,
      "attach(client_fd, upstream_fd, slot, gated, epoch, epoch_value, state[, standins[, portal_edit[, alias[, "
-     "unnamed_parsed]]]]) -> link: the thread relays both sockets from now on."},
+     "unnamed_parsed[, unnamed_edit]]]]]) -> link: the thread relays both sockets from now on."},
     {"detach", (PyCFunction)Pump_detach, METH_O,
      "detach(link) -> (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head, "
-     "edit_owed, portal_edit, alias, unnamed_parsed) or None: take the link back."},
+     "edit_owed, portal_edit, alias, unnamed_parsed, unnamed_edit) or None: take the link back."},
     {"returned", (PyCFunction)Pump_returned, METH_NOARGS, "Links the thread handed back since the last call."},
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS, "An eventfd that is readable when links were handed back."},
     {"slot", (PyCFunction)Pump_slot, METH_NOARGS, "A new statement counter (None when all are taken)."},

@@ -27,8 +27,9 @@ shadow through search_path).
   statement "" (forwarded, so a later Bind fails with 26000 as on PostgreSQL); meanwhile
   Bind and Describe of statement "" are renamed (`rename`).
 * The native relay thread does the same for a confirmed statement's client texts
-  (`native_parses`, proxy/pump.py), with no tag edit and no temporary table of the
-  session's; the session carries `alias` and `unnamed_parsed` to it and back.
+  (`native_parses`, proxy/pump.py) when no temporary table of the session's may hide a
+  table, and forwards the `Parse ""` texts the gate forwards as sent; the session
+  carries `alias` and `unnamed_parsed` to it and back.
 * A pending entry dropped while it is the alias is *doubtful*: its server statement
   exists only if its Parse succeeded. PostgreSQL drops the unnamed statement before it
   parses a `Parse ""`, so after one that failed a copy answers a Bind or Describe of ""
@@ -197,9 +198,10 @@ class AutoPrepared:
         """The route's error filter (branch/errors.py), applied before `client_errors`' own edit."""
         self.native_version = 0
         """Moves whenever what `native_standins` or `native_parses` answers may have changed."""
-        self._parse_texts: dict[bytes, tuple[tuple[str, bytes], str]] = {}
-        """Client `Parse ""` bodies after the name → (entry key, statement kind), as decided
-        by `_parse_cache` (`native_parses`)."""
+        self._parse_texts: dict[bytes, tuple[tuple[str, bytes] | None, str, str | None]] = {}
+        """Client `Parse ""` bodies after the name → (entry key, or None for a text the gate
+        forwards as sent; statement kind; tag edit), as decided by `_parse_cache`
+        (`native_parses`)."""
         self._parse_cache: DecisionCache | None = None
         self._doubtful_alias: bytes | None = None
 
@@ -208,13 +210,13 @@ class AutoPrepared:
 
     def parse(self, sql: str, buf: bytes, start: int, end: int,
               chunk: Sequence[tuple[int, int, int]] = (), index: int = 0,
-              native: tuple[str, DecisionCache] | None = None) -> bytes | None:
+              native: tuple[str, str | None, DecisionCache] | None = None) -> bytes | None:
         """The frame to send for a `Parse ""` (body `buf[start:end]`) whose SQL for the
         upstream is `sql`, or None: send it as `Parse ""` (the alias is cleared then).
         `chunk[:index]`: frames before it that the relay has not accounted yet.
-        `native`: (statement kind, the decision cache that decided it) when the native
-        relay may serve the client's text itself once it is confirmed (`native_parses`):
-        its answer needs no tag edit and no temporary table may hide a table."""
+        `native`: (statement kind, tag edit, the decision cache that decided it) when the
+        native relay may serve the client's text itself once it is confirmed
+        (`native_parses`): no temporary table may hide a table."""
         try:
             sql_end = buf.index(b"\x00", start + 1, end)
         except ValueError:
@@ -246,29 +248,40 @@ class AutoPrepared:
             return _FAILING_PARSE
         return _EMPTY_PARSE
 
-    def _note_parse(self, body: bytes, key: tuple[str, bytes], kind: str, cache: DecisionCache) -> None:
+    def _note_parse(self, body: bytes, key: tuple[str, bytes] | None, kind: str, edit: str | None,
+                    cache: DecisionCache) -> None:
         """Remember that the `Parse ""` body `body` (after the name) goes upstream as the
-        statement of `key`, as `cache` decided it (`native_parses`)."""
+        statement of `key` (None: as sent), as `cache` decided it (`native_parses`)."""
         texts = self._parse_texts
         if cache is not self._parse_cache or len(texts) >= SEEN_LIMIT:
             texts.clear()
             self._parse_cache = cache
         if body not in texts:
-            texts[body] = (key, kind)
+            texts[body] = (key, kind, edit)
             self.native_version += 1
 
-    def native_parses(self, cache: DecisionCache) -> list[tuple[bytes, bytes, str]]:
-        """What the native relay needs to serve `Parse ""` of the client's texts as `parse`
-        does (proxy/pump.py `Standins`): per text decided by `cache` whose statement is
-        confirmed, (its Parse body after the name, the server statement's name and zero
-        byte, the statement kind)."""
+    def forwarded_parse(self, body: bytes, kind: str, cache: DecisionCache) -> None:
+        """A `Parse ""` (body after the name) that `cache` decided to forward as sent,
+        with nothing for auto-prepare to do: the native relay may forward it too."""
+        if self._parse_texts.get(body) is None or cache is not self._parse_cache:
+            self._note_parse(body, None, kind, None, cache)
+
+    def native_parses(self, cache: DecisionCache) -> list[tuple[bytes, bytes, str, str | None]]:
+        """What the native relay needs to serve `Parse ""` of the client's texts as the
+        gate does (proxy/pump.py `Standins`): per text decided by `cache` that goes as
+        sent or whose statement is confirmed, (its Parse body after the name, the server
+        statement's name and zero byte or b"" (as sent), the statement kind, the tag edit
+        of its executions' answers or None)."""
         if cache is not self._parse_cache:
             return []
         out = []
-        for body, (key, kind) in self._parse_texts.items():
+        for body, (key, kind, edit) in self._parse_texts.items():
+            if key is None:
+                out.append((body, b"", kind, None))
+                continue
             entry = self._entries.get(key)
             if entry is not None and entry.confirmed:
-                out.append((body, entry.alias, kind))
+                out.append((body, entry.alias, kind, edit))
         return out
 
     @property

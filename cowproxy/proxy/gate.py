@@ -127,9 +127,9 @@ class StatementGate:
         """Branch sessions: unnamed statements over shadows, prepared upstream (None: never)."""
         self.native_served = False
         """After `scan`: every statement of the chunk was one the native relay serves
-        itself (proxy/pump.py): a lone simple Query sent as a stand-in, or `Parse ""` of
-        a text auto-prepare already prepared. The session may attach to it as after a
-        chunk without a statement."""
+        itself (proxy/pump.py): a lone simple Query sent as a stand-in, a `Parse ""` of a
+        text auto-prepare already prepared or of one forwarded as sent. The session may
+        attach to it as after a chunk without a statement."""
         self.statements_only = not autoprepare and version is None
         """`scan` acts on Query and Parse frames only: no auto-prepare renames Binds and
         Describes, no layout change makes plans stale. The relay then skips `scan` for a
@@ -195,7 +195,7 @@ class StatementGate:
                                          None if temps else policy.cache)
                     if sent is not None and msg_type == QUERY and not temps:
                         prepared.learn(sql, policy.cache)
-                    elif sent is not None and not temps and not decision.tags and serves_alias(sent[0]):
+                    elif sent is not None and not temps and serves_alias(sent[0]):
                         unserved -= 1
                 if sent is None:
                     sent = (_rewritten(msg_type, buf, start, end, decision), decision.tags)
@@ -209,18 +209,27 @@ class StatementGate:
                     self.rewrites.append((index, sent[0], sent[1]))
                     if msg_type == QUERY and not temps:
                         prepared.learn(sql, policy.cache)
-                    elif not temps and not decision.tags and serves_alias(sent[0]):
+                    elif not temps and serves_alias(sent[0]):
                         unserved -= 1
+                elif (msg_type == QUERY and len(frames) == 1 and not temps and not decision.preparable
+                      and not decision.prepared):
+                    self._remember(buf[start:end], decision.kind)  # (it ended an alias, as on the thread)
+                    unserved -= 1
             elif msg_type == QUERY:
                 if len(frames) == 1 and not temps:
                     self._remember(buf[start:end], decision.kind)
+                    unserved -= 1
             elif prepared is not None and buf[start] == 0:
                 prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
+            if (msg_type == PARSE and prepared is not None and not temps and decision.action is Action.FORWARD
+                    and not decision.preparable and not decision.prepared and not decision.tags and buf[start] == 0):
+                prepared.forwarded_parse(bytes(buf[start + 1:end]), decision.kind, policy.cache)
+                unserved -= 1  # (the native relay forwards it as sent too)
             counter = counts.get(decision.kind)
             if counter is None:
                 counter = self._counter(decision.kind)
             counter.value += 1
-        self.native_served = unserved == 0 and len(self.rewrites) > 0
+        self.native_served = unserved == 0
         return len(frames)
 
     def forwarded_texts(self) -> list[tuple[bytes, str]]:
@@ -256,7 +265,7 @@ class StatementGate:
             prepared.forget(decision.prepared is Prepared.DROPPED)
         if msg_type == PARSE and buf[start] == 0:
             prepared.unnamed_parsed = True
-            native = None if cache is None or decision.tags else (decision.kind, cache)
+            native = None if cache is None else (decision.kind, decision.tags[0] if decision.tags else None, cache)
             if decision.preparable and decision.action is Action.REWRITE:
                 assert decision.sql is not None
                 out = prepared.parse(decision.sql, buf, start, end, chunk, index, native)

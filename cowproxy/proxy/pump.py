@@ -31,16 +31,18 @@ BindComplete cut out of the answer. The thread vouches only for plain texts
 dots) whose parameters are int4s as written; anything else goes to the gate as before.
 An answer that does not begin with that BindComplete (an error at the Bind, a notice, a
 cut header) goes back with it owed (`Returned.bind_owed`), and the response editor
-removes it (`Relay.expect_owed`). The gate's fast path serving a lone Query counts as a
+removes it (`Relay.resume_editor`). The gate's fast path serving a lone Query counts as a
 quiet chunk (`StatementGate.native_served`), so such sessions attach.
 
 A branch session whose driver sends `Parse ""` for every statement (pgbench -M extended,
 psycopg's default) has a Parse in every chunk; over a changed table auto-prepare made a
 statement for the text, and the gate sends the Parse as the empty statement and renames
-the Binds and Describes of statement "" to it. The table holds those texts too
-(`AutoPrepared.native_parses`: the client's Parse body, the statement, its kind), and the
-thread does the same, carrying the client's unnamed statement's alias in and out
-(`attach`'s `alias`, `Returned.alias`); any other Parse goes back.
+the Binds and Describes of statement "" to it. The table holds those texts too, and the
+`Parse ""` texts the gate forwards as sent (`AutoPrepared.native_parses`: the client's
+Parse body, the statement or none, its kind, its answers' tag edit), and the thread does
+the same, carrying the client's unnamed statement's alias and tag edit in and out
+(`attach`'s `alias` and `unnamed_edit`, `Returned.alias`, `unnamed_edit`); a steady cycle
+may open with such a Parse. Any other Parse goes back.
 
 Tag edits. A branch's UPDATE goes upstream as an upsert, whose CommandComplete says
 INSERT; the response editor (protocol/responses.py) gives the client UPDATE's tag. The
@@ -170,6 +172,13 @@ class Returned:
     portal_edit: str = ""       # the verb of the statement bound to the unnamed portal ("": none)
     alias: bytes | None = None  # the server statement the client's unnamed statement is (`AutoPrepared.alias`)
     unnamed_parsed: bool = False  # the client may have an unnamed statement (`AutoPrepared.unnamed_parsed`)
+    unnamed_edit: str = ""      # the verb its executions' answers need ("": none; `ResponseEditor.statement_edits`)
+
+    @property
+    def edits_in_flight(self) -> bool:
+        """Something the response editor must take over: an owed BindComplete or tag, or a
+        portal or the unnamed statement with an edit."""
+        return self.bind_owed or bool(self.edit_owed or self.portal_edit or self.unnamed_edit)
 
 
 class NativeRelay:
@@ -212,16 +221,18 @@ class NativeRelay:
     def attach(self, client_fd: int, upstream_fd: int, slot: int, state: RelayState,
                handed_back: Callable[[], None], *, gated: bool = False, epoch: int = NO_EPOCH,
                version: int = 0, standins: Any = None, portal_edit: str = "", alias: bytes | None = None,
-               unnamed_parsed: bool = False) -> int:
+               unnamed_parsed: bool = False, unnamed_edit: str = "") -> int:
         """Relay both sockets on the thread until it hands the session back (`handed_back`
         is called on the event loop) or `detach`. A `gated` session's chunks with a
         statement go back, but lone Queries and `Parse ""` texts its `standins`
         (`Standins`) serve, and executions of its statements with a tag edit go back but
         for steady cycles; `portal_edit`: the edit of the statement bound to the unnamed
-        portal; `alias` and `unnamed_parsed`: its auto-prepare's (proxy/autoprepare.py).
+        portal; `alias` and `unnamed_parsed`: its auto-prepare's (proxy/autoprepare.py);
+        `unnamed_edit`: the edit of the client's unnamed statement.
         With an `epoch`, all its chunks go back once the epoch is no longer `version`."""
         link: int = self._pump.attach(client_fd, upstream_fd, slot, gated, epoch, version, state.as_tuple(),
-                                      standins, portal_edit.encode("ascii"), alias or b"", unnamed_parsed)
+                                      standins, portal_edit.encode("ascii"), alias or b"", unnamed_parsed,
+                                      unnamed_edit.encode("ascii"))
         self._holders[link] = handed_back
         return link
 
@@ -232,12 +243,13 @@ class NativeRelay:
         if got is None:
             return None
         (reason, state, to_client, to_upstream, tail, invalid, chunks, bind_owed, skip, head, owed, portal, alias,
-         parsed) = got
+         parsed, unnamed) = got
         pending, mid, syncs, end_sent, status, failed, failed_idle, gone, start, proxy = state
         return Returned(reason, RelayState(pending, bool(mid), syncs, bool(end_sent), bytes([status]), bool(failed),
                                            bool(failed_idle), bool(gone), start, proxy),
                         to_client, to_upstream, tail, invalid, chunks, bool(bind_owed), skip, head,
-                        owed.decode("ascii"), portal.decode("ascii"), alias or None, bool(parsed))
+                        owed.decode("ascii"), portal.decode("ascii"), alias or None, bool(parsed),
+                        unnamed.decode("ascii"))
 
     def _on_returned(self) -> None:
         for link in self._pump.returned():
@@ -246,15 +258,18 @@ class NativeRelay:
                 handed_back()
 
     def standins(self, label: str, entries: list[StandinEntry], edits: dict[bytes, str] | None = None,
-                 verbatim: Sequence[tuple[bytes, str]] = (), parses: Sequence[tuple[bytes, bytes, str]] = ()) -> Any:
+                 verbatim: Sequence[tuple[bytes, str]] = (),
+                 parses: Sequence[tuple[bytes, bytes, str, str | None]] = ()) -> Any:
         """The thread's table of what it does for a gated session's gate: its stand-ins
         (`AutoPrepared.native_standins`, counted under the policy's `label`) that are for
         a text the thread can scan (`_pump.literal_shape`) and have a counter, its
         prepared statements whose answers get another tag (`edits`: name -> verb,
         `ResponseEditor.statement_edits`), the Query bodies its gate forwards as sent
         (`verbatim`: (body, statement kind), `StatementGate.forwarded_texts`) and the
-        `Parse ""` texts it prepared (`parses`: (body after the name, server statement,
-        statement kind), `AutoPrepared.native_parses`). None if that leaves nothing to do."""
+        `Parse ""` texts it prepared or forwards as sent (`parses`: (body after the name,
+        server statement or b"", statement kind, tag edit or None),
+        `AutoPrepared.native_parses`). None if that leaves nothing to do. The unnamed
+        statement's edit is the link's (`attach`), not the table's."""
         table = []
         for shape, count, sent, head, tail, kind, verb in entries:
             encoded = shape.encode()
@@ -267,11 +282,12 @@ class NativeRelay:
             table.append((encoded, count, sent, head, tail, slot) if verb is None
                          else (encoded, count, sent, head, tail, slot, verb.encode("ascii")))
         texts = [(text, slot) for text, kind in verbatim if (slot := self.slot((label, kind))) is not None]
-        aliases = [(body, alias, slot) for body, alias, kind in parses if (slot := self.slot((label, kind))) is not None]
-        if not table and not edits and not texts and not aliases:
+        aliases = [(body, alias, slot) if verb is None else (body, alias, slot, verb.encode("ascii"))
+                   for body, alias, kind, verb in parses if (slot := self.slot((label, kind))) is not None]
+        named = [(name, verb.encode("ascii")) for name, verb in (edits or {}).items() if name]
+        if not table and not named and not texts and not aliases:
             return None
-        return _pump.Standins(table, [(name, verb.encode("ascii")) for name, verb in (edits or {}).items()], texts,
-                              aliases)
+        return _pump.Standins(table, named, texts, aliases)
 
     def statement_counts(self) -> dict[tuple[str, str], int]:
         return {key: self._pump.statements(slot) for key, slot in list(self._slots.items()) if slot is not None}

@@ -383,15 +383,18 @@ class Relay:
             self.upstream_write(b"".join(pieces))
         self.proxy_time += _clock() - t0
 
-    def expect_owed(self, edit: str, bind_owed: bool) -> None:
-        """Taken back from the native relay, with no editor engaged, while the answer in
-        flight still owes something (proxy/pump.py `Returned`): a stand-in's BindComplete
-        (`bind_owed`), which the editor removes as for the gate's own stand-ins, or the
-        tag `edit` of its CommandComplete. Nothing else is in flight then."""
-        editor = self.idle_editor if self.idle_editor is not None else ResponseEditor(self.scanner)
-        editor.resume(0, mid_cycle=False, cycle_failed=False, copy_syncs=0, unnamed_portal="", owed=edit,
-                      standin_bind_owed=bind_owed)
-        self.editor = editor
+    def resume_editor(self, back: Any) -> None:
+        """Taken back from the native relay (proxy/pump.py `Returned`) with an editor
+        engaged, or with edits it must take over (`Returned.edits_in_flight`): a
+        stand-in's BindComplete or a tag still owed by the answer in flight, the unnamed
+        portal's or statement's edit. The thread's state is restored first."""
+        editor = self.editor
+        if editor is None:
+            editor = self.idle_editor if self.idle_editor is not None else ResponseEditor(self.scanner)
+            self.editor = editor
+        editor.resume(self.pending_ready, mid_cycle=self.mid_extended, cycle_failed=self.cycle_failed,
+                      copy_syncs=self.copy_syncs, unnamed_portal=back.portal_edit, owed=back.edit_owed,
+                      standin_bind_owed=back.bind_owed, unnamed_statement=back.unnamed_edit)
 
     def engage_editor(self) -> None:
         """Follow the answers with a ResponseEditor from here on (until it is idle)."""

@@ -746,8 +746,8 @@ class ClientSession(asyncio.Protocol):
         assert self._native_slot is not None
         editor = relay.editor
         standins = None if gate is None else self._native_standins(native, gate, editor)
-        if editor is not None and editor.statement_edits and standins is None:
-            return  # (its statements' edits did not fit the thread's table)
+        if editor is not None and any(editor.statement_edits) and standins is None:
+            return  # (its named statements' edits did not fit the thread's table)
         prepared = None if gate is None else gate.autoprepared
         client.pause_reading()
         upstream.pause_reading()
@@ -757,7 +757,8 @@ class ClientSession(asyncio.Protocol):
                                        version=0 if gate is None else gate.synced_version, standins=standins,
                                        portal_edit="" if editor is None else editor.unnamed_portal_edit,
                                        alias=None if prepared is None else prepared.alias,
-                                       unnamed_parsed=prepared is not None and prepared.unnamed_parsed)
+                                       unnamed_parsed=prepared is not None and prepared.unnamed_parsed,
+                                       unnamed_edit="" if editor is None else editor.statement_edits.get(b"", ""))
         except OSError as exc:
             logs.event("native_relay_refused", logging.WARNING, branch=self.branch, error=str(exc))
             self._native_fds = None
@@ -777,8 +778,8 @@ class ClientSession(asyncio.Protocol):
         if prepared is None or gate.temp_tables:
             prepared = None
         cache = gate.policy.cache
-        made_of = (None if prepared is None else prepared.native_version, cache, tuple(edits.items()),
-                   tuple(gate.forwards))
+        made_of = (None if prepared is None else prepared.native_version, cache,
+                   tuple([item for item in edits.items() if item[0]]), tuple(gate.forwards))
         if made_of != self._standins_made_of:  # (a DecisionCache compares by identity)
             try:
                 self._standins = native.standins(gate.policy.label,
@@ -806,12 +807,8 @@ class ClientSession(asyncio.Protocol):
         if prepared is not None:
             prepared.alias = back.alias
             prepared.unnamed_parsed = back.unnamed_parsed
-        if relay.editor is not None:
-            relay.editor.resume(relay.pending_ready, mid_cycle=relay.mid_extended, cycle_failed=relay.cycle_failed,
-                                copy_syncs=relay.copy_syncs, unnamed_portal=back.portal_edit, owed=back.edit_owed,
-                                standin_bind_owed=back.bind_owed)
-        elif back.bind_owed or back.edit_owed:
-            relay.expect_owed(back.edit_owed, back.bind_owed)
+        if relay.editor is not None or back.edits_in_flight:
+            relay.resume_editor(back)
         client, upstream = self.transport, self._upstream
         for transport in (client, upstream):
             if transport is not None and not transport.is_closing():

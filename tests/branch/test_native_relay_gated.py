@@ -294,35 +294,52 @@ def test_prepared_updates_answer_with_their_own_tags_on_the_thread(pg, own_proxy
     assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]
 
 
+TPCB_TAGS = ["BEGIN", "UPDATE 1", "INSERT 0 1", "COMMIT"]
+
+
+def tpcb_transaction(conn, i: int) -> list[str]:
+    """TPC-B's statements over nr_accounts and nr_notes (BEGIN, an UPDATE, a SELECT, an
+    INSERT, END) adding `i` to one balance; their command tags."""
+    tags = [conn.execute("BEGIN").statusmessage,
+            conn.execute("UPDATE nr_accounts SET balance = balance + %s WHERE id = %s", (i, i % 20 + 1)).statusmessage]
+    assert conn.execute("SELECT balance FROM nr_accounts WHERE id = %s", (i % 20 + 1,)).fetchone()
+    tags.append(conn.execute("INSERT INTO nr_notes (id) VALUES (%s)", (1000 + i,)).statusmessage)
+    tags.append(conn.execute("END").statusmessage)
+    return tags
+
+
+def tpcb_runs_on_the_thread(pg, proxy: ProxyProcess, conn, extra_check) -> None:
+    """Transactions until the session is on the thread, then 40 more with no hand-back
+    (`extra_check` after them); the branch's sums are every delta's, production's unchanged."""
+    deltas = []
+    for i in range(1, 21):
+        assert tpcb_transaction(conn, i) == TPCB_TAGS
+        deltas.append(i)
+        if held(proxy) == 1:
+            break
+    assert held(proxy) == 1
+    before = handbacks(proxy)
+    for i in range(21, 61):
+        assert tpcb_transaction(conn, i) == TPCB_TAGS
+        deltas.append(i)
+    extra_check()
+    assert handbacks(proxy) == before and held(proxy) == 1
+    assert conn.execute("SELECT sum(balance) FROM nr_accounts").fetchone() == (2000 + sum(deltas),)
+    assert conn.execute("SELECT count(*) FROM nr_notes WHERE id > 1000").fetchone() == (len(deltas),)
+    assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]
+
+
 def test_a_tpcb_transaction_in_the_simple_protocol_runs_on_the_thread(pg, own_proxy, branch):
     """pgbench -M simple's transaction: BEGIN and END are texts the gate forwards as sent,
     the UPDATE's and INSERT's stand-ins get their own tags; all of it on the thread once
     the shapes are known, and every delta lands once."""
-    deltas = []
     with simple_client(own_proxy, branch) as conn:
-        def transaction(i: int) -> list[str]:
-            tags = [conn.execute("BEGIN").statusmessage,
-                    conn.execute("UPDATE nr_accounts SET balance = balance + %s WHERE id = %s", (i, i % 20 + 1)
-                                 ).statusmessage]
-            assert conn.execute("SELECT balance FROM nr_accounts WHERE id = %s", (i % 20 + 1,)).fetchone()
-            tags.append(conn.execute("INSERT INTO nr_notes (id) VALUES (%s)", (1000 + i,)).statusmessage)
-            tags.append(conn.execute("END").statusmessage)
-            deltas.append(i)
-            return tags
+        served = standins(own_proxy)
 
-        for i in range(1, 11):
-            assert transaction(i) == ["BEGIN", "UPDATE 1", "INSERT 0 1", "COMMIT"]
-            if held(own_proxy) == 1:
-                break
-        assert held(own_proxy) == 1
-        before, served = handbacks(own_proxy), standins(own_proxy)
-        for i in range(11, 51):
-            assert transaction(i) == ["BEGIN", "UPDATE 1", "INSERT 0 1", "COMMIT"]
-        assert handbacks(own_proxy) == before and held(own_proxy) == 1
-        assert standins(own_proxy) >= served + 40 * 3
-        assert conn.execute("SELECT sum(balance) FROM nr_accounts").fetchone() == (2000 + sum(deltas),)
-        assert conn.execute("SELECT count(*) FROM nr_notes WHERE id > 1000").fetchone() == (len(deltas),)
-    assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]
+        def stand_ins_served() -> None:
+            assert standins(own_proxy) >= served + 40 * 3
+
+        tpcb_runs_on_the_thread(pg, own_proxy, conn, stand_ins_served)
 
 
 # ---------------------------------------------------------------- `Parse ""` of statements auto-prepare made
@@ -381,3 +398,19 @@ def test_unnamed_statements_of_texts_the_gate_prepared_run_on_the_thread(pg, own
                 break
         assert held(own_proxy) == 1
     assert psql(pg.dsn(), "SELECT sum(balance) FROM nr_accounts").stdout.split() == ["2000"]
+
+
+def test_a_tpcb_transaction_sending_parse_for_every_statement_runs_on_the_thread(pg, own_proxy, branch):
+    """pgbench -M extended's transaction, as psycopg without prepare sends it: the UPDATE's
+    `Parse ""` is a text auto-prepare made a statement for, whose answers the thread edits
+    (INSERT 0 1 of the upsert -> UPDATE 1) when a Parse opens the cycle; END, sent while
+    the unnamed statement is such an alias, is a text forwarded as sent all the same. All
+    on the thread once the texts are known; every delta lands once."""
+    import psycopg
+
+    with psycopg.connect(own_proxy.dsn(branch), autocommit=True, prepare_threshold=None) as conn:
+        def no_update() -> None:
+            cur = conn.execute("UPDATE nr_accounts SET balance = balance + %s WHERE id = %s", (1, 999))
+            assert (cur.statusmessage, cur.rowcount) == ("UPDATE 0", 0)
+
+        tpcb_runs_on_the_thread(pg, own_proxy, conn, no_update)

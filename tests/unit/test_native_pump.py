@@ -44,7 +44,8 @@ class Rig:
 
     def __init__(self, relay_state: pump.RelayState | None = None, max_message_size: int = 1 << 20, *,
                  gated: bool = False, epoch_version: int | None = None, standins: object = None,
-                 portal_edit: bytes = b"", alias: bytes = b"", unnamed_parsed: bool = False) -> None:
+                 portal_edit: bytes = b"", alias: bytes = b"", unnamed_parsed: bool = False,
+                 unnamed_edit: bytes = b"") -> None:
         self.pump = _pump.Pump(pump._table(pump.CLIENT_NATIVE), pump._table(pump.CLIENT_GATED),
                                pump._table(pump.UPSTREAM_SPECIAL), max_message_size, list(LATENCY_BUCKETS))
         self.slot = self.pump.slot()
@@ -59,7 +60,7 @@ class Rig:
         self.link = self.pump.attach(proxy_client.fileno(), proxy_upstream.fileno(),
                                      pump.NO_COUNT if gated else self.slot, gated, self.epoch, epoch_version or 0,
                                      (relay_state or state()).as_tuple(), standins, portal_edit, alias,
-                                     unnamed_parsed)
+                                     unnamed_parsed, unnamed_edit)
 
     def close(self) -> None:
         self.pump.close()
@@ -457,7 +458,7 @@ def test_kept_literals_pick_the_statement_and_negated_and_fixed_numbers_bind_as_
 ], ids=["cut", "error", "notice", "client"])
 def test_anything_but_a_whole_bind_complete_while_it_is_owed_goes_back_with_it_owed(side, chunk):
     """Whole and unforwarded; Python's response editor then removes the BindComplete
-    (`Relay.expect_owed`)."""
+    (`Relay.resume_editor`)."""
     with Rig(gated=True, standins=_pump.Standins([standin_entry()])) as rig:
         rig.app.sendall(query(LOOKUP[:-1] + b"5"))
         read_exactly(rig.server, len(expected_standin([b"5"])))
@@ -644,6 +645,7 @@ TEXT_A = "SELECT balance FROM accounts WHERE id = $1"
 TEXT_B = "SELECT count(*) FROM accounts"
 PARSE_A = encode_parse("", TEXT_A, (23,))
 PARSE_B = encode_parse("", TEXT_B)
+PARSE_BEGIN = encode_parse("", "BEGIN")  # a text the gate forwards as sent
 
 
 def confirmed_autoprepared() -> AutoPrepared:
@@ -668,7 +670,7 @@ def parse_table(prepared: AutoPrepared, slot: int = -1) -> list[tuple[bytes, byt
         prepared.parse(sql, parse, 5, len(parse))
         aliases[parse] = prepared.alias
     prepared.alias = None
-    return [(parse[6:], aliases[parse], slot) for parse in (PARSE_A, PARSE_B)]
+    return [(parse[6:], aliases[parse], slot) for parse in (PARSE_A, PARSE_B)] + [(PARSE_BEGIN[6:], b"", slot)]
 
 
 def as_the_gate_sends(prepared: AutoPrepared, chunk: bytes) -> bytes:
@@ -681,7 +683,9 @@ def as_the_gate_sends(prepared: AutoPrepared, chunk: bytes) -> bytes:
     out = []
     for index, (msg_type, start, end) in enumerate(frames):
         sent = None
-        if msg_type == PARSE:
+        if msg_type == PARSE and chunk[start - 5:end] == PARSE_BEGIN:
+            prepared.alias = None  # (gate.py `_unnamed`: a Parse "" it forwards as sent)
+        elif msg_type == PARSE:
             sql = chunk[start + 1:chunk.index(b"\0", start + 1)].decode()
             sent = prepared.parse(sql, chunk, start, end, frames, index)
             assert sent is not None
@@ -692,7 +696,7 @@ def as_the_gate_sends(prepared: AutoPrepared, chunk: bytes) -> bytes:
 
 
 extended_frame = st.sampled_from([
-    PARSE_A, PARSE_B,
+    PARSE_A, PARSE_B, PARSE_BEGIN,
     encode_bind("", "", (b"7",)), encode_bind("p1", "", (b"7",)), encode_bind("", "named"),
     encode_describe(b"S", ""), encode_describe(b"P", ""), encode_describe(b"S", "named"),
     encode_close(b"S", ""), encode_close(b"P", ""), encode_close(b"S", "named"),
@@ -723,18 +727,17 @@ def test_parses_of_prepared_texts_and_their_binds_go_upstream_as_the_gate_sends_
         assert rig.pump.statements(0) == sum(1 for f in frames if f[:1] == b"P")
         detached = rig.detach()
     assert detached[0] == 0 and detached[12] == (prepared.alias or b"")
-    assert detached[13] == (alias is not None or any(f[:1] == b"P" for f in frames))
+    assert detached[13] == (alias is not None or any(f[:1] == b"P" for f in frames)) and detached[14] == b""
 
 
-@pytest.mark.parametrize("chunk, edits", [
-    (encode_parse("", "SELECT 2") + cycle(b""), []),               # a text the gate has not prepared
-    (encode_parse("s1", TEXT_B) + cycle(b"s1"), []),               # a named statement: the gate's
-    (PARSE_B + cycle(b""), [(b"", b"UPDATE")]),                    # the editor keeps an edit for ""
-    (cycle(b"") + PARSE_A + cycle(b"") + message(b"Q", b"SELECT 1\0"), []),
-], ids=["unknown-text", "named", "unnamed-edited", "with-a-query"])
-def test_any_other_parse_goes_back_whole_and_unforwarded(chunk, edits):
+@pytest.mark.parametrize("chunk", [
+    encode_parse("", "SELECT 2") + cycle(b""),               # a text the gate has not seen
+    encode_parse("s1", TEXT_B) + cycle(b"s1"),               # a named statement: the gate's
+    cycle(b"") + PARSE_A + cycle(b"") + message(b"Q", b"SELECT 1\0"),
+], ids=["unknown-text", "named", "with-a-query"])
+def test_any_other_parse_goes_back_whole_and_unforwarded(chunk):
     table = parse_table(confirmed_autoprepared())
-    with Rig(gated=True, standins=_pump.Standins([], edits, [], table)) as rig:
+    with Rig(gated=True, standins=_pump.Standins([], [], [], table)) as rig:
         rig.app.sendall(chunk)
         assert rig.handed_back()
         reason, _, _, to_upstream, tail, _, chunks = rig.detach()[:7]
@@ -757,7 +760,7 @@ def test_a_query_drops_the_alias_and_no_stand_in_is_served_while_an_unnamed_stat
         rig.app.sendall(query(LOOKUP[:-1] + b"5"))
         assert rig.handed_back()
         detached = rig.detach()
-        assert detached[4] == query(LOOKUP[:-1] + b"5") and detached[12:] == (table[1][1], 1)
+        assert detached[4] == query(LOOKUP[:-1] + b"5") and detached[12:14] == (table[1][1], 1)
     with Rig(gated=True, standins=standins, alias=table[1][1], unnamed_parsed=True) as rig:
         rig.app.sendall(query(b"BEGIN"))
         assert read_exactly(rig.server, len(query(b"BEGIN"))) == query(b"BEGIN")
@@ -765,7 +768,7 @@ def test_a_query_drops_the_alias_and_no_stand_in_is_served_while_an_unnamed_stat
         read_exactly(rig.app, 11 + 6)
         rig.app.sendall(query(LOOKUP[:-1] + b"5"))  # now a stand-in
         assert read_exactly(rig.server, len(expected_standin([b"5"]))) == expected_standin([b"5"])
-        assert rig.detach()[12:] == (b"", 0)
+        assert rig.detach()[12:14] == (b"", 0)
 
 
 EMPTY_PARSE_SENT = encode_parse("", "")
@@ -783,3 +786,51 @@ def test_aliases_are_checked_when_the_table_is_made_and_at_attach():
             relay.attach(0, 1, relay.slot(), False, -1, 0, state().as_tuple(), None, b"", b"cowproxy_ap_1\0")
     finally:
         relay.close()
+
+
+UPSERT_TEXT = encode_parse("", "UPDATE accounts SET balance = balance + $1 WHERE id = $2", (23, 23))
+
+
+def edited_table() -> list[tuple]:
+    """A table whose texts are an UPDATE the gate sends as an upsert (answers INSERT: its
+    executions get the client's verb), a read, and BEGIN, forwarded as sent."""
+    return [(UPSERT_TEXT[6:], b"cowproxy_ap_7\0", 0, b"UPDATE"), (PARSE_B[6:], b"cowproxy_ap_8\0", 0),
+            (PARSE_BEGIN[6:], b"", 0)]
+
+
+def test_a_cycle_opened_by_a_parse_of_an_edited_text_gets_its_tag_edited_on_the_thread():
+    """pgbench -M extended's UPDATE: Parse "", Bind, Describe, Execute, Sync. The unnamed
+    statement's edit is the link's; a read's Parse clears it, BEGIN's too, and what it is
+    at the end goes back to Python's editor (`unnamed_edit`)."""
+    with Rig(state(tx_status=b"T"), gated=True, standins=_pump.Standins([], [], [], edited_table())) as rig:
+        answer = message(b"1") + message(b"2") + message(b"n") + UPSERT_ANSWER
+        edited = message(b"1") + message(b"2") + message(b"n") + UPDATE_ANSWER
+        for _ in range(2):
+            rig.app.sendall(UPSERT_TEXT + cycle(b""))
+            sent = EMPTY_PARSE_SENT + cycle(b"cowproxy_ap_7")
+            assert read_exactly(rig.server, len(sent)) == sent
+            rig.server.sendall(answer)
+            assert read_exactly(rig.app, len(edited)) == edited
+        time.sleep(0.01)
+        assert rig.detach()[11:] == (b"UPDATE", b"cowproxy_ap_7\0", 1, b"UPDATE")
+    for opener in (PARSE_B, PARSE_BEGIN):
+        with Rig(state(tx_status=b"T"), gated=True, standins=_pump.Standins([], [], [], edited_table()),
+                 unnamed_edit=b"UPDATE", portal_edit=b"UPDATE") as rig:
+            rig.app.sendall(opener + cycle(b""))
+            time.sleep(0.05)
+            assert not rig.handed_back(0.05)
+            assert rig.detach()[11:] == (b"", b"cowproxy_ap_8\0" if opener == PARSE_B else b"", 1, b"")
+
+
+@pytest.mark.parametrize("chunk", [
+    UPSERT_TEXT + bind(b"") + execute() + execute() + message(b"S"),   # two Executes
+    UPSERT_TEXT + bind(b"") + execute() + message(b"H"),                # no Sync
+    bind(b"") + execute() + message(b"S") + UPSERT_TEXT + bind(b"") + execute() + message(b"S"),
+], ids=["two-executes", "no-sync", "two-cycles"])
+def test_other_executions_of_an_edited_unnamed_statement_go_to_pythons_editor(chunk):
+    with Rig(gated=True, standins=_pump.Standins([], [], [], edited_table()), unnamed_edit=b"UPDATE") as rig:
+        rig.app.sendall(chunk)
+        assert rig.handed_back()
+        detached = rig.detach()
+        assert nothing_forwarded(rig)
+    assert detached[4] == chunk and detached[14] == b"UPDATE"  # unchanged: the chunk was not forwarded
