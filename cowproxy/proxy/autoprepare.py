@@ -263,8 +263,7 @@ class AutoPrepared:
     def forwarded_parse(self, body: bytes, kind: str, cache: DecisionCache) -> None:
         """A `Parse ""` (body after the name) that `cache` decided to forward as sent,
         with nothing for auto-prepare to do: the native relay may forward it too."""
-        if self._parse_texts.get(body) is None or cache is not self._parse_cache:
-            self._note_parse(body, None, kind, None, cache)
+        self._note_parse(body, None, kind, None, cache)
 
     def native_parses(self, cache: DecisionCache) -> list[tuple[bytes, bytes, str, str | None]]:
         """What the native relay needs to serve `Parse ""` of the client's texts as the
@@ -274,7 +273,7 @@ class AutoPrepared:
         of its executions' answers or None)."""
         if cache is not self._parse_cache:
             return []
-        out = []
+        out: list[tuple[bytes, bytes, str, str | None]] = []
         for body, (key, kind, edit) in self._parse_texts.items():
             if key is None:
                 out.append((body, b"", kind, None))

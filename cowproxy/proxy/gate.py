@@ -211,26 +211,37 @@ class StatementGate:
                         prepared.learn(sql, policy.cache)
                     elif not temps and serves_alias(sent[0]):
                         unserved -= 1
-                elif (msg_type == QUERY and len(frames) == 1 and not temps and not decision.preparable
-                      and not decision.prepared):
-                    self._remember(buf[start:end], decision.kind)  # (it ended an alias, as on the thread)
+                elif self._as_sent(prepared, msg_type, buf, start, end, decision, len(frames)):
+                    unserved -= 1  # (it ended an alias, as on the thread)
+            else:
+                if prepared is not None and msg_type == PARSE and buf[start] == 0:
+                    prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
+                if self._as_sent(prepared, msg_type, buf, start, end, decision, len(frames)):
                     unserved -= 1
-            elif msg_type == QUERY:
-                if len(frames) == 1 and not temps:
-                    self._remember(buf[start:end], decision.kind)
-                    unserved -= 1
-            elif prepared is not None and buf[start] == 0:
-                prepared.unnamed_parsed = True  # (a Query stand-in closes it as a Query would)
-            if (msg_type == PARSE and prepared is not None and not temps and decision.action is Action.FORWARD
-                    and not decision.preparable and not decision.prepared and not decision.tags and buf[start] == 0):
-                prepared.forwarded_parse(bytes(buf[start + 1:end]), decision.kind, policy.cache)
-                unserved -= 1  # (the native relay forwards it as sent too)
             counter = counts.get(decision.kind)
             if counter is None:
                 counter = self._counter(decision.kind)
             counter.value += 1
         self.native_served = unserved == 0
         return len(frames)
+
+    def _as_sent(self, prepared: AutoPrepared | None, msg_type: int, buf: bytes, start: int, end: int,
+                 decision: Decision, count: int) -> bool:
+        """A Query or Parse forwarded as sent, with nothing for auto-prepare to do: remember
+        a lone Query (`forwards`, `count`: frames in the chunk) or a `Parse ""` text
+        (`AutoPrepared.forwarded_parse`), which the relays forward again without the gate;
+        whether the native relay would have forwarded this one itself."""
+        if self.temp_tables or prepared is not None and (decision.preparable or decision.prepared):
+            return False
+        if msg_type == QUERY:
+            if count != 1:
+                return False
+            self._remember(buf[start:end], decision.kind)
+            return True
+        if prepared is None or buf[start] != 0 or decision.tags:
+            return False
+        prepared.forwarded_parse(bytes(buf[start + 1:end]), decision.kind, self.policy.cache)
+        return True
 
     def forwarded_texts(self) -> list[tuple[bytes, str]]:
         """`forwards` with each text's statement kind, for the native relay (proxy/pump.py
