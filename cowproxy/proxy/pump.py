@@ -269,7 +269,7 @@ class NativeRelay:
         `Parse ""` texts it prepared or forwards as sent (`parses`: (body after the name,
         server statement or b"", statement kind, tag edit or None),
         `AutoPrepared.native_parses`). None if that leaves nothing to do. The unnamed
-        statement's edit is the link's (`attach`), not the table's."""
+        statement's edit is the link's (`attach`), not the table's: `edits` names none."""
         table = []
         for shape, count, sent, head, tail, kind, verb in entries:
             encoded = shape.encode()
@@ -284,10 +284,10 @@ class NativeRelay:
         texts = [(text, slot) for text, kind in verbatim if (slot := self.slot((label, kind))) is not None]
         aliases = [(body, alias, slot) if verb is None else (body, alias, slot, verb.encode("ascii"))
                    for body, alias, kind, verb in parses if (slot := self.slot((label, kind))) is not None]
-        named = [(name, verb.encode("ascii")) for name, verb in (edits or {}).items() if name]
-        if not table and not named and not texts and not aliases:
+        if not table and not edits and not texts and not aliases:
             return None
-        return _pump.Standins(table, named, texts, aliases)
+        return _pump.Standins(table, [(name, verb.encode("ascii")) for name, verb in (edits or {}).items()], texts,
+                              aliases)
 
     def statement_counts(self) -> dict[tuple[str, str], int]:
         return {key: self._pump.statements(slot) for key, slot in list(self._slots.items()) if slot is not None}

@@ -774,12 +774,13 @@ class ClientSession(asyncio.Protocol):
         decides then). (The thread serves no stand-in while the client may have an
         unnamed statement: the gate's closes it first, as a Query would.)"""
         prepared = gate.autoprepared
-        edits = {} if editor is None else editor.statement_edits
+        # (the unnamed statement's edit is the link's, `attach`'s `unnamed_edit`)
+        edits = {} if editor is None else {name: verb for name, verb in editor.statement_edits.items() if name}
         if prepared is None or gate.temp_tables:
             prepared = None
         cache = gate.policy.cache
-        made_of = (None if prepared is None else prepared.native_version, cache,
-                   tuple([item for item in edits.items() if item[0]]), tuple(gate.forwards))
+        made_of = (None if prepared is None else prepared.native_version, cache, tuple(edits.items()),
+                   tuple(gate.forwards))
         if made_of != self._standins_made_of:  # (a DecisionCache compares by identity)
             try:
                 self._standins = native.standins(gate.policy.label,
