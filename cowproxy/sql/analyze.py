@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from typing import Any
 
 from pglast import parser as pg_parser
@@ -313,6 +314,7 @@ class Statement:
     alter_commands: int = 0                # ALTER TABLE adding foreign keys: how many subcommands it has
     dropped_constraint: str | None = None  # ALTER TABLE t DROP CONSTRAINT name (its one subcommand): the name
     scans: tuple[Scan, ...] = ()           # tables read as FROM items (TABLESAMPLE too), in reading statements
+    picked_reads: Mapping[int, frozenset[str]] = field(default_factory=dict, compare=False)  # `picked_columns`, by table location
     copy_to: CopyTo | None = None          # COPY t TO ...
     body: Any = field(default=None, compare=False, repr=False)  # a top-level UPDATE's, INSERT's, MERGE's, locking or ORDER BY ... LIMIT SELECT's parse tree
 
@@ -404,13 +406,15 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
     scans = tuple(replace(sc, nullable=sc.relation.location in nullable) for sc in walker.scans
                   if scanning and (sc.relation.schema or sc.relation.name not in walker.cte_names)
                   and sc.name not in walker.schema_ref_tables and sc.name not in walker.single_refs)
+    ctes_read = {r.location for r in walker.relations if r.schema is None and r.name in walker.cte_names}
+    picked_reads = {at: cols for at, cols in walker.picked_reads.items() if at not in ctes_read} if scanning else {}
     copy_to = None
     if node == "CopyStmt" and body.get("relation") and not body.get("is_from") and not body.get("query"):
         copy_to = CopyTo(_relation(body["relation"]), tuple(c.get("String", {}).get("sval", "") for c in body.get("attlist", [])),
                          body.get("filename"), bool(body.get("is_program")),
                          tuple(o.get("DefElem", {}) for o in body.get("options", [])))
     return Statement(
-        foreign_keys=foreign_keys, scans=scans, copy_to=copy_to, altered=altered, alter_commands=alter_commands,
+        foreign_keys=foreign_keys, scans=scans, picked_reads=picked_reads, copy_to=copy_to, altered=altered, alter_commands=alter_commands,
         dropped_constraint=dropped_constraint,
         kind=kind, node=node, reads=reads, writes=writes, sequences=tuple(walker.sequences),
         refusal=refusal, read_only_escape=escape, locking=walker.locking, creates=creates,
@@ -490,6 +494,76 @@ def _kind_of(node: str, body: dict[str, Any], writes: bool) -> Kind:
     if node in _READ_NODES or node == "CopyStmt":
         return Kind.READ
     return Kind.DDL
+
+
+def picked_columns(select: dict[str, Any]) -> dict[int, frozenset[str]]:
+    """For each table among a SELECT's FROM items (through its joins), by location:
+    the columns its WHERE and join conditions set equal to something (`t.k = $1`,
+    `k IN (...)`, `k = ANY(...)`, `a.k = t.k`, `JOIN t USING (k)`) in an operand of
+    their top-level AND (or in every operand of an OR). On a branch a SELECT that does not pick a shadow's rows by its key this way
+    reads the shadow's scan view, which PostgreSQL reads as one anti-join; the shadow
+    view is built for reads that pick rows by key (branch/overlay.py). A SELECT with a
+    LIMIT or a locking clause is left out: it keeps the view (ordered index scans that
+    stop early; the row-lock functions take the view's rows). Only ever a matter of
+    speed: both views hold the same rows."""
+    if select.get("limitCount") or select.get("lockingClause"):
+        return {}
+    conditions = [select.get("whereClause")]
+    tables: list[dict[str, Any]] = []
+    using: set[str] = set()
+    stack = list(select.get("fromClause") or [])
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, dict):
+            continue
+        if "RangeVar" in item:
+            tables.append(item["RangeVar"])
+        elif "JoinExpr" in item:
+            join = item["JoinExpr"]
+            stack += [join.get("larg"), join.get("rarg")]
+            conditions.append(join.get("quals"))
+            using.update(n.get("String", {}).get("sval", "") for n in join.get("usingClause") or [])
+    if not tables:
+        return {}
+    equated: set[tuple[str | None, str]] = set()
+    for condition in conditions:
+        _equated_columns(condition, equated)
+    picked = {}
+    for rv in tables:
+        name = (rv.get("alias") or {}).get("aliasname") or rv.get("relname", "")
+        picked[rv.get("location", -1)] = frozenset({c for q, c in equated if q is None or q == name} | using)
+    return picked
+
+
+_PICKING = frozenset({"AEXPR_OP", "AEXPR_IN", "AEXPR_OP_ANY"})
+
+
+def _equated_columns(node: Any, found: set[tuple[str | None, str]]) -> None:
+    """(qualifier or None, column) of each column `node` sets equal to something: in
+    each operand of an AND, in every operand of an OR."""
+    if not isinstance(node, dict):
+        return
+    boolean = node.get("BoolExpr", {})
+    if boolean.get("boolop") == "AND_EXPR":
+        for arg in boolean.get("args", []):
+            _equated_columns(arg, found)
+        return
+    if boolean.get("boolop") == "OR_EXPR":  # `k = $1 OR k = $2` picks k as IN does
+        each: list[set[tuple[str | None, str]]] = []
+        for arg in boolean.get("args", []):
+            each.append(set())
+            _equated_columns(arg, each[-1])
+        found.update(set.intersection(*each) if each else set())
+        return
+    expr = node.get("A_Expr")
+    if not expr or expr.get("kind") not in _PICKING or [n.get("String", {}).get("sval") for n in expr.get("name", [])] != ["="]:
+        return
+    sides = (expr.get("lexpr"), expr.get("rexpr")) if expr["kind"] == "AEXPR_OP" else (expr.get("lexpr"),)
+    for side in sides:
+        fields = (side or {}).get("ColumnRef", {}).get("fields", []) if isinstance(side, dict) else []
+        names = [f.get("String", {}).get("sval") for f in fields]
+        if names and all(names):
+            found.add((names[-2] if len(names) > 1 else None, names[-1]))
 
 
 def _relation(range_var: dict[str, Any]) -> Relation:
@@ -576,6 +650,7 @@ class _Walker:
         self.qualified_calls: list[Relation] = []
         self.call_columns: dict[int, str] = {}  # FuncCall location → its output column name
         self.scans: list[Scan] = []
+        self.picked_reads: dict[int, frozenset[str]] = {}
         self.single_refs: set[str] = set()  # one-name ColumnRefs: a column, or a whole-row reference to a FROM item
         self.schema_ref_tables: set[str] = set()  # the tables ColumnRefs of three or more names (schema.table.column) name
 
@@ -607,6 +682,8 @@ class _Walker:
                         self._func_call(value["funccall"])  # a bare FuncCall, not wrapped
                     elif key in _FROM_ITEM_KEYS:
                         self._from_items(value)
+                    elif key == "SelectStmt":
+                        self.picked_reads.update(picked_columns(value))
                     elif key == "JoinExpr":
                         self._from_items([value.get("larg"), value.get("rarg")])
                     elif key == "ColumnRef":

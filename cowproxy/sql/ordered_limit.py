@@ -1,12 +1,15 @@
 """`SELECT ... FROM t WHERE ... ORDER BY ... LIMIT n` over a table the branch changed.
 
 A shadow is production's rows without the branch's keys UNION ALL the branch's rows
-(branch/overlay.py `shadow_view_sql`). PostgreSQL plans each arm of that view on its
-own, for all its rows, so it has no ordered plan across the two arms: a page of 20
-rows in key order sorts the whole table (measured: 32 ms at 100k rows, against 0.07 ms
-on a copy; a query's cost grows with the table). It *can* merge arms that are each
-sorted and limited themselves (Merge Append over two index scans that stop early), so,
-where that means exactly the same, the view is spelled out in the statement:
+(branch/overlay.py `shadow_view_sql`). PostgreSQL planned each arm of the anti-join
+view (overlays before format 4) on its own, for all its rows, so it had no ordered plan
+across the two arms: a page of 20 rows in key order sorted the whole table (measured:
+32 ms at 100k rows, against 0.07 ms on a copy). The format-4 view's arms are pulled
+up, so PostgreSQL merges their ordered index scans itself; this rewrite came first and
+still serves older overlays and the row-lock wrapper (below). PostgreSQL *can* merge
+arms that are each sorted and limited themselves (Merge Append over two index scans
+that stop early), so, where that means exactly the same, the view is spelled out in the
+statement:
 
     SELECT <list> FROM t [AS] a WHERE <cond> ORDER BY <order> LIMIT n OFFSET m
 

@@ -1149,6 +1149,16 @@ class BranchPolicy:
                 if copy_splice is not None:
                     splices.append(copy_splice)
                     seen.add(copy_to.relation.location)
+            for scan in st.scans if st.picked_reads else ():
+                at = scan.relation.location
+                picked = st.picked_reads.get(at)
+                view = self._scan_view(scan, picked, temp_tables) if picked is not None and at not in seen else None
+                if view is not None:
+                    spans = spans or NameSpans(sql)
+                    start, end = spans.qualified_name(at)
+                    # Under the table's own name, which its columns may be qualified with.
+                    splices.append(Splice(start, end, view if scan.aliased else f"{view} AS {quote_ident(scan.name)}"))
+                    seen.add(at)
             for rel in (*st.reads, *st.writes):
                 if rel.schema is None or rel.location < 0 or rel.location in seen:
                     continue
@@ -1184,6 +1194,23 @@ class BranchPolicy:
                 splices.append(Splice(start, end, quote_literal(f"{quote_ident(layout.schema)}.{quote_ident(local)}")))
         return splices
 
+
+    def _scan_view(self, scan: Scan, picked: frozenset[str], temp_tables: frozenset[str]) -> str | None:
+        """The scan view of a shadow of the branch's own that a SELECT reads without
+        picking rows by its whole key (`picked`: the columns its conditions set equal,
+        analyze.picked_columns), or None: the shadow view serves (a pick by key, any
+        other relation, a parent's shadow, whose readers' rights are to its views, an
+        overlay made before scan views: format 4, a TABLESAMPLE). `scan` is a FROM item
+        that no whole-row or `schema.table.column` reference names (analyze: those
+        mean the table's own row type and name)."""
+        table = self._production_table(scan.relation, temp_tables)
+        if table is None or scan.sample_at >= 0 or self.layout.overlays.get(table) != self.layout.schema:
+            return None
+        info = self.layout.shadow_tables.get(table)
+        if info is None or not info.key or set(info.key) <= picked or not self._is_shadow(table):
+            return None
+        view = overlay_objects(*table).scan
+        return self._own(view) if view in self.layout.local_names else None
 
     # reads of keyless tables' copies (branch/overlay.py fresh_read_guard) ---------
 

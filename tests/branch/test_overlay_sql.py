@@ -28,6 +28,7 @@ import pytest_asyncio
 from cowproxy.branch.introspect import TableInfo, describe_table, referencing_tables
 from cowproxy.branch.names import overlay_name, qualified, quote_ident
 from cowproxy.branch.overlay import create_overlay, overlay_objects, resolve_relations, tables_needing_overlay_with
+from cowproxy.branch.shadows import load_shadow_tables
 from cowproxy.metrics import Metrics
 from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy
 
@@ -646,9 +647,57 @@ async def test_primary_key_lookup_on_a_shadow_uses_index_scans_on_both_arms(worl
         assert "Index Scan using page_views_pkey on page_views" in plan
         assert 'Index Scan using "page_views$rows_pkey" on "page_views$rows"' in plan
         assert "Seq Scan" not in plan and "One-Time Filter" not in plan
+        # Both arms pulled up into the append: no subquery scan, no anti-join node; and
+        # production's row is tested by a probe, not a hash of every key in T$rows.
+        assert "Subquery Scan" not in plan and "Anti Join" not in plan and "hashed SubPlan" not in plan
         assert await branch.fetchval("SELECT ms FROM page_views WHERE id = 110") == 0
     finally:
         await branch.execute("UPDATE page_views SET ms = id % 997 WHERE id BETWEEN 100 AND 120")
+
+
+async def test_a_join_to_a_shadow_by_its_key_probes_both_arms_per_row(world):
+    """branch/overlay.py `shadow_view_sql`: a join on the key reads a shadow by index
+    probes per outer row (parameterized scans of both arms), not by scanning
+    production's table, and gives the rows a copy gives."""
+    await add_overlay(world.admin, world.branch, "public", "page_views")
+    branch = world.branch.conn
+    await branch.execute("UPDATE page_views SET ms = 0 WHERE id BETWEEN 100 AND 120")
+    try:
+        sql = "SELECT v.id, p.ms FROM (VALUES (5000), (110), (7)) v(id) JOIN page_views p ON p.id = v.id ORDER BY v.id"
+        plan = "\n".join(r[0] for r in await branch.fetch("EXPLAIN " + sql))
+        assert "Index Cond: (id = \"*VALUES*\".column1)" in plan, plan
+        assert '"page_views$rows_pkey"' in plan and "Seq Scan on page_views" not in plan, plan
+        assert [tuple(r) for r in await branch.fetch(sql)] == [(7, 7), (110, 0), (5000, 5000 % 997)]
+    finally:
+        await branch.execute("UPDATE page_views SET ms = id % 997 WHERE id BETWEEN 100 AND 120")
+
+
+async def test_a_select_that_does_not_pick_rows_by_key_reads_one_anti_join_and_the_same_rows(world):
+    """branch/overlay.py `scan_view_sql`: the rewriter sends a SELECT that does not
+    pick a shadow's rows by key to `T$scan`, which PostgreSQL reads as one anti-join of
+    the two tables' keys; it holds the shadow's rows, before and after TRUNCATE hides
+    production."""
+    await add_overlay(world.admin, world.branch, "public", "page_views")
+    branch = world.branch.conn
+    sql = "SELECT count(*), sum(ms), min(id), max(id) FROM public.page_views"
+    rewritten = (await branch_policy(world)).decide(sql).sql or ""
+    assert '"page_views$scan"' in rewritten
+    await branch.execute("BEGIN")
+    try:
+        await branch.execute("UPDATE page_views SET ms = 0 WHERE id BETWEEN 100 AND 120;"
+                             "DELETE FROM page_views WHERE id BETWEEN 200 AND 210;"
+                             "INSERT INTO page_views (id, path, ms) VALUES (10000001, '/new', 5)")
+        plan = "\n".join(r[0] for r in await branch.fetch("EXPLAIN " + rewritten))
+        assert "Anti Join" in plan, plan
+        for _ in range(2):
+            assert await branch.fetchrow(rewritten) == await branch.fetchrow(sql.replace("public.", ""))
+            scan = f'{quote_ident(world.branch.schema)}."page_views$scan"'
+            assert await branch.fetchval(f"SELECT count(*) FROM (SELECT * FROM {scan} EXCEPT ALL SELECT * FROM page_views"
+                                         f" UNION ALL (SELECT * FROM page_views EXCEPT ALL SELECT * FROM {scan})) d") == 0
+            await branch.execute(f'TRUNCATE {quote_ident(world.branch.schema)}."page_views$live";'
+                                 "INSERT INTO page_views (id, path, ms) VALUES (1, '/one', 1)")
+    finally:
+        await branch.execute("ROLLBACK")
 
 
 async def test_a_stacked_branch_sees_its_parent_live_and_keeps_its_own_writes(world):
@@ -748,7 +797,8 @@ async def branch_policy(world: World) -> BranchPolicy:
     overlays = {(s, t): schema for s, t in tables if overlay_objects(s, t).live in names}
     layout = BranchLayout(branch="ovl", schema=schema, search_schemas=(schema,), overlays=overlays,
                           overlay_names={key: overlay_name(*key) for key in overlays}, local_names=names,
-                          referenced_by=await referencing_tables(world.admin))
+                          referenced_by=await referencing_tables(world.admin),
+                          shadow_tables=await load_shadow_tables(world.admin, schema, overlays))
     return BranchPolicy(layout, Metrics())
 
 
@@ -771,6 +821,9 @@ async def compare_rewritten(world: World, *statements: str) -> list[Outcome]:
                 branch = Outcome(sqlstate=refusal.sqlstate, message=refusal.message, detail=refusal.detail)
             else:
                 branch = await run(sides[0], decision.sql or text)
+                tag = decision.tags[0] if decision.tags else None
+                if tag and branch.status:  # the proxy shows the client its own command's tag
+                    branch.status = f"{tag} {branch.status.rsplit(' ', 1)[-1]}"
             copy = await run(sides[1], text)
             assert same_error(branch, copy) if branch.sqlstate or copy.sqlstate else branch == copy, \
                 f"{sql}\n  as {decision.sql}\n  branch: {branch}\n  copy:   {copy}"

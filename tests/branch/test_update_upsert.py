@@ -13,7 +13,7 @@ rewriter sees is loaded from the database with the registry's loaders.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -120,8 +120,13 @@ def as_update(outcome: Outcome) -> Outcome:
 
 
 def assert_same(sql: str, branch: Outcome, copy: Outcome) -> None:
+    """The same outcome; an UPDATE's RETURNING rows as multisets (PostgreSQL promises
+    no order: it is the plan's, and a shadow's plan is not the table's)."""
     if branch.sqlstate or copy.sqlstate:
         assert same_error(branch, copy), f"{sql}\n  branch: {branch}\n  copy:   {copy}"
+    elif sql.lstrip().upper().startswith("UPDATE") and branch.rows is not None and copy.rows is not None:
+        assert replace(branch, rows=sorted(branch.rows, key=repr)) == replace(copy, rows=sorted(copy.rows, key=repr)), \
+            f"{sql}\n  branch: {branch}\n  copy:   {copy}"
     else:
         assert branch == copy, f"{sql}\n  branch: {branch}\n  copy:   {copy}"
 
@@ -245,8 +250,11 @@ def test_the_layout_describes_each_shadow_from_its_rows_table(world):
     "WITH c AS (SELECT 1) UPDATE accounts SET note = 'x' WHERE id = 1",
 ])
 def test_updates_the_upsert_cannot_mean_exactly_keep_the_trigger(world, sql):
+    """Sent as the UPDATE of the view, whose trigger runs per row (a whole read in it
+    may still go to a scan view: `SELECT id FROM counters`)."""
     decision = world.policy.decide(sql)
-    assert decision.tags == () and decision.action is Action.FORWARD, decision
+    assert decision.tags == () and decision.action in (Action.FORWARD, Action.REWRITE), decision
+    assert (decision.sql or sql).lstrip().upper().startswith(("UPDATE", "WITH")) and "$rows" not in (decision.sql or ""), decision
 
 
 async def test_parameters_of_prepared_statements(world):

@@ -60,7 +60,7 @@ SELECT md5(string_agg(line, E'\\n' ORDER BY line)) FROM (
 """
 
 # What an older cowproxy's overlays lacked: the proposal views (EXCLUDED of a column the
-# INSERT leaves to its default), the lock functions (SELECT ... FOR UPDATE) and a copy's
+# INSERT leaves to its default), the scan views (a SELECT of a whole shadow), the lock functions (SELECT ... FOR UPDATE) and a copy's
 # read guard (reads under a snapshot older than the copy); and what they had: a WHEN on a
 # copy's write guard.
 MAKE_OLD = """
@@ -70,7 +70,7 @@ DECLARE
 BEGIN
   FOR obj IN SELECT c.oid::regclass AS rel FROM pg_class c
               WHERE c.relnamespace = to_regnamespace(quote_ident({schema})) AND c.relkind = 'v'
-                AND c.relname LIKE '%$proposal%'
+                AND (c.relname LIKE '%$proposal%' OR c.relname LIKE '%$scan')
   LOOP
     EXECUTE format('DROP VIEW %s', obj.rel);
   END LOOP;
@@ -94,6 +94,12 @@ END $$;
 UPDATE cowproxy.branches SET overlay_format = 0, schema_version = schema_version + 1 WHERE name = {name};
 UPDATE cowproxy.overlay_tables SET overlay_format = 0 WHERE branch = {name};
 SELECT pg_notify('cowproxy_catalog', {name});
+"""
+
+SCAN_VIEWS_PER_SHADOW = """
+SELECT (SELECT count(*) FROM pg_class c WHERE c.relnamespace = to_regnamespace(quote_ident({schema}))
+           AND c.relkind = 'v' AND c.relname LIKE '%$scan'),
+       (SELECT count(*) FROM cowproxy.overlay_tables WHERE branch = {name} AND mode = 'shadow')
 """
 
 FRESH_GUARD_KNOWS_THE_COPY = """
@@ -231,6 +237,9 @@ async def test_upgrade_keeps_every_row_and_enables_the_refused_forms(world):
     assert psql(prod, FRESH_GUARD_KNOWS_THE_COPY.format(schema=f"'cowproxy_b_{name}'")).stdout.strip() == "t"
     # Its write guard was remade without a WHEN, keeping that transaction's id.
     assert psql(prod, FRESH_GUARD_WHEN.format(schema=f"'cowproxy_b_{name}'")).stdout.strip() == "f"
+    # Every shadow has its scan view again.
+    views, shadows = psql(prod, SCAN_VIEWS_PER_SHADOW.format(schema=f"'cowproxy_b_{name}'", name=f"'{name}'")).stdout.split("|")
+    assert int(views) == int(shadows) > 0
 
     conn = await asyncpg.connect(proxy.dsn(name))
     try:

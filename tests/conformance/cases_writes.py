@@ -582,7 +582,9 @@ CASES: tuple[Case, ...] = (
          "WHEN NOT MATCHED THEN INSERT (id, sku, name, price) OVERRIDING USER VALUE VALUES (s.id, s.sku, 'user', 9.00)",
          "MERGE INTO products p USING (SELECT 904 AS id, 'SKU-904' AS sku, random() AS r) s ON p.id = s.id "
          "WHEN NOT MATCHED AND s.r < 2 THEN INSERT OVERRIDING SYSTEM VALUE VALUES (s.id, s.sku, 'positional', 9.00)",
-         "SELECT id, sku, name FROM products WHERE sku >= 'SKU-900' ORDER BY sku",
+         # which of 902 and 903 draws the first sequence value is the plan's order
+         "SELECT sku, name FROM products WHERE sku >= 'SKU-900' ORDER BY sku",
+         "SELECT id FROM products WHERE sku >= 'SKU-900' ORDER BY id",
          "INSERT INTO products (sku, name, price) VALUES ('SKU-NEXT', 'next', 1.00) RETURNING id",
          # BY DEFAULT: USER VALUE replaces the id with the sequence's, SYSTEM VALUE keeps it
          "MERGE INTO categories c USING (VALUES (950, 'user fifty')) s(id, name) ON c.id = s.id "

@@ -5,9 +5,11 @@ from dataclasses import replace
 
 import pytest
 
+from cowproxy.branch.overlay import overlay_objects, skip_view_name
 from cowproxy.metrics import Metrics
 from cowproxy.sql.analyze import Kind, analyze
 from cowproxy.sql.policy import Action, BranchLayout, BranchPolicy, ProductionPolicy, literal_shape
+from cowproxy.sql.upsert import ShadowTable
 
 LAYOUT = BranchLayout(
     branch="alice", schema="cowproxy_b_alice", search_schemas=("cowproxy_b_alice",),
@@ -290,3 +292,45 @@ def test_copy_to_tablesample_and_outer_joins_of_a_guarded_copy_call_its_guard():
     generated = BranchPolicy(replace(layout, copy_out_columns={("public", "notes"): ("body", "at")}), Metrics())
     assert generated.decide("COPY notes TO STDOUT").sql == f'COPY (SELECT "body", "at" FROM {wrapped} AS "notes") TO STDOUT'
     assert generated.decide("COPY notes (at) TO STDOUT").sql == f'COPY (SELECT "at" FROM {wrapped} AS "notes") TO STDOUT'
+
+
+SHADOWED = replace(
+    LAYOUT, local_names=frozenset({"mine", skip_view_name("public", "accounts"), overlay_objects("public", "accounts").scan}),
+    shadow_tables={("public", "accounts"): ShadowTable(columns=("id", "bid", "x"), key=("id",))})
+SCAN = '"cowproxy_b_alice"."accounts$scan"'
+
+
+@pytest.mark.parametrize("sql, sent", [
+    ("SELECT count(*) FROM accounts", f'SELECT count(*) FROM {SCAN} AS "accounts"'),
+    ("SELECT accounts.bid, sum(x) FROM public.accounts WHERE x > 0 GROUP BY 1",
+     f'SELECT accounts.bid, sum(x) FROM {SCAN} AS "accounts" WHERE x > 0 GROUP BY 1'),
+    ("SELECT * FROM accounts a WHERE id > $1 OR id = 2", f"SELECT * FROM {SCAN} a WHERE id > $1 OR id = 2"),
+    ("SELECT * FROM t JOIN accounts a ON a.bid = t.id", f"SELECT * FROM t JOIN {SCAN} a ON a.bid = t.id"),
+    ("SELECT * FROM t WHERE id IN (SELECT id FROM accounts a WHERE x = 1)",
+     f"SELECT * FROM t WHERE id IN (SELECT id FROM {SCAN} a WHERE x = 1)"),
+    ("SELECT * FROM accounts WHERE id = $1", None),
+    ("SELECT * FROM accounts a WHERE a.id IN (1, 2) AND x > 0", None),
+    ("SELECT * FROM accounts WHERE id = $1 OR id = $2", None),
+    ("SELECT * FROM accounts WHERE id = ANY($1)", None),
+    ("SELECT * FROM t JOIN accounts a ON a.id = t.id", None),
+    ("SELECT * FROM t JOIN accounts USING (id)", None),
+    ("SELECT * FROM accounts LIMIT 5", None),
+    ("SELECT * FROM accounts FOR UPDATE", None),
+    ("SELECT * FROM accounts TABLESAMPLE SYSTEM (10)", None),
+    ("SELECT accounts FROM accounts", None),               # its row type is the table's
+    ("SELECT public.accounts.x FROM public.accounts",  # named with its schema: the view
+     'SELECT public.accounts.x FROM "cowproxy_b_alice"."accounts"'),
+    ("WITH accounts AS (SELECT 1) SELECT * FROM accounts", None),
+    ("SELECT * FROM mine", None),
+])
+def test_a_select_that_does_not_pick_a_shadows_rows_by_key_reads_its_scan_view(sql, sent):
+    """branch/overlay.py `scan_view_sql`: a SELECT reads a shadow of the branch's own
+    through `T$scan` unless it picks rows by the whole key (an equality, IN or ANY in
+    its WHERE or join conditions), has a LIMIT or locks rows."""
+    decision = BranchPolicy(SHADOWED, Metrics()).decide(sql)
+    assert (decision.sql if decision.action is Action.REWRITE else None) == sent
+
+
+def test_an_overlay_made_before_scan_views_is_read_through_its_shadow():
+    older = replace(SHADOWED, local_names=SHADOWED.local_names - {overlay_objects("public", "accounts").scan})
+    assert BranchPolicy(older, Metrics()).decide("SELECT count(*) FROM accounts").action is Action.FORWARD
