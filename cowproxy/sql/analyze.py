@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field, replace
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pglast import parser as pg_parser
@@ -406,8 +406,7 @@ def analyze_node(stmt: dict[str, Any], location: int = 0, length: int = 0) -> St
     scans = tuple(replace(sc, nullable=sc.relation.location in nullable) for sc in walker.scans
                   if scanning and (sc.relation.schema or sc.relation.name not in walker.cte_names)
                   and sc.name not in walker.schema_ref_tables and sc.name not in walker.single_refs)
-    ctes_read = {r.location for r in walker.relations if r.schema is None and r.name in walker.cte_names}
-    picked_reads = {at: cols for at, cols in walker.picked_reads.items() if at not in ctes_read} if scanning else {}
+    picked_reads = walker.picked_reads if scanning else {}
     copy_to = None
     if node == "CopyStmt" and body.get("relation") and not body.get("is_from") and not body.get("query"):
         copy_to = CopyTo(_relation(body["relation"]), tuple(c.get("String", {}).get("sval", "") for c in body.get("attlist", [])),
@@ -497,15 +496,16 @@ def _kind_of(node: str, body: dict[str, Any], writes: bool) -> Kind:
 
 
 def picked_columns(select: dict[str, Any]) -> dict[int, frozenset[str]]:
-    """For each table among a SELECT's FROM items (through its joins), by location:
-    the columns its WHERE and join conditions set equal to something (`t.k = $1`,
-    `k IN (...)`, `k = ANY(...)`, `a.k = t.k`, `JOIN t USING (k)`) in an operand of
-    their top-level AND (or in every operand of an OR). On a branch a SELECT that does not pick a shadow's rows by its key this way
-    reads the shadow's scan view, which PostgreSQL reads as one anti-join; the shadow
-    view is built for reads that pick rows by key (branch/overlay.py). A SELECT with a
-    LIMIT or a locking clause is left out: it keeps the view (ordered index scans that
-    stop early; the row-lock functions take the view's rows). Only ever a matter of
-    speed: both views hold the same rows."""
+    """For each table named as a SELECT's FROM item (through its joins; not a
+    TABLESAMPLE), by location: the columns its WHERE and join conditions set equal to
+    something (`t.k = $1`, `k IN (...)`, `k = ANY(...)`, `a.k = t.k`, `USING (k)`) in an
+    operand of their top-level AND (or in every operand of an OR). On a branch a SELECT
+    that does not pick a shadow's rows by its key this way reads the shadow's scan view,
+    which PostgreSQL reads as one anti-join; the shadow view is built for reads that
+    pick rows by key (branch/overlay.py). A SELECT with a LIMIT or a locking clause is
+    left out: it keeps the view (ordered index scans that stop early; the row-lock
+    functions take the view's rows). Only ever a matter of speed: both views hold the
+    same rows. CTE names are sorted out with the statement's scans (sql/policy.py)."""
     if select.get("limitCount") or select.get("lockingClause"):
         return {}
     conditions = [select.get("whereClause")]

@@ -1200,11 +1200,11 @@ class BranchPolicy:
         picking rows by its whole key (`picked`: the columns its conditions set equal,
         analyze.picked_columns), or None: the shadow view serves (a pick by key, any
         other relation, a parent's shadow, whose readers' rights are to its views, an
-        overlay made before scan views: format 4, a TABLESAMPLE). `scan` is a FROM item
-        that no whole-row or `schema.table.column` reference names (analyze: those
-        mean the table's own row type and name)."""
+        overlay made before scan views: format 4). `scan` is a FROM item that no
+        CTE, whole-row or `schema.table.column` reference names (analyze: those mean the
+        table's own row type and name)."""
         table = self._production_table(scan.relation, temp_tables)
-        if table is None or scan.sample_at >= 0 or self.layout.overlays.get(table) != self.layout.schema:
+        if table is None or self.layout.overlays.get(table) != self.layout.schema:
             return None
         info = self.layout.shadow_tables.get(table)
         if info is None or not info.key or set(info.key) <= picked or not self._is_shadow(table):
