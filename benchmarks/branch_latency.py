@@ -11,9 +11,9 @@ one client, so the numbers are latencies rather than throughput:
   statement every time, and planning the view is where a changed table costs most;
 - `accounts, changed rows`: prepared, aid a multiple of 100: rows in the overlay;
 - `accounts, next page`: prepared keyset pagination, `WHERE aid > :aid ORDER BY aid
-  LIMIT 20`: the shadow view sorts every row after :aid; the branch route sends the
-  view's two arms each sorted and limited (sql/ordered_limit.py), so `direct as branch`
-  against `branch` shows what that rewrite saves;
+  LIMIT 20`: the shadow view (format 4) merges its two arms' index scans and stops
+  after the page; the branch route sends the page as written (overlays made before
+  format 4 get the arms spelled out, sql/ordered_limit.py);
 - `tellers`: prepared `SELECT tbalance FROM pgbench_tellers WHERE tid = :tid`:
   untouched.
 

@@ -855,6 +855,8 @@ class BranchPolicy:
             if table is None or info is None or not info.key:
                 continue
             objects = overlay_objects(*table)
+            if objects.scan in self.layout.local_names and not st.body.get("lockingClause"):
+                continue  # a format-4 view merges its arms' ordered scans itself, and faster
             arms = ordered_limit.Arms(info, f"{quote_ident(table[0])}.{quote_ident(table[1])}",
                                       self._own(objects.rows), self._own(objects.cut))
             spans = spans or NameSpans(sql)

@@ -765,13 +765,12 @@ async def test_a_view_copy_follows_production_redefining_the_view(proxy, admin, 
         await admin.execute("DROP VIEW account_customers")
 
 
-# -- SPEC §5.1: ORDER BY ... LIMIT over a changed table (sql/ordered_limit.py) ---------------
+# -- SPEC §5.1: ORDER BY ... LIMIT over a changed table ----------------------------------------
 
 
-async def test_a_page_in_key_order_reads_each_arm_sorted_and_limited(proxy, admin, branches):
-    """The upstream runs the two arms, each sorted and limited (a Merge Append that stops
-    after the page), not the view (which sorts the whole table); the page is the
-    branch's."""
+async def test_a_page_in_key_order_is_the_branchs(proxy, admin, branches):
+    """Rows the branch inserted, deleted and changed take their places in a page, with
+    an offset, in both directions."""
     before = await production_state(admin)
     conn = await on(proxy, await branches())
     try:
@@ -787,23 +786,28 @@ async def test_a_page_in_key_order_reads_each_arm_sorted_and_limited(proxy, admi
     assert await production_state(admin) == before
 
 
-async def test_the_upstream_runs_a_page_as_two_sorted_limited_arms(proxy, admin, branches):
-    """What is sent is the two arms, and PostgreSQL merges them in index order: no
-    sort of the table (a page of the view costs a sort of every row)."""
+async def test_the_upstream_runs_a_page_as_a_merge_of_index_scans(proxy, admin, branches):
+    """A page of a format-4 shadow is sent as written over the view, whose arms
+    PostgreSQL pulls up and merges in index order, stopping after the page: no sort
+    of the table. A locking page is sent as the two arms, sorted, inside the row-lock
+    wrapper (sql/ordered_limit.py), and merged the same way."""
     await admin.execute("CREATE TABLE pages (id int PRIMARY KEY, v int NOT NULL);"
                         " INSERT INTO pages SELECT i, i % 7 FROM generate_series(1, 20000) i; ANALYZE pages")
-    conn = await on(proxy, await branches())
+    name = await branches()
+    conn = await on(proxy, name)
     try:
         await conn.execute("UPDATE pages SET v = -1 WHERE id % 100 = 0")
         page = "SELECT id, v FROM pages WHERE v <> $1 ORDER BY id DESC LIMIT $2"
         assert [tuple(r) for r in await conn.fetch(page, 3, 3)] == [(20000, -1), (19999, 0), (19998, 6)]
-        sent = await _sent(conn, "pages$cut")
-        assert sent and sent.count("ORDER BY id DESC LIMIT $2") == 3, sent
-        await admin.execute(f"SET ROLE {quote_ident(await conn.fetchval('SELECT current_user'))}")
+        sent = await _sent(conn, "ORDER BY id DESC LIMIT $2")
+        assert sent and sent.count("ORDER BY id DESC LIMIT $2") == 1 and "pages$" not in sent, sent
+        # As the session runs it: the branch's role, its schema first on the search path.
+        await admin.execute(f"SET ROLE {quote_ident(await conn.fetchval('SELECT current_user'))};"
+                            f" SET search_path = {quote_ident((await catalog.get_branch(admin, name)).schema_name)}, public")
         try:
             plan = "\n".join(r[0] for r in await admin.fetch("EXPLAIN " + sent.replace("$1", "3").replace("$2", "3")))
         finally:
-            await admin.execute("RESET ROLE")
+            await admin.execute("RESET ROLE; RESET search_path")
         assert "Merge Append" in plan and _reads_production_in_index_order(plan), plan
         # The job-queue pattern: sorted arms inside the row-lock wrapper.
         queue = "SELECT id FROM pages WHERE v = $1 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"

@@ -3,7 +3,13 @@ proxy sends as the shadow's two sorted, limited arms must hold exactly the rows,
 order, that the shadow view itself gives (read straight from PostgreSQL as the branch's
 role, where nothing is rewritten): ascending and descending, NULLS FIRST/LAST on a
 nullable column, OFFSET past the end, keyset conditions, FETCH FIRST, and through
-both protocols (psql's simple Query and asyncpg's prepared statements)."""
+both protocols (psql's simple Query and asyncpg's prepared statements).
+
+The rewrite serves overlays made before format 4 (and locking pages): a format-4
+shadow view merges its arms' ordered scans itself, so its pages are sent as written
+(the conformance suite's pages_... cases hold them against a copy). So the branch here
+is made to look older: its scan view is dropped before the proxy that serves the pages
+loads its layout."""
 
 from __future__ import annotations
 
@@ -43,6 +49,9 @@ def setup(pg):
     try:
         with ProxyProcess(pg.dsn(name), branches=True) as proxy:
             asyncio.run(_prepare(pg.dsn(name), proxy))
+        psql(pg.dsn(name), 'DROP VIEW cowproxy_b_pg_pages."pages$scan"')
+        with ProxyProcess(pg.dsn(name), branches=True) as proxy:
+            asyncio.run(_assert_sent_as_arms(proxy))
             yield pg.dsn(name), proxy
     finally:
         psql(pg.dsn(), f"DROP DATABASE {name} WITH (FORCE)")
@@ -58,6 +67,17 @@ async def _prepare(dsn: str, proxy: ProxyProcess) -> None:
     conn = await asyncpg.connect(proxy.dsn("pg_pages"))
     try:
         await conn.execute(CHANGES)
+    finally:
+        await conn.close()
+
+
+async def _assert_sent_as_arms(proxy: ProxyProcess) -> None:
+    conn = await asyncpg.connect(proxy.dsn("pg_pages"))
+    try:
+        assert await conn.fetchval("SELECT id FROM pages ORDER BY id LIMIT 1") == -5
+        sent = await conn.fetchval("SELECT statement FROM pg_prepared_statements WHERE strpos(statement, 'pages$cut') > 0"
+                                   " AND strpos(statement, 'pg_prepared_statements') = 0")
+        assert sent and "UNION ALL" in sent, sent
     finally:
         await conn.close()
 

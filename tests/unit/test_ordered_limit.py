@@ -29,7 +29,7 @@ def arms(alias: str, where: str, order: str, limit: str) -> str:
     listed = ", ".join(f"{a}.\"{c}\"" for c in JOBS.columns)
     also = f" AND ({where})" if where else ""
     return (f'((SELECT {listed} FROM "public"."jobs" {a} WHERE NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$rows" '
-            f'cowproxy_r WHERE cowproxy_r."id" = {a}."id") AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut"){also}'
+            f'cowproxy_r WHERE cowproxy_r."id" = {a}."id" OFFSET 0) AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut"){also}'
             f' ORDER BY {order} LIMIT {limit}) UNION ALL (SELECT {listed} FROM "{SCHEMA}"."jobs$rows" {a}'
             f' WHERE NOT {a}.cowproxy_deleted{also} ORDER BY {order} LIMIT {limit})) AS {a}')
 
@@ -118,3 +118,21 @@ def test_a_stacked_branch_keeps_its_views(policy):
         branch="alice", schema=SCHEMA, search_schemas=(SCHEMA, "cowproxy_b_parent"),
         overlays=LAYOUT.overlays, local_names=LOCAL, shadow_tables=LAYOUT.shadow_tables), Metrics())
     assert stacked.decide("SELECT * FROM jobs ORDER BY id LIMIT 20").sql is None
+
+
+FORMAT_4 = replace(LAYOUT, local_names=LOCAL | {"jobs$scan", "pairs$scan"})
+"""Overlays of format 4 have a scan view, and a shadow view PostgreSQL merges in order."""
+
+
+def test_a_format_4_shadow_serves_its_pages_itself():
+    """Its arms are pulled up, so PostgreSQL merges their ordered index scans and stops
+    early; the spelled-out arms' anti-join could hash all of T$rows per page instead."""
+    decision = BranchPolicy(FORMAT_4, Metrics()).decide("SELECT * FROM jobs WHERE id > $1 ORDER BY id LIMIT 20")
+    assert decision.action is Action.FORWARD, decision   # as written: the search path finds the view
+
+
+def test_a_format_4_locking_page_still_gets_sorted_arms():
+    lockable = replace(FORMAT_4, shadow_tables={("public", "jobs"): replace(JOBS, lockable=True, relockable=True)})
+    decision = BranchPolicy(lockable, Metrics()).decide(
+        "SELECT id FROM jobs WHERE state = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED")
+    assert decision.sql.count("ORDER BY id LIMIT (SELECT NULL::bigint)") == 2

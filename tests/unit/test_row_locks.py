@@ -28,7 +28,7 @@ JOBS_RELOCK = f'"{SCHEMA}"."jobs$relock"'
 
 _JOBS_COLUMNS = '"jobs"."id", "jobs"."state", "jobs"."payload"'
 QUEUE_ARMS = (f'((SELECT {_JOBS_COLUMNS} FROM "public"."jobs" "jobs" WHERE NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$rows"'
-              f' cowproxy_r WHERE cowproxy_r."id" = "jobs"."id") AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut")'
+              f' cowproxy_r WHERE cowproxy_r."id" = "jobs"."id" OFFSET 0) AND NOT EXISTS (SELECT 1 FROM "{SCHEMA}"."jobs$cut")'
               " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint)) UNION ALL"
               f' (SELECT {_JOBS_COLUMNS} FROM "{SCHEMA}"."jobs$rows" "jobs" WHERE NOT "jobs".cowproxy_deleted'
               " AND (state = 'new') ORDER BY id LIMIT (SELECT NULL::bigint))) AS \"jobs\"")
