@@ -6,7 +6,7 @@ view (overlays before format 4) on its own, for all its rows, so it had no order
 across the two arms: a page of 20 rows in key order sorted the whole table (measured:
 32 ms at 100k rows, against 0.07 ms on a copy). The format-4 view's arms are pulled
 up, so PostgreSQL merges their ordered index scans itself, and the policy leaves its
-pages alone (faster than these arms, whose anti-join may hash all of `T$rows`); this
+pages alone (for every shape, at these arms' speed: 0.11–0.12 ms against 0.12); this
 rewrite came first and still serves older overlays and the row-lock wrapper (below),
 whose lock functions take the arms' rows. PostgreSQL *can* merge
 arms that are each sorted and limited themselves (Merge Append over two index scans

@@ -770,6 +770,11 @@ class BranchPolicy:
     def _own(self, name: str) -> str:
         return f"{quote_ident(self.layout.schema)}.{quote_ident(name)}"
 
+    def _has_scan_view(self, table: tuple[str, str]) -> bool:
+        """Whether the branch's own overlay of `table` has its scan view: overlay format
+        4, whose shadow view PostgreSQL pulls up (ordered merges, per-row probes)."""
+        return overlay_objects(*table).scan in self.layout.local_names
+
     # what a shadow view cannot do --------------------------------------------------------
 
     def _shadow_refusal(self, st: Statement, temp_tables: frozenset[str]) -> Refusal | None:
@@ -855,8 +860,8 @@ class BranchPolicy:
             if table is None or info is None or not info.key:
                 continue
             objects = overlay_objects(*table)
-            if objects.scan in self.layout.local_names and not st.body.get("lockingClause"):
-                continue  # a format-4 view merges its arms' ordered scans itself, and faster
+            if self._has_scan_view(table) and not st.body.get("lockingClause"):
+                continue  # a format-4 view merges its arms' ordered scans itself
             arms = ordered_limit.Arms(info, f"{quote_ident(table[0])}.{quote_ident(table[1])}",
                                       self._own(objects.rows), self._own(objects.cut))
             spans = spans or NameSpans(sql)
@@ -1211,8 +1216,7 @@ class BranchPolicy:
         info = self.layout.shadow_tables.get(table)
         if info is None or not info.key or set(info.key) <= picked or not self._is_shadow(table):
             return None
-        view = overlay_objects(*table).scan
-        return self._own(view) if view in self.layout.local_names else None
+        return self._own(overlay_objects(*table).scan) if self._has_scan_view(table) else None
 
     # reads of keyless tables' copies (branch/overlay.py fresh_read_guard) ---------
 
